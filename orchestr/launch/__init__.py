@@ -1,0 +1,1 @@
+"""Config -> process specs -> running processes (local or over SSH) -> state file."""
