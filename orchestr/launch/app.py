@@ -1,0 +1,151 @@
+"""`orchestr launch`: compose the config, render the plan, run it."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
+
+from orchestr.config import CONF_DIR, register_configs
+from orchestr.config.serving import LaunchConfig
+from orchestr.launch import state as state_mod
+from orchestr.launch.deploy import Deployment, LaunchError, check_local_ports
+from orchestr.launch.plan import PlanError, Planner, build_plan, render_plan
+
+log = logging.getLogger("orchestr.launch")
+
+
+def _say(msg: str) -> None:
+    print(f"[orchestr] {msg}", flush=True)
+
+
+def print_endpoints(dep: Deployment) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(title="orchestr deployment")
+    for col in ("process", "node", "pid", "endpoint", "log"):
+        t.add_column(col)
+    for rec in dep.state.processes:
+        node = dep.state.nodes[rec.node]
+        endpoint = f"http://{node.address}:{rec.spec.port}" if rec.spec.port else "-"
+        if rec.name == "api":
+            endpoint += "/v1"
+        t.add_row(rec.name, rec.node, str(rec.pid), endpoint, rec.log_path)
+    Console(width=200).print(t)
+
+
+def _spawn_supervisor(state_file: Path, log_dir: Path) -> int:
+    log_dir.mkdir(parents=True, exist_ok=True)
+    with open(log_dir / "supervisor.log", "ab") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "orchestr.launch.supervisor", "--state-file", str(state_file)],
+                                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                start_new_session=True)
+    return proc.pid
+
+
+def run(cfg: DictConfig) -> int:
+    launch: LaunchConfig = OmegaConf.to_object(cfg.launch)
+    try:
+        specs = build_plan(cfg)
+    except PlanError as e:
+        _say(f"config error: {e}")
+        return 2
+    planner = Planner(cfg)
+    if launch.dry_run:
+        print(render_plan(specs, planner.cluster))
+        return 0
+    state_file = state_mod.state_path(launch.state_file)
+    existing = state_mod.load(state_file)
+    if existing is not None:
+        from orchestr.launch.deploy import Runners
+
+        runners = Runners(existing.nodes)
+        try:
+            alive = [p.name for p in existing.processes if runners[p.node].alive(p)]
+        except Exception:
+            alive = ["?"]
+        finally:
+            runners.close()
+        if alive:
+            _say(f"a deployment is already running ({', '.join(alive)}; state {state_file}). "
+                 "Stop it with `orchestr stop` or set launch.state_file to run another.")
+            return 2
+        state_mod.remove(state_file)
+    try:
+        check_local_ports(specs, planner.cluster.nodes)
+    except LaunchError as e:
+        _say(str(e))
+        return 2
+    run_dir = Path(HydraConfig.get().runtime.output_dir) if HydraConfig.initialized() else Path("outputs")
+    ep = planner.endpoints()
+    dep = Deployment(specs, planner.cluster.nodes, run_dir=run_dir, log_dir=launch.log_dir,
+                     controller=ep.controller, api=ep.api, web=ep.web, state_file=state_file,
+                     health_timeout_s=launch.health_timeout_s)
+    stopping = False
+
+    def _on_signal(signum, _frame):
+        nonlocal stopping
+        if stopping:
+            return
+        stopping = True
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, _on_signal)
+    signal.signal(signal.SIGINT, _on_signal)
+    try:
+        dep.start_all(_say)
+    except KeyboardInterrupt:
+        _say("interrupted; everything started was stopped")
+        return 130
+    except LaunchError as e:
+        _say(f"launch failed: {e}")
+        return 1
+    print_endpoints(dep)
+    if launch.detach:
+        if launch.watch:
+            dep.state.supervisor_pid = _spawn_supervisor(state_file, run_dir / "logs")
+        state_mod.save(dep.state, state_file)
+        dep.runners.close()
+        _say(f"detached; `orchestr status`, `orchestr logs NAME`, `orchestr stop` (state: {state_file})")
+        return 0
+    _say("running; Ctrl-C stops everything")
+    try:
+        while True:
+            if launch.watch:
+                dep.watch_once(_say)
+            time.sleep(1.0)
+    except KeyboardInterrupt:
+        _say("stopping")
+    finally:
+        dep.stop_all(_say)
+    return 0
+
+
+register_configs()
+
+
+_exit_codes: list[int] = []
+
+
+@hydra.main(config_path=CONF_DIR, config_name="config", version_base="1.3")
+def _hydra_main(cfg: DictConfig) -> None:
+    # hydra.main drops the task's return value: keep it for the process exit code
+    _exit_codes.append(run(cfg))
+
+
+def main() -> int:
+    from orchestr.config import user_search_path_overrides
+
+    sys.argv += user_search_path_overrides()
+    os.environ.setdefault("HYDRA_FULL_ERROR", "0")
+    _hydra_main()
+    return max(_exit_codes, default=0)

@@ -1,0 +1,140 @@
+"""`orchestr status`, `orchestr logs`, `orchestr stop`: day-2 commands over the state file."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+
+import httpx
+
+from orchestr.launch import state as state_mod
+from orchestr.launch.deploy import Runners, stop_processes
+from orchestr.protocol import ControllerStatus
+
+
+def _parser(prog: str, description: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=prog, description=description)
+    p.add_argument("--state-file", default=None,
+                   help="deployment state file (default: $ORCHESTR_STATE_FILE or ~/.cache/orchestr/deployment.json)")
+    return p
+
+
+def _load(path_arg: str | None) -> tuple[state_mod.DeploymentState | None, str]:
+    path = state_mod.state_path(path_arg)
+    return state_mod.load(path), str(path)
+
+
+def registered_workers(controller: str) -> dict[str, list[str]] | None:
+    """worker address -> model names, as the controller sees it; None when it does not answer."""
+    try:
+        with httpx.Client(timeout=3.0, trust_env=False) as http:
+            st = ControllerStatus.model_validate(http.post(f"{controller}/worker_get_status").json())
+        return {w.worker_name: w.model_names for w in st.workers}
+    except (httpx.HTTPError, ValueError):
+        return None
+
+
+def status_main() -> int:
+    args = _parser("orchestr status", "Show the processes of the running deployment.").parse_args()
+    state, path = _load(args.state_file)
+    if state is None:
+        print(f"no deployment recorded ({path})")
+        return 1
+    from rich.console import Console
+    from rich.table import Table
+
+    workers = registered_workers(state.controller)
+    runners = Runners(state.nodes)
+    table = Table(title=f"deployment {state.run_dir}")
+    for col in ("process", "service", "node", "pid", "alive", "registered", "models", "restarts", "endpoint"):
+        table.add_column(col)
+    all_alive = True
+    try:
+        for rec in state.processes:
+            node = state.nodes[rec.node]
+            try:
+                alive = runners[rec.node].alive(rec)
+            except Exception as e:
+                alive = False
+                print(f"cannot reach node {rec.node}: {e}", file=sys.stderr)
+            all_alive &= alive
+            endpoint = f"http://{node.address}:{rec.spec.port}" if rec.spec.port else "-"
+            if rec.spec.models:
+                if workers is None:
+                    reg = "controller down"
+                else:
+                    reg = "yes" if endpoint in workers else "no"
+            else:
+                reg = "-"
+            table.add_row(rec.name, rec.spec.service, rec.node, str(rec.pid), "yes" if alive else "NO", reg,
+                          ",".join(rec.spec.models) or "-", str(rec.restarts), endpoint)
+    finally:
+        runners.close()
+    Console(width=200).print(table)
+    if state.api:
+        print(f"OpenAI API: {state.api}")
+    if state.web:
+        print(f"Web UI:     {state.web}")
+    return 0 if all_alive else 3
+
+
+def logs_main() -> int:
+    p = _parser("orchestr logs", "Print one process's log (controller, api, web, a worker's name).")
+    p.add_argument("name", help="process name as `orchestr status` lists it")
+    p.add_argument("-f", "--follow", action="store_true", help="keep printing new lines")
+    p.add_argument("-n", "--lines", type=int, default=100)
+    args = p.parse_args()
+    state, path = _load(args.state_file)
+    if state is None:
+        print(f"no deployment recorded ({path})", file=sys.stderr)
+        return 1
+    rec = state.record(args.name)
+    if rec is None:
+        names = ", ".join(p.name for p in state.processes)
+        print(f"no process named {args.name!r} (have: {names})", file=sys.stderr)
+        return 2
+    runners = Runners(state.nodes)
+    try:
+        print(runners[rec.node].read_log(rec, args.lines))
+        if args.follow:
+            for line in runners[rec.node].follow_log(rec):
+                print(line, flush=True)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        runners.close()
+    return 0
+
+
+def stop_main() -> int:
+    args = _parser("orchestr stop", "Stop every process of the running deployment, on every node.").parse_args()
+    state, path = _load(args.state_file)
+    if state is None:
+        print(f"no deployment recorded ({path})")
+        return 0
+    if state.supervisor_pid:  # first the watcher, or it would restart what we stop
+        try:
+            os.kill(state.supervisor_pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+    runners = Runners(state.nodes)
+    failures: list[str] = []
+
+    def _event(msg: str) -> None:
+        print(msg)
+        if msg.startswith("could not stop"):
+            failures.append(msg)
+
+    try:
+        stop_processes(state, runners, _event)
+        still = [p.name for p in state.processes if runners[p.node].alive(p)]
+    finally:
+        runners.close()
+    if still or failures:
+        print(f"still running: {', '.join(still)}; state kept in {path}", file=sys.stderr)
+        return 1
+    state_mod.remove(state_mod.state_path(args.state_file))
+    print("deployment stopped")
+    return 0

@@ -1,0 +1,184 @@
+"""Start a plan in dependency order, wait on health, watch and restart, stop."""
+
+from __future__ import annotations
+
+import logging
+import socket
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+
+from orchestr.config.serving import NodeConfig
+from orchestr.launch import state as state_mod
+from orchestr.launch.runner import ProcessRecord, Runner, runner_for
+from orchestr.launch.spec import ProcessSpec
+from orchestr.protocol import GenerateRequest, ModelListResponse
+
+log = logging.getLogger("orchestr.launch")
+
+
+class LaunchError(RuntimeError):
+    pass
+
+
+class Runners:
+    """One runner per node, opened lazily (an SSH connection is opened once per node)."""
+
+    def __init__(self, nodes: dict[str, NodeConfig]) -> None:
+        self.nodes = nodes
+        self._open: dict[str, Runner] = {}
+
+    def __getitem__(self, node: str) -> Runner:
+        if node not in self._open:
+            self._open[node] = runner_for(node, self.nodes[node])
+        return self._open[node]
+
+    def close(self) -> None:
+        for r in self._open.values():
+            r.close()
+        self._open.clear()
+
+
+def port_in_use(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.settimeout(0.5)
+        return s.connect_ex((host, port)) == 0
+
+
+def check_local_ports(specs: list[ProcessSpec], nodes: dict[str, NodeConfig]) -> None:
+    from orchestr.launch.validate import _port_key
+
+    for s in specs:
+        node = nodes[s.node]
+        if node.transport == "local" and s.port and port_in_use("127.0.0.1", s.port):
+            raise LaunchError(f"{_port_key(s)}: port {s.port} is already in use on this machine "
+                              f"(another deployment? `orchestr status` / `orchestr stop`, or pick another port)")
+
+
+class Deployment:
+    def __init__(self, specs: list[ProcessSpec], nodes: dict[str, NodeConfig], *, run_dir: Path,
+                 log_dir: str | None, controller: str, api: str | None, web: str | None,
+                 state_file: Path, health_timeout_s: float) -> None:
+        self.specs = specs
+        self.runners = Runners(nodes)
+        self.run_dir = run_dir
+        self.log_dir = log_dir
+        self.health_timeout_s = health_timeout_s
+        self.state_file = state_file
+        self.state = state_mod.DeploymentState(run_dir=str(run_dir), controller=controller, api=api,
+                                               web=web, nodes=nodes)
+
+    # ------------------------------------------------------------------ start
+    def log_path(self, spec: ProcessSpec) -> str:
+        node = self.state.nodes[spec.node]
+        base = node.log_dir or self.log_dir or str(self.run_dir / "logs")
+        if node.transport == "local":
+            base = str(Path(base).expanduser().resolve())
+        return f"{base}/{spec.name}.log"
+
+    def start_all(self, on_event: Callable[[str], None] = print) -> None:
+        try:
+            for spec in self.specs:
+                on_event(f"starting {spec.name} on {spec.node}: {spec.command_line()}")
+                rec = self.runners[spec.node].start(spec, self.log_path(spec))
+                self.state.processes.append(rec)
+                state_mod.save(self.state, self.state_file)
+                self.wait_healthy(rec, on_event)
+        except BaseException:
+            on_event("start failed; stopping what was started")
+            self.stop_all(on_event)
+            raise
+
+    def wait_healthy(self, rec: ProcessRecord, on_event: Callable[[str], None]) -> None:
+        spec = rec.spec
+        runner = self.runners[spec.node]
+        deadline = time.time() + self.health_timeout_s
+        t0 = time.time()
+        with httpx.Client(timeout=5.0, trust_env=False) as http:
+            while True:
+                if not runner.alive(rec):
+                    tail = runner.read_log(rec, 25)
+                    raise LaunchError(f"{spec.name} exited during start-up; last log lines "
+                                      f"({rec.log_path}):\n{tail}")
+                if self._is_up(http, spec):
+                    on_event(f"{spec.name} is up ({time.time() - t0:.1f}s)")
+                    return
+                if time.time() > deadline:
+                    raise LaunchError(f"{spec.name} not healthy after {self.health_timeout_s:.0f}s "
+                                      f"(launch.health_timeout_s); log: {rec.log_path}")
+                time.sleep(0.5)
+
+    def _is_up(self, http: httpx.Client, spec: ProcessSpec) -> bool:
+        try:
+            if spec.health_url:
+                r = http.get(spec.health_url)
+                if r.status_code >= 300:
+                    return False
+            elif spec.port:
+                host = self.state.nodes[spec.node].address
+                if not port_in_use(host, spec.port):
+                    return False
+            if spec.models:
+                listed = ModelListResponse.model_validate(
+                    http.post(f"{self.state.controller}/list_models").json()).models
+                if not set(spec.models) <= set(listed):
+                    return False
+                # registered is not enough: the worker must answer a generation
+                base = spec.health_url.rsplit("/", 1)[0] if spec.health_url else None
+                if base:
+                    req = GenerateRequest(model=spec.models[0], prompt="Hi", max_new_tokens=1, temperature=0)
+                    r = http.post(f"{base}/worker_generate", json=req.model_dump(), timeout=60.0)
+                    return r.status_code == 200
+            return True
+        except (httpx.HTTPError, ValueError):
+            return False
+
+    # ------------------------------------------------------------------ watch
+    def watch_once(self, on_event: Callable[[str], None] = print) -> None:
+        """Restart processes that died, per their restart policy (called in a loop)."""
+        for i, rec in enumerate(self.state.processes):
+            if self.runners[rec.node].alive(rec):
+                continue
+            policy = rec.spec.restart
+            if policy.policy == "no" or rec.restarts >= policy.max_restarts:
+                if not getattr(rec, "_reported", False):
+                    on_event(f"{rec.name} is down (restart policy: {policy.policy}, "
+                             f"restarts used {rec.restarts}/{policy.max_restarts})")
+                    rec._reported = True  # type: ignore[attr-defined]
+                continue
+            backoff = min(policy.backoff_s * (2 ** rec.restarts), policy.backoff_max_s)
+            on_event(f"{rec.name} died; restarting in {backoff:.1f}s "
+                     f"(restart {rec.restarts + 1}/{policy.max_restarts})")
+            time.sleep(backoff)
+            new = self.runners[rec.node].start(rec.spec, rec.log_path)
+            new.restarts = rec.restarts + 1
+            self.state.processes[i] = new
+            state_mod.save(self.state, self.state_file)
+
+    # ------------------------------------------------------------------ stop
+    def stop_all(self, on_event: Callable[[str], None] = print) -> None:
+        stop_processes(self.state, self.runners, on_event)
+        state_mod.remove(self.state_file)
+        self.runners.close()
+
+
+def stop_processes(state: state_mod.DeploymentState, runners: Runners,
+                   on_event: Callable[[str], None] = print) -> None:
+    # reverse start order: front-ends first, so nobody sends work to a dying worker
+    for rec in reversed(state.processes):
+        try:
+            runners[rec.node].stop(rec)
+            on_event(f"stopped {rec.name} on {rec.node} (pid {rec.pid})")
+        except Exception as e:  # keep stopping the others
+            on_event(f"could not stop {rec.name} on {rec.node}: {e}")
+
+
+def deployment_from_state(state: state_mod.DeploymentState, state_file: Path) -> Deployment:
+    """Re-open a recorded deployment (for the detached supervisor and `orchestr stop`)."""
+    dep = Deployment([p.spec for p in state.processes], state.nodes, run_dir=Path(state.run_dir),
+                     log_dir=None, controller=state.controller, api=state.api, web=state.web,
+                     state_file=state_file, health_timeout_s=0)
+    dep.state = state
+    return dep

@@ -1,0 +1,65 @@
+"""The state file: what a launched deployment is made of, for `status`, `logs` and `stop`."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from orchestr.config.serving import NodeConfig
+from orchestr.launch.runner import ProcessRecord
+
+
+@dataclass
+class DeploymentState:
+    run_dir: str
+    controller: str
+    api: str | None
+    web: str | None
+    nodes: dict[str, NodeConfig]
+    processes: list[ProcessRecord] = field(default_factory=list)
+    supervisor_pid: int | None = None
+    created: float = field(default_factory=time.time)
+
+    def record(self, name: str) -> ProcessRecord | None:
+        return next((p for p in self.processes if p.name == name), None)
+
+    def to_dict(self) -> dict:
+        return {
+            "run_dir": self.run_dir, "controller": self.controller, "api": self.api, "web": self.web,
+            "nodes": {k: asdict(v) for k, v in self.nodes.items()},
+            "processes": [p.to_dict() for p in self.processes],
+            "supervisor_pid": self.supervisor_pid, "created": self.created,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict) -> DeploymentState:
+        return cls(run_dir=d["run_dir"], controller=d["controller"], api=d.get("api"), web=d.get("web"),
+                   nodes={k: NodeConfig(**v) for k, v in d["nodes"].items()},
+                   processes=[ProcessRecord.from_dict(p) for p in d["processes"]],
+                   supervisor_pid=d.get("supervisor_pid"), created=d.get("created", 0.0))
+
+
+def state_path(configured: str | None = None) -> Path:
+    raw = configured or os.environ.get("ORCHESTR_STATE_FILE") or "~/.cache/orchestr/deployment.json"
+    return Path(raw).expanduser()
+
+
+def save(state: DeploymentState, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(state.to_dict(), indent=2))
+    os.replace(tmp, path)  # atomic: a reader never sees half a file
+
+
+def load(path: Path) -> DeploymentState | None:
+    try:
+        return DeploymentState.from_dict(json.loads(path.read_text()))
+    except FileNotFoundError:
+        return None
+
+
+def remove(path: Path) -> None:
+    path.unlink(missing_ok=True)
