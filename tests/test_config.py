@@ -1,0 +1,135 @@
+"""Config composition, overrides, validation errors and the rendered plan (fast, no model)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from omegaconf import OmegaConf
+
+from orchestr.config import compose
+from orchestr.launch.plan import PlanError, Planner, build_plan, render_plan
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def run_orchestr(*args: str, env: dict | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "orchestr", *args], capture_output=True, text=True,
+                          timeout=120, env={**os.environ, **(env or {})}, cwd=cwd)
+
+
+def test_default_config_serves_the_embedded_model() -> None:
+    cfg = compose()
+    assert cfg.model.name == "smollm2-135m"
+    assert cfg.model.path == "embedded://SmolLM2-135M-Instruct"
+    assert cfg.cluster.name == "local"
+    assert list(cfg.cluster.workers) == ["worker-0"]
+
+
+def test_overrides_reach_the_rendered_command_lines() -> None:
+    cfg = compose(["services.api.port=9000", "model=vicuna-7b-v1.5", "engine.batching=false"])
+    specs = {s.name: s for s in build_plan(cfg)}
+    api = specs["api"].argv
+    assert api[api.index("--port") + 1] == "9000"
+    worker = specs["worker-0"].argv
+    assert worker[worker.index("--model-path") + 1] == "lmsys/vicuna-7b-v1.5"
+    assert worker[worker.index("--conv-template") + 1] == "vicuna_v1.1"
+    assert "--no-batching" in worker
+
+
+@pytest.mark.parametrize("override, key", [
+    ("services.api.prot=9000", "services.api.prot"),
+    ("model.foo=1", "model.foo"),
+    ("services.api.port=abc", "services.api.port"),
+    ("engine.max_batch_size=lots", "engine.max_batch_size"),
+])
+def test_wrong_key_or_type_fails_before_anything_starts(override: str, key: str) -> None:
+    out = run_orchestr("launch", override, "launch.dry_run=true")
+    assert out.returncode != 0
+    text = out.stdout + out.stderr
+    assert key in text
+    assert "Traceback" not in text
+
+
+def test_unknown_group_option_lists_the_choices() -> None:
+    out = run_orchestr("launch", "model=does-not-exist")
+    assert out.returncode != 0
+    assert "smollm2-135m" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_cfg_job_prints_the_composed_config() -> None:
+    out = run_orchestr("launch", "--cfg", "job", "services.api.port=9123")
+    assert out.returncode == 0, out.stderr
+    cfg = OmegaConf.create(out.stdout)
+    assert cfg.services.api.port == 9123
+    assert cfg.model.name == "smollm2-135m"
+
+
+def test_dry_run_prints_command_lines_and_starts_nothing(tmp_path: Path) -> None:
+    state = tmp_path / "state.json"
+    out = run_orchestr("launch", "launch.dry_run=true", f"launch.state_file={state}",
+                       env={"ORCHESTR_RUNS_DIR": str(tmp_path)})
+    assert out.returncode == 0, out.stderr
+    lines = [line for line in out.stdout.splitlines() if line and not line.startswith("#")]
+    assert any("orchestr.services.controller" in line and "--port 21001" in line for line in lines)
+    assert any("orchestr.services.model_worker" in line and "--controller-address http://127.0.0.1:21001" in line
+               for line in lines)
+    assert any("orchestr.services.openai_api_server" in line for line in lines)
+    assert not state.exists()
+
+
+def test_plan_errors_name_the_key() -> None:
+    with pytest.raises(PlanError, match=r"cluster\.workers\.worker-0\.node"):
+        build_plan(compose(["cluster.workers.worker-0.node=elsewhere"]))
+    with pytest.raises(PlanError, match=r"cluster\.workers\.worker-1\.port"):
+        build_plan(compose(["cluster=local_arena", "cluster.workers.worker-1.port=21002"]))
+    with pytest.raises(PlanError, match=r"cluster\.workers\.worker-0\.model"):
+        build_plan(compose(["cluster.workers.worker-0.model=ghost"]))
+    with pytest.raises(PlanError, match=r"services\.api\.port"):
+        build_plan(compose(["services.api.port=21001"]))
+
+
+def test_local_arena_has_two_contestants() -> None:
+    cfg = compose(["cluster=local_arena"])
+    specs = {s.name: s for s in build_plan(cfg)}
+    assert specs["worker-0"].models == ["smollm2-135m"]
+    assert specs["worker-1"].models == ["smollm2-135m-int8"]
+    assert "--load-8bit" in specs["worker-1"].argv
+    assert specs["web"].depends_on == ["controller", "worker-0", "worker-1"]
+    text = render_plan(list(specs.values()), Planner(cfg).cluster)
+    assert text.startswith("# node local")
+
+
+def test_user_config_folder_adds_a_model(tmp_path: Path) -> None:
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "my-model.yaml").write_text("name: my-model\npath: /models/my-model\n")
+    out = run_orchestr("launch", "model=my-model", "launch.dry_run=true",
+                       env={"ORCHESTR_CONFIG_PATH": str(tmp_path), "ORCHESTR_RUNS_DIR": str(tmp_path / "runs")})
+    assert out.returncode == 0, out.stderr
+    assert "--model-path /models/my-model --model-names my-model" in out.stdout
+    # Hydra's own way works too
+    out = run_orchestr("launch", "model=my-model", "launch.dry_run=true", f"hydra.searchpath=[file://{tmp_path}]",
+                       env={"ORCHESTR_RUNS_DIR": str(tmp_path / "runs")})
+    assert out.returncode == 0, out.stderr
+    assert "--model-names my-model" in out.stdout
+
+
+def test_conf_tree_travels_with_a_non_editable_install(tmp_path: Path) -> None:
+    target = tmp_path / "site"
+    build = subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--target",
+                            str(target), str(REPO)], capture_output=True, text=True, timeout=600)
+    assert build.returncode == 0, build.stderr
+    assert (target / "orchestr" / "conf" / "config.yaml").is_file()
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    env = {**os.environ, "PYTHONPATH": str(target), "ORCHESTR_RUNS_DIR": str(tmp_path / "runs")}
+    out = subprocess.run([sys.executable, "-m", "orchestr", "launch", "launch.dry_run=true"], cwd=elsewhere,
+                         capture_output=True, text=True, timeout=120, env=env)
+    assert out.returncode == 0, out.stderr
+    assert "orchestr.services.model_worker" in out.stdout
+    probe = subprocess.run([sys.executable, "-c", "import orchestr.config as c; print(c.CONF_DIR)"],
+                           cwd=elsewhere, capture_output=True, text=True, env=env)
+    assert probe.stdout.strip().startswith(str(target))
