@@ -1,0 +1,1 @@
+"""HTTP services: controller, model workers, OpenAI API server, web UI."""

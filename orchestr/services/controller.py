@@ -1,0 +1,270 @@
+"""The controller: which workers serve which models, and which one should take the next request.
+
+Workers register themselves (their base URL is their name), then send heartbeats carrying their
+queue length. A background thread drops workers whose heartbeats stopped. Clients ask for a
+worker address per request; the dispatch method picks among the workers serving that model.
+
+Run: ``python -m orchestr.services.controller --port 21001 --dispatch-method shortest_queue``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import threading
+import time
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+import httpx
+from fastapi import FastAPI
+
+from orchestr.protocol import (
+    ControllerStatus,
+    HeartBeatRequest,
+    HeartBeatResponse,
+    ModelListResponse,
+    RegisterWorkerRequest,
+    WorkerAddressRequest,
+    WorkerAddressResponse,
+    WorkerInfoView,
+    WorkerStatus,
+)
+from orchestr.services.http_util import run_app, setup_logging
+
+logger = setup_logging("orchestr.controller")
+
+DISPATCH_METHODS = ("shortest_queue", "lottery")
+STATUS_TIMEOUT_S = 5.0
+
+
+@dataclass
+class WorkerInfo:
+    model_names: list[str]
+    speed: int
+    queue_length: int
+    check_heart_beat: bool
+    last_heart_beat: float
+    multimodal: bool = False
+
+
+def fetch_worker_status(worker_name: str) -> WorkerStatus | None:
+    """Ask a worker for its status; None when it does not answer properly."""
+    try:
+        r = httpx.post(worker_name.rstrip("/") + "/worker_get_status", timeout=STATUS_TIMEOUT_S)
+        r.raise_for_status()
+        return WorkerStatus.model_validate(r.json())
+    except (httpx.HTTPError, ValueError) as e:
+        logger.warning("cannot get status of worker %s: %s", worker_name, e)
+        return None
+
+
+class Controller:
+    """Worker registry and dispatcher. Thread-safe: routes and the expiry thread share it."""
+
+    def __init__(self, dispatch_method: str = "shortest_queue", heart_beat_expiration: float = 90.0):
+        if dispatch_method not in DISPATCH_METHODS:
+            raise ValueError(f"unknown dispatch method {dispatch_method!r}; choose from {DISPATCH_METHODS}")
+        self.dispatch_method = dispatch_method
+        self.heart_beat_expiration = heart_beat_expiration
+        self.workers: dict[str, WorkerInfo] = {}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    # ------------------------------------------------------------------ registration
+
+    def register_worker(
+        self,
+        worker_name: str,
+        check_heart_beat: bool = True,
+        worker_status: WorkerStatus | None = None,
+        multimodal: bool = False,
+    ) -> bool:
+        if worker_status is None:
+            worker_status = fetch_worker_status(worker_name)
+            if worker_status is None:
+                return False
+        info = WorkerInfo(
+            model_names=list(worker_status.model_names),
+            speed=max(int(worker_status.speed), 1),
+            queue_length=int(worker_status.queue_length),
+            check_heart_beat=check_heart_beat,
+            last_heart_beat=time.time(),
+            multimodal=multimodal,
+        )
+        with self._lock:
+            known = worker_name in self.workers
+            self.workers[worker_name] = info
+        logger.info(
+            "%s worker %s serving %s",
+            "re-registered" if known else "registered",
+            worker_name,
+            info.model_names,
+        )
+        return True
+
+    def remove_worker(self, worker_name: str) -> None:
+        with self._lock:
+            self.workers.pop(worker_name, None)
+
+    def refresh_all_workers(self) -> None:
+        """Re-read every worker's status; workers that do not answer are dropped."""
+        with self._lock:
+            old = dict(self.workers)
+        for name, info in old.items():
+            if not self.register_worker(name, info.check_heart_beat, None, info.multimodal):
+                logger.info("dropping unresponsive worker %s", name)
+                self.remove_worker(name)
+
+    def receive_heart_beat(self, worker_name: str, queue_length: int) -> bool:
+        with self._lock:
+            info = self.workers.get(worker_name)
+            if info is None:
+                # Unknown (e.g. the controller restarted): tell the worker to register again.
+                return False
+            info.queue_length = queue_length
+            info.last_heart_beat = time.time()
+        return True
+
+    def remove_stale_workers(self) -> list[str]:
+        cutoff = time.time() - self.heart_beat_expiration
+        with self._lock:
+            stale = [n for n, w in self.workers.items() if w.check_heart_beat and w.last_heart_beat < cutoff]
+            for name in stale:
+                del self.workers[name]
+        for name in stale:
+            logger.info("dropped worker %s: no heartbeat for %.0f s", name, self.heart_beat_expiration)
+        return stale
+
+    def start_expiry_thread(self) -> None:
+        if self._thread is not None:
+            return
+        # Check often enough that a worker is dropped within ~1/3 of the expiration after it goes silent.
+        interval = max(0.2, min(self.heart_beat_expiration / 3.0, 30.0))
+
+        def loop() -> None:
+            while not self._stop.wait(interval):
+                self.remove_stale_workers()
+
+        self._thread = threading.Thread(target=loop, name="heart-beat-expiry", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    # ------------------------------------------------------------------ queries
+
+    def list_models(self) -> list[str]:
+        with self._lock:
+            return sorted({m for w in self.workers.values() for m in w.model_names})
+
+    def get_worker_address(self, model_name: str) -> str:
+        with self._lock:
+            candidates = [(n, w) for n, w in self.workers.items() if model_name in w.model_names]
+            if not candidates:
+                return ""
+            if self.dispatch_method == "lottery":
+                names = [n for n, _ in candidates]
+                weights = [w.speed for _, w in candidates]
+                return random.choices(names, weights=weights, k=1)[0]
+            # shortest_queue: least queued work per unit of speed; ties broken at random so
+            # equal workers share the load.
+            scores = [w.queue_length / w.speed for _, w in candidates]
+            best = min(scores)
+            name, info = random.choice([c for c, s in zip(candidates, scores, strict=True) if s == best])
+            # Count the request we are handing out until the next heartbeat says otherwise.
+            info.queue_length += 1
+            return name
+
+    def status(self) -> ControllerStatus:
+        with self._lock:
+            workers = [
+                WorkerInfoView(
+                    worker_name=n,
+                    model_names=w.model_names,
+                    speed=w.speed,
+                    queue_length=w.queue_length,
+                    check_heart_beat=w.check_heart_beat,
+                    last_heart_beat=w.last_heart_beat,
+                )
+                for n, w in sorted(self.workers.items())
+            ]
+        return ControllerStatus(
+            model_names=sorted({m for w in workers for m in w.model_names}),
+            speed=sum(w.speed for w in workers),
+            queue_length=sum(w.queue_length for w in workers),
+            workers=workers,
+        )
+
+
+def create_app(controller: Controller) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI):
+        controller.start_expiry_thread()
+        yield
+        controller.stop()
+
+    app = FastAPI(title="orchestr controller", lifespan=lifespan)
+
+    # Plain `def` routes: FastAPI runs them in its thread pool, so the blocking status fetch
+    # in registration never stalls heartbeats or dispatch.
+    @app.post("/register_worker")
+    def register_worker(req: RegisterWorkerRequest) -> dict:
+        ok = controller.register_worker(
+            req.worker_name, req.check_heart_beat, req.worker_status, req.multimodal
+        )
+        return {"ok": ok}
+
+    @app.post("/refresh_all_workers")
+    def refresh_all_workers() -> dict:
+        controller.refresh_all_workers()
+        return {"ok": True}
+
+    @app.post("/receive_heart_beat")
+    def receive_heart_beat(req: HeartBeatRequest) -> HeartBeatResponse:
+        return HeartBeatResponse(exist=controller.receive_heart_beat(req.worker_name, req.queue_length))
+
+    @app.post("/list_models")
+    def list_models() -> ModelListResponse:
+        return ModelListResponse(models=controller.list_models())
+
+    @app.post("/get_worker_address")
+    def get_worker_address(req: WorkerAddressRequest) -> WorkerAddressResponse:
+        return WorkerAddressResponse(address=controller.get_worker_address(req.model))
+
+    @app.post("/worker_get_status")
+    def worker_get_status() -> ControllerStatus:
+        return controller.status()
+
+    @app.get("/health")
+    def health() -> dict:
+        return {"status": "ok", "workers": len(controller.workers)}
+
+    return app
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m orchestr.services.controller", description=__doc__.split("\n")[0]
+    )
+    parser.add_argument("--host", default="localhost")
+    parser.add_argument("--port", type=int, default=21001)
+    parser.add_argument("--dispatch-method", choices=DISPATCH_METHODS, default="shortest_queue")
+    parser.add_argument(
+        "--heart-beat-expiration",
+        type=float,
+        default=90.0,
+        help="seconds without a heartbeat before a worker is dropped",
+    )
+    parser.add_argument("--ssl", action="store_true", help="serve HTTPS (SSL_KEYFILE / SSL_CERTFILE env)")
+    args = parser.parse_args(argv)
+    if args.heart_beat_expiration <= 0:
+        parser.error("--heart-beat-expiration must be positive")
+    controller = Controller(args.dispatch_method, args.heart_beat_expiration)
+    logger.info("controller on %s:%d, dispatch %s", args.host, args.port, args.dispatch_method)
+    run_app(create_app(controller), args.host, args.port, ssl=args.ssl)
+
+
+if __name__ == "__main__":
+    main()
