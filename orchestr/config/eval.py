@@ -1,20 +1,134 @@
-"""Schemas for `orchestr eval`: benches, judges and the eval steps (owned by the eval work)."""
+"""Schemas for `orchestr eval`: benches (`bench=`), judges (`judge=`) and the eval steps (`eval.*`).
+
+Paths are relative to the working directory unless absolute; a `pkg:` prefix names a file shipped
+inside the orchestr package (orchestr/eval/data/...), which is how the embedded bench works offline.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+
+def _default_temperatures() -> dict[str, float]:
+    # FastChat's per-category sampling temperatures for MT-bench answers.
+    return {
+        "writing": 0.7,
+        "roleplay": 0.7,
+        "extraction": 0.0,
+        "math": 0.0,
+        "coding": 0.0,
+        "reasoning": 0.0,
+        "stem": 0.1,
+        "humanities": 0.1,
+        "arena-hard-200": 0.0,
+    }
+
+
+@dataclass
+class JudgePromptNames:
+    """Which prompt (by `name` in the prompt file) judges which kind of match."""
+
+    single: str = "single-v1"
+    single_ref: str = "single-math-v1"
+    single_multi_turn: str = "single-v1-multi-turn"
+    single_ref_multi_turn: str = "single-math-v1-multi-turn"
+    pair: str = "pair-v2"
+    pair_ref: str = "pair-math-v1"
+    pair_multi_turn: str = "pair-v2-multi-turn"
+    pair_ref_multi_turn: str = "pair-math-v1-multi-turn"
 
 
 @dataclass
 class BenchConfig:
-    name: str = "orchestr_mini"
+    """One benchmark (`conf/bench/*.yaml`): its questions, references and judging defaults."""
+
+    name: str = "orchestr_mini"  # also the folder under eval.data_dir for answers and judgments
+    question_file: str = "pkg:orchestr_mini/question.jsonl"
+    question_url: str | None = None  # where `orchestr eval-data` fetches question_file from
+    # Reference answers (FastChat model-answer schema). Questions may also carry `reference`.
+    reference_answer_file: str | None = None
+    reference_answer_url: str | None = None
+    ref_categories: list[str] = field(default_factory=lambda: ["math", "reasoning", "coding"])
+    turns: int = 2  # turns judged per question (1 for single-turn benches)
+    default_temperature: float = 0.7  # for categories missing from `temperatures`
+    temperatures: dict[str, float] = field(default_factory=_default_temperatures)
+    # None: orchestr's own judge prompts; or a judge_prompts.jsonl (e.g. FastChat's)
+    judge_prompt_file: str | None = None
+    judge_prompts: JudgePromptNames = field(default_factory=JudgePromptNames)
 
 
 @dataclass
 class JudgeConfig:
-    name: str = "self"
+    """The LLM judge (`conf/judge/*.yaml`): any OpenAI-compatible chat endpoint."""
+
+    name: str | None = None  # file stem of <name>_single.jsonl / <name>_pair.jsonl; None: `model`
+    model: str | None = None  # model name at the endpoint; None: the model orchestr serves (`model.name`)
+    endpoint: str | None = None  # base URL (…/v1); None: the orchestr deployment's API server
+    api_key_env: str | None = None  # environment variable holding the key (e.g. OPENAI_API_KEY)
+    mode: str = "single"  # single | pairwise-baseline | pairwise-all
+    baseline_model: str = "gpt-3.5-turbo"  # opponent of every model in pairwise-baseline
+    models: list[str] | None = None  # model_ids to judge; None: every model with answers
+    temperature: float = 0.0
+    max_tokens: int = 2048
+    parallel: int = 2  # concurrent judge requests
+    max_retries: int = 5  # per request, with exponential backoff
+    backoff_s: float = 1.0
+    backoff_max_s: float = 30.0
+    timeout_s: float = 600.0  # per request
+    first_n: int | None = None  # judge only the first N questions (debugging)
+
+
+@dataclass
+class AnswerConfig:
+    """The answer step: who answers and how."""
+
+    backend: str = "api"  # api (OpenAI-compatible endpoint) | local (load `model` in-process)
+    endpoint: str | None = None  # base URL (…/v1); None: the orchestr deployment's API server
+    api_key_env: str | None = None  # environment variable with the endpoint's key
+    model_id: str | None = None  # name in the answer file; None: `model.name`
+    num_choices: int = 1
+    max_tokens: int = 1024
+    temperature: float | None = None  # None: the bench's per-category temperatures
+    parallel: int = 4  # concurrent questions
+    question_begin: int | None = None  # slice of the question list (debugging)
+    question_end: int | None = None
+    max_retries: int = 5
+    backoff_s: float = 1.0
+    backoff_max_s: float = 30.0
+    timeout_s: float = 600.0
+
+
+@dataclass
+class AgreementConfig:
+    """Agreement between two judges (or a judge and human votes), as FastChat's compute_agreement."""
+
+    files: list[str] = field(default_factory=list)  # two pairwise judgment/vote files
+    judges: list[str] = field(default_factory=list)  # optional judge names inside (when one file holds both)
+    turn: int | None = None  # 1 or 2; None: both
+
+
+@dataclass
+class DownloadConfig:
+    """Pre-generated answers and judgments for `orchestr eval-data`."""
+
+    base_url: str = "https://huggingface.co/spaces/lmsys/mt-bench/resolve/main/data"
+    files: list[str] = field(
+        default_factory=lambda: [
+            "mt_bench/model_judgment/gpt-4_single.jsonl",
+            "mt_bench/model_judgment/gpt-4_pair.jsonl",
+        ]
+    )  # paths under base_url and under eval.data_dir
+    include_bench: bool = True  # also fetch the bench's question/reference files when missing
+    timeout_s: float = 10.0
+    overwrite: bool = False
 
 
 @dataclass
 class EvalConfig:
-    step: str = "all"
+    step: str = "all"  # all (answer, judge, results) | answer | judge | results | agreement
+    data_dir: str = "data"  # answers in <data_dir>/<bench>/model_answer, judgments in .../model_judgment
+    answer: AnswerConfig = field(default_factory=AnswerConfig)
+    results_dir: str | None = None  # CSV + PNG; None: <data_dir>/<bench>/results
+    plot: bool = True
+    agreement: AgreementConfig = field(default_factory=AgreementConfig)
+    download: DownloadConfig = field(default_factory=DownloadConfig)

@@ -1,0 +1,123 @@
+"""The answer step (FastChat's gen_model_answer / gen_api_answer): every question, every turn,
+`num_choices` times, from an OpenAI-compatible endpoint or a model loaded in this process."""
+
+from __future__ import annotations
+
+import sys
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from tqdm import tqdm
+
+from orchestr.eval import paths
+from orchestr.eval.bench import load_questions
+from orchestr.eval.client import ChatClient, RequestFailed, RetryPolicy, deployment_endpoint, resolve_api_key
+from orchestr.eval.errors import EvalError
+from orchestr.eval.records import JsonlAppender, answer_record, read_jsonl, write_jsonl
+
+
+class Responder(Protocol):
+    def chat(self, messages: list[dict[str, str]], temperature: float, max_tokens: int) -> str: ...
+
+
+@dataclass
+class StepCounts:
+    done: int = 0
+    failed: int = 0
+    skipped: int = 0
+    unparseable: int = 0
+
+    def line(self, verb: str) -> str:
+        extra = f" ({self.unparseable} unparseable)" if self.unparseable else ""
+        return f"{verb} {self.done}{extra}, failed {self.failed}, skipped {self.skipped} (already done)"
+
+
+def model_id_of(cfg: Any) -> str:
+    return cfg.eval.answer.model_id or cfg.model.name
+
+
+def make_responder(cfg: Any) -> Responder:
+    a = cfg.eval.answer
+    if a.backend == "local":
+        from orchestr.eval.local import LocalResponder  # imports torch: only when asked for
+
+        return LocalResponder(cfg)
+    if a.backend != "api":
+        raise EvalError(f"eval.answer.backend must be `api` or `local`, not {a.backend!r}")
+    use_deployment = not a.endpoint
+    base_url = a.endpoint or deployment_endpoint(cfg)
+    client = ChatClient(
+        base_url,
+        resolve_api_key(a.api_key_env, cfg, use_deployment),
+        cfg.model.name,
+        a.timeout_s,
+        RetryPolicy(a.max_retries, a.backoff_s, a.backoff_max_s),
+    )
+    client.check("eval.answer.endpoint")
+    return client
+
+
+def temperature_for(cfg: Any, category: str) -> float:
+    if cfg.eval.answer.temperature is not None:
+        return float(cfg.eval.answer.temperature)
+    return float(cfg.bench.temperatures.get(category, cfg.bench.default_temperature))
+
+
+def answer_question(responder: Responder, question: dict, num_choices: int, temperature: float, max_tokens: int) -> list[list[str]]:
+    """All turns of one question, once per choice; each turn sees the conversation so far."""
+    choices = []
+    for _ in range(num_choices):
+        messages: list[dict[str, str]] = []
+        turns = []
+        for user_turn in question["turns"]:
+            messages.append({"role": "user", "content": user_turn})
+            output = responder.chat(messages, temperature, max_tokens).strip()
+            messages.append({"role": "assistant", "content": output})
+            turns.append(output)
+        choices.append(turns)
+    return choices
+
+
+def run_answers(cfg: Any, responder: Responder | None = None) -> StepCounts:
+    a = cfg.eval.answer
+    questions = load_questions(cfg.bench, a.question_begin, a.question_end)
+    model_id = model_id_of(cfg)
+    out = paths.answer_file(cfg.eval.data_dir, cfg.bench.name, model_id)
+    done_ids = {r.get("question_id") for r in read_jsonl(out)}
+    todo = [q for q in questions if q["question_id"] not in done_ids]
+    counts = StepCounts(skipped=len(questions) - len(todo))
+    print(f"answers: {model_id} on {cfg.bench.name}: {len(todo)} to answer, {counts.skipped} already in {out}")
+    if todo:
+        responder = responder or make_responder(cfg)
+        with JsonlAppender(out) as sink, ThreadPoolExecutor(max(1, a.parallel)) as pool:
+            futures = {
+                pool.submit(
+                    answer_question, responder, q, a.num_choices, temperature_for(cfg, q["category"]), a.max_tokens
+                ): q
+                for q in todo
+            }
+            for fut in tqdm(as_completed(futures), total=len(futures), desc="answers", file=sys.stderr):
+                q = futures[fut]
+                try:
+                    choices = fut.result()
+                except RequestFailed as e:
+                    counts.failed += 1
+                    tqdm.write(f"question {q['question_id']}: {e}", file=sys.stderr)
+                    continue
+                sink.append(answer_record(q["question_id"], model_id, choices))
+                counts.done += 1
+    reorganize(out)
+    print(f"answers: {counts.line('answered')} -> {out}")
+    return counts
+
+
+def reorganize(path) -> None:
+    """Sort by question_id and keep one answer per question (as FastChat's reorg_answer_file)."""
+    records = read_jsonl(path)
+    if not records:
+        return
+    by_q = {}
+    for r in records:
+        by_q[r["question_id"]] = r
+    write_jsonl(path, [by_q[k] for k in sorted(by_q, key=lambda k: (str(type(k)), k))])

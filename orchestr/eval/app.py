@@ -1,0 +1,81 @@
+"""`orchestr eval`: the answer, judge and results steps as one Hydra app.
+
+    orchestr eval                                       # embedded bench, all steps, judge = self
+    orchestr eval bench=mt_bench eval.step=answer       # one step
+    orchestr eval eval.step=judge judge.mode=pairwise-all
+    orchestr eval -m model=a,b judge.mode=single,pairwise-all   # a sweep (Hydra multirun)
+
+Each step reads and writes FastChat's layout under eval.data_dir, so steps, reruns and sweep jobs
+pick up each other's files (and resume where a killed run stopped).
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import hydra
+from omegaconf import DictConfig
+from omegaconf.errors import MissingMandatoryValue
+
+from orchestr.config import CONF_DIR, register_configs
+from orchestr.eval.errors import EvalError
+
+STEPS = ("all", "answer", "judge", "results", "agreement")
+
+
+def run(cfg: Any) -> None:
+    step = cfg.eval.step
+    if step not in STEPS:
+        raise EvalError(f"eval.step must be one of {', '.join(STEPS)}, not {step!r}")
+    if step in ("all", "answer"):
+        from orchestr.eval.answers import run_answers
+
+        run_answers(cfg)
+    if step in ("all", "judge"):
+        from orchestr.eval.judge import run_judge
+
+        run_judge(cfg)
+    if step in ("all", "results"):
+        from orchestr.eval.judge import judgment_path
+        from orchestr.eval.records import read_jsonl
+        from orchestr.eval.results import run_results
+
+        if step == "results" or read_jsonl(judgment_path(cfg)):
+            run_results(cfg)
+    if step == "agreement":
+        from orchestr.eval.agreement import run_agreement
+
+        run_agreement(cfg)
+
+
+def run_or_exit(cfg: Any) -> None:
+    """User mistakes end with a message and exit status 2, not a stack trace."""
+    try:
+        run(cfg)
+    except EvalError as e:
+        print(f"orchestr eval: {e}", file=sys.stderr)
+        sys.exit(2)
+    except MissingMandatoryValue as e:
+        print(f"orchestr eval: {e.full_key} must be set (`{e.full_key}=...` on the command line)", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("orchestr eval: interrupted; finished work is saved, rerun to resume", file=sys.stderr)
+        sys.exit(130)
+
+
+register_configs()
+
+
+@hydra.main(config_path=CONF_DIR, config_name="config", version_base="1.3")
+def _hydra_main(cfg: DictConfig) -> None:
+    run_or_exit(cfg)
+
+
+def main() -> int:
+    _hydra_main()
+    return 0
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,7 @@
+"""The one error type the eval commands turn into a clean message (no stack trace) for the user."""
+
+from __future__ import annotations
+
+
+class EvalError(Exception):
+    """A user-fixable problem: missing file, unreachable endpoint, bad key. The message says what to set."""
