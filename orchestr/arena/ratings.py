@@ -1,0 +1,253 @@
+"""Ratings from battles: online Elo, Bradley-Terry by maximum likelihood, bootstrap CIs, leaderboard.
+
+Both ratings live on the Elo scale: P(a beats b) = 1 / (1 + base ** ((R_b - R_a) / scale)).
+Bradley-Terry is fitted with scipy's L-BFGS on the counts of each distinct (a, b, outcome); a tie
+counts as half a win for each side (FastChat's convention). Its bootstrap redraws those counts
+from a multinomial, i.e. resamples battles with replacement, `bootstrap_rounds` times.
+
+`leaderboard_from_logs(log_dir)` is what the web UI's leaderboard tab calls: the same defaults as
+`orchestr clean`, so the tab and the CLI's files show the same numbers.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from scipy.optimize import minimize
+from scipy.special import expit, log_expit
+from tqdm import tqdm
+
+LEADERBOARD_COLUMNS = [
+    "rank", "model", "rating", "ci_lower", "ci_upper", "ci_95", "votes", "bt_rating", "elo_rating",
+]  # fmt: skip
+SCORE = {"model_a": 1.0, "model_b": 0.0, "tie": 0.5, "tie (bothbad)": 0.5}
+
+
+def battles_frame(
+    battles: Sequence[dict[str, Any]] | pd.DataFrame, ratings_cfg: Any | None = None
+) -> pd.DataFrame:
+    """model_a, model_b, winner (and tstamp) of the battles the rating counts, oldest first."""
+    df = pd.DataFrame(battles) if not isinstance(battles, pd.DataFrame) else battles.copy()
+    if df.empty:
+        return pd.DataFrame(columns=["model_a", "model_b", "winner", "tstamp"])
+    unknown = set(df["winner"]) - set(SCORE)
+    if unknown:
+        raise ValueError(f"battles carry unknown winner values {sorted(unknown)}; expected {list(SCORE)}")
+    if ratings_cfg is not None:
+        if ratings_cfg.anony_only and "anony" in df:
+            df = df[df["anony"].astype(bool)]
+        if ratings_cfg.drop_bothbad:
+            df = df[df["winner"] != "tie (bothbad)"]
+    if "tstamp" in df:
+        df = df.sort_values("tstamp", kind="stable")
+    return df.reset_index(drop=True)
+
+
+# --------------------------------------------------------------------------- online Elo
+
+
+def online_elo(
+    df: pd.DataFrame, k: float = 4.0, scale: float = 400.0, base: float = 10.0, init_rating: float = 1000.0
+) -> pd.Series:
+    """Classic sequential Elo over the battles in their order (depends on that order)."""
+    rating: dict[str, float] = {}
+    for a, b, w in zip(df["model_a"], df["model_b"], df["winner"], strict=True):
+        ra, rb = rating.setdefault(a, init_rating), rating.setdefault(b, init_rating)
+        ea = 1.0 / (1.0 + base ** ((rb - ra) / scale))
+        sa = SCORE[w]
+        rating[a] = ra + k * (sa - ea)
+        rating[b] = rating[b] + k * ((1.0 - sa) - (1.0 - ea))
+    return pd.Series(rating, dtype=float).sort_values(ascending=False)
+
+
+# --------------------------------------------------------------------------- Bradley-Terry
+
+
+def _matchups(df: pd.DataFrame, models: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Distinct (a index, b index, score) rows and how often each occurred."""
+    idx = {m: i for i, m in enumerate(models)}
+    rows = np.column_stack(
+        [
+            df["model_a"].map(idx).to_numpy(np.int64),
+            df["model_b"].map(idx).to_numpy(np.int64),
+            (df["winner"].map(SCORE).to_numpy(np.float64) * 2).astype(np.int64),
+        ]
+    )
+    uniq, counts = np.unique(rows, axis=0, return_counts=True)
+    return uniq[:, :2], uniq[:, 2] / 2.0, counts.astype(np.float64)
+
+
+def _bt_loss(x: np.ndarray, pairs: np.ndarray, scores: np.ndarray, weights: np.ndarray, l2: float):
+    logits = x[pairs[:, 0]] - x[pairs[:, 1]]
+    loss = -(weights * (scores * log_expit(logits) + (1 - scores) * log_expit(-logits))).sum()
+    g_pair = -weights * (scores - expit(logits))
+    grad = np.bincount(pairs[:, 0], g_pair, len(x)) - np.bincount(pairs[:, 1], g_pair, len(x))
+    return loss + 0.5 * l2 * (x @ x), grad + l2 * x
+
+
+def fit_bt(
+    pairs: np.ndarray, scores: np.ndarray, weights: np.ndarray, n_models: int, l2: float
+) -> np.ndarray:
+    """Maximum-likelihood strengths in logit units, centred at 0 (the ridge fixes the gauge)."""
+    res = minimize(
+        _bt_loss,
+        np.zeros(n_models),
+        args=(pairs, scores, weights, l2),
+        jac=True,
+        method="L-BFGS-B",
+        options={"maxiter": 500, "gtol": 1e-8},
+    )
+    return res.x - res.x.mean()
+
+
+def _to_scale(x: np.ndarray, models: list[str], cfg: Any) -> np.ndarray:
+    ratings = x * cfg.scale / math.log(cfg.base) + cfg.init_rating
+    if cfg.baseline_model and cfg.baseline_model in models:
+        i = models.index(cfg.baseline_model)
+        ratings = ratings + (cfg.baseline_rating - ratings[..., [i]])
+    return ratings
+
+
+def _models(df: pd.DataFrame) -> list[str]:
+    return sorted(set(df["model_a"]) | set(df["model_b"]))
+
+
+def bt_ratings(df: pd.DataFrame, cfg: Any) -> pd.Series:
+    models = _models(df)
+    pairs, scores, weights = _matchups(df, models)
+    x = fit_bt(pairs, scores, weights, len(models), cfg.bt_l2)
+    return pd.Series(_to_scale(x, models, cfg), index=models).sort_values(ascending=False)
+
+
+def bootstrap_bt(df: pd.DataFrame, cfg: Any, progress: bool = True) -> pd.DataFrame:
+    """One row per bootstrap round, one column per model (Elo-scale BT ratings)."""
+    models = _models(df)
+    pairs, scores, weights = _matchups(df, models)
+    rng = np.random.default_rng(cfg.seed)
+    draws = rng.multinomial(int(weights.sum()), weights / weights.sum(), size=cfg.bootstrap_rounds)
+    rows = [
+        fit_bt(pairs, scores, w.astype(np.float64), len(models), cfg.bt_l2)
+        for w in tqdm(draws, desc="bootstrap BT", disable=not progress or cfg.bootstrap_rounds < 50)
+    ]
+    return pd.DataFrame(_to_scale(np.array(rows).reshape(-1, len(models)), models, cfg), columns=models)
+
+
+def bootstrap_elo(df: pd.DataFrame, cfg: Any, progress: bool = True) -> pd.DataFrame:
+    """Online Elo over battles resampled with replacement (random order), per round."""
+    rng = np.random.default_rng(cfg.seed)
+    rows = []
+    for _ in tqdm(
+        range(cfg.bootstrap_rounds), desc="bootstrap Elo", disable=not progress or cfg.bootstrap_rounds < 50
+    ):
+        sample = df.iloc[rng.integers(0, len(df), len(df))]
+        rows.append(online_elo(sample, cfg.elo_k, cfg.scale, cfg.base, cfg.init_rating))
+    return pd.DataFrame(rows).reindex(columns=_models(df))
+
+
+# --------------------------------------------------------------------------- leaderboard
+
+
+def empty_leaderboard() -> pd.DataFrame:
+    return pd.DataFrame({c: pd.Series(dtype=object) for c in LEADERBOARD_COLUMNS})
+
+
+def compute_leaderboard(
+    battles: Sequence[dict[str, Any]] | pd.DataFrame, cfg: Any, progress: bool = True
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(leaderboard table, bootstrap samples of the ranked rating). Empty frames when no battles."""
+    if cfg.rank_by not in ("bt", "elo"):
+        raise ValueError(f"clean.ratings.rank_by={cfg.rank_by!r}: expected bt or elo")
+    if cfg.bootstrap_rounds < 1:
+        raise ValueError("clean.ratings.bootstrap_rounds must be at least 1")
+    df = battles_frame(battles, cfg)
+    if df.empty:
+        return empty_leaderboard(), pd.DataFrame()
+    bt = bt_ratings(df, cfg)
+    elo = online_elo(df, cfg.elo_k, cfg.scale, cfg.base, cfg.init_rating)
+    boot = bootstrap_bt(df, cfg, progress) if cfg.rank_by == "bt" else bootstrap_elo(df, cfg, progress)
+    point = bt if cfg.rank_by == "bt" else elo
+    votes = pd.concat([df["model_a"], df["model_b"]]).value_counts()
+    lower, upper = boot.quantile(0.025), boot.quantile(0.975)
+    table = pd.DataFrame(
+        {
+            "model": point.index,
+            "rating": point.to_numpy(),
+            "ci_lower": lower.reindex(point.index).to_numpy(),
+            "ci_upper": upper.reindex(point.index).to_numpy(),
+            "votes": votes.reindex(point.index).fillna(0).astype(int).to_numpy(),
+            "bt_rating": bt.reindex(point.index).to_numpy(),
+            "elo_rating": elo.reindex(point.index).to_numpy(),
+        }
+    ).sort_values("rating", ascending=False, kind="stable")
+    table.insert(0, "rank", range(1, len(table) + 1))
+    table["ci_95"] = [
+        f"+{u - r:.0f}/-{r - lo:.0f}"
+        for r, lo, u in zip(table["rating"], table["ci_lower"], table["ci_upper"], strict=True)
+    ]
+    for col in ("rating", "ci_lower", "ci_upper", "bt_rating", "elo_rating"):
+        table[col] = table[col].round(1)
+    return table[LEADERBOARD_COLUMNS].reset_index(drop=True), boot
+
+
+def leaderboard_markdown(table: pd.DataFrame) -> str:
+    head = "| Rank | Model | Rating | 95% CI | Votes |\n| ---: | --- | ---: | :---: | ---: |\n"
+    body = "".join(
+        f"| {r.rank} | {r.model} | {r.rating:.0f} | {r.ci_95} | {r.votes} |\n" for r in table.itertuples()
+    )
+    return head + (body or "| | *no votes yet* | | | |\n")
+
+
+def write_leaderboard(table: pd.DataFrame, out_dir: str | os.PathLike) -> list[Path]:
+    out = Path(out_dir).expanduser()
+    out.mkdir(parents=True, exist_ok=True)
+    csv_path, md_path = out / "leaderboard.csv", out / "leaderboard.md"
+    table.to_csv(csv_path, index=False)
+    md_path.write_text(leaderboard_markdown(table), encoding="utf-8")
+    return [csv_path, md_path]
+
+
+# --------------------------------------------------------------------------- for the web UI
+
+_cache: dict[Any, pd.DataFrame] = {}
+_cache_lock = threading.Lock()
+
+
+def leaderboard_from_logs(
+    log_dir: str | os.PathLike | Sequence[str | os.PathLike],
+    battles_cfg: Any | None = None,
+    ratings_cfg: Any | None = None,
+) -> pd.DataFrame:
+    """Leaderboard (LEADERBOARD_COLUMNS) from the web UI's day files; an empty frame when there
+    are no votes (or no folder yet). Cached until a log file changes."""
+    from orchestr.arena.battles import clean_battles
+    from orchestr.arena.logs import find_log_files
+    from orchestr.config.clean import BattlesConfig, RatingsConfig
+
+    battles_cfg = battles_cfg or BattlesConfig()
+    ratings_cfg = ratings_cfg or RatingsConfig()
+    dirs = [log_dir] if isinstance(log_dir, (str, os.PathLike)) else list(log_dir)
+    dirs = [str(Path(d).expanduser()) for d in dirs if Path(d).expanduser().is_dir()]
+    if not dirs:
+        return empty_leaderboard()
+    files = find_log_files(dirs, battles_cfg.start_date, battles_cfg.end_date, battles_cfg.max_num_files)
+    key = (
+        tuple((str(f), f.stat().st_size, f.stat().st_mtime_ns) for f in files),
+        repr(battles_cfg),
+        repr(ratings_cfg),
+    )
+    with _cache_lock:
+        if key in _cache:
+            return _cache[key].copy()
+    battles, _ = clean_battles(battles_cfg, dirs)
+    table, _ = compute_leaderboard(battles, ratings_cfg, progress=False)
+    with _cache_lock:
+        _cache.clear()  # only the newest logs matter
+        _cache[key] = table
+    return table.copy()
