@@ -22,6 +22,8 @@ def setup_logging(name: str) -> logging.Logger:
         handler.setFormatter(logging.Formatter(LOG_FORMAT))
         root.addHandler(handler)
     root.setLevel(level)
+    # httpx logs every request at INFO: noise, and CPU on the API server's hot path.
+    logging.getLogger("httpx").setLevel(max(logging.WARNING, root.level))
     return logging.getLogger(name)
 
 

@@ -1,0 +1,636 @@
+"""The work behind the OpenAI API routes: find a worker through the controller, call it, shape answers.
+
+Routes in ``openai_api_server`` only authenticate and parse; everything here raises ``ApiError``
+for anything a client should see as an OpenAI error.
+
+Overhead matters (the API + controller hop must stay within a few percent of calling the worker
+directly), so: one pooled ``httpx.AsyncClient``; the controller's worker table is cached for a
+short TTL and a model with a single worker is dispatched without asking the controller; the
+token-count round trip is skipped when a byte-length bound already proves the prompt fits; worker
+streams are relayed chunk by chunk, never re-buffered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import logging
+import random
+import time
+from array import array
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import TypeVar
+
+import httpx
+
+from orchestr.protocol import (
+    ChatCompletionRequest,
+    ChatCompletionResponse,
+    ChatCompletionResponseChoice,
+    ChatCompletionStreamChoice,
+    ChatCompletionStreamResponse,
+    ChatMessage,
+    CompletionRequest,
+    CompletionResponse,
+    CompletionResponseChoice,
+    CompletionStreamResponse,
+    ControllerStatus,
+    CountTokenRequest,
+    CountTokenResult,
+    DeltaMessage,
+    EmbeddingData,
+    EmbeddingRequest,
+    EmbeddingResult,
+    EmbeddingsRequest,
+    EmbeddingsResponse,
+    ErrorCode,
+    GenerateChunk,
+    GenerateRequest,
+    GenerateResult,
+    ModelCard,
+    ModelDetails,
+    ModelList,
+    ModelListResponse,
+    UsageInfo,
+    WorkerAddressResponse,
+)
+from orchestr.services.http_util import error_body
+
+logger = logging.getLogger("orchestr.api")
+
+T = TypeVar("T")
+
+# Upper bound of the tokens a chat template adds (system prompt, role markers): used only to
+# decide whether the exact /count_token call can be skipped.
+TEMPLATE_OVERHEAD_TOKENS = 256
+PER_MESSAGE_OVERHEAD_TOKENS = 16
+COMPLETIONS_DEFAULT_MAX_TOKENS = 16  # OpenAI's (and FastChat's) default for /v1/completions
+
+
+class ApiError(Exception):
+    """An error the client sees as ``{"error": {...}}`` with this HTTP status."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        type_: str = "invalid_request_error",
+        param: str | None = None,
+        code: str | int | None = None,
+    ):
+        super().__init__(message)
+        self.status, self.message, self.type, self.param, self.code = status, message, type_, param, code
+
+    def body(self) -> dict:
+        return error_body(self.message, self.type, self.param, self.code).model_dump()
+
+
+class WorkerUnreachable(Exception):
+    """The worker did not accept the connection: try another one."""
+
+
+def worker_error(code: int, message: str | None) -> ApiError:
+    """Map a worker's numeric error code to the HTTP error a client should get."""
+    message = message or "the model worker reported an error"
+    if code == ErrorCode.CONTEXT_OVERFLOW:
+        return ApiError(400, message, param="messages", code="context_length_exceeded")
+    if code in (ErrorCode.PARAM_OUT_OF_RANGE, ErrorCode.VALIDATION_TYPE_ERROR):
+        return ApiError(400, message, code="invalid_value")
+    if code == ErrorCode.INVALID_MODEL:
+        return ApiError(404, message, param="model", code="model_not_found")
+    if code in (ErrorCode.ENGINE_OVERLOADED, ErrorCode.RATE_LIMIT):
+        return ApiError(429, message, type_="rate_limit_error", code="engine_overloaded")
+    return ApiError(500, message, type_="server_error", code=code or "internal_error")
+
+
+def sse(payload: str) -> str:
+    return f"data: {payload}\n\n"
+
+
+SSE_DONE = "data: [DONE]\n\n"
+
+
+@dataclass
+class _Stream:
+    """An open worker stream whose first chunk has already been read (to catch early errors)."""
+
+    index: int
+    first: GenerateChunk | None
+    rest: AsyncIterator[GenerateChunk]
+
+    async def chunks(self) -> AsyncIterator[GenerateChunk]:
+        if self.first is not None:
+            yield self.first
+        async for c in self.rest:
+            yield c
+
+    async def aclose(self) -> None:
+        await self.rest.aclose()  # type: ignore[attr-defined]
+
+
+class ApiClient:
+    def __init__(
+        self,
+        controller_address: str,
+        worker_timeout: float = 600.0,
+        controller_cache_ttl: float = 2.0,
+    ):
+        self.controller = controller_address.rstrip("/")
+        self.cache_ttl = controller_cache_ttl
+        # Generation can queue behind other requests: long reads; no pool limit worth hitting
+        # (a throughput benchmark opens hundreds of concurrent streams).
+        self.http = httpx.AsyncClient(
+            timeout=httpx.Timeout(connect=10.0, read=worker_timeout, write=60.0, pool=worker_timeout),
+            limits=httpx.Limits(max_connections=None, max_keepalive_connections=256),
+        )
+        self._status: ControllerStatus | None = None
+        self._status_at = 0.0
+        self._seen_models: set[str] = set()  # every model ever registered: 503 (down), not 404
+        self._details: dict[tuple[str, str], ModelDetails | None] = {}
+
+    async def aclose(self) -> None:
+        await self.http.aclose()
+
+    # ------------------------------------------------------------------ controller
+
+    async def _post_controller(self, path: str, body: dict | None = None) -> dict:
+        try:
+            r = await self.http.post(self.controller + path, json=body or {}, timeout=10.0)
+            r.raise_for_status()
+            return r.json()
+        except (httpx.HTTPError, ValueError) as e:
+            raise ApiError(
+                503,
+                f"controller {self.controller} is unreachable: {e}",
+                "service_unavailable",
+                code="no_controller",
+            ) from e
+
+    async def _workers_table(self, force: bool = False) -> ControllerStatus:
+        now = time.monotonic()
+        if force or self._status is None or now - self._status_at > self.cache_ttl:
+            self._status = ControllerStatus.model_validate(await self._post_controller("/worker_get_status"))
+            self._status_at = now
+            self._seen_models.update(self._status.model_names)
+        return self._status
+
+    def _invalidate(self) -> None:
+        self._status_at = 0.0
+
+    async def list_models(self) -> ModelList:
+        models = ModelListResponse.model_validate(await self._post_controller("/list_models")).models
+        self._seen_models.update(models)
+        return ModelList(data=[ModelCard(id=m, root=m) for m in models])
+
+    async def retrieve_model(self, model: str) -> ModelCard:
+        models = await self.list_models()
+        for card in models.data:
+            if card.id == model:
+                return card
+        raise self._unknown_model(model)
+
+    def _unknown_model(self, model: str) -> ApiError:
+        return ApiError(
+            404,
+            f"The model `{model}` does not exist or you do not have access to it.",
+            param="model",
+            code="model_not_found",
+        )
+
+    async def worker_for(self, model: str, exclude: set[str] = frozenset()) -> str:  # type: ignore[assignment]
+        table = await self._workers_table()
+        names = [w.worker_name for w in table.workers if model in w.model_names]
+        if not names:  # maybe it registered since we last looked
+            table = await self._workers_table(force=True)
+            names = [w.worker_name for w in table.workers if model in w.model_names]
+        names = [n for n in names if n not in exclude]
+        if not names:
+            if model in self._seen_models:
+                raise ApiError(
+                    503,
+                    f"No worker is serving model `{model}` right now; try again later.",
+                    "service_unavailable",
+                    param="model",
+                    code="no_worker",
+                )
+            raise self._unknown_model(model)
+        if len(names) == 1:
+            return names[0]
+        # Several workers: the controller's dispatch method decides (it tracks queue lengths).
+        addr = WorkerAddressResponse.model_validate(
+            await self._post_controller("/get_worker_address", {"model": model})
+        ).address
+        return addr if addr in names else random.choice(names)
+
+    async def _on_worker(self, model: str, call: Callable[[str], Awaitable[T]]) -> T:
+        """Run ``call(worker_address)``; if the worker is gone, retry once on another worker."""
+        tried: set[str] = set()
+        for _ in range(2):
+            addr = await self.worker_for(model, tried)
+            try:
+                return await call(addr)
+            except WorkerUnreachable:
+                logger.warning("worker %s for %s is unreachable", addr, model)
+                tried.add(addr)
+                self._invalidate()
+        raise ApiError(
+            503,
+            f"The worker serving `{model}` is unreachable.",
+            "service_unavailable",
+            code="worker_unreachable",
+        )
+
+    # ------------------------------------------------------------------ worker calls
+
+    async def _post_worker(self, addr: str, path: str, body: str, timeout: float | None = None) -> dict:
+        kwargs = {"timeout": timeout} if timeout else {}
+        try:
+            r = await self.http.post(
+                addr + path, content=body, headers={"content-type": "application/json"}, **kwargs
+            )
+        except httpx.ConnectError as e:
+            raise WorkerUnreachable(str(e)) from e
+        except httpx.HTTPError as e:
+            raise ApiError(502, f"worker request failed: {e!r}", "server_error", code="worker_error") from e
+        if r.status_code >= 400:
+            raise self._worker_http_error(r.status_code, r.text)
+        return r.json()
+
+    @staticmethod
+    def _worker_http_error(status: int, text: str) -> ApiError:
+        if status == 404:
+            return ApiError(
+                502, "the worker does not implement this endpoint", "server_error", code="worker_error"
+            )
+        return ApiError(
+            502, f"worker answered HTTP {status}: {text[:500]}", "server_error", code="worker_error"
+        )
+
+    async def _model_details(self, addr: str, model: str) -> ModelDetails | None:
+        key = (addr, model)
+        if key not in self._details:
+            try:
+                data = await self._post_worker(
+                    addr, "/model_details", json.dumps({"model": model}), timeout=10.0
+                )
+                self._details[key] = ModelDetails.model_validate(data)
+            except (ApiError, ValueError) as e:
+                logger.warning("no model details from %s: %s", addr, e)
+                self._details[key] = None
+        return self._details[key]
+
+    async def _check_length(self, addr: str, g: GenerateRequest, param: str) -> None:
+        """400 context_length_exceeded when prompt + max_new_tokens cannot fit the model's context."""
+        details = await self._model_details(addr, g.model)
+        if details is None or not details.context_length:
+            return
+        ctx = details.context_length
+        budget = g.max_new_tokens or 0
+        if g.messages is not None:
+            n_bytes = sum(len(m.text().encode()) for m in g.messages)
+            bound = n_bytes + TEMPLATE_OVERHEAD_TOKENS + PER_MESSAGE_OVERHEAD_TOKENS * len(g.messages)
+        else:
+            bound = len((g.prompt or "").encode()) + 8
+        if bound + budget < ctx:  # byte-level tokenizers give at most one token per byte
+            return
+        count = CountTokenResult.model_validate(
+            await self._post_worker(
+                addr,
+                "/count_token",
+                CountTokenRequest(model=g.model, prompt=g.prompt, messages=g.messages).model_dump_json(),
+                timeout=30.0,
+            )
+        ).count
+        if count >= ctx or count + budget > ctx:
+            where = "messages" if g.messages is not None else "prompt"
+            raise ApiError(
+                400,
+                f"This model's maximum context length is {ctx} tokens. However, you requested "
+                f"{count + budget} tokens ({count} in the {where}, {budget} in the completion). "
+                f"Please reduce the length of the {where} or completion.",
+                param=param,
+                code="context_length_exceeded",
+            )
+
+    async def _generate(self, g: GenerateRequest, param: str) -> GenerateResult:
+        async def call(addr: str) -> GenerateResult:
+            await self._check_length(addr, g, param)
+            result = GenerateResult.model_validate(
+                await self._post_worker(addr, "/worker_generate", g.model_dump_json())
+            )
+            if result.error_code:
+                raise worker_error(result.error_code, result.error)
+            return result
+
+        return await self._on_worker(g.model, call)
+
+    async def _open_stream(self, index: int, g: GenerateRequest, param: str) -> _Stream:
+        async def call(addr: str) -> _Stream:
+            await self._check_length(addr, g, param)
+            req = self.http.build_request(
+                "POST",
+                addr + "/worker_generate_stream",
+                content=g.model_dump_json(),
+                headers={"content-type": "application/json"},
+            )
+            try:
+                resp = await self.http.send(req, stream=True)
+            except httpx.ConnectError as e:
+                raise WorkerUnreachable(str(e)) from e
+            except httpx.HTTPError as e:
+                raise ApiError(
+                    502, f"worker request failed: {e!r}", "server_error", code="worker_error"
+                ) from e
+            if resp.status_code >= 400:
+                text = (await resp.aread()).decode(errors="replace")
+                await resp.aclose()
+                raise self._worker_http_error(resp.status_code, text)
+
+            async def chunks() -> AsyncIterator[GenerateChunk]:
+                try:
+                    async for line in resp.aiter_lines():
+                        if line:
+                            yield GenerateChunk.model_validate_json(line)
+                finally:
+                    await resp.aclose()
+
+            it = chunks()
+            # Read the first chunk before answering so that early errors (bad params, context
+            # overflow, overload) still get a proper HTTP status instead of a 200 + error event.
+            try:
+                first = await it.__anext__()
+            except StopAsyncIteration:
+                first = None
+            except (httpx.HTTPError, ValueError) as e:
+                await it.aclose()
+                raise ApiError(
+                    502, f"worker stream failed: {e!r}", "server_error", code="worker_error"
+                ) from e
+            if first is not None and first.error_code:
+                await it.aclose()
+                raise worker_error(first.error_code, first.error)
+            return _Stream(index, first, it)
+
+        return await self._on_worker(g.model, call)
+
+    async def _open_streams(self, jobs: list[tuple[int, GenerateRequest]], param: str) -> list[_Stream]:
+        opened = await asyncio.gather(
+            *(self._open_stream(i, g, param) for i, g in jobs), return_exceptions=True
+        )
+        errors = [o for o in opened if isinstance(o, BaseException)]
+        if errors:
+            for o in opened:
+                if isinstance(o, _Stream):
+                    await o.aclose()
+            raise errors[0]
+        return opened  # type: ignore[return-value]
+
+    async def embed(self, req: EmbeddingsRequest) -> EmbeddingsResponse:
+        inputs = [req.input] if isinstance(req.input, str) else list(req.input)
+        if not inputs:
+            raise ApiError(400, "input must not be empty", param="input")
+
+        async def call(addr: str) -> EmbeddingResult:
+            body = EmbeddingRequest(model=req.model, input=inputs).model_dump_json()
+            return EmbeddingResult.model_validate(
+                await self._post_worker(addr, "/worker_get_embeddings", body)
+            )
+
+        result = await self._on_worker(req.model, call)
+        if result.error_code:
+            raise worker_error(result.error_code, result.error)
+        data = []
+        for i, vec in enumerate(result.embedding):
+            emb: list[float] | str = vec
+            if req.encoding_format == "base64":
+                emb = base64.b64encode(array("f", vec).tobytes()).decode()
+            data.append(EmbeddingData(embedding=emb, index=i))
+        usage = UsageInfo(prompt_tokens=result.token_num, total_tokens=result.token_num)
+        return EmbeddingsResponse(data=data, model=req.model, usage=usage)
+
+    # ------------------------------------------------------------------ chat completions
+
+    async def chat(self, req: ChatCompletionRequest) -> ChatCompletionResponse | AsyncIterator[str]:
+        for i, m in enumerate(req.messages):
+            try:
+                m.text()
+            except ValueError as e:
+                raise ApiError(400, str(e), param=f"messages.{i}.content") from e
+        max_new = req.max_completion_tokens or req.max_tokens
+        param = "messages"
+        jobs = [
+            (i, _generate_request(req, i, messages=req.messages, max_new=max_new)) for i in range(req.n or 1)
+        ]
+        if req.stream:
+            streams = await self._open_streams(jobs, param)
+            return self._chat_stream(req, streams)
+        results = await asyncio.gather(*(self._generate(g, param) for _, g in jobs))
+        choices = [
+            ChatCompletionResponseChoice(
+                index=i,
+                message=ChatMessage(role="assistant", content=r.text),
+                finish_reason=r.finish_reason or "stop",
+            )
+            for i, r in enumerate(results)
+        ]
+        return ChatCompletionResponse(model=req.model, choices=choices, usage=_sum_usage(results, req.n or 1))
+
+    async def _chat_stream(self, req: ChatCompletionRequest, streams: list[_Stream]) -> AsyncIterator[str]:
+        proto = ChatCompletionStreamResponse(model=req.model, choices=[])
+
+        def chunk(index: int, delta: DeltaMessage, finish: str | None = None) -> str:
+            choice = ChatCompletionStreamChoice(index=index, delta=delta, finish_reason=finish)
+            return sse(proto.model_copy(update={"choices": [choice]}).model_dump_json(exclude={"usage"}))
+
+        for s in streams:
+            yield chunk(s.index, DeltaMessage(role="assistant", content=""))
+        usages: dict[int, UsageInfo] = {}
+        async for index, item in _relay(streams):
+            if isinstance(item, ApiError):
+                yield sse(_json(item.body()))
+                break
+            if item.text:
+                yield chunk(index, DeltaMessage(content=item.text))
+            if item.usage is not None:
+                usages[index] = item.usage
+            if item.finish_reason is not None:
+                yield chunk(index, DeltaMessage(), item.finish_reason)
+        if (req.stream_options or {}).get("include_usage"):
+            usage = _sum_usage([_Usage(usages.get(s.index)) for s in streams], len(streams))
+            yield sse(proto.model_copy(update={"usage": usage}).model_dump_json())
+        yield SSE_DONE
+
+    # ------------------------------------------------------------------ text completions
+
+    async def complete(self, req: CompletionRequest) -> CompletionResponse | AsyncIterator[str]:
+        if req.suffix:
+            raise ApiError(400, "suffix is not supported", param="suffix")
+        prompts = [req.prompt] if isinstance(req.prompt, str) else list(req.prompt)
+        n = req.n or 1
+        max_new = req.max_tokens if req.max_tokens is not None else COMPLETIONS_DEFAULT_MAX_TOKENS
+        jobs = [
+            (p * n + i, _generate_request(req, i, prompt=prompt, max_new=max_new))
+            for p, prompt in enumerate(prompts)
+            for i in range(n)
+        ]
+        if req.stream:
+            streams = await self._open_streams(jobs, "prompt")
+            return self._completion_stream(req, streams, prompts, n)
+        results = await asyncio.gather(*(self._generate(g, "prompt") for _, g in jobs))
+        choices = [
+            CompletionResponseChoice(
+                index=idx,
+                text=(prompts[idx // n] if req.echo else "") + r.text,
+                finish_reason=r.finish_reason or "stop",
+            )
+            for (idx, _), r in zip(jobs, results, strict=True)
+        ]
+        return CompletionResponse(model=req.model, choices=choices, usage=_sum_usage(results, n))
+
+    async def _completion_stream(
+        self, req: CompletionRequest, streams: list[_Stream], prompts: list[str], n: int
+    ) -> AsyncIterator[str]:
+        proto = CompletionStreamResponse(model=req.model, choices=[])
+
+        def chunk(index: int, text: str, finish: str | None = None) -> str:
+            choice = CompletionResponseChoice(index=index, text=text, finish_reason=finish)
+            return sse(proto.model_copy(update={"choices": [choice]}).model_dump_json(exclude={"usage"}))
+
+        if req.echo:
+            for s in streams:
+                yield chunk(s.index, prompts[s.index // n])
+        usages: dict[int, UsageInfo] = {}
+        async for index, item in _relay(streams):
+            if isinstance(item, ApiError):
+                yield sse(_json(item.body()))
+                break
+            if item.usage is not None:
+                usages[index] = item.usage
+            if item.text or item.finish_reason is not None:
+                yield chunk(index, item.text, item.finish_reason)
+        if (req.stream_options or {}).get("include_usage"):
+            usage = _sum_usage([_Usage(usages.get(s.index)) for s in streams], n)
+            yield sse(proto.model_copy(update={"usage": usage}).model_dump_json())
+        yield SSE_DONE
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _generate_request(
+    req: ChatCompletionRequest | CompletionRequest,
+    choice: int,
+    *,
+    messages: list[ChatMessage] | None = None,
+    prompt: str | None = None,
+    max_new: int | None,
+) -> GenerateRequest:
+    defaults = GenerateRequest.model_fields
+
+    def pick(name: str):
+        value = getattr(req, name)
+        return defaults[name].default if value is None else value
+
+    # n choices of one request must differ: vary the seed per choice when one is given.
+    seed = None if req.seed is None else req.seed + choice
+    return GenerateRequest(
+        model=req.model,
+        prompt=prompt,
+        messages=messages,
+        temperature=pick("temperature"),
+        top_p=pick("top_p"),
+        top_k=pick("top_k"),
+        repetition_penalty=pick("repetition_penalty"),
+        presence_penalty=pick("presence_penalty"),
+        frequency_penalty=pick("frequency_penalty"),
+        max_new_tokens=max_new,
+        stop=req.stop_list(),
+        seed=seed,
+    )
+
+
+@dataclass
+class _Usage:
+    usage: UsageInfo | None
+
+
+def _sum_usage(results: list, n: int) -> UsageInfo:
+    """Completion tokens of every choice; prompt tokens once per prompt (choices share it)."""
+    prompt = completion = 0
+    for i, r in enumerate(results):
+        u = r.usage
+        if u is None:
+            continue
+        completion += u.completion_tokens
+        if i % n == 0:
+            prompt += u.prompt_tokens
+    return UsageInfo(prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion)
+
+
+def _json(obj: dict) -> str:
+    return json.dumps(obj, ensure_ascii=False)
+
+
+async def _relay(streams: list[_Stream]) -> AsyncIterator[tuple[int, GenerateChunk | ApiError]]:
+    """Yield (choice index, chunk) from all streams as chunks arrive; errors become ApiError items.
+
+    One stream (the common case) is read directly; several are merged through a queue.
+    """
+    if len(streams) == 1:
+        s = streams[0]
+        try:
+            async for c in _checked(s):
+                yield s.index, c
+        except ApiError as e:
+            yield s.index, e
+        finally:
+            await s.aclose()
+        return
+
+    queue: asyncio.Queue = asyncio.Queue()
+    done = object()
+
+    async def pump(s: _Stream) -> None:
+        try:
+            async for c in _checked(s):
+                await queue.put((s.index, c))
+        except ApiError as e:
+            await queue.put((s.index, e))
+        finally:
+            await s.aclose()
+            await queue.put((s.index, done))
+
+    tasks = [asyncio.create_task(pump(s)) for s in streams]
+    try:
+        remaining = len(tasks)
+        while remaining:
+            index, item = await queue.get()
+            if item is done:
+                remaining -= 1
+                continue
+            yield index, item
+    finally:
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def _checked(s: _Stream) -> AsyncIterator[GenerateChunk]:
+    """The stream's chunks; a worker error or a broken stream raises ApiError.
+
+    A stream that ends without a finish reason gets a final ``stop`` chunk so clients always
+    see how each choice ended.
+    """
+    finished = False
+    try:
+        async for c in s.chunks():
+            if c.error_code or c.finish_reason == "error":
+                raise worker_error(c.error_code or ErrorCode.INTERNAL_ERROR, c.error)
+            finished = finished or c.finish_reason is not None
+            yield c
+    except (httpx.HTTPError, ValueError) as e:
+        raise ApiError(502, f"the worker stream broke: {e!r}", "server_error", code="worker_error") from e
+    if not finished:
+        yield GenerateChunk(finish_reason="stop")

@@ -1,0 +1,228 @@
+"""OpenAI-compatible REST API in front of the controller and its workers.
+
+Routes authenticate, parse and validate; ``ApiClient`` does the work. Every error a client can
+see has OpenAI's shape ``{"error": {"message", "type", "param", "code"}}``; parameter errors are
+400 (as OpenAI answers), not FastAPI's default 422.
+
+Run: ``python -m orchestr.services.openai_api_server --port 8000 --controller-address http://localhost:21001``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import TypeVar
+
+from fastapi import APIRouter, Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from pydantic import BaseModel, ValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from orchestr.protocol import ChatCompletionRequest, CompletionRequest, EmbeddingsRequest
+from orchestr.services.api_client import ApiClient, ApiError
+from orchestr.services.http_util import error_response, run_app, setup_logging
+
+logger = setup_logging("orchestr.api")
+
+M = TypeVar("M", bound=BaseModel)
+
+STREAM_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+
+
+def validation_error(errors: list) -> ApiError:
+    """The first pydantic error as OpenAI would word it, naming the parameter."""
+    err = errors[0]
+    loc = [str(p) for p in err.get("loc", ()) if p != "body"]
+    param = ".".join(loc) or None
+    if err.get("type") == "json_invalid":
+        return ApiError(
+            400,
+            "We could not parse the JSON body of your request: " + str(err.get("msg", "")),
+            code="invalid_json",
+        )
+    if not loc and err.get("type") == "model_type":
+        return ApiError(400, "The request body must be a JSON object.", code="invalid_json")
+    if err.get("type") == "missing":
+        return ApiError(
+            400, f"Missing required parameter: '{param}'.", param=param, code="missing_required_parameter"
+        )
+    value = err.get("input")
+    shown = repr(value) if not isinstance(value, dict | list) else type(value).__name__
+    return ApiError(
+        400, f"Invalid value for '{param}': {shown}. {err.get('msg', '')}", param=param, code="invalid_value"
+    )
+
+
+async def parse_body(request: Request, model: type[M]) -> M:
+    body = await request.body()
+    if not body.strip():
+        raise ApiError(400, "The request body is empty; a JSON object is required.", code="invalid_json")
+    try:
+        return model.model_validate_json(body)
+    except ValidationError as e:
+        raise validation_error(e.errors(include_url=False)) from None
+
+
+def make_auth(api_keys: list[str]):
+    keys = frozenset(api_keys)
+
+    async def check_api_key(request: Request) -> None:
+        if not keys:
+            return
+        auth = request.headers.get("authorization", "")
+        scheme, _, token = auth.partition(" ")
+        if not auth:
+            raise ApiError(
+                401,
+                "You didn't provide an API key. Provide it in the Authorization header (Bearer auth).",
+                code="invalid_api_key",
+            )
+        if scheme.lower() != "bearer" or token.strip() not in keys:
+            raise ApiError(401, "Incorrect API key provided.", code="invalid_api_key")
+
+    return check_api_key
+
+
+def create_app(
+    client: ApiClient,
+    api_keys: list[str] | None = None,
+    allowed_origins: list[str] | None = None,
+    allowed_methods: list[str] | None = None,
+    allowed_headers: list[str] | None = None,
+    allow_credentials: bool = False,
+) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI):
+        yield
+        await client.aclose()
+
+    app = FastAPI(title="orchestr OpenAI-compatible API", lifespan=lifespan)
+    if allowed_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=allowed_origins,
+            allow_credentials=allow_credentials,
+            allow_methods=allowed_methods or ["*"],
+            allow_headers=allowed_headers or ["*"],
+        )
+
+    @app.exception_handler(ApiError)
+    async def _api_error(_req: Request, exc: ApiError) -> JSONResponse:
+        return JSONResponse(exc.body(), status_code=exc.status)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(_req: Request, exc: RequestValidationError) -> JSONResponse:
+        err = validation_error(list(exc.errors()))
+        return JSONResponse(err.body(), status_code=err.status)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(req: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if exc.status_code == 404:
+            return error_response(404, f"Invalid URL ({req.method} {req.url.path})", code="unknown_url")
+        if exc.status_code == 405:
+            return error_response(
+                405, f"Method {req.method} not allowed for {req.url.path}", code="method_not_allowed"
+            )
+        return error_response(exc.status_code, str(exc.detail))
+
+    @app.exception_handler(Exception)
+    async def _unexpected(_req: Request, exc: Exception) -> JSONResponse:
+        logger.exception("unexpected error: %r", exc)
+        return error_response(500, f"Internal server error: {exc!r}", "server_error", code="internal_error")
+
+    @app.get("/health")
+    async def health() -> dict:
+        return {"status": "ok"}
+
+    v1 = APIRouter(prefix="/v1", dependencies=[Depends(make_auth(api_keys or []))])
+
+    @v1.get("/models")
+    async def list_models():
+        return await client.list_models()
+
+    @v1.get("/models/{model:path}")
+    async def retrieve_model(model: str):
+        return await client.retrieve_model(model)
+
+    @v1.post("/chat/completions")
+    async def chat_completions(request: Request) -> Response:
+        req = await parse_body(request, ChatCompletionRequest)
+        return _respond(await client.chat(req))
+
+    @v1.post("/completions")
+    async def completions(request: Request) -> Response:
+        req = await parse_body(request, CompletionRequest)
+        return _respond(await client.complete(req))
+
+    @v1.post("/embeddings")
+    async def embeddings(request: Request) -> Response:
+        req = await parse_body(request, EmbeddingsRequest)
+        return _respond(await client.embed(req))
+
+    app.include_router(v1)
+    return app
+
+
+def _respond(result: BaseModel | AsyncIterator[str]) -> Response:
+    if isinstance(result, BaseModel):
+        return Response(result.model_dump_json(), media_type="application/json")
+    return StreamingResponse(result, media_type="text/event-stream", headers=STREAM_HEADERS)
+
+
+def _csv(value: str | None) -> list[str]:
+    return [v.strip() for v in (value or "").split(",") if v.strip()]
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m orchestr.services.openai_api_server", description=__doc__.split("\n")[0]
+    )
+    parser.add_argument("--host", default="localhost")
+    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--controller-address", default="http://localhost:21001")
+    parser.add_argument(
+        "--api-keys",
+        type=_csv,
+        default=None,
+        help="comma-separated keys clients must send as Bearer tokens (default: env ORCHESTR_API_KEYS; none: open)",
+    )
+    parser.add_argument("--allowed-origins", type=_csv, default=["*"], help="CORS origins (comma-separated)")
+    parser.add_argument("--allowed-methods", type=_csv, default=["*"])
+    parser.add_argument("--allowed-headers", type=_csv, default=["*"])
+    parser.add_argument("--allow-credentials", action="store_true")
+    parser.add_argument("--worker-timeout", type=float, default=600.0, help="seconds to wait on a worker")
+    parser.add_argument(
+        "--controller-cache-ttl",
+        type=float,
+        default=2.0,
+        help="seconds the controller's worker table is reused between requests",
+    )
+    parser.add_argument("--ssl", action="store_true", help="serve HTTPS (SSL_KEYFILE / SSL_CERTFILE env)")
+    args = parser.parse_args(argv)
+    api_keys = args.api_keys if args.api_keys is not None else _csv(os.environ.get("ORCHESTR_API_KEYS"))
+
+    client = ApiClient(args.controller_address, args.worker_timeout, args.controller_cache_ttl)
+    app = create_app(
+        client,
+        api_keys=api_keys,
+        allowed_origins=args.allowed_origins,
+        allowed_methods=args.allowed_methods,
+        allowed_headers=args.allowed_headers,
+        allow_credentials=args.allow_credentials,
+    )
+    logger.info(
+        "OpenAI API on %s:%d, controller %s, %s",
+        args.host,
+        args.port,
+        args.controller_address,
+        f"{len(api_keys)} API key(s)" if api_keys else "no API keys",
+    )
+    run_app(app, args.host, args.port, ssl=args.ssl)
+
+
+if __name__ == "__main__":
+    main()
