@@ -133,6 +133,20 @@ class ApiServiceConfig:
 
 
 @dataclass
+class WebModerationConfig:
+    """Optional input moderation of the web UI (off by default)."""
+
+    enabled: bool = False
+    # An OpenAI-compatible `/v1/moderations` endpoint (base URL ending in /v1); None: words only.
+    url: str | None = None
+    model: str = "omni-moderation-latest"
+    api_key_env: str = "OPENAI_API_KEY"  # environment variable holding the endpoint's key
+    blocked_words: list[str] = field(default_factory=list)  # case-insensitive whole words
+    blocked_words_file: str | None = None  # one word or phrase a line
+    timeout_s: float = 10.0
+
+
+@dataclass
 class WebServiceConfig:
     enabled: bool = True
     node: str = "local"
@@ -140,8 +154,52 @@ class WebServiceConfig:
     port: int = 7860
     mode: str = "multi"  # single (chat tab only) | multi (chat + arena + leaderboard)
     log_dir: str = "~/.local/share/orchestr/logs"  # where YYYY-MM-DD-conv.json files go
+    model_list_mode: str = "reload"  # once (read at start) | reload (on each page load)
+    ip_logging: str = "hash"  # hash | drop | raw: how the client IP is stored in conversation logs
+    ip_hash_salt: str = ""  # mixed into the IP hash so hashes cannot be matched across deployments
+    max_turns: int = 50  # user turns per conversation before the UI asks for a new one
+    max_input_chars: int = 12000  # longest accepted user message
+    temperature: float = 0.7  # parameter sliders' initial values
+    top_p: float = 1.0
+    max_new_tokens: int = 512
+    concurrency_count: int = 10  # requests each UI event serves at once (Gradio queue)
+    # Anonymous arena: relative draw weights by model name (missing names weigh 1.0) and
+    # model pairs never drawn together.
+    arena_sampling_weights: dict[str, float] = field(default_factory=dict)
+    arena_excluded_pairs: list[list[str]] = field(default_factory=list)
+    moderation: WebModerationConfig = field(default_factory=WebModerationConfig)
     restart: RestartPolicy = field(default_factory=RestartPolicy)
     extra_args: list[str] = field(default_factory=list)
+
+    def cli_flags(self) -> list[str]:
+        """The `python -m orchestr.services.web` flags for every setting except host/port/
+        controller/extra_args, so the launcher renders this section without knowing its keys."""
+        import json
+
+        m = self.moderation
+        flags = ["--mode", self.mode, "--log-dir", self.log_dir,
+                 "--model-list-mode", self.model_list_mode,
+                 "--ip-logging", self.ip_logging,
+                 "--max-turns", str(self.max_turns), "--max-input-chars", str(self.max_input_chars),
+                 "--temperature", str(self.temperature), "--top-p", str(self.top_p),
+                 "--max-new-tokens", str(self.max_new_tokens),
+                 "--concurrency-count", str(self.concurrency_count)]
+        if self.ip_hash_salt:
+            flags += ["--ip-hash-salt", self.ip_hash_salt]
+        if self.arena_sampling_weights:
+            flags += ["--arena-sampling-weights", json.dumps(dict(self.arena_sampling_weights))]
+        if self.arena_excluded_pairs:
+            flags += ["--arena-excluded-pairs", json.dumps([list(p) for p in self.arena_excluded_pairs])]
+        if m.enabled:
+            flags += ["--moderate", "--moderation-model", m.model,
+                      "--moderation-api-key-env", m.api_key_env, "--moderation-timeout", str(m.timeout_s)]
+            if m.url:
+                flags += ["--moderation-url", m.url]
+            if m.blocked_words:
+                flags += ["--blocked-words", json.dumps(list(m.blocked_words))]
+            if m.blocked_words_file:
+                flags += ["--blocked-words-file", m.blocked_words_file]
+        return flags
 
 
 @dataclass

@@ -1,0 +1,72 @@
+"""Turns UI events into conversation-log lines (schema: orchestr.arena.logs) with the IP policy applied."""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+from orchestr.arena.logs import (
+    ArenaLine,
+    ChatLine,
+    ChatVoteLine,
+    ConvLogWriter,
+    ConvState,
+    hash_ip,
+)
+from orchestr.services.web.conversation import Conversation
+
+log = logging.getLogger(__name__)
+
+IP_MODES = ("hash", "drop", "raw")
+
+
+def client_ip(request) -> str | None:
+    """The browser's address as FastChat reads it: proxy headers first, then the socket peer."""
+    if request is None:
+        return None
+    headers = {k.lower(): v for k, v in dict(getattr(request, "headers", {}) or {}).items()}
+    if headers.get("cf-connecting-ip"):
+        return headers["cf-connecting-ip"]
+    if headers.get("x-forwarded-for"):
+        return headers["x-forwarded-for"].split(",")[0].strip()
+    client = getattr(request, "client", None)
+    return getattr(client, "host", None)
+
+
+class Recorder:
+    def __init__(self, log_dir: str, ip_logging: str = "hash", salt: str = "") -> None:
+        if ip_logging not in IP_MODES:
+            raise ValueError(f"ip_logging must be one of {IP_MODES}, not {ip_logging!r}")
+        self.writer = ConvLogWriter(log_dir)
+        self.ip_logging = ip_logging
+        self.salt = salt
+
+    def _ip(self, request) -> str | None:
+        if self.ip_logging == "drop":
+            return None
+        ip = client_ip(request)
+        return ip if self.ip_logging == "raw" else hash_ip(ip, self.salt)
+
+    @staticmethod
+    def _state(conv: Conversation) -> ConvState:
+        return ConvState.model_validate(conv.to_log())
+
+    def chat(self, conv: Conversation, gen_params: dict, start: float, finish: float, request,
+             **extra) -> Path:
+        line = ChatLine(tstamp=round(finish, 4), model=conv.model_name, gen_params=gen_params,
+                        start=round(start, 4), finish=round(finish, 4), state=self._state(conv),
+                        ip=self._ip(request), **extra)
+        return self.writer.write(line)
+
+    def chat_vote(self, vote_type: str, conv: Conversation, request) -> Path:
+        line = ChatVoteLine(type=vote_type, model=conv.model_name, state=self._state(conv),
+                            ip=self._ip(request))
+        return self.writer.write(line)
+
+    def arena(self, vote_type: str, convs: list[Conversation], anony: bool, request,
+              flag_reason: str | None = None) -> Path:
+        line = ArenaLine(tstamp=round(time.time(), 4), type=vote_type, models=[c.model_name for c in convs],
+                         states=[self._state(c) for c in convs], ip=self._ip(request), anony=anony,
+                         flag_reason=flag_reason)
+        return self.writer.write(line)
