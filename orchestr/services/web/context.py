@@ -65,7 +65,8 @@ class WebContext:
                 yield
         except BackendError as exc:
             error = str(exc)
-            conv.set_reply((text + "\n\n" if text else "") + f"⚠️ {error}")
+            # FastChat's marker: the arena analytics drop votes on answers that carry it.
+            conv.set_reply((text + "\n\n" if text else "") + f"⚠️ **API REQUEST ERROR** {error}")
             yield
         if not text and error is None:
             conv.set_reply("")  # an empty answer is still an answer; keep the turn structure

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -13,41 +12,26 @@ from orchestr.services.web.context import WebContext
 
 log = logging.getLogger(__name__)
 
-# Where the analytics' entry point may live (`leaderboard_from_logs(log_dir) -> DataFrame`).
-_PROVIDERS = ("orchestr.arena.leaderboard", "orchestr.arena.ratings", "orchestr.arena")
-
-EMPTY_NO_ANALYTICS = ("### 🏆 Leaderboard\nNo ratings yet: the rating computation is not available in this "
-                      "installation. Votes are still recorded in `{log_dir}`.")
-EMPTY_NO_VOTES = ("### 🏆 Leaderboard\nNo ratings yet: no arena votes were found in `{log_dir}`. "
-                  "Vote in the arena tabs, then press **Refresh leaderboard**.")
-
-
-def _provider() -> Callable | None:
-    for name in _PROVIDERS:
-        try:
-            module = importlib.import_module(name)
-        except ImportError:
-            continue
-        fn = getattr(module, "leaderboard_from_logs", None)
-        if callable(fn):
-            return fn
-    return None
+COLUMNS = {"rank": "Rank", "model": "Model", "rating": "Rating", "ci_95": "95% CI", "votes": "Votes",
+           "bt_rating": "Bradley–Terry", "elo_rating": "Elo"}
+EMPTY = ("### 🏆 Leaderboard\nNo ratings yet: no arena votes were found in `{log_dir}`. "
+         "Vote in the arena tabs, then press **Refresh leaderboard**.")
 
 
 def leaderboard(log_dir: str):
     """(markdown, dataframe-or-None) for the current logs; never raises into the UI."""
-    fn = _provider()
-    if fn is None:
-        return EMPTY_NO_ANALYTICS.format(log_dir=log_dir), None
     try:
-        table = fn(log_dir)
-    except Exception as exc:  # bad/empty logs must show as a message, not a broken tab
+        from orchestr.arena.ratings import leaderboard_from_logs
+
+        table = leaderboard_from_logs(log_dir)
+    except Exception as exc:  # bad logs or a broken analytics install: a message, not a broken tab
         log.warning("leaderboard computation failed: %s", exc)
         return f"### 🏆 Leaderboard\n⚠️ Could not compute ratings from `{log_dir}`: {exc}", None
     if table is None or len(table) == 0:
-        return EMPTY_NO_VOTES.format(log_dir=log_dir), None
-    return (f"### 🏆 Leaderboard\nRatings (Bradley–Terry, 95 % CI) from {len(table)} models' arena votes "
-            f"in `{log_dir}`."), table
+        return EMPTY.format(log_dir=log_dir), None
+    shown = table[[c for c in COLUMNS if c in table.columns]].rename(columns=COLUMNS)
+    return (f"### 🏆 Leaderboard\n{len(table)} models rated by Bradley–Terry from {int(table['votes'].sum()) // 2} "
+            f"arena votes in `{log_dir}` (95% CI by bootstrap)."), shown
 
 
 @dataclass
