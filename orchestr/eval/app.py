@@ -11,6 +11,7 @@ pick up each other's files (and resume where a killed run stopped).
 
 from __future__ import annotations
 
+import logging
 import sys
 from typing import Any
 
@@ -51,6 +52,9 @@ def run(cfg: Any) -> None:
 
 def run_or_exit(cfg: Any) -> None:
     """User mistakes end with a message and exit status 2, not a stack trace."""
+    # Hydra sets the root logger to INFO; one line per HTTP request would bury the progress bar.
+    for noisy in ("httpx", "httpx2", "openai", "httpcore"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
         run(cfg)
     except EvalError as e:
