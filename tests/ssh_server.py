@@ -12,6 +12,7 @@ import pwd
 import shutil
 import socket
 import subprocess
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -69,6 +70,7 @@ class SSHServer:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait(10)
+        shutil.rmtree(self.root, ignore_errors=True)
 
 
 def ensure_sshd() -> None:
@@ -79,8 +81,17 @@ def ensure_sshd() -> None:
     Path("/run/sshd").mkdir(parents=True, exist_ok=True)  # privilege-separation dir
 
 
-def start_sshd(root: Path) -> SSHServer:
+def world_readable_tmpdir(prefix: str) -> Path:
+    """A temp dir other users can enter (pytest's tmp_path is private to the test's user, but
+    sshd reads keys and a sandbox login lives there as another user)."""
+    d = Path(tempfile.mkdtemp(prefix=prefix))
+    d.chmod(0o755)
+    return d
+
+
+def start_sshd(root: Path | None = None) -> SSHServer:
     ensure_sshd()
+    root = root or world_readable_tmpdir("orchestr-sshd-")
     root.mkdir(parents=True, exist_ok=True)
     root.chmod(0o755)
     host_key = root / "host_ed25519"
@@ -130,6 +141,8 @@ def sandbox_user(home: Path) -> str | None:
     home.parent.mkdir(parents=True, exist_ok=True)
     subprocess.run(["useradd", "--home-dir", str(home), "--create-home", "--shell", "/bin/sh",
                     "--no-user-group", "--gid", "nogroup", SANDBOX_USER], check=True, capture_output=True)
+    # useradd leaves the account locked ("!"), which sshd refuses even for keys; "*" = no password
+    subprocess.run(["usermod", "-p", "*", SANDBOX_USER], check=True, capture_output=True)
     return SANDBOX_USER
 
 

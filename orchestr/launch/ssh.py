@@ -152,7 +152,7 @@ class SSHRunner:
             "i=0",
             'while [ $i -lt 50 ]; do g=$(ps -o pgid= -p $pid 2>/dev/null | tr -d " ");'
             ' [ -z "$g" ] || [ "$g" = "$pid" ] && break; sleep 0.1; i=$((i+1)); done',
-            'echo "$pid ${g:-$pid}"',
+            'echo "$pid ${g:-$pid} $(pwd)"',
         ])
         rc, out, err = self.run(script)
         if rc == 97:
@@ -161,9 +161,12 @@ class SSHRunner:
             raise SSHError(f"cluster.nodes.{self.node_name}: could not start {spec.name} "
                            f"(rc {rc}, log {log_path}): {err.strip()}")
         try:
-            pid, pgid = (int(x) for x in out.split()[-2:])
+            pid_s, pgid_s, cwd = out.strip().splitlines()[-1].split(" ", 2)
+            pid, pgid = int(pid_s), int(pgid_s)
         except ValueError:
             raise SSHError(f"cluster.nodes.{self.node_name}: unexpected answer starting {spec.name}: {out!r}") from None
+        if not log_path.startswith(("/", "~")):  # record where it really is, for logs/restarts
+            log_path = f"{cwd}/{log_path}"
         return ProcessRecord(spec=spec, pid=pid, pgid=pgid, log_path=log_path)
 
     def alive(self, record: ProcessRecord) -> bool:
@@ -183,12 +186,14 @@ class SSHRunner:
         # TERM the group (and the pid, should it have left it), wait, then KILL what is left
         script = f"""
 members() {{ ps -eo pgid=,pid=,stat= | awk '($1=={pgid} || $2=={pid}) && $3 !~ /Z/' | wc -l; }}
-kill -TERM -- -{pgid} 2>/dev/null; kill -TERM {pid} 2>/dev/null
+# `kill -SIG -PGID`, not `kill -SIG -- -PGID`: dash's builtin does not take `--`
+kill -TERM -{pgid} 2>/dev/null; kill -TERM {pid} 2>/dev/null
 i=0
 while [ $i -lt {tries} ]; do [ "$(members)" -eq 0 ] && exit 0; sleep 0.2; i=$((i+1)); done
-kill -KILL -- -{pgid} 2>/dev/null; kill -KILL {pid} 2>/dev/null
+kill -KILL -{pgid} 2>/dev/null; kill -KILL {pid} 2>/dev/null
 i=0
 while [ $i -lt 25 ]; do [ "$(members)" -eq 0 ] && exit 0; sleep 0.2; i=$((i+1)); done
+ps -eo pgid=,pid=,stat=,cmd= | awk '($1=={pgid} || $2=={pid})' >&2
 exit 3
 """
         rc, _, err = self.run(script, timeout=timeout + 30)

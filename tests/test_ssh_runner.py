@@ -1,0 +1,392 @@
+"""SSHRunner against a real OpenSSH server on loopback, with real remote processes.
+
+Remote "services" here are `python -m http.server` and small `python -c` scripts, so these tests
+run in seconds; tests/test_multinode_e2e.py runs the real model workers over the same path.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import psutil
+import pytest
+
+from orchestr.config.serving import NodeConfig, RestartPolicy
+from orchestr.launch import state as state_mod
+from orchestr.launch.deploy import Deployment, LaunchError
+from orchestr.launch.runner import runner_for
+from orchestr.launch.spec import ProcessSpec
+from orchestr.launch.ssh import SSHError, SSHRunner
+from tests.ssh_server import drop_sandbox_user, sandbox_user, start_sshd, world_readable_tmpdir
+
+pytestmark = pytest.mark.ssh
+
+PY = sys.executable
+ORCHESTR = [sys.executable, "-m", "orchestr"]
+
+
+@pytest.fixture(scope="module")
+def sshd():
+    server = start_sshd()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def node(sshd) -> NodeConfig:
+    return NodeConfig(**sshd.node(python=PY))
+
+
+@pytest.fixture
+def runner(node):
+    r = SSHRunner("node-a", node)
+    yield r
+    r.close()
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def http_server_spec(name: str, port: int, node: str = "node-a", **kw) -> ProcessSpec:
+    return ProcessSpec(name=name, service="http", node=node,
+                       argv=[PY, "-m", "http.server", str(port), "--bind", "127.0.0.1"], port=port,
+                       health_url=f"http://127.0.0.1:{port}/", **kw)
+
+
+def wait_http(url: str, timeout: float = 15.0) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            if httpx.get(url, timeout=1.0, trust_env=False).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    raise AssertionError(f"{url} never answered")
+
+
+def live_group(pgid: int) -> list[psutil.Process]:
+    out = []
+    for p in psutil.process_iter(["pid", "status"]):
+        try:
+            if os.getpgid(p.pid) == pgid and p.info["status"] != psutil.STATUS_ZOMBIE:
+                out.append(p)
+        except (ProcessLookupError, psutil.NoSuchProcess):
+            continue
+    return out
+
+
+# ---------------------------------------------------------------- connection and host keys
+def test_runner_for_picks_ssh_for_ssh_nodes(node) -> None:
+    r = runner_for("node-a", node)
+    try:
+        assert isinstance(r, SSHRunner)
+        assert r.run("echo hi")[1] == "hi\n"
+    finally:
+        r.close()
+
+
+def test_strict_refuses_an_unknown_host(sshd, tmp_path) -> None:
+    empty = tmp_path / "known_hosts"
+    empty.write_text("")
+    with pytest.raises(SSHError) as e:
+        SSHRunner("node-a", NodeConfig(**sshd.node(known_hosts_file=str(empty))))
+    msg = str(e.value)
+    assert "cluster.nodes.node-a" in msg and "known_hosts" in msg and "accept-new" in msg
+
+
+def test_strict_is_the_default_policy() -> None:
+    assert NodeConfig().known_hosts == "strict"
+
+
+def test_accept_new_learns_the_key_then_checks_it(sshd, tmp_path) -> None:
+    learned = tmp_path / "known_hosts"
+    r = SSHRunner("node-a", NodeConfig(**sshd.node(known_hosts="accept-new", known_hosts_file=str(learned))))
+    r.close()
+    assert sshd.host_key_line.split()[1] in learned.read_text()
+    # the learned key is now enforced: a strict connection with that file succeeds
+    SSHRunner("node-a", NodeConfig(**sshd.node(known_hosts_file=str(learned)))).close()
+
+
+def test_a_changed_host_key_is_refused_unless_ignored(sshd, tmp_path) -> None:
+    other = tmp_path / "other_host"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(other)], check=True)
+    wrong = tmp_path / "known_hosts"
+    key_type, b64 = Path(f"{other}.pub").read_text().split()[:2]
+    wrong.write_text(f"[127.0.0.1]:{sshd.port} {key_type} {b64}\n")
+    for policy in ("strict", "accept-new"):
+        with pytest.raises(SSHError, match="does not match"):
+            SSHRunner("node-a", NodeConfig(**sshd.node(known_hosts=policy, known_hosts_file=str(wrong))))
+    # the explicit opt-out connects and writes nothing
+    before = wrong.read_text()
+    SSHRunner("node-a", NodeConfig(**sshd.node(known_hosts="ignore", known_hosts_file=str(wrong)))).close()
+    assert wrong.read_text() == before
+
+
+def test_an_unauthorised_key_is_refused(sshd) -> None:
+    with pytest.raises(SSHError, match="cluster.nodes.node-a: cannot connect"):
+        SSHRunner("node-a", NodeConfig(**sshd.node(key_file=str(sshd.other_key_file))))
+
+
+def test_agent_authentication(sshd, tmp_path) -> None:
+    # a real ssh-agent holding the key; the node names no key file
+    out = subprocess.run(["ssh-agent", "-s", "-a", str(tmp_path / "agent.sock")], capture_output=True,
+                         text=True, check=True).stdout
+    agent_pid = int(out.split("SSH_AGENT_PID=")[1].split(";")[0])
+    old = os.environ.get("SSH_AUTH_SOCK")
+    try:
+        os.environ["SSH_AUTH_SOCK"] = str(tmp_path / "agent.sock")
+        subprocess.run(["ssh-add", str(sshd.key_file)], check=True, capture_output=True,
+                       env={**os.environ})
+        home = tmp_path / "home"  # no ~/.ssh keys to fall back on
+        home.mkdir()
+        r = SSHRunner("node-a", NodeConfig(**sshd.node(key_file=None, use_agent=True)))
+        assert r.run("echo agent")[1].strip() == "agent"
+        r.close()
+        with pytest.raises(SSHError):  # agent off and no key file: the default keys are not ours
+            env_home = os.environ.get("HOME")
+            os.environ["HOME"] = str(home)
+            try:
+                SSHRunner("node-a", NodeConfig(**sshd.node(key_file=None, use_agent=False)))
+            finally:
+                os.environ["HOME"] = env_home or ""
+    finally:
+        os.kill(agent_pid, 15)
+        if old is None:
+            os.environ.pop("SSH_AUTH_SOCK", None)
+        else:
+            os.environ["SSH_AUTH_SOCK"] = old
+
+
+# ---------------------------------------------------------------- processes
+def test_start_runs_detached_in_its_own_group_and_stop_leaves_nothing(runner, tmp_path) -> None:
+    port = free_port()
+    # the service forks a child: stop must end the whole group, not just the leader
+    child_script = ("import subprocess, sys, http.server, socketserver; "
+                    "subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(600)']); "
+                    f"http.server.test(HandlerClass=http.server.SimpleHTTPRequestHandler, port={port}, bind='127.0.0.1')")
+    spec = ProcessSpec(name="svc", service="http", node="node-a", argv=[PY, "-c", child_script], port=port)
+    log = tmp_path / "logs" / "svc.log"
+    rec = runner.start(spec, str(log))
+    wait_http(f"http://127.0.0.1:{port}/")
+    assert rec.pid > 0 and rec.pgid == rec.pid
+    assert os.getsid(rec.pid) == rec.pid  # session leader: survives the SSH connection
+    assert len(live_group(rec.pgid)) == 2
+    assert runner.alive(rec)
+    # the connection that started it can go away
+    runner.close()
+    runner.client = SSHRunner("node-a", runner.node).client
+    assert runner.alive(rec)
+    assert log.is_file() and "start:" in log.read_text()
+    assert "Serving HTTP" in runner.read_log(rec, 20) or wait_log(runner, rec, "Serving HTTP")
+    runner.stop(rec, timeout=5)
+    assert live_group(rec.pgid) == []
+    assert not runner.alive(rec)
+
+
+def wait_log(runner, rec, text: str, timeout: float = 10) -> bool:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if text in runner.read_log(rec, 50):
+            return True
+        time.sleep(0.2)
+    return False
+
+
+def json_line(runner, rec, timeout: float = 10):
+    """The first log line that is a JSON list (what the `python -c` probes print)."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        for line in runner.read_log(rec, 50).splitlines():
+            if line.startswith("["):
+                return json.loads(line)
+        time.sleep(0.2)
+    raise AssertionError(f"no JSON line in {rec.log_path}")
+
+
+def test_stop_kills_a_group_that_ignores_term(runner, tmp_path) -> None:
+    script = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print('ready', flush=True); time.sleep(600)"
+    spec = ProcessSpec(name="stubborn", service="x", node="node-a", argv=[PY, "-c", script])
+    rec = runner.start(spec, str(tmp_path / "stubborn.log"))
+    assert wait_log(runner, rec, "ready")
+    t0 = time.time()
+    runner.stop(rec, timeout=1.0)
+    assert time.time() - t0 < 15
+    assert live_group(rec.pgid) == []
+
+
+def test_env_workdir_and_venv_path_reach_the_process(sshd, tmp_path) -> None:
+    work = tmp_path / "work dir"  # a space: the cd must be quoted
+    work.mkdir()
+    node = NodeConfig(**sshd.node(python=PY, workdir=str(work), env={"NODE_VAR": "from node"}))
+    r = SSHRunner("node-a", node)
+    try:
+        script = "import os, json; print(json.dumps([os.getcwd(), os.environ.get('NODE_VAR'), os.environ.get('SPEC_VAR'), os.environ['PATH'].split(':')[0], os.environ.get('PYTHONUNBUFFERED')]))"
+        spec = ProcessSpec(name="envcheck", service="x", node="node-a", argv=[PY, "-c", script],
+                           env={"SPEC_VAR": "a b 'c' $HOME"})
+        rec = r.start(spec, "logs/envcheck.log")  # relative: under the workdir, on the node
+        got = json_line(r, rec)
+        assert got == [str(work), "from node", "a b 'c' $HOME", str(Path(PY).parent), "1"]
+        assert (work / "logs" / "envcheck.log").is_file()
+    finally:
+        r.close()
+
+
+def test_missing_workdir_is_a_clear_error(sshd, tmp_path) -> None:
+    r = SSHRunner("node-a", NodeConfig(**sshd.node(python=PY, workdir=str(tmp_path / "nope"))))
+    try:
+        with pytest.raises(SSHError, match=r"cluster.nodes.node-a.workdir"):
+            r.start(ProcessSpec(name="x", service="x", node="node-a", argv=[PY, "-c", "pass"]),
+                    str(tmp_path / "x.log"))
+    finally:
+        r.close()
+
+
+def test_follow_log_streams_new_lines(runner, tmp_path) -> None:
+    script = "import time\nfor i in range(6):\n    print('line', i, flush=True); time.sleep(0.3)\ntime.sleep(600)"
+    spec = ProcessSpec(name="talker", service="x", node="node-a", argv=[PY, "-c", script])
+    rec = runner.start(spec, str(tmp_path / "talker.log"))
+    got = []
+    for line in runner.follow_log(rec, interval=0.1):
+        got.append(line)
+        if "line 5" in line:
+            break
+    runner.stop(rec)
+    assert "line 5" in got[-1]
+
+
+# ---------------------------------------------------------------- quoting
+HOSTILE = ["evil; rm -rf ~", "$(touch PWNED)", "`touch PWNED2`", "it's \"quoted\"", "a\nb", "*", "~", "--x=$HOME"]
+
+
+def test_hostile_arguments_arrive_literally_as_a_sandboxed_user(sshd) -> None:
+    # `rm -rf ~` is real here: it runs as a throwaway user whose home is a temp dir with a canary
+    sandbox = world_readable_tmpdir("orchestr-sandbox-")
+    home = sandbox / "home"
+    user = sandbox_user(home)
+    if user is None:
+        pytest.skip("needs root to create a throwaway login")
+    try:
+        sshd.authorize(user)
+        canary = home / "canary"
+        canary.write_text("still here")
+        os.chmod(home, 0o755)
+        # the sandbox user cannot enter /root (where this venv's interpreter lives): system python
+        sys_py = "/usr/bin/python3"
+        node = NodeConfig(**sshd.node(user=user, python=sys_py, workdir=str(home)))
+        from omegaconf import OmegaConf
+
+        from orchestr.config import OrchestrConfig
+        from orchestr.launch.plan import Planner
+
+        # through the real planner: the model name lands in a worker's argv
+        cfg = OmegaConf.merge(OmegaConf.structured(OrchestrConfig), {
+            "cluster": {"nodes": {"node-a": sshd.node(user=user, python=sys_py, workdir=str(home))},
+                        "workers": {"w": {"node": "node-a", "port": 31000, "model": "bad"}}},
+            "models": {"bad": {"name": HOSTILE[0], "path": HOSTILE[1], "tokenizer": HOSTILE[2],
+                               "conv_template": HOSTILE[3], "extra_args": HOSTILE[4:]}},
+            "services": {"controller": {"node": "node-a"}, "api": {"node": "node-a"}, "web": {"node": "node-a"}},
+        })
+        planner = Planner(cfg)
+        spec = planner.worker_spec("w", planner.cluster.workers["w"])
+        assert spec.argv[:3] == [sys_py, "-m", "orchestr.services.model_worker"]
+        # run the rendered argv with the interpreter printing what it received instead of serving
+        spec.argv = [sys_py, "-c", "import sys, json; print(json.dumps(sys.argv[1:]))", *spec.argv[3:]]
+        r = SSHRunner("node-a", node)
+        try:
+            rec = r.start(spec, str(home / "logs" / "w.log"))
+            got = json_line(r, rec)
+        finally:
+            r.close()
+        assert got == spec.argv[3:]
+        for hostile in HOSTILE:
+            assert hostile in got
+        assert canary.read_text() == "still here"
+        assert not list(home.glob("PWNED*")) and not list(Path("/").glob("PWNED*"))
+    finally:
+        drop_sandbox_user()
+        shutil.rmtree(sandbox, ignore_errors=True)
+
+
+# ---------------------------------------------------------------- deployment over SSH
+def two_node_specs(ports: list[int]) -> list[ProcessSpec]:
+    fast = RestartPolicy(policy="on-failure", max_restarts=2, backoff_s=0.1, backoff_max_s=0.5)
+    return [http_server_spec("front", ports[0], node="node-a", restart=fast),
+            http_server_spec("back", ports[1], node="node-b", restart=fast, depends_on=["front"])]
+
+
+def test_deployment_restarts_a_killed_remote_process_and_stops_everything(sshd, tmp_path) -> None:
+    nodes = {n: NodeConfig(**sshd.node(python=PY)) for n in ("node-a", "node-b")}
+    state_file = tmp_path / "state.json"
+    dep = Deployment(two_node_specs([free_port(), free_port()]), nodes, run_dir=tmp_path, log_dir=str(tmp_path / "logs"),
+                     controller="http://127.0.0.1:9", api=None, web=None, state_file=state_file,
+                     health_timeout_s=30)
+    events: list[str] = []
+    try:
+        dep.start_all(events.append)
+        back = dep.state.record("back")
+        assert back is not None and state_mod.load(state_file).record("back").pid == back.pid
+        os.kill(back.pid, 9)
+        time.sleep(0.3)
+        dep.watch_once(events.append)
+        new = dep.state.record("back")
+        assert new.pid != back.pid and new.restarts == 1
+        assert state_mod.load(state_file).record("back").pid == new.pid
+        wait_http(new.spec.health_url)
+        assert any("back died; restarting" in e for e in events)
+    finally:
+        pgids = [p.pgid for p in dep.state.processes]
+        dep.stop_all(events.append)
+    assert all(live_group(g) == [] for g in pgids)
+    assert not state_file.exists()
+
+
+def test_day2_commands_over_ssh(sshd, tmp_path) -> None:
+    nodes = {n: NodeConfig(**sshd.node(python=PY)) for n in ("node-a", "node-b")}
+    state_file = tmp_path / "state.json"
+    dep = Deployment(two_node_specs([free_port(), free_port()]), nodes, run_dir=tmp_path, log_dir=str(tmp_path / "logs"),
+                     controller="http://127.0.0.1:9", api=None, web=None, state_file=state_file,
+                     health_timeout_s=30)
+    dep.start_all(lambda _: None)
+    dep.runners.close()
+    env = {**os.environ, "ORCHESTR_STATE_FILE": str(state_file)}
+    pgids = [p.pgid for p in dep.state.processes]
+    try:
+        st = subprocess.run([*ORCHESTR, "status"], env=env, capture_output=True, text=True, timeout=60)
+        assert st.returncode == 0, st.stdout + st.stderr
+        for name, node in (("front", "node-a"), ("back", "node-b")):
+            line = next(x for x in st.stdout.splitlines() if f" {name} " in x)
+            assert node in line and "yes" in line
+        httpx.get(dep.state.record("back").spec.health_url, trust_env=False)
+        lg = subprocess.run([*ORCHESTR, "logs", "back", "-n", "5"], env=env, capture_output=True, text=True, timeout=60)
+        assert lg.returncode == 0 and "GET / HTTP" in lg.stdout
+    finally:
+        sp = subprocess.run([*ORCHESTR, "stop"], env=env, capture_output=True, text=True, timeout=120)
+    assert sp.returncode == 0, sp.stdout + sp.stderr
+    assert "deployment stopped" in sp.stdout
+    assert all(live_group(g) == [] for g in pgids)
+    assert not state_file.exists()
+
+
+def test_unreachable_node_fails_the_launch_cleanly(sshd, tmp_path) -> None:
+    nodes = {"node-a": NodeConfig(**sshd.node(python=PY)),
+             "node-b": NodeConfig(**sshd.node(python=PY, ssh_port=free_port()))}
+    dep = Deployment(two_node_specs([free_port(), free_port()]), nodes, run_dir=tmp_path, log_dir=str(tmp_path / "logs"),
+                     controller="http://127.0.0.1:9", api=None, web=None, state_file=tmp_path / "s.json",
+                     health_timeout_s=30)
+    with pytest.raises(LaunchError, match="cluster.nodes.node-b: cannot connect"):
+        dep.start_all(lambda _: None)
+    front = dep.state.record("front")
+    assert front is not None and live_group(front.pgid) == []  # what started was stopped
