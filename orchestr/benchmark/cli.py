@@ -1,0 +1,251 @@
+"""`orchestr bench serve`: throughput and latency of OpenAI-compatible servers under concurrent
+streaming load, one server or several compared on the same prompts.
+
+    orchestr bench serve --base-url http://127.0.0.1:8000/v1 --concurrency 1,4,16,64
+    orchestr bench serve --target batched=orchestr: --target "unbatched=orchestr:engine.batching=false" \\
+        --target vllm --concurrency 16 --output bench.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+from orchestr.benchmark.prompts import PROMPTS
+from orchestr.benchmark.servers import BenchError, BenchOptions, Endpoint, Server, UrlServer, parse_target
+
+DEFAULT_TOKENIZER = "embedded://SmolLM2-135M-Instruct"
+
+
+def _levels(text: str) -> list[int]:
+    try:
+        levels = [int(x) for x in text.replace(" ", "").split(",") if x]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--concurrency wants comma-separated integers, got {text!r}") from None
+    if not levels or any(c < 1 for c in levels):
+        raise argparse.ArgumentTypeError("--concurrency levels must be >= 1")
+    return levels
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="orchestr bench serve", description=__doc__.split("\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    where = p.add_argument_group("what to measure (one --base-url, or one or more --target)")
+    where.add_argument("--base-url", help="an OpenAI-compatible base URL, e.g. http://127.0.0.1:8000/v1")
+    where.add_argument("--target", action="append", default=[], metavar="[NAME=]KIND[:ARGS]",
+                       help="url:URL | worker:URL | orchestr:HYDRA_OVERRIDES | vllm:VLLM_ARGS; repeat to "
+                            "compare (run one after the other; ratios against the first, or --baseline)")
+    where.add_argument("--baseline", help="endpoint name the ratios are taken against (default: the first)")
+    where.add_argument("--direct-worker", action="store_true",
+                       help="orchestr targets: also send the same load to the worker directly (NAME/worker)")
+    load = p.add_argument_group("load")
+    load.add_argument("--concurrency", type=_levels, default=[1, 4, 16, 64], help="levels, e.g. 1,4,16,64")
+    load.add_argument("--num-requests", type=int, default=32,
+                      help="requests per level (at least the level's concurrency)")
+    load.add_argument("--max-tokens", type=int, default=128)
+    load.add_argument("--model", help="model name to request (default: the server's first model)")
+    load.add_argument("--api-key", help="Bearer key for the API server")
+    load.add_argument("--warmup", type=int, default=2, help="unmeasured short requests before the levels")
+    load.add_argument("--timeout", type=float, default=900.0, help="per-request timeout, seconds")
+    count = p.add_argument_group("token counting and launched servers")
+    count.add_argument("--tokenizer", default=DEFAULT_TOKENIZER,
+                       help="tokenizer that re-counts every answer's tokens (a model path orchestr accepts)")
+    count.add_argument("--model-path", default=DEFAULT_TOKENIZER, help="model that launched vllm targets serve")
+    count.add_argument("--model-name", default="smollm2-135m", help="name launched vllm targets serve it as")
+    count.add_argument("--vllm-python", help="interpreter of the vLLM environment (default .venv-vllm/bin/python)")
+    count.add_argument("--start-timeout", type=float, default=900.0, help="seconds a launched server may take")
+    p.add_argument("--output", "-o", type=Path, help="write the figures as JSON here")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    return p
+
+
+def load_counter(tokenizer: str):
+    """A function text -> token count, with the model's own tokenizer."""
+    from transformers import AutoTokenizer
+
+    from orchestr.engine.loader import resolve_model_path
+
+    tok = AutoTokenizer.from_pretrained(resolve_model_path(tokenizer))
+
+    def count(text: str) -> int:
+        return len(tok(text, add_special_tokens=False)["input_ids"]) if text else 0
+
+    return count
+
+
+def discover_model(ep: Endpoint, api_key: str | None) -> str:
+    import httpx
+
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    try:
+        if ep.protocol == "openai":
+            r = httpx.get(f"{ep.base_url}/models", headers=headers, timeout=30)
+            r.raise_for_status()
+            names = [m["id"] for m in r.json().get("data", [])]
+        else:
+            r = httpx.post(f"{ep.base_url}/worker_get_status", timeout=30)
+            r.raise_for_status()
+            names = list(r.json().get("model_names", []))
+    except (httpx.HTTPError, ValueError, KeyError) as e:
+        raise BenchError(f"{ep.name}: cannot list models at {ep.base_url}: {e}") from None
+    if not names:
+        raise BenchError(f"{ep.name}: {ep.base_url} serves no model")
+    return names[0]
+
+
+def _fmt(x: float | None, unit: str = "") -> str:
+    return "-" if x is None else f"{x:.2f}{unit}"
+
+
+def print_level(name: str, r: dict) -> None:
+    rss = ", ".join(f"{k} {v:.0f} MB" for k, v in r["peak_rss_mb"].items())
+    print(f"{name:>24} c={r['concurrency']:<3} {r['output_tok_s']:8.1f} tok/s {r['req_s']:6.2f} req/s  "
+          f"TTFT p50 {_fmt(r['ttft_p50_s'], 's')} p99 {_fmt(r['ttft_p99_s'], 's')}  "
+          f"e2e p50 {_fmt(r['latency_p50_s'], 's')} p99 {_fmt(r['latency_p99_s'], 's')}  "
+          f"ok {r['completed']}/{r['requests']}" + (f"  peak RSS: {rss}" if rss else ""), flush=True)
+    for err in r["errors"]:
+        print(f"{'':>24} error: {err}", flush=True)
+
+
+def ratios(results: dict[str, dict], baseline: str) -> dict[str, dict[str, float | None]]:
+    """Output tok/s of each endpoint divided by the baseline's, per concurrency level."""
+    base = {lv["concurrency"]: lv["output_tok_s"] for lv in results[baseline]["levels"]}
+    out: dict[str, dict[str, float | None]] = {}
+    for name, res in results.items():
+        out[name] = {}
+        for lv in res["levels"]:
+            b = base.get(lv["concurrency"])
+            out[name][str(lv["concurrency"])] = round(lv["output_tok_s"] / b, 3) if b else None
+    return out
+
+
+def print_summary(results: dict[str, dict], baseline: str | None) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    levels = sorted({lv["concurrency"] for r in results.values() for lv in r["levels"]})
+    rat = ratios(results, baseline) if baseline else {}
+    t = Table(title="output tokens/s (TTFT p50)" + (f"; ratio vs {baseline}" if baseline else ""))
+    t.add_column("endpoint")
+    for c in levels:
+        t.add_column(f"c={c}", justify="right")
+    for name, res in results.items():
+        by_c = {lv["concurrency"]: lv for lv in res["levels"]}
+        cells = []
+        for c in levels:
+            lv = by_c.get(c)
+            if lv is None:
+                cells.append("-")
+                continue
+            cell = f"{lv['output_tok_s']:.1f} ({_fmt(lv['ttft_p50_s'], 's')})"
+            r = rat.get(name, {}).get(str(c))
+            if baseline and name != baseline and r is not None:
+                cell += f" x{r:.2f}"
+            cells.append(cell)
+        t.add_row(name, *cells)
+    Console(width=200).print(t)
+
+
+def run(args: argparse.Namespace) -> int:
+    opts = BenchOptions(model_name=args.model_name, model_path=args.model_path, direct_worker=args.direct_worker,
+                        vllm_python=args.vllm_python, start_timeout_s=args.start_timeout)
+    servers: list[Server] = [parse_target(t, opts) for t in args.target]
+    if args.base_url:
+        servers.insert(0, UrlServer(args.base_url, "url", args.base_url, opts))
+    if not servers:
+        print("orchestr bench serve: give --base-url URL or at least one --target", file=sys.stderr)
+        return 2
+    from orchestr.benchmark.runner import run_level, warm_up
+
+    print(f"loading tokenizer {args.tokenizer} (every answer is re-tokenised with it)", flush=True)
+    count = load_counter(args.tokenizer)
+    results: dict[str, dict] = {}
+    report = {
+        "benchmark": "orchestr bench serve",
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "host": {"machine": platform.machine(), "cpus": _cpu_count(), "python": platform.python_version()},
+        "load": {"prompts": len(PROMPTS), "max_tokens": args.max_tokens, "temperature": 0.0,
+                 "num_requests": args.num_requests, "concurrency": args.concurrency, "stream": True,
+                 "tokenizer": args.tokenizer},
+        "results": results,
+    }
+    for server in servers:
+        try:
+            endpoints = server.start()
+            for ep in endpoints:
+                model = args.model or discover_model(ep, args.api_key)
+                results[ep.name] = {"target": server.describe(), "protocol": ep.protocol,
+                                    "base_url": ep.base_url, "model": model, "levels": []}
+                warm_up(protocol=ep.protocol, base_url=ep.base_url, model=model, count=args.warmup,
+                        api_key=args.api_key, timeout_s=args.timeout)
+            # Levels outer, endpoints inner: an API and its worker measured back to back per level.
+            for c in args.concurrency:
+                for ep in endpoints:
+                    res = results[ep.name]
+                    level = run_level(protocol=ep.protocol, base_url=ep.base_url, model=res["model"],
+                                      concurrency=c, num_requests=max(args.num_requests, c),
+                                      max_tokens=args.max_tokens, count_tokens=count, api_key=args.api_key,
+                                      timeout_s=args.timeout, rss_pids=ep.pids, progress=not args.no_progress,
+                                      label=ep.name).to_dict()
+                    res["levels"].append(level)
+                    print_level(ep.name, level)
+                    _write(args.output, report)
+        except (BenchError, RuntimeError) as e:
+            print(f"orchestr bench serve: {e}", file=sys.stderr)
+            return 1
+        finally:
+            server.stop()
+    baseline = args.baseline or next(iter(results), None)
+    if baseline not in results:
+        print(f"orchestr bench serve: --baseline {baseline!r} is not an endpoint ({', '.join(results)})",
+              file=sys.stderr)
+        baseline = None
+    if baseline and len(results) > 1:
+        report["baseline"] = baseline
+        report["ratios"] = ratios(results, baseline)
+    print_summary(results, baseline if len(results) > 1 else None)
+    _write(args.output, report)
+    if args.output:
+        print(f"figures written to {args.output}")
+    failed = sum(lv["failed"] for r in results.values() for lv in r["levels"])
+    return 1 if failed else 0
+
+
+def _cpu_count() -> int:
+    import os
+
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def _write(path: Path | None, report: dict) -> None:
+    if path is None:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(report, indent=2) + "\n")
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print("usage: orchestr bench serve [OPTIONS]   (`orchestr bench serve --help`)")
+        return 0 if argv else 2
+    if argv[0] != "serve":
+        print(f"orchestr bench: unknown benchmark {argv[0]!r} (available: serve)", file=sys.stderr)
+        return 2
+    args = build_parser().parse_args(argv[1:])
+    if args.num_requests < 1 or args.max_tokens < 1:
+        print("orchestr bench serve: --num-requests and --max-tokens must be >= 1", file=sys.stderr)
+        return 2
+    try:
+        return run(args)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,124 @@
+"""One streaming request against a server, timed on the client side.
+
+Two wire protocols: ``openai`` (``POST {base}/chat/completions`` with ``stream: true``, Server-Sent
+Events) for any OpenAI-compatible server, and ``worker`` (``POST {base}/worker_generate_stream``,
+newline-delimited :class:`~orchestr.protocol.GenerateChunk`) to measure an orchestr worker without
+the API server and controller in front of it.
+
+The client does as little as possible per chunk (the benchmark shares the CPU with the server
+on small machines): it keeps the text and the timestamps, and tokens are counted after the run.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+
+import httpx
+
+from orchestr.protocol import ChatMessage, GenerateRequest
+
+PROTOCOLS = ("openai", "worker")
+
+
+@dataclass
+class RequestRecord:
+    index: int
+    start: float
+    end: float = 0.0
+    first_token: float | None = None  # time the first non-empty text arrived
+    text: str = ""
+    ok: bool = False
+    error: str | None = None
+    output_tokens: int = 0  # filled in afterwards by re-tokenising `text`
+
+    @property
+    def ttft(self) -> float | None:
+        return None if self.first_token is None else self.first_token - self.start
+
+    @property
+    def latency(self) -> float:
+        return self.end - self.start
+
+
+@dataclass
+class RequestSpec:
+    protocol: str  # openai | worker
+    base_url: str  # .../v1 for openai, the worker's address for worker
+    model: str
+    messages: list[dict[str, str]]
+    max_tokens: int
+    temperature: float = 0.0
+    api_key: str | None = None
+
+
+def _openai_body(spec: RequestSpec) -> dict:
+    return {"model": spec.model, "messages": spec.messages, "max_tokens": spec.max_tokens,
+            "temperature": spec.temperature, "stream": True}
+
+
+def _worker_body(spec: RequestSpec) -> dict:
+    req = GenerateRequest(model=spec.model, messages=[ChatMessage(**m) for m in spec.messages],
+                          max_new_tokens=spec.max_tokens, temperature=spec.temperature)
+    return req.model_dump(exclude_none=True)
+
+
+async def stream_request(client: httpx.AsyncClient, spec: RequestSpec, index: int) -> RequestRecord:
+    """Send one request and read its stream to the end; never raises for server-side errors."""
+    rec = RequestRecord(index=index, start=time.perf_counter())
+    headers = {"Authorization": f"Bearer {spec.api_key}"} if spec.api_key else {}
+    base = spec.base_url.rstrip("/")
+    if spec.protocol == "openai":
+        url, body = f"{base}/chat/completions", _openai_body(spec)
+    else:
+        url, body = f"{base}/worker_generate_stream", _worker_body(spec)
+    parts: list[str] = []
+    try:
+        async with client.stream("POST", url, json=body, headers=headers) as resp:
+            if resp.status_code != 200:
+                detail = (await resp.aread()).decode(errors="replace")[:300]
+                rec.error = f"HTTP {resp.status_code}: {detail}"
+                return rec
+            async for line in resp.aiter_lines():
+                delta, err = (_parse_sse(line) if spec.protocol == "openai" else _parse_ndjson(line))
+                if err:
+                    rec.error = err
+                    return rec
+                if delta:
+                    if rec.first_token is None:
+                        rec.first_token = time.perf_counter()
+                    parts.append(delta)
+        rec.ok = True
+    except (httpx.HTTPError, OSError) as e:
+        rec.error = f"{type(e).__name__}: {e}"
+    finally:
+        rec.end = time.perf_counter()
+        rec.text = "".join(parts)
+    return rec
+
+
+def _parse_sse(line: str) -> tuple[str | None, str | None]:
+    if not line.startswith("data:"):
+        return None, None
+    payload = line[5:].strip()
+    if not payload or payload == "[DONE]":
+        return None, None
+    data = json.loads(payload)
+    if "error" in data and "choices" not in data:
+        err = data["error"]
+        return None, str(err.get("message", err) if isinstance(err, dict) else err)
+    choices = data.get("choices") or []
+    if not choices:
+        return None, None
+    return (choices[0].get("delta") or {}).get("content"), None
+
+
+def _parse_ndjson(line: str) -> tuple[str | None, str | None]:
+    line = line.strip()
+    if not line:
+        return None, None
+    data = json.loads(line)
+    if data.get("error_code"):
+        return None, str(data.get("error") or f"error code {data['error_code']}")
+    return data.get("text"), None

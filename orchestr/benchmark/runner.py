@@ -1,0 +1,148 @@
+"""Run one concurrency level against one endpoint: N client tasks share a fixed list of requests."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Callable
+
+import httpx
+
+from orchestr.benchmark.client import RequestRecord, RequestSpec, stream_request
+from orchestr.benchmark.prompts import prompt_messages
+from orchestr.benchmark.stats import LevelResult, summarise
+
+
+class RssSampler:
+    """Peak resident memory of each labelled process tree (process + children), sampled in a thread.
+
+    Shared pages are counted once per process, so a tree's figure is an upper bound.
+    """
+
+    def __init__(self, pids: dict[str, int], interval_s: float = 0.5) -> None:
+        self.pids = pids
+        self.interval_s = interval_s
+        self.peak_mb: dict[str, float] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="rss-sampler", daemon=True)
+
+    def _tree_rss(self, pid: int) -> float:
+        import psutil
+
+        try:
+            proc = psutil.Process(pid)
+            procs = [proc, *proc.children(recursive=True)]
+        except psutil.Error:
+            return 0.0
+        total = 0
+        for p in procs:
+            try:
+                total += p.memory_info().rss
+            except psutil.Error:
+                pass
+        return total / 2**20
+
+    def _sample(self) -> None:
+        for label, pid in self.pids.items():
+            mb = self._tree_rss(pid)
+            if mb > self.peak_mb.get(label, 0.0):
+                self.peak_mb[label] = round(mb, 1)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            self._sample()
+
+    def __enter__(self) -> RssSampler:
+        if self.pids:
+            self._sample()
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.pids:
+            self._stop.set()
+            self._thread.join()
+            self._sample()
+
+
+async def _run_requests(make_spec: Callable[[int], RequestSpec], concurrency: int, num_requests: int,
+                        timeout_s: float, on_done: Callable[[RequestRecord], None]) -> tuple[list[RequestRecord], float]:
+    indices = iter(range(num_requests))
+    records: list[RequestRecord] = []
+    limits = httpx.Limits(max_connections=concurrency + 4, max_keepalive_connections=concurrency + 4)
+    timeout = httpx.Timeout(timeout_s, connect=30.0)
+    async with httpx.AsyncClient(limits=limits, timeout=timeout, trust_env=False) as client:
+
+        async def client_task() -> None:
+            for i in indices:  # the shared iterator hands each index to exactly one task
+                rec = await stream_request(client, make_spec(i), i)
+                records.append(rec)
+                on_done(rec)
+
+        t0 = time.perf_counter()
+        await asyncio.gather(*(client_task() for _ in range(concurrency)))
+        duration = time.perf_counter() - t0
+    return records, duration
+
+
+def run_level(
+    *,
+    protocol: str,
+    base_url: str,
+    model: str,
+    concurrency: int,
+    num_requests: int,
+    max_tokens: int,
+    count_tokens: Callable[[str], int],
+    api_key: str | None = None,
+    timeout_s: float = 600.0,
+    rss_pids: dict[str, int] | None = None,
+    progress: bool = True,
+    label: str = "",
+) -> LevelResult:
+    """Run ``num_requests`` streaming requests with ``concurrency`` clients; tokens are counted
+    after the run by re-tokenising each answer, the same way for every server."""
+
+    def make_spec(i: int) -> RequestSpec:
+        return RequestSpec(protocol=protocol, base_url=base_url, model=model, messages=prompt_messages(i),
+                           max_tokens=max_tokens, api_key=api_key)
+
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=num_requests, desc=f"{label} c={concurrency}", unit="req", leave=False, dynamic_ncols=True)
+
+    def on_done(_rec: RequestRecord) -> None:
+        if bar is not None:
+            bar.update(1)
+
+    try:
+        with RssSampler(rss_pids or {}) as rss:
+            records, duration = asyncio.run(
+                _run_requests(make_spec, concurrency, num_requests, timeout_s, on_done))
+    finally:
+        if bar is not None:
+            bar.close()
+    for rec in records:
+        rec.output_tokens = count_tokens(rec.text) if rec.ok else 0
+    result = summarise(concurrency, records, duration)
+    result.peak_rss_mb = dict(rss.peak_mb)
+    return result
+
+
+def warm_up(*, protocol: str, base_url: str, model: str, count: int, api_key: str | None,
+            timeout_s: float) -> None:
+    """A few short requests (not measured): first-request compilation and caches are not load."""
+    if count <= 0:
+        return
+
+    def make_spec(i: int) -> RequestSpec:
+        return RequestSpec(protocol=protocol, base_url=base_url, model=model, messages=prompt_messages(i),
+                           max_tokens=16, api_key=api_key)
+
+    records, _ = asyncio.run(_run_requests(make_spec, 1, count, timeout_s, lambda _r: None))
+    bad = [r.error for r in records if not r.ok]
+    if bad:
+        raise RuntimeError(f"warm-up request to {base_url} failed: {bad[0]}")
