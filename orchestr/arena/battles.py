@@ -199,7 +199,8 @@ def clean_battles(cfg: Any, log_dirs: list[str] | None = None) -> tuple[list[dic
     stats = ReadStats()
     rows = read_log_lines(files, (*BATTLE_VOTE_TYPES, "flag"), stats)
     battles = battles_from_rows(rows, cfg, report)
-    if stats.malformed:
+    if stats.malformed:  # a torn line may have been a vote: count it as read and dropped
+        report.read += stats.malformed
         report.drop("malformed_line", stats.malformed)
     return battles, report
 
