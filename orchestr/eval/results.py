@@ -21,7 +21,7 @@ def single_table(records: list[dict], models: list[str] | None = None) -> pd.Dat
     if models:
         df = df[df["model"].isin(models)]
     if df.empty:
-        return pd.DataFrame(columns=["turn1", "turn2", "average", "judged"])
+        return pd.DataFrame(columns=["turn1", "turn2", "average", "judged"]).rename_axis("model")
     table = pd.DataFrame(
         {
             "turn1": df[df["turn"] == 1].groupby("model")["score"].mean(),
@@ -57,7 +57,7 @@ def pair_outcomes(records: list[dict], baseline: str | None = None, models: list
 
 def pair_table(outcomes: pd.DataFrame, baseline: str | None = None) -> pd.DataFrame:
     if outcomes.empty:
-        return pd.DataFrame(columns=["win", "loss", "tie", "win_rate", "loss_rate", "win_rate_adjusted"])
+        return pd.DataFrame(columns=["win", "loss", "tie", "win_rate", "loss_rate", "win_rate_adjusted"]).rename_axis("model")
     df = outcomes.groupby("model")[["win", "loss", "tie"]].sum()
     if baseline is not None:
         df = df[df.index != baseline]
