@@ -7,6 +7,7 @@ run by hand. Nothing here imports a service module.
 
 from __future__ import annotations
 
+import shlex
 import sys
 from dataclasses import dataclass
 
@@ -272,11 +273,13 @@ def render_plan(specs: list[ProcessSpec], cluster: ClusterConfig) -> str:
     out: list[str] = []
     for node_name in dict.fromkeys(s.node for s in specs):
         node = cluster.nodes[node_name]
-        where = "this machine" if node.transport == "local" else f"ssh {node.user + '@' if node.user else ''}{node.ssh_host or node.address}"
+        where = "this machine" if node.transport == "local" else (
+            f"ssh {'-p ' + str(node.ssh_port) + ' ' if node.ssh_port != 22 else ''}"
+            f"{node.user + '@' if node.user else ''}{node.ssh_host or node.address}")
         out.append(f"# node {node_name} ({node.address}, {where})")
         for s in specs:
             if s.node == node_name:
-                cd = f"cd {s.workdir} && " if s.workdir else ""
+                cd = f"cd {shlex.quote(s.workdir)} && " if s.workdir else ""
                 out.append(f"{cd}{s.command_line()}")
         out.append("")
     return "\n".join(out)
