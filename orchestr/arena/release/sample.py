@@ -18,23 +18,32 @@ def _stratum(rec: dict[str, Any], keys: list[str]) -> str:
 
 
 def allocate(sizes: dict[str, int], n: int, min_per_stratum: int) -> dict[str, int]:
-    """How many to draw from each stratum so the total is min(n, all) and shares are kept."""
+    """How many to draw from each stratum: min(n, all) in total, in proportion to the strata
+    (largest remainders), each non-empty stratum at least `min_per_stratum` when n allows."""
     total = sum(sizes.values())
     n = min(n, total)
-    base = {s: min(c, min_per_stratum) for s, c in sizes.items()}
-    left = n - sum(base.values())
-    if left < 0:  # more strata than n: the biggest strata keep their minimum
+    if total == 0:
+        return {s: 0 for s in sizes}
+    floor_ = {s: min(c, min_per_stratum) for s, c in sizes.items()}
+    if sum(floor_.values()) >= n:  # more strata than n: the biggest strata get their minimum
         order = sorted(sizes, key=lambda s: (-sizes[s], s))
-        return {s: (min(sizes[s], min_per_stratum) if i < n else 0) for i, s in enumerate(order)}
-    room = {s: sizes[s] - base[s] for s in sizes}
-    room_total = sum(room.values())
-    if room_total == 0 or left == 0:
-        return base
-    quotas = {s: left * room[s] / room_total for s in sizes}
-    alloc = {s: base[s] + math.floor(q) for s, q in quotas.items()}
-    remaining = n - sum(alloc.values())
-    for s in sorted(sizes, key=lambda s: (-(quotas[s] - math.floor(quotas[s])), s))[:remaining]:
-        alloc[s] += 1
+        alloc, left = dict.fromkeys(sizes, 0), n
+        for s in order:
+            alloc[s] = min(floor_[s], left)
+            left -= alloc[s]
+        return alloc
+    quotas = {s: n * c / total for s, c in sizes.items()}
+    alloc = {s: max(floor_[s], math.floor(q)) for s, q in quotas.items()}
+    # Too many (minimums lifted small strata): take back from those furthest above their quota.
+    while sum(alloc.values()) > n:
+        s = max((s for s in alloc if alloc[s] > floor_[s]), key=lambda s: (alloc[s] - quotas[s], s))
+        alloc[s] -= 1
+    # Too few (rounding down): give to the largest remainders that still have records.
+    by_remainder = sorted(sizes, key=lambda s: (-(quotas[s] - alloc[s]), s))
+    while sum(alloc.values()) < n:
+        for s in by_remainder:
+            if alloc[s] < sizes[s] and sum(alloc.values()) < n:
+                alloc[s] += 1
     return alloc
 
 
