@@ -179,17 +179,21 @@ def build_arena_tab(ctx: WebContext, anony: bool) -> ArenaTab:
     pickers = dropdowns or [gr.State(None), gr.State(None)]  # the anonymous tab has no pickers
     send_inputs = [*states, *pickers, textbox, temperature, top_p, max_tokens]
     send_outputs = [*states, *chatbots, textbox, notice, *labels, *round_controls]
-    textbox.submit(on_send, send_inputs, send_outputs)
-    send.click(on_send, send_inputs, send_outputs)
+    # Progress shows on the chatbots only (not on every output, e.g. the name labels).
+    textbox.submit(on_send, send_inputs, send_outputs, show_progress_on=chatbots)
+    send.click(on_send, send_inputs, send_outputs, show_progress_on=chatbots)
     regenerate.click(on_regenerate, [*states, temperature, top_p, max_tokens],
-                     [*states, *chatbots, notice, *round_controls])
+                     [*states, *chatbots, notice, *round_controls], show_progress_on=chatbots)
     for button, (_, vote_type, _, thanks) in zip(vote_buttons, VOTES, strict=True):
-        button.click(on_vote(vote_type, thanks), states, [notice, *labels, *round_controls, textbox, send])
-    leak.click(on_leak, states, [notice, leak])
+        button.click(on_vote(vote_type, thanks), states, [notice, *labels, *round_controls, textbox, send],
+                     show_progress="hidden")
+    leak.click(on_leak, states, [notice, leak], show_progress="hidden")
     reset_outputs = [*states, *chatbots, textbox, notice, *labels, *round_controls, send]
-    new_round.click(on_new_round, None, reset_outputs)
+    new_round.click(on_new_round, None, reset_outputs, show_progress="hidden")
+    for chatbot in chatbots:  # a chatbot's own 🗑 icon ends the round for both sides
+        chatbot.clear(on_new_round, None, reset_outputs, show_progress="hidden")
     for dd in dropdowns:
-        dd.change(on_new_round, None, reset_outputs)
+        dd.change(on_new_round, None, reset_outputs, show_progress="hidden")
     if dropdowns:
         def refresh_both(a, b):
             return model_dropdown_update(ctx, a, refresh=True), model_dropdown_update(ctx, b)

@@ -90,13 +90,17 @@ def build_chat_tab(ctx: WebContext) -> ChatTab:
 
     send_inputs = [state, model, textbox, temperature, top_p, max_tokens]
     send_outputs = [state, chatbot, textbox, notice, *buttons]
-    textbox.submit(on_send, send_inputs, send_outputs)
-    send.click(on_send, send_inputs, send_outputs)
-    regenerate.click(on_regenerate, [state, temperature, top_p, max_tokens], [state, chatbot, notice, *buttons])
+    # Progress shows on the chatbot only, not on every output.
+    textbox.submit(on_send, send_inputs, send_outputs, show_progress_on=[chatbot])
+    send.click(on_send, send_inputs, send_outputs, show_progress_on=[chatbot])
+    regenerate.click(on_regenerate, [state, temperature, top_p, max_tokens], [state, chatbot, notice, *buttons],
+                     show_progress_on=[chatbot])
     for button, vote_type in ((upvote, "upvote"), (downvote, "downvote"), (flag, "flag")):
-        button.click(on_vote(vote_type), [state], [notice, *buttons])
-    clear.click(on_clear, None, [state, chatbot, textbox, notice, *buttons])
+        button.click(on_vote(vote_type), [state], [notice, *buttons], show_progress="hidden")
+    reset_outputs = [state, chatbot, textbox, notice, *buttons]
+    clear.click(on_clear, None, reset_outputs, show_progress="hidden")
+    chatbot.clear(on_clear, None, reset_outputs, show_progress="hidden")  # the chatbot's own 🗑 icon
     # A different model starts a different conversation.
-    model.change(on_clear, None, [state, chatbot, textbox, notice, *buttons])
+    model.change(on_clear, None, reset_outputs, show_progress="hidden")
     refresh.click(lambda cur: model_dropdown_update(ctx, cur, refresh=True), [model], [model])
     return ChatTab(model=model)

@@ -1,0 +1,180 @@
+"""The web UI in a real headless Chromium against a real deployment (`orchestr launch`, embedded model).
+
+Chromium is Debian's (/usr/bin/chromium, installed by scripts/install_browser.sh), driven through
+Playwright's Python API; Playwright's own browser downloads are never used. Screenshots go to
+test-artifacts/.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+pytestmark = [pytest.mark.slow, pytest.mark.browser]
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+MAX_TOKENS = "24"  # short answers keep the CPU model quick
+REPLY_TIMEOUT_MS = 180_000
+
+# Records every length the newest bot message of a chatbot takes, to tell a stream from one update.
+WATCH_JS = """(sel) => {
+  const root = document.querySelector(sel);
+  const key = '__lens_' + sel;
+  window[key] = [];
+  new MutationObserver(() => {
+    const bots = root.querySelectorAll('[data-testid="bot"]');
+    const n = bots.length ? bots[bots.length - 1].innerText.trim().length : 0;
+    const seen = window[key];
+    if (n && seen[seen.length - 1] !== n) seen.push(n);
+  }).observe(root, {subtree: true, childList: true, characterData: true});
+}"""
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not Path(CHROMIUM).exists():
+        pytest.skip(f"{CHROMIUM} is missing: run scripts/install_browser.sh")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        b = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield b
+        b.close()
+
+
+@pytest.fixture
+def page(browser, deployment):
+    ctx = browser.new_context(viewport={"width": 1280, "height": 1000})
+    pg = ctx.new_page()
+    pg.set_default_timeout(30_000)
+    pg.goto(deployment.web_url)
+    pg.wait_for_selector("#anony_input textarea")
+    yield pg
+    ctx.close()
+
+
+def log_lines(log_dir: Path) -> list[dict]:
+    lines = []
+    for f in sorted(Path(log_dir).glob("*-conv.json")):
+        lines += [json.loads(x) for x in f.read_text(encoding="utf-8").splitlines() if x.strip()]
+    return lines
+
+
+def set_max_tokens(page, prefix: str) -> None:
+    page.click(f"#{prefix}_parameters")  # open the accordion
+    box = page.locator(f"#{prefix}_max_tokens input[type=number]")
+    box.fill(MAX_TOKENS)
+    box.press("Enter")
+    box.blur()
+    page.wait_for_function(
+        f"() => document.querySelector('#{prefix}_max_tokens input[type=range]').value === '{MAX_TOKENS}'")
+
+
+def wait_enabled(page, selector: str) -> None:
+    page.wait_for_function(f"() => !document.querySelector('{selector}').disabled", timeout=REPLY_TIMEOUT_MS)
+
+
+def same_text(shown: str, logged: str | None) -> bool:
+    """Whether the rendered reply is the logged one: Markdown rendering may drop list numbers or
+    markup, never add words, so the shown words must be an in-order subsequence of the logged ones."""
+    logged_words = iter(re.findall(r"\w+", logged or ""))
+    shown_words = re.findall(r"\w+", shown)
+    return bool(shown_words) and all(w in logged_words for w in shown_words)
+
+
+def bot_texts(page, chatbot: str) -> list[str]:
+    return [t.strip() for t in page.locator(f"{chatbot} [data-testid='bot']").all_inner_texts()]
+
+
+def name_label(page, side: str) -> str:
+    # the label's rendered Markdown only: the element also hosts Gradio's progress text
+    return page.locator(f"#anony_name_{side} [data-testid=markdown]").inner_text()
+
+
+def test_chat_tab_streams_a_reply_and_logs_turn_and_vote(page, deployment, artifacts_dir):
+    page.get_by_role("tab", name="Direct chat").click()
+    page.wait_for_selector("#chat_input textarea")
+    model = page.locator("#chat_model input").input_value()
+    assert model in deployment.model_names
+    set_max_tokens(page, "chat")
+    page.evaluate(WATCH_JS, "#chat_chatbot")
+
+    page.fill("#chat_input textarea", "Name three colors.")
+    page.press("#chat_input textarea", "Enter")
+    wait_enabled(page, "#chat_upvote")
+
+    replies = bot_texts(page, "#chat_chatbot")
+    assert len(replies) == 1 and replies[0] and "API REQUEST ERROR" not in replies[0], replies
+    lengths = page.evaluate("() => window['__lens_#chat_chatbot']")
+    assert len(lengths) >= 2, f"the reply arrived in one piece, not streamed: {lengths}"
+    page.click("#chat_upvote")
+    page.wait_for_function("() => document.querySelector('#chat_notice').innerText.includes('Thanks')")
+    page.screenshot(path=str(artifacts_dir / "web_chat.png"), full_page=True)
+
+    lines = log_lines(deployment.web_log_dir)
+    chat = [x for x in lines if x["type"] == "chat" and x["model"] == model
+            and x["state"]["messages"][0] == ["user", "Name three colors."]]
+    assert chat and same_text(replies[0], chat[-1]["state"]["messages"][1][1])
+    assert chat[-1]["gen_params"]["max_new_tokens"] == int(MAX_TOKENS)
+    votes = [x for x in lines if x["type"] == "upvote" and x["state"]["conv_id"] == chat[-1]["state"]["conv_id"]]
+    assert len(votes) == 1 and votes[0]["model"] == model
+
+
+def test_anonymous_battle_hides_names_until_the_vote(page, deployment, artifacts_dir):
+    set_max_tokens(page, "anony")
+    page.fill("#anony_input textarea", "What is the capital of France?")
+    page.click("#anony_send")
+    wait_enabled(page, "#anony_vote_b")
+
+    a, b = bot_texts(page, "#anony_chatbot_a"), bot_texts(page, "#anony_chatbot_b")
+    assert len(a) == 1 and a[0] and len(b) == 1 and b[0], (a, b)
+    hidden = name_label(page, "a") + name_label(page, "b")
+    assert not any(name in hidden for name in deployment.model_names), hidden
+
+    page.click("#anony_vote_b")
+    page.wait_for_function("() => ['a', 'b'].every(s => "
+                           "document.querySelector('#anony_name_' + s + ' [data-testid=markdown]').innerText.includes(':'))")
+    revealed = [name_label(page, s).split(":", 1)[1].strip() for s in "ab"]
+    assert set(revealed) <= set(deployment.model_names) and revealed[0] != revealed[1], revealed
+    assert page.locator("#anony_vote_a").is_disabled()  # one vote per round
+    page.screenshot(path=str(artifacts_dir / "web_arena_battle.png"), full_page=True)
+
+    votes = [x for x in log_lines(deployment.web_log_dir) if x["type"] == "rightvote"]
+    assert len(votes) == 1, votes
+    vote = votes[0]
+    assert vote["models"] == revealed and vote["anony"] is True
+    assert [s["model_name"] for s in vote["states"]] == revealed
+    conv_ids = {s["conv_id"] for s in vote["states"]}
+    turns = [x for x in log_lines(deployment.web_log_dir) if x["type"] == "chat" and x["state"]["conv_id"] in conv_ids]
+    assert sorted(x["model"] for x in turns) == sorted(revealed)
+    assert all(x["gen_params"]["max_new_tokens"] == int(MAX_TOKENS) for x in turns)
+    for state, reply in zip(vote["states"], (a[0], b[0]), strict=True):
+        (role_q, question), (role_a, answer) = state["messages"]
+        assert (role_q, question, role_a) == ("user", "What is the capital of France?", "assistant")
+        assert same_text(reply, answer), (reply, answer)
+
+
+def test_side_by_side_uses_the_picked_models(page, deployment, artifacts_dir):
+    page.get_by_role("tab", name="Arena (side-by-side)").click()
+    page.wait_for_selector("#named_input textarea")
+    picked = [page.locator(f"#named_model_{s} input").input_value() for s in "ab"]
+    assert set(picked) == set(deployment.model_names[:2]), picked
+    set_max_tokens(page, "named")
+    page.fill("#named_input textarea", "Say hello.")
+    page.click("#named_send")
+    wait_enabled(page, "#named_vote_tie")
+    page.click("#named_vote_tie")
+    page.wait_for_function("() => document.querySelector('#named_notice').innerText.includes('tie')")
+    page.screenshot(path=str(artifacts_dir / "web_arena_side_by_side.png"), full_page=True)
+
+    ties = [x for x in log_lines(deployment.web_log_dir) if x["type"] == "tievote"]
+    assert len(ties) == 1 and ties[0]["models"] == picked and ties[0]["anony"] is False
+    conv_ids = {s["conv_id"] for s in ties[0]["states"]}
+    turns = [x for x in log_lines(deployment.web_log_dir) if x["type"] == "chat" and x["state"]["conv_id"] in conv_ids]
+    assert sorted(x["model"] for x in turns) == sorted(picked)
+    assert all(x["gen_params"]["max_new_tokens"] == int(MAX_TOKENS) for x in turns)
