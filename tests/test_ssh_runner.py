@@ -390,3 +390,16 @@ def test_unreachable_node_fails_the_launch_cleanly(sshd, tmp_path) -> None:
         dep.start_all(lambda _: None)
     front = dep.state.record("front")
     assert front is not None and live_group(front.pgid) == []  # what started was stopped
+
+
+def test_a_port_already_in_use_on_the_node_is_refused(runner, tmp_path) -> None:
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        spec = http_server_spec("worker-x", port)
+        with pytest.raises(SSHError, match=rf"cluster.workers.worker-x.port: port {port} on node 'node-a'"):
+            runner.start(spec, str(tmp_path / "x.log"))
+    assert not (tmp_path / "x.log").exists()  # nothing was started

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import re
 import shlex
+import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -38,6 +39,15 @@ def _qpath(path: str) -> str:
     if path.startswith("~/"):
         return '"$HOME"/' + shlex.quote(path[2:])
     return shlex.quote(path)
+
+
+def _port_open(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.settimeout(1.0)
+        try:
+            return s.connect_ex((host, port)) == 0
+        except OSError:  # unresolvable here: leave it to the health checks
+            return False
 
 
 class _AcceptWithoutSaving(paramiko.MissingHostKeyPolicy):
@@ -136,6 +146,13 @@ class SSHRunner:
 
     # ------------------------------------------------------------------ Runner protocol
     def start(self, spec: ProcessSpec, log_path: str) -> ProcessRecord:
+        if spec.port and _port_open(self.node.address, spec.port):
+            # a stale service there would answer the health checks in place of the new one
+            from orchestr.launch.validate import _port_key
+
+            raise SSHError(f"{_port_key(spec)}: port {spec.port} on node {self.node_name!r} "
+                           f"({self.node.address}) is already in use (another deployment? "
+                           "`orchestr status` / `orchestr stop`, or pick another port)")
         log_dir = str(Path(log_path).parent)
         argv = [_qpath(spec.argv[0]), *(shlex.quote(a) for a in spec.argv[1:])]
         workdir = spec.workdir or self.node.workdir
