@@ -1,7 +1,8 @@
 """Answering with a model loaded in this process (`eval.answer.backend=local`), no deployment needed.
 
-The model is loaded with orchestr.engine's loader from the selected `model` config; generation is
-serialised (one sequence at a time), which is what a single CPU process does best anyway.
+The model is loaded by orchestr.engine's loader from the selected `model` config and prompted with
+the engine's chat formatter (the tokenizer's template, or `model.conv_template`), as a worker would.
+Generation is serialised (one sequence at a time), which is what a single CPU process does best.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from orchestr.eval.errors import EvalError
 class LocalResponder:
     def __init__(self, cfg: Any):
         from orchestr.engine.loader import ModelLoadError, load_model
+        from orchestr.engine.templates import ChatFormatter
 
         m = cfg.model
         try:
@@ -29,23 +31,28 @@ class LocalResponder:
                 tokenizer=m.tokenizer,
                 trust_remote_code=m.trust_remote_code,
             )
-        except ModelLoadError as e:
+            self.formatter = ChatFormatter(self.tokenizer, m.conv_template)
+        except (ModelLoadError, ValueError) as e:
             raise EvalError(f"model {m.name}: {e}") from None
-        if not getattr(self.tokenizer, "chat_template", None):
-            raise EvalError(f"model {m.name}: its tokenizer has no chat template; answer through a deployment instead")
         self._lock = threading.Lock()
 
     def chat(self, messages: list[dict[str, str]], temperature: float, max_tokens: int) -> str:
         import torch
 
-        ids = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=True)
+        prompt = self.formatter.format(messages)
+        enc = self.tokenizer(prompt.text, return_tensors="pt", add_special_tokens=prompt.add_special_tokens)
         device = next(self.model.parameters()).device
-        inputs = {k: v.to(device) for k, v in ids.items()}
+        inputs = {k: v.to(device) for k, v in enc.items()}
         sample = temperature > 1e-4  # FastChat: greedy decoding at temperature ~0
         kwargs: dict[str, Any] = {"max_new_tokens": max_tokens, "do_sample": sample}
         if sample:
             kwargs["temperature"] = temperature
+        eos = [self.tokenizer.eos_token_id, *prompt.stop_token_ids]
         with self._lock, torch.inference_mode():
-            out = self.model.generate(**inputs, pad_token_id=self.tokenizer.pad_token_id, **kwargs)
-        new = out[0, inputs["input_ids"].shape[1] :]
-        return self.tokenizer.decode(new, skip_special_tokens=True)
+            out = self.model.generate(
+                **inputs, pad_token_id=self.tokenizer.pad_token_id, eos_token_id=[e for e in eos if e is not None], **kwargs
+            )
+        text = self.tokenizer.decode(out[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
+        for stop in prompt.stop:  # template stop strings end the turn
+            text = text.split(stop)[0]
+        return text
