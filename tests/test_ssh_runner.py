@@ -185,9 +185,9 @@ def test_start_runs_detached_in_its_own_group_and_stop_leaves_nothing(runner, tm
     assert os.getsid(rec.pid) == rec.pid  # session leader: survives the SSH connection
     assert len(live_group(rec.pgid)) == 2
     assert runner.alive(rec)
-    # the connection that started it can go away
+    # the connection that started it can go away; the runner reconnects on its next call
     runner.close()
-    runner.client = SSHRunner("node-a", runner.node).client
+    assert runner.client.get_transport() is None
     assert runner.alive(rec)
     assert log.is_file() and "start:" in log.read_text()
     assert "Serving HTTP" in runner.read_log(rec, 20) or wait_log(runner, rec, "Serving HTTP")

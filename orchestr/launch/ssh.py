@@ -122,10 +122,25 @@ class SSHRunner:
         self.client = connect(node_name, node, timeout)
 
     # ------------------------------------------------------------------ remote exec
+    def _exec(self, script: str, timeout: float) -> paramiko.ChannelFile:
+        """Open a channel running the script; reconnects once when the link has dropped (a
+        detached supervisor holds its connection for days)."""
+        command = f"sh -c {shlex.quote(script)}"
+        transport = self.client.get_transport()
+        if transport is None or not transport.is_active():
+            self.client.close()
+            self.client = connect(self.node_name, self.node, self.timeout)
+        try:
+            return self.client.exec_command(command, timeout=timeout)
+        except (paramiko.SSHException, EOFError):
+            self.client.close()
+            self.client = connect(self.node_name, self.node, self.timeout)
+            return self.client.exec_command(command, timeout=timeout)
+
     def run(self, script: str, timeout: float = 60.0) -> tuple[int, str, str]:
         """Run a POSIX sh script on the node (whatever the login shell is); rc, stdout, stderr."""
         try:
-            _, out, err = self.client.exec_command(f"sh -c {shlex.quote(script)}", timeout=timeout)
+            _, out, err = self._exec(script, timeout)
             stdout = out.read().decode(errors="replace")
             stderr = err.read().decode(errors="replace")
             rc = out.channel.recv_exit_status()
@@ -233,7 +248,7 @@ exit 3
             script = (f"s=$(stat -c %s {q} 2>/dev/null || echo 0); echo $s; "
                       f"[ $s -gt {offset} ] && tail -c +{offset + 1} {q} | head -c $(($s-{offset}))")
             try:
-                _, o, _ = self.client.exec_command(f"sh -c {shlex.quote(script)}", timeout=self.timeout)
+                _, o, _ = self._exec(script, self.timeout)
                 data = o.read()
             except (TimeoutError, paramiko.SSHException, OSError) as e:
                 raise SSHError(f"cluster.nodes.{self.node_name}: lost the log of {record.name}: {e}") from None
