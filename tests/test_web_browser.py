@@ -9,9 +9,15 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
+import sys
+import time
 from pathlib import Path
 
+import httpx
 import pytest
+
+from tests.conftest import free_port
 
 pytestmark = [pytest.mark.slow, pytest.mark.browser]
 
@@ -178,3 +184,84 @@ def test_side_by_side_uses_the_picked_models(page, deployment, artifacts_dir):
     turns = [x for x in log_lines(deployment.web_log_dir) if x["type"] == "chat" and x["state"]["conv_id"] in conv_ids]
     assert sorted(x["model"] for x in turns) == sorted(picked)
     assert all(x["gen_params"]["max_new_tokens"] == int(MAX_TOKENS) for x in turns)
+
+
+# --------------------------------------------------------------------------- guards and moderation
+
+GUARD_LIMIT_CHARS = 200
+
+
+@pytest.fixture(scope="module")
+def guarded_web(deployment, tmp_path_factory):
+    """A second web service (single mode) on the deployment's controller, with tight limits and
+    blocked-words moderation, started from its real command line."""
+    log_dir = tmp_path_factory.mktemp("guarded-web-logs")
+    port = free_port()
+    cmd = [sys.executable, "-m", "orchestr.services.web", "--host", "127.0.0.1", "--port", str(port),
+           "--controller-address", deployment.controller_url, "--mode", "single", "--log-dir", str(log_dir),
+           "--max-turns", "1", "--max-input-chars", str(GUARD_LIMIT_CHARS), "--max-new-tokens", "16",
+           "--moderate", "--blocked-words", '["forbiddenword"]']
+    out = open(log_dir.parent / "guarded-web.out", "w")  # noqa: SIM115 - closed below
+    proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 120
+        while True:
+            try:
+                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if proc.poll() is not None or time.time() > deadline:
+                raise RuntimeError(f"web service did not start: {(log_dir.parent / 'guarded-web.out').read_text()}")
+            time.sleep(0.5)
+        yield url, log_dir
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+        out.close()
+
+
+def test_guards_and_moderation_show_visible_messages(browser, guarded_web, artifacts_dir):
+    url, log_dir = guarded_web
+    ctx = browser.new_context(viewport={"width": 1280, "height": 1000})
+    page = ctx.new_page()
+    page.set_default_timeout(30_000)
+    try:
+        page.goto(url)
+        page.wait_for_selector("#chat_input textarea")
+        assert page.locator("#anony_input").count() == 0  # single mode: the chat tab only
+
+        def send(text: str) -> None:
+            page.fill("#chat_input textarea", text)
+            page.click("#chat_send")
+
+        def notice_contains(text: str) -> None:
+            page.wait_for_function(
+                f"() => document.querySelector('#chat_notice').innerText.includes({json.dumps(text)})")
+
+        send("x" * (GUARD_LIMIT_CHARS + 1))
+        notice_contains("too long")
+        assert bot_texts(page, "#chat_chatbot") == []
+
+        send("please repeat the ForbiddenWord")
+        notice_contains("moderation filter")
+        assert any("moderation filter" in t for t in bot_texts(page, "#chat_chatbot"))
+
+        send("Hi!")
+        wait_enabled(page, "#chat_upvote")
+        replies = bot_texts(page, "#chat_chatbot")
+        assert len(replies) == 1 and replies[0]  # the refused exchange is not part of the conversation
+        send("And again?")
+        notice_contains("limit of 1 turns")
+        page.screenshot(path=str(artifacts_dir / "web_guards.png"), full_page=True)
+    finally:
+        ctx.close()
+
+    lines = log_lines(log_dir)
+    refused = [x for x in lines if x.get("moderation")]
+    assert len(refused) == 1 and refused[0]["moderation"]["flagged"] is True
+    assert refused[0]["moderation"]["categories"] == ["forbiddenword"]
+    assert refused[0]["state"]["messages"][0] == ["user", "please repeat the ForbiddenWord"]
+    chats = [x for x in lines if x["type"] == "chat" and not x.get("moderation")]
+    assert len(chats) == 1 and chats[0]["state"]["messages"][0] == ["user", "Hi!"]  # blocked inputs never sent

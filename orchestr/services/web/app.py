@@ -23,15 +23,16 @@ CSS = """
 footer { display: none !important; }
 """
 
-HEADER = """\
-# 🎼 orchestr
-Chat with the models this server runs, or let two of them battle anonymously and vote for the better answer.
-"""
+HEADER = {
+    "multi": "# 🎼 orchestr\nChat with the models this server runs, or let two of them battle anonymously "
+             "and vote for the better answer.",
+    "single": "# 🎼 orchestr\nChat with the models this server runs.",
+}
 
 
 def build_demo(ctx: WebContext) -> gr.Blocks:
     with gr.Blocks(title=TITLE, analytics_enabled=False) as demo:
-        gr.Markdown(HEADER, elem_id="page_header")
+        gr.Markdown(HEADER[ctx.cfg.mode], elem_id="page_header")
         boards: list[LeaderboardTab] = []
         # (dropdown, which model it defaults to): the side-by-side's B starts on the second model.
         pickers: list[tuple[gr.Dropdown, int]] = []
@@ -57,7 +58,7 @@ def build_demo(ctx: WebContext) -> gr.Blocks:
                 out.append(gr.Dropdown(choices=models, value=value))
             for board in boards:
                 out += list(board.fill())
-            return out
+            return out[0] if len(out) == 1 else out  # one output: Gradio takes the return value as is
 
         demo.load(on_load, None, [dd for dd, _ in pickers] + [c for b in boards for c in b.outputs])
     demo.queue(default_concurrency_limit=ctx.cfg.concurrency_count)
