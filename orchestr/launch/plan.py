@@ -221,7 +221,7 @@ class Planner:
         argv = [node_python(node), "-m", "orchestr.services.web",
                 "--host", s.host, "--port", str(s.port),
                 "--controller-address", self.controller_address(),
-                "--mode", s.mode, "--log-dir", s.log_dir, *s.extra_args]
+                *s.cli_flags(), *s.extra_args]  # --mode, --log-dir and the rest of services.web
         return ProcessSpec(name="web", service="web", node=s.node, argv=argv, port=s.port,
                            health_url=f"http://{node.address}:{s.port}/",
                            depends_on=["controller", *worker_names], workdir=node.workdir,
