@@ -51,7 +51,7 @@ CUDA_VISIBLE_DEVICES=3 python3 -m fastchat.serve.vllm_worker --model-path ~/mode
 # (both would start on GPUs 0,1); the config pins disjoint pairs.
 PINNED = {("node-03", 31000): "0,1", ("node-03", 31002): "2,3"}
 
-WORKERS = {"vllm_worker", "multi_model_worker"}
+WORKERS = {"vllm_worker", "multi_model_worker", "model_worker"}
 
 # FastChat's argparse accepts unambiguous prefixes; orchestr renders the full flag names.
 FLAG_ALIASES = {"--model-name": "--model-names", "--controller": "--controller-address",
@@ -294,3 +294,20 @@ def test_the_cli_reports_the_key_without_a_traceback() -> None:
     out = proc.stdout + proc.stderr
     assert "config error: cluster.workers.vicuna-13b-1.gpus: GPU 0 on node 'node-01'" in out
     assert "Traceback" not in out
+
+
+def test_cpu_cluster_over_ssh_renders_the_same_way() -> None:
+    proc = subprocess.run([*ORCHESTR, "launch", "cluster=ssh_cpu", "cluster.nodes.node-b.address=10.0.0.2",
+                           "cluster.nodes.node-a.address=10.0.0.1", "cluster.nodes.node-b.ssh_port=2222",
+                           "launch.dry_run=true"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "# node node-a (10.0.0.1, ssh 10.0.0.1)" in proc.stdout
+    assert "# node node-b (10.0.0.2, ssh -p 2222 10.0.0.2)" in proc.stdout
+    assert "CUDA_VISIBLE_DEVICES" not in proc.stdout
+    workers = by_place(rendered_facts(proc.stdout), {"model_worker"})
+    assert sorted(workers) == [("node-a", 21002), ("node-b", 21003)]
+    for (node, port), w in workers.items():
+        assert w["controller"] == ["http://10.0.0.1:21001"]
+        assert w["worker_address"] == [f"http://10.0.0.{1 if node == 'node-a' else 2}:{port}"]
+        assert w["models"] == [("embedded://SmolLM2-135M-Instruct", "smollm2-135m")]
+    assert all("--device cpu" in line for line in proc.stdout.splitlines() if "model_worker" in line)

@@ -372,6 +372,20 @@ def test_day2_commands_over_ssh(sshd, tmp_path) -> None:
         httpx.get(dep.state.record("back").spec.health_url, trust_env=False)
         lg = subprocess.run([*ORCHESTR, "logs", "back", "-n", "5"], env=env, capture_output=True, text=True, timeout=60)
         assert lg.returncode == 0 and "GET / HTTP" in lg.stdout
+        # --follow prints lines written after it started
+        follow = subprocess.Popen([*ORCHESTR, "logs", "back", "--follow", "-n", "0"], env=env,
+                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        try:
+            time.sleep(3)
+            httpx.get(dep.state.record("back").spec.health_url + "follow-me", trust_env=False)
+            deadline = time.time() + 20
+            seen = ""
+            while time.time() < deadline and "follow-me" not in seen:
+                seen += follow.stdout.readline()
+            assert "GET /follow-me" in seen
+        finally:
+            follow.terminate()
+            follow.wait(10)
     finally:
         sp = subprocess.run([*ORCHESTR, "stop"], env=env, capture_output=True, text=True, timeout=120)
     assert sp.returncode == 0, sp.stdout + sp.stderr
