@@ -417,3 +417,12 @@ def test_a_port_already_in_use_on_the_node_is_refused(runner, tmp_path) -> None:
         with pytest.raises(SSHError, match=rf"cluster.workers.worker-x.port: port {port} on node 'node-a'"):
             runner.start(spec, str(tmp_path / "x.log"))
     assert not (tmp_path / "x.log").exists()  # nothing was started
+
+
+def test_tools_resolve_from_the_nodes_venv(runner, tmp_path) -> None:
+    # like `ray start --head` on a node whose python is a venv's: the bare command comes from
+    # that venv's bin/ (sshd's default PATH does not have it)
+    assert Path(PY).parent.joinpath("orchestr").exists()
+    spec = ProcessSpec(name="tool", service="ray", node="node-a", argv=["orchestr", "--version"])
+    rec = runner.start(spec, str(tmp_path / "tool.log"))
+    assert wait_log(runner, rec, "orchestr 0.")

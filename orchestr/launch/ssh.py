@@ -154,9 +154,11 @@ class SSHRunner:
             if not _ENV_NAME.match(k):
                 raise SSHError(f"cluster.nodes.{self.node_name}.env: {k!r} is not a valid variable name")
         words = [shlex.quote(f"{k}={v}") for k, v in env.items()]
-        # a venv's interpreter: put its bin/ first on PATH, as `activate` would (for `ray` ...)
-        if self.node.python and "/" in self.node.python:
-            words.insert(0, f'PATH={_qpath(str(Path(self.node.python).parent))}:"$PATH"')
+        # a venv's interpreter (the worker's own, else the node's): put its bin/ first on PATH,
+        # as `activate` would, so tools it runs (`ray` ...) come from the same venv
+        python = spec.argv[0] if "/" in spec.argv[0] else self.node.python
+        if python and "/" in python:
+            words.insert(0, f'PATH={_qpath(str(Path(python).parent))}:"$PATH"')
         return words
 
     # ------------------------------------------------------------------ Runner protocol
