@@ -150,7 +150,8 @@ def test_anonymous_battle_hides_names_until_the_vote(page, deployment, artifacts
     assert page.locator("#anony_vote_a").is_disabled()  # one vote per round
     page.screenshot(path=str(artifacts_dir / "web_arena_battle.png"), full_page=True)
 
-    votes = [x for x in log_lines(deployment.web_log_dir) if x["type"] == "rightvote"]
+    votes = [x for x in log_lines(deployment.web_log_dir) if x["type"] == "rightvote"
+             and x["states"][0]["messages"][0] == ["user", "What is the capital of France?"]]
     assert len(votes) == 1, votes
     vote = votes[0]
     assert vote["models"] == revealed and vote["anony"] is True
@@ -178,7 +179,8 @@ def test_side_by_side_uses_the_picked_models(page, deployment, artifacts_dir):
     page.wait_for_function("() => document.querySelector('#named_notice').innerText.includes('tie')")
     page.screenshot(path=str(artifacts_dir / "web_arena_side_by_side.png"), full_page=True)
 
-    ties = [x for x in log_lines(deployment.web_log_dir) if x["type"] == "tievote"]
+    ties = [x for x in log_lines(deployment.web_log_dir) if x["type"] == "tievote"
+            and x["states"][0]["messages"][0] == ["user", "Say hello."]]
     assert len(ties) == 1 and ties[0]["models"] == picked and ties[0]["anony"] is False
     conv_ids = {s["conv_id"] for s in ties[0]["states"]}
     turns = [x for x in log_lines(deployment.web_log_dir) if x["type"] == "chat" and x["state"]["conv_id"] in conv_ids]
