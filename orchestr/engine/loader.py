@@ -338,8 +338,9 @@ def quantize_int8_cpu(model: Any) -> Any:
 
     # Tied input/output embeddings: quantising lm_head unties it; the embedding stays fp32
     # and lm_head becomes its own int8 copy.
-    with warnings.catch_warnings():  # torch warns that quantized tensor types are deprecated
+    with warnings.catch_warnings():  # torch.ao quantisation warns it is deprecated
         warnings.simplefilter("ignore", UserWarning)
+        warnings.simplefilter("ignore", DeprecationWarning)
         return quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8, inplace=False)
 
 

@@ -1,0 +1,442 @@
+"""The batching engine: a scheduler thread that runs a transformers model over a paged KV
+cache with continuous batching, and an asyncio-facing API for the workers.
+
+Each step the scheduler packs, under a token budget (``max_num_batched_tokens``):
+1. one token for every decoding sequence (they never wait for a prefill for long),
+2. prefill chunks of sequences still reading their prompt,
+3. newly admitted requests (a new request joins at the next step).
+All of them go through ONE forward of the model; finished or cancelled sequences leave at
+once, freeing their KV blocks. With ``batching=False`` one request runs at a time (the
+baseline FastChat behaves like).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import queue
+import threading
+from collections import deque
+from collections.abc import AsyncIterator
+from typing import Any
+
+import torch
+
+from orchestr.config.serving import EngineConfig
+from orchestr.engine import paged_attention as pa
+from orchestr.engine.loader import context_length, load_model, model_dtype_name
+from orchestr.engine.sampling import SamplingParams, SamplingRow, sample
+from orchestr.engine.sequence import PreparedRequest, Sequence
+from orchestr.engine.templates import ChatFormatter, TemplateError
+from orchestr.protocol import (
+    CountTokenRequest,
+    CountTokenResult,
+    EmbeddingRequest,
+    EmbeddingResult,
+    ErrorCode,
+    GenerateChunk,
+    GenerateRequest,
+    GenerateResult,
+    ModelDetails,
+    UsageInfo,
+)
+
+log = logging.getLogger(__name__)
+
+
+class RequestError(ValueError):
+    """A request the engine refuses (bad parameters, prompt too long); goes back to the client."""
+
+    def __init__(self, message: str, code: int = ErrorCode.PARAM_OUT_OF_RANGE) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def default_threads() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:
+        return max(1, os.cpu_count() or 1)
+
+
+class Engine:
+    """Owns one model. Thread-safe entry points: ``generate_stream``/``generate``/``embed``
+    (async), ``count_tokens``, ``model_details``, ``queue_length``."""
+
+    backend = "hf"
+
+    def __init__(self, model: Any, tokenizer: Any, config: EngineConfig | None = None, *,
+                 conv_template: str | None = None, context_len: int | None = None,
+                 model_name: str = "model") -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+        self.config = config or EngineConfig()
+        self.model_name = model_name
+        self.formatter = ChatFormatter(tokenizer, conv_template)
+        self.context_len = context_len or context_length(model, tokenizer)
+        self.device = next(model.parameters()).device
+        self.dtype_name = model_dtype_name(model)
+        self.batching = self.config.batching
+        self.max_batch = max(1, self.config.max_batch_size) if self.batching else 1
+        self.token_budget = max(1, self.config.max_num_batched_tokens)
+
+        cfg = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+        heads = cfg.num_attention_heads
+        kv_heads = getattr(cfg, "num_key_value_heads", None) or heads
+        head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // heads
+        kv_dtype = model.get_input_embeddings().weight.dtype
+        if kv_dtype not in (torch.float32, torch.bfloat16, torch.float16):
+            kv_dtype = torch.float32
+        self.cache = pa.PagedKVCache(cfg.num_hidden_layers, kv_heads, head_dim, self.config.kv_cache_tokens,
+                                     kv_dtype, device=self.device)
+        self.max_seq_tokens = min(self.context_len, self.cache.capacity_tokens)
+        pa.register()
+        model.set_attn_implementation(pa.ATTN_IMPLEMENTATION)
+        self.base_model = getattr(model, model.base_model_prefix, model)
+
+        self.eos_ids = self._eos_ids()
+        self._inbox: queue.SimpleQueue = queue.SimpleQueue()
+        self._waiting: deque[Sequence] = deque()
+        self._running: list[Sequence] = []
+        self._active = 0  # submitted and not finished (waiting + running), read by other threads
+        self._active_lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self._stopping = False
+        self.threads = default_threads()
+        torch.set_num_threads(self.threads)
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def from_pretrained(cls, model_path: str, config: EngineConfig | None = None, *, device: str = "auto",
+                        dtype: str = "auto", load_8bit: bool = False, num_gpus: int = 1,
+                        max_gpu_memory: str | None = None, cpu_offloading: bool = False,
+                        tokenizer: str | None = None, trust_remote_code: bool = False,
+                        conv_template: str | None = None, model_name: str = "model") -> Engine:
+        model, tok = load_model(model_path, device=device, dtype=dtype, load_8bit=load_8bit, num_gpus=num_gpus,
+                                max_gpu_memory=max_gpu_memory, cpu_offloading=cpu_offloading,
+                                tokenizer=tokenizer, trust_remote_code=trust_remote_code)
+        return cls(model, tok, config, conv_template=conv_template, model_name=model_name)
+
+    def _eos_ids(self) -> set[int]:
+        ids: set[int] = set()
+        if self.tokenizer.eos_token_id is not None:
+            ids.add(int(self.tokenizer.eos_token_id))
+        gen = getattr(self.model, "generation_config", None)
+        eos = getattr(gen, "eos_token_id", None)
+        if isinstance(eos, int):
+            ids.add(eos)
+        elif isinstance(eos, list | tuple):
+            ids.update(int(e) for e in eos)
+        return ids
+
+    def start(self) -> Engine:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="orchestr-engine", daemon=True)
+            self._thread.start()
+        return self
+
+    def shutdown(self) -> None:
+        self._stopping = True
+        self._inbox.put(("stop", None))
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+            self._thread = None
+
+    # ------------------------------------------------------------------ request preparation
+    @property
+    def queue_length(self) -> int:
+        return self._active
+
+    def _encode(self, text: str, add_special_tokens: bool) -> list[int]:
+        ids = self.tokenizer(text, add_special_tokens=add_special_tokens)["input_ids"]
+        if not ids:
+            fallback = self.tokenizer.bos_token_id
+            ids = [fallback if fallback is not None else next(iter(self.eos_ids), 0)]
+        return list(ids)
+
+    def prompt_of(self, req: GenerateRequest | CountTokenRequest) -> tuple[str, list[int], tuple[str, ...], tuple[int, ...]]:
+        if req.messages:
+            try:
+                chat = self.formatter.format([{"role": m.role, "content": m.text()} for m in req.messages])
+            except (TemplateError, ValueError) as exc:
+                raise RequestError(str(exc), ErrorCode.VALIDATION_TYPE_ERROR) from exc
+            return chat.text, self._encode(chat.text, chat.add_special_tokens), chat.stop, chat.stop_token_ids
+        if req.prompt is None:
+            raise RequestError("either prompt or messages is required", ErrorCode.VALIDATION_TYPE_ERROR)
+        return req.prompt, self._encode(req.prompt, True), (), ()
+
+    def prepare(self, req: GenerateRequest) -> PreparedRequest:
+        if req.temperature < 0:
+            raise RequestError(f"temperature must be >= 0, got {req.temperature}")
+        if not 0 < req.top_p <= 1:
+            raise RequestError(f"top_p must be in (0, 1], got {req.top_p}")
+        if req.repetition_penalty <= 0:
+            raise RequestError(f"repetition_penalty must be > 0, got {req.repetition_penalty}")
+        if req.max_new_tokens is not None and req.max_new_tokens < 1:
+            raise RequestError(f"max_new_tokens must be >= 1, got {req.max_new_tokens}")
+        text, ids, stops, stop_ids = self.prompt_of(req)
+        room = self.max_seq_tokens - len(ids)
+        if room < 1:
+            raise RequestError(
+                f"the prompt has {len(ids)} tokens; this model's context holds {self.max_seq_tokens} "
+                "(prompt plus output)", ErrorCode.CONTEXT_OVERFLOW)
+        max_new = room if req.max_new_tokens is None else min(req.max_new_tokens, room)
+        params = SamplingParams(temperature=req.temperature, top_p=req.top_p, top_k=req.top_k,
+                                repetition_penalty=req.repetition_penalty, presence_penalty=req.presence_penalty,
+                                frequency_penalty=req.frequency_penalty, seed=req.seed)
+        return PreparedRequest(request_id=req.request_id, prompt_text=text, prompt_ids=ids, max_new_tokens=max_new,
+                               params=params, stop=[*req.stop, *stops],
+                               stop_token_ids={*req.stop_token_ids, *stop_ids, *self.eos_ids}, echo=req.echo)
+
+    # ------------------------------------------------------------------ async API
+    async def generate_stream(self, req: GenerateRequest) -> AsyncIterator[GenerateChunk]:
+        """Text deltas of one request; the last chunk has ``finish_reason``. Closing the
+        iterator early (client gone) cancels the request and frees its slot."""
+        try:
+            prep = self.prepare(req)
+        except RequestError as exc:
+            yield GenerateChunk(error=str(exc), error_code=exc.code, finish_reason="error")
+            return
+        if self._thread is None:
+            self.start()
+        loop = asyncio.get_running_loop()
+        chunks: asyncio.Queue[GenerateChunk] = asyncio.Queue()
+
+        def sink(chunk: GenerateChunk) -> None:
+            try:
+                loop.call_soon_threadsafe(chunks.put_nowait, chunk)
+            except RuntimeError:  # the caller's loop is gone
+                pass
+
+        seq = Sequence(prep, self.tokenizer, sink, self.max_seq_tokens, self.device)
+        with self._active_lock:
+            self._active += 1
+        self._inbox.put(("add", seq))
+        done = False
+        try:
+            if prep.echo:
+                yield GenerateChunk(text=prep.prompt_text, usage=seq.usage())
+            while True:
+                chunk = await chunks.get()
+                if chunk.finish_reason is not None:
+                    done = True
+                yield chunk
+                if done:
+                    return
+        finally:
+            if not done:
+                self._inbox.put(("abort", seq.request_id))
+
+    async def generate(self, req: GenerateRequest) -> GenerateResult:
+        parts: list[str] = []
+        last = GenerateChunk()
+        async for chunk in self.generate_stream(req):
+            parts.append(chunk.text)
+            last = chunk
+        return GenerateResult(text="".join(parts), error=last.error, error_code=last.error_code,
+                              finish_reason=last.finish_reason, usage=last.usage or UsageInfo())
+
+    async def embed(self, req: EmbeddingRequest) -> EmbeddingResult:
+        return await self._call(self._embed, list(req.input))
+
+    def count_tokens(self, req: CountTokenRequest) -> CountTokenResult:
+        _, ids, _, _ = self.prompt_of(req)
+        return CountTokenResult(count=len(ids), context_length=self.context_len)
+
+    def model_details(self, model_name: str | None = None) -> ModelDetails:
+        return ModelDetails(model=model_name or self.model_name, context_length=self.context_len,
+                            backend=self.backend, dtype=self.dtype_name, device=str(self.device))
+
+    async def _call(self, fn, *args):
+        """Run ``fn`` on the engine thread between two steps (the model is not thread-safe)."""
+        if self._thread is None:
+            self.start()
+        fut = asyncio.get_running_loop().create_future()
+        self._inbox.put(("call", (fn, args, fut, asyncio.get_running_loop())))
+        return await fut
+
+    def _embed(self, texts: list[str]) -> EmbeddingResult:
+        vectors, total = [], 0
+        pa.set_step(None, None)
+        for text in texts:
+            ids = self._encode(text, True)[: self.context_len]
+            total += len(ids)
+            hidden = self.base_model(input_ids=torch.tensor([ids], device=self.device)).last_hidden_state[0]
+            vec = torch.nn.functional.normalize(hidden.float().mean(dim=0), dim=0)
+            vectors.append(vec.tolist())
+        return EmbeddingResult(embedding=vectors, token_num=total)
+
+    # ------------------------------------------------------------------ engine thread
+    def _run(self) -> None:
+        torch.set_num_threads(self.threads)
+        with torch.inference_mode():
+            while not self._stopping:
+                self._drain_inbox(block=not (self._waiting or self._running))
+                if self._stopping:
+                    break
+                if not (self._waiting or self._running):
+                    continue
+                try:
+                    self._step()
+                except Exception as exc:  # a failed forward must not kill the worker
+                    log.exception("engine step failed")
+                    for seq in list(self._running) + list(self._waiting):
+                        self._drop(seq, error=f"engine error: {exc}")
+        for seq in list(self._running) + list(self._waiting):
+            self._drop(seq, error="engine stopped")
+
+    def _drain_inbox(self, block: bool) -> None:
+        while True:
+            try:
+                kind, item = self._inbox.get(block=block, timeout=None)
+            except queue.Empty:
+                return
+            block = False
+            if kind == "add":
+                self._waiting.append(item)
+            elif kind == "abort":
+                self._abort(item)
+            elif kind == "call":
+                fn, args, fut, loop = item
+                try:
+                    result, error = fn(*args), None
+                except Exception as exc:  # returned to the awaiting caller
+                    result, error = None, exc
+                loop.call_soon_threadsafe(_settle, fut, result, error)
+            elif kind == "stop":
+                return
+
+    def _abort(self, request_id: str) -> None:
+        for seq in list(self._waiting) + self._running:
+            if seq.request_id == request_id:
+                seq.finished = True  # the client is gone: nothing more to send
+                self._drop(seq)
+                return
+
+    def _drop(self, seq: Sequence, error: str | None = None) -> None:
+        if seq in self._running:
+            self._running.remove(seq)
+        elif seq in self._waiting:
+            self._waiting.remove(seq)
+        else:
+            return
+        seq.table.release(self.cache)
+        if error is not None:
+            seq.finish("error", error=error, error_code=ErrorCode.INTERNAL_ERROR)
+        with self._active_lock:
+            self._active -= 1
+
+    def _preempt(self, seq: Sequence) -> None:
+        """Out of KV blocks: give ``seq``'s blocks back and recompute it later (its prompt and
+        output so far are prefilled again; the stream just pauses)."""
+        self._running.remove(seq)
+        seq.table.release(self.cache)
+        seq.kv_len = 0
+        self._waiting.appendleft(seq)
+        log.info("KV cache full: preempted request %s (%d tokens)", seq.request_id, seq.num_tokens)
+
+    def _schedule(self) -> list[tuple[Sequence, int]]:
+        budget = self.token_budget if self.batching else 1 << 30
+        decodes = [s for s in self._running if s.is_decoding]
+        plan: list[tuple[Sequence, int]] = [(s, 1) for s in decodes]
+        budget -= len(decodes)
+        for seq in self._running:
+            if budget <= 0:
+                break
+            if not seq.is_decoding:
+                n = min(seq.num_pending, budget)
+                plan.append((seq, n))
+                budget -= n
+        while self._waiting and len(self._running) < self.max_batch and budget > 0:
+            seq = self._waiting[0]
+            # admit only what the pool can hold now, keeping a block of room per running sequence
+            need = seq.num_tokens + pa.BLOCK_SIZE * (len(self._running) + 1)
+            if self._running and need > self.cache.free_tokens():
+                break
+            self._waiting.popleft()
+            self._running.append(seq)
+            n = min(seq.num_pending, budget)
+            plan.append((seq, n))
+            budget -= n
+        # KV blocks for this step; preempt the youngest sequences when the pool runs dry
+        for seq, n in plan:
+            while seq in self._running and not seq.table.ensure(self.cache, seq.kv_len + n):
+                victim = self._running[-1]
+                if victim is seq and len(self._running) == 1:
+                    self._running.remove(seq)
+                    seq.table.release(self.cache)
+                    seq.finish("length" if seq.output_ids else "error",
+                               error=None if seq.output_ids else "prompt does not fit in the KV cache",
+                               error_code=0 if seq.output_ids else ErrorCode.CONTEXT_OVERFLOW)
+                    with self._active_lock:
+                        self._active -= 1
+                    break
+                self._preempt(victim)
+        return [(s, n) for s, n in plan if s in self._running]
+
+    def _step(self) -> None:
+        plan = self._schedule()
+        if not plan:
+            return
+        # decodes first: the attention treats the first n_decode tokens as one batch
+        plan.sort(key=lambda item: not (item[0].is_decoding and item[1] == 1))
+        tokens: list[int] = []
+        positions: list[int] = []
+        writes: list[torch.Tensor] = []
+        keep: list[int] = []
+        sampled: list[Sequence] = []
+        meta = pa.StepMeta(write_index=torch.empty(0, dtype=torch.long))
+        dec = [s for s, n in plan if n == 1 and s.is_decoding]
+        if dec:
+            lengths = torch.tensor([s.kv_len + 1 for s in dec])
+            width = int(lengths.max())
+            meta.n_decode = len(dec)
+            meta.decode_index = torch.stack([s.table.slots[:width] for s in dec])
+            meta.decode_mask = (torch.arange(width)[None, :] < lengths[:, None])[:, None, None, :].to(self.device)
+        for seq, n in plan:
+            start = seq.kv_len
+            offset = len(tokens)
+            tokens.extend(seq.pending_tokens(n))
+            positions.extend(range(start, start + n))
+            writes.append(seq.table.slots[start : start + n])
+            if offset >= meta.n_decode:
+                mask = None
+                if start > 0:
+                    mask = (torch.arange(start + n)[None, :] <= (start + torch.arange(n))[:, None]).to(self.device)
+                meta.chunks.append(pa.ChunkMeta(offset=offset, n=n, start=start,
+                                                kv_index=seq.table.slots[: start + n], mask=mask))
+            if start + n == seq.num_tokens:  # its last pending token: sample the next one
+                keep.append(offset + n - 1)
+                sampled.append(seq)
+        meta.write_index = torch.cat(writes) if len(writes) > 1 else writes[0]
+        pa.set_step(self.cache, meta)
+        input_ids = torch.tensor([tokens], device=self.device)
+        position_ids = torch.tensor([positions], device=self.device)
+        if keep:
+            logits = self.model(input_ids=input_ids, position_ids=position_ids, use_cache=False,
+                                logits_to_keep=torch.tensor(keep, device=self.device)).logits[0]
+        else:  # only mid-prompt chunks: no token to sample, skip the LM head
+            self.base_model(input_ids=input_ids, position_ids=position_ids, use_cache=False)
+        pa.set_step(None, None)
+        for seq, n in plan:
+            seq.kv_len += n
+        if not sampled:
+            return
+        rows = [SamplingRow(s.params, s.prompt_ids, s.output_ids, s.generator) for s in sampled]
+        for seq, token in zip(sampled, sample(logits, rows), strict=True):
+            seq.append_token(token)
+            if seq.finished:
+                self._running.remove(seq)
+                seq.table.release(self.cache)
+                with self._active_lock:
+                    self._active -= 1
+
+
+def _settle(fut: asyncio.Future, result: Any, error: BaseException | None) -> None:
+    if fut.done():
+        return
+    if error is not None:
+        fut.set_exception(error)
+    else:
+        fut.set_result(result)

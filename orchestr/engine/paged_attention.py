@@ -1,0 +1,170 @@
+"""A paged KV cache and the attention function that lets a stock transformers model run a
+mixed batch (decodes + prefill chunks of different sequences) in ONE forward.
+
+How it plugs in: the engine flattens all scheduled tokens of a step into a single row
+(``input_ids`` of shape ``[1, T]``, per-token ``position_ids``) and calls the model's own
+forward with ``attn_implementation="orchestr_paged"``. Every layer's projections, norms, MLP
+and rotary embedding are the model's; only the attention core comes here: it writes the new
+keys/values into the pool at their slots and attends each sequence to its own history.
+
+Why not transformers' continuous batching (``generate_batch``): measured on this CPU it ran at
+~96 tok/s for 16 streams in bf16, below a plain static-batch ``generate`` (~212 tok/s).
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+ATTN_IMPLEMENTATION = "orchestr_paged"
+BLOCK_SIZE = 16
+
+
+@dataclass
+class ChunkMeta:
+    """A prefill chunk of one sequence: ``n`` new tokens at positions ``start .. start+n-1``."""
+
+    offset: int  # where its tokens sit in the flattened step
+    n: int
+    start: int
+    kv_index: torch.Tensor  # pool slots of positions 0 .. start+n-1
+    mask: torch.Tensor | None  # [n, start+n] bool, None when start == 0 (plain causal)
+
+
+@dataclass
+class StepMeta:
+    """Everything the attention function needs for one forward (shared by all layers)."""
+
+    write_index: torch.Tensor  # [T] pool slot of each new token
+    n_decode: int = 0  # the first n_decode tokens are single-token decodes
+    decode_index: torch.Tensor | None = None  # [D, Lmax] pool slots (padded)
+    decode_mask: torch.Tensor | None = None  # [D, 1, 1, Lmax] bool
+    chunks: list[ChunkMeta] = field(default_factory=list)
+
+
+class PagedKVCache:
+    """Per-layer key/value pools of ``num_blocks * BLOCK_SIZE`` token slots, handed out in
+    blocks. Sized from a token budget (``kv_cache_tokens``), allocated once."""
+
+    def __init__(self, num_layers: int, num_kv_heads: int, head_dim: int, tokens: int,
+                 dtype: torch.dtype, device: torch.device | str = "cpu") -> None:
+        self.num_blocks = max(1, tokens // BLOCK_SIZE)
+        slots = self.num_blocks * BLOCK_SIZE
+        self.keys = [torch.zeros(slots, num_kv_heads, head_dim, dtype=dtype, device=device)
+                     for _ in range(num_layers)]
+        self.values = [torch.zeros(slots, num_kv_heads, head_dim, dtype=dtype, device=device)
+                       for _ in range(num_layers)]
+        self.free_blocks: list[int] = list(range(self.num_blocks - 1, -1, -1))
+        self.device = device
+
+    @property
+    def capacity_tokens(self) -> int:
+        return self.num_blocks * BLOCK_SIZE
+
+    def free_tokens(self) -> int:
+        return len(self.free_blocks) * BLOCK_SIZE
+
+    def allocate(self, n_blocks: int) -> list[int] | None:
+        if n_blocks > len(self.free_blocks):
+            return None
+        return [self.free_blocks.pop() for _ in range(n_blocks)]
+
+    def release(self, blocks: list[int]) -> None:
+        self.free_blocks.extend(reversed(blocks))
+        blocks.clear()
+
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in self.keys + self.values)
+
+
+class BlockTable:
+    """The blocks of one sequence and the pool slot of each of its positions."""
+
+    def __init__(self, max_tokens: int, device: torch.device | str = "cpu") -> None:
+        self.blocks: list[int] = []
+        # slot of every position; filled block by block (a view of it feeds the attention)
+        self.slots = torch.zeros(max_tokens + BLOCK_SIZE, dtype=torch.long, device=device)
+
+    @property
+    def capacity(self) -> int:
+        return len(self.blocks) * BLOCK_SIZE
+
+    def ensure(self, cache: PagedKVCache, n_tokens: int) -> bool:
+        """Grow to hold ``n_tokens`` positions; False when the pool is out of blocks."""
+        missing = -(-n_tokens // BLOCK_SIZE) - len(self.blocks)
+        if missing <= 0:
+            return True
+        new = cache.allocate(missing)
+        if new is None:
+            return False
+        first = len(self.blocks)
+        self.blocks.extend(new)
+        base = torch.tensor(new, dtype=torch.long).mul_(BLOCK_SIZE)
+        offsets = torch.arange(BLOCK_SIZE, dtype=torch.long)
+        self.slots[first * BLOCK_SIZE : (first + missing) * BLOCK_SIZE] = (
+            (base[:, None] + offsets[None, :]).reshape(-1).to(self.slots.device)
+        )
+        return True
+
+    def release(self, cache: PagedKVCache) -> None:
+        cache.release(self.blocks)
+
+
+# --------------------------------------------------------------------------- attention hook
+
+_state = threading.local()  # one engine thread per model; each sets its own cache and step
+
+
+def set_step(cache: PagedKVCache | None, meta: StepMeta | None) -> None:
+    _state.cache = cache
+    _state.meta = meta
+
+
+def paged_attention_forward(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
+    """Attention-interface function: query/key/value are ``[1, heads, T, head_dim]`` for the
+    T new tokens of the step (rotary already applied). Returns ``[1, T, heads, head_dim]``."""
+    meta: StepMeta | None = getattr(_state, "meta", None)
+    if meta is None:  # a plain forward of one unpadded sequence (embeddings)
+        out = F.scaled_dot_product_attention(query, key, value, is_causal=query.shape[2] > 1, scale=scaling,
+                                             enable_gqa=True)
+        return out.transpose(1, 2), None
+    cache: PagedKVCache = _state.cache
+    layer = module.layer_idx
+    k_pool, v_pool = cache.keys[layer], cache.values[layer]
+    # New keys/values go into their slots first, so each token also sees itself.
+    # (index_copy_ rather than pool[idx] = x: the latter is orders of magnitude slower on CPU)
+    k_pool.index_copy_(0, meta.write_index, key[0].transpose(0, 1).to(k_pool.dtype))
+    v_pool.index_copy_(0, meta.write_index, value[0].transpose(0, 1).to(v_pool.dtype))
+
+    q = query[0]  # [H, T, d]
+    outputs = []
+    if meta.n_decode:
+        d = meta.n_decode
+        shape = (*meta.decode_index.shape, *k_pool.shape[1:])  # [D, L, kv, d]
+        flat = meta.decode_index.view(-1)
+        kd = k_pool.index_select(0, flat).view(shape).transpose(1, 2)  # [D, kv, L, d]
+        vd = v_pool.index_select(0, flat).view(shape).transpose(1, 2)
+        qd = q[:, :d].transpose(0, 1).unsqueeze(2).to(kd.dtype)  # [D, H, 1, d]
+        out = F.scaled_dot_product_attention(qd, kd, vd, attn_mask=meta.decode_mask, scale=scaling,
+                                             enable_gqa=True)
+        outputs.append(out.squeeze(2).to(query.dtype))  # [D, H, d]
+    for chunk in meta.chunks:
+        qc = q[:, chunk.offset : chunk.offset + chunk.n].unsqueeze(0)  # [1, H, n, d]
+        kc = k_pool.index_select(0, chunk.kv_index).transpose(0, 1).unsqueeze(0)  # [1, kv, L, d]
+        vc = v_pool.index_select(0, chunk.kv_index).transpose(0, 1).unsqueeze(0)
+        out = F.scaled_dot_product_attention(qc.to(kc.dtype), kc, vc, attn_mask=chunk.mask,
+                                             is_causal=chunk.mask is None and chunk.n > 1,
+                                             scale=scaling, enable_gqa=True)
+        outputs.append(out[0].transpose(0, 1).to(query.dtype))  # [n, H, d]
+    attn = outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=0)
+    return attn.unsqueeze(0), None
+
+
+def register() -> None:
+    """Make ``attn_implementation="orchestr_paged"`` known to transformers (idempotent)."""
+    from transformers import AttentionInterface
+
+    AttentionInterface.register(ATTN_IMPLEMENTATION, paged_attention_forward)

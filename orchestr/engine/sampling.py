@@ -1,0 +1,92 @@
+"""Per-request sampling over a batch of logit rows: greedy (temperature 0), temperature,
+top-k, top-p, repetition (HF-style) and presence/frequency (OpenAI-style) penalties, seeds."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+_GREEDY_EPS = 1e-5
+
+
+@dataclass
+class SamplingParams:
+    temperature: float = 0.7
+    top_p: float = 1.0
+    top_k: int = -1
+    repetition_penalty: float = 1.0
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    seed: int | None = None
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature < _GREEDY_EPS or self.top_k == 1
+
+    @property
+    def has_penalties(self) -> bool:
+        return self.repetition_penalty != 1.0 or self.presence_penalty != 0.0 or self.frequency_penalty != 0.0
+
+
+@dataclass
+class SamplingRow:
+    """What the sampler needs to know of one sequence for one step."""
+
+    params: SamplingParams
+    prompt_ids: Sequence[int]
+    output_ids: Sequence[int]
+    generator: torch.Generator | None
+
+
+def _apply_penalties(logits: torch.Tensor, row: SamplingRow) -> torch.Tensor:
+    p = row.params
+    if p.repetition_penalty != 1.0:
+        seen = torch.tensor(list(row.prompt_ids) + list(row.output_ids), dtype=torch.long).unique()
+        scores = logits[seen]
+        scores = torch.where(scores < 0, scores * p.repetition_penalty, scores / p.repetition_penalty)
+        logits[seen] = scores
+    if (p.presence_penalty != 0.0 or p.frequency_penalty != 0.0) and row.output_ids:
+        counts = torch.bincount(torch.tensor(list(row.output_ids), dtype=torch.long), minlength=logits.shape[-1])
+        counts = counts[: logits.shape[-1]].to(logits.dtype)
+        logits -= p.frequency_penalty * counts + p.presence_penalty * (counts > 0).to(logits.dtype)
+    return logits
+
+
+def _sample_row(logits: torch.Tensor, p: SamplingParams, generator: torch.Generator | None) -> int:
+    logits = logits / p.temperature
+    if p.top_k > 0 and p.top_k < logits.shape[-1]:
+        values, indices = torch.topk(logits, p.top_k)
+        logits = torch.full_like(logits, float("-inf")).scatter_(0, indices, values)
+    probs = torch.softmax(logits, dim=-1)
+    if p.top_p < 1.0:
+        sorted_probs, sorted_idx = torch.sort(probs, descending=True)
+        cumulative = torch.cumsum(sorted_probs, dim=-1)
+        # keep the smallest prefix whose mass reaches top_p (always at least one token)
+        drop = cumulative - sorted_probs > p.top_p
+        sorted_probs[drop] = 0.0
+        probs = torch.zeros_like(probs).scatter_(0, sorted_idx, sorted_probs)
+    return int(torch.multinomial(probs, 1, generator=generator))
+
+
+def sample(logits: torch.Tensor, rows: Sequence[SamplingRow]) -> list[int]:
+    """One next token per row of ``logits`` ([R, vocab])."""
+    logits = logits.float()
+    out: list[int] = [0] * len(rows)
+    plain_greedy = [i for i, r in enumerate(rows) if r.params.greedy and not r.params.has_penalties]
+    if plain_greedy:
+        picks = logits[plain_greedy].argmax(dim=-1).tolist()
+        for i, tok in zip(plain_greedy, picks, strict=True):
+            out[i] = tok
+    for i, row in enumerate(rows):
+        if row.params.greedy and not row.params.has_penalties:
+            continue
+        row_logits = logits[i].clone()
+        if row.params.has_penalties:
+            row_logits = _apply_penalties(row_logits, row)
+        if row.params.greedy:
+            out[i] = int(row_logits.argmax())
+        else:
+            out[i] = _sample_row(row_logits, row.params, row.generator)
+    return out

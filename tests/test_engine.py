@@ -1,0 +1,227 @@
+"""The batching engine on the real embedded model (fp32 where outputs are compared)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from orchestr.config.serving import EngineConfig
+from orchestr.engine.engine import Engine
+from orchestr.engine.loader import load_model
+from orchestr.protocol import ChatMessage, GenerateRequest
+
+MODEL = "embedded://SmolLM2-135M-Instruct"
+STORY_PROMPTS = [
+    "Write a long story about a dragon who learns to bake bread.",
+    "Explain in detail how a steam engine works.",
+    "Write a long poem about the sea at night.",
+    "Describe a busy market in a medieval city, with many details.",
+]
+
+
+def chat(text: str, **kw) -> GenerateRequest:
+    kw.setdefault("temperature", 0.0)
+    return GenerateRequest(model="m", messages=[ChatMessage(role="user", content=text)], **kw)
+
+
+@pytest.fixture(scope="module")
+def fp32_model():
+    return load_model(MODEL, device="cpu", dtype="float32")
+
+
+@pytest.fixture(scope="module")
+def batched(fp32_model):
+    model, tok = fp32_model
+    engine = Engine(model, tok, EngineConfig(batching=True, max_batch_size=8, max_num_batched_tokens=128,
+                                             kv_cache_tokens=8192)).start()
+    yield engine
+    engine.shutdown()
+
+
+@pytest.fixture(scope="module")
+def unbatched(fp32_model):
+    model, tok = fp32_model
+    engine = Engine(model, tok, EngineConfig(batching=False, kv_cache_tokens=8192)).start()
+    yield engine
+    engine.shutdown()
+
+
+async def _collect(engine: Engine, req: GenerateRequest, log: list | None = None) -> tuple[str, object]:
+    parts, last = [], None
+    async for chunk in engine.generate_stream(req):
+        parts.append(chunk.text)
+        last = chunk
+        if log is not None:
+            log.append((time.monotonic(), chunk))
+    return "".join(parts), last
+
+
+def test_greedy_batched_equals_unbatched(batched, unbatched):
+    async def run():
+        together = await asyncio.gather(*[batched.generate(chat(p, max_new_tokens=40)) for p in STORY_PROMPTS])
+        alone = [await unbatched.generate(chat(p, max_new_tokens=40)) for p in STORY_PROMPTS]
+        return together, alone
+
+    together, alone = asyncio.run(run())
+    for b, u in zip(together, alone, strict=True):
+        assert u.usage.completion_tokens == 40 and u.finish_reason == "length"
+        assert b.usage.completion_tokens == u.usage.completion_tokens
+        assert b.text == u.text
+        assert len(b.text) > 80
+
+
+def test_unbatched_matches_transformers_generate(fp32_model, unbatched):
+    """The paged attention path gives what the model's stock `generate` gives."""
+    import torch
+
+    model, tok = fp32_model
+    req = chat(STORY_PROMPTS[1], max_new_tokens=32)
+    ours = asyncio.run(unbatched.generate(req))
+    prompt = unbatched.prepare(req).prompt_ids
+    model.set_attn_implementation("sdpa")
+    try:
+        with torch.inference_mode():
+            out = model.generate(torch.tensor([prompt]), max_new_tokens=32, do_sample=False)
+    finally:
+        model.set_attn_implementation("orchestr_paged")
+    assert ours.text == tok.decode(out[0][len(prompt):], skip_special_tokens=True)
+
+
+def test_request_arriving_mid_batch_is_served(batched):
+    async def run():
+        log_a: list = []
+        first = asyncio.create_task(_collect(batched, chat(STORY_PROMPTS[0], max_new_tokens=150), log_a))
+        while len(log_a) < 5:
+            await asyncio.sleep(0.02)
+        late_text, late_last = await _collect(batched, chat("What is the capital of France?", max_new_tokens=20))
+        still_running = not first.done()
+        await first
+        return late_text, late_last, still_running
+
+    text, last, overlapped = asyncio.run(run())
+    assert "Paris" in text and last.finish_reason in ("stop", "length")
+    assert overlapped, "the late request should have finished while the first was still decoding"
+
+
+def test_disconnected_client_frees_its_slot(fp32_model):
+    model, tok = fp32_model
+    engine = Engine(model, tok, EngineConfig(batching=True, max_batch_size=2, kv_cache_tokens=4096)).start()
+    try:
+        async def run():
+            stream = engine.generate_stream(chat(STORY_PROMPTS[0], max_new_tokens=400))
+            for _ in range(3):
+                await stream.__anext__()
+            long_b = asyncio.create_task(_collect(engine, chat(STORY_PROMPTS[1], max_new_tokens=400)))
+            await asyncio.sleep(0.3)
+            assert engine.queue_length == 2
+            await stream.aclose()  # the client goes away mid-stream
+            # with both slots taken, this request can only run if the closed one left
+            third = await asyncio.wait_for(_collect(engine, chat("Say hi.", max_new_tokens=8)), timeout=120)
+            b_running = not long_b.done()
+            long_b.cancel()
+            return third, b_running
+
+        (text, last), b_running = asyncio.run(run())
+        assert last.finish_reason in ("stop", "length") and text
+        assert b_running
+        deadline = time.monotonic() + 10
+        while engine.queue_length and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert engine.queue_length == 0
+        assert engine.cache.free_tokens() == engine.cache.capacity_tokens
+    finally:
+        engine.shutdown()
+
+
+def test_long_prompt_does_not_stall_running_streams(fp32_model):
+    model, tok = fp32_model
+    engine = Engine(model, tok, EngineConfig(batching=True, max_batch_size=4, max_num_batched_tokens=64,
+                                             kv_cache_tokens=8192)).start()
+    long_text = "Summarise the following notes. " + " ".join(
+        f"Note {i}: the delivery of item {i} was delayed by {i % 7} days." for i in range(90))
+    try:
+        async def run():
+            logs: list[list] = [[], []]
+            streams = [asyncio.create_task(_collect(engine, chat(p, max_new_tokens=300), logs[i]))
+                       for i, p in enumerate(STORY_PROMPTS[:2])]
+            while min(len(x) for x in logs) < 3:
+                await asyncio.sleep(0.02)
+            submitted = time.monotonic()
+            long_log: list = []
+            long_task = asyncio.create_task(_collect(engine, chat(long_text, max_new_tokens=4), long_log))
+            while not long_log:
+                await asyncio.sleep(0.01)
+            first_token_at = long_log[0][0]
+            for s in streams:
+                s.cancel()
+            await long_task
+            return logs, submitted, first_token_at
+
+        logs, submitted, first_at = asyncio.run(run())
+        assert len(engine.prepare(chat(long_text)).prompt_ids) > 1000
+        for log in logs:
+            during = [t for t, _ in log if submitted <= t <= first_at]
+            # 1000+ prompt tokens at 64 per step is 16+ steps: the streams decode meanwhile
+            assert len(during) >= 5, f"a running stream got only {len(during)} chunks while the long prompt prefilled"
+    finally:
+        engine.shutdown()
+
+
+def test_stop_string_spanning_tokens_and_stop_token_ids(batched):
+    tok = batched.tokenizer
+    question = "What is the capital of France?"
+    ref = asyncio.run(batched.generate(chat(question, max_new_tokens=20))).text
+    assert "Paris" in ref
+    stop = "of Fr"  # spans token boundaries
+    text, last = asyncio.run(_collect(batched, chat(question, max_new_tokens=20, stop=[stop])))
+    assert text == ref[: ref.index(stop)] and last.finish_reason == "stop"
+
+    ids = tok(ref, add_special_tokens=False)["input_ids"]
+    res = asyncio.run(batched.generate(chat(question, max_new_tokens=20, stop_token_ids=[ids[3]])))
+    assert res.finish_reason == "stop"
+    assert res.usage.completion_tokens == 4
+    assert res.text == tok.decode(ids[:3])
+
+
+def test_sampling_seed_and_penalties(batched):
+    req = dict(temperature=0.9, top_p=0.9, top_k=50, max_new_tokens=24, seed=1234)
+    a = asyncio.run(batched.generate(chat(STORY_PROMPTS[2], **req)))
+    b = asyncio.run(batched.generate(chat(STORY_PROMPTS[2], **req)))
+    assert a.text == b.text and a.text
+    c = asyncio.run(batched.generate(chat(STORY_PROMPTS[2], frequency_penalty=1.5, presence_penalty=1.0,
+                                          repetition_penalty=1.3, max_new_tokens=24)))
+    assert c.text and c.usage.completion_tokens > 0
+
+
+def test_errors_and_echo(batched):
+    res = asyncio.run(batched.generate(chat("hi", temperature=-1)))
+    assert res.finish_reason == "error" and "temperature" in res.error
+    huge = "word " * 9000
+    res = asyncio.run(batched.generate(GenerateRequest(model="m", prompt=huge)))
+    assert res.finish_reason == "error" and "context" in res.error
+    res = asyncio.run(batched.generate(GenerateRequest(model="m", prompt="The sky is", echo=True,
+                                                       temperature=0, max_new_tokens=5)))
+    assert res.text.startswith("The sky is") and len(res.text) > len("The sky is")
+
+
+def test_load_8bit_generates_text():
+    engine = Engine.from_pretrained(MODEL, EngineConfig(kv_cache_tokens=2048), device="cpu", load_8bit=True)
+    try:
+        assert engine.dtype_name == "int8"
+        res = asyncio.run(engine.generate(chat("What is the capital of France?", max_new_tokens=16)))
+        assert res.text.strip() and res.usage.completion_tokens > 0
+    finally:
+        engine.shutdown()
+
+
+def test_embeddings_are_normalised(batched):
+    from orchestr.protocol import EmbeddingRequest
+
+    res = asyncio.run(batched.embed(EmbeddingRequest(model="m", input=["hello world", "a cat sat on the mat"])))
+    assert len(res.embedding) == 2 and res.token_num > 4
+    for vec in res.embedding:
+        assert abs(sum(x * x for x in vec) - 1.0) < 1e-3
+    # and generation still works after the plain forward
+    assert asyncio.run(batched.generate(chat("Say hi.", max_new_tokens=4))).text
