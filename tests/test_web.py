@@ -230,3 +230,31 @@ def test_bad_flags_fail_with_a_clear_message():
     out = subprocess.run([sys.executable, "-m", "orchestr.services.web", "--arena-excluded-pairs", '[["a"]]'],
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 1 and "exactly two models" in out.stderr and "Traceback" not in out.stderr
+
+
+# --------------------------------------------------------------------------- app
+
+
+@pytest.mark.parametrize("mode", ["single", "multi"])
+def test_app_builds_and_answers_health_without_a_controller(tmp_path: Path, mode: str):
+    from fastapi.testclient import TestClient
+
+    from orchestr.services.web.app import create_app
+    from orchestr.services.web.client import ServingClient
+    from orchestr.services.web.context import WebContext
+
+    cfg = WebServiceConfig(mode=mode, log_dir=str(tmp_path))
+    client = ServingClient(f"http://127.0.0.1:{free_port()}")  # nothing listens: no models, no crash
+    ctx = WebContext(cfg=cfg, client=client, recorder=Recorder(str(tmp_path)),
+                     moderator=Moderator(cfg.moderation), models=client.list_models())
+    assert ctx.models == []
+    with TestClient(create_app(ctx)) as http:
+        assert http.get("/health").json() == {"status": "ok", "mode": mode}
+        page = http.get("/")
+        assert page.status_code == 200
+        ids = ["chat_input", "chat_send", "chat_model"] + (["anony_vote_a", "named_model_b", "leaderboard_table"]
+                                                          if mode == "multi" else [])
+        config = http.get("/config").json()
+        present = {c.get("props", {}).get("elem_id") for c in config["components"]}
+        assert set(ids) <= present
+        assert ("anony_input" in present) == (mode == "multi")
