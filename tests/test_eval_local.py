@@ -1,4 +1,5 @@
-"""The answer step with the model loaded in-process (`eval.answer.backend=local`): no deployment at all."""
+"""`orchestr eval` with no deployment running: `backend=auto` loads the model in-process for the
+answer step and, for the default `self` judge, for the judge step too; results print (slow)."""
 
 from __future__ import annotations
 
@@ -10,20 +11,28 @@ from pathlib import Path
 import pytest
 
 from orchestr.eval.records import read_jsonl
-from tests.test_eval_formats import assert_fastchat_answer
+from tests.conftest import free_port
+from tests.test_eval_formats import assert_fastchat_answer, assert_fastchat_single
 
 
 @pytest.mark.slow
-def test_local_model_answers_the_embedded_bench(tmp_path: Path) -> None:
-    cmd = [sys.executable, "-m", "orchestr", "eval", "eval.step=answer", "eval.answer.backend=local",
+def test_eval_runs_out_of_the_box_without_a_deployment(tmp_path: Path) -> None:
+    cmd = [sys.executable, "-m", "orchestr", "eval", f"services.api.port={free_port()}",  # nothing listens there
            "eval.answer.question_end=1", "eval.answer.max_tokens=8", "eval.answer.num_choices=2",
-           "eval.answer.model_id=smollm2-local"]
+           "judge.first_n=1", "judge.max_tokens=12"]
     out = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=900,
                          env={**os.environ, "ORCHESTR_RUNS_DIR": str(tmp_path / "runs")})
     assert out.returncode == 0, out.stdout + out.stderr
-    records = read_jsonl(tmp_path / "data" / "orchestr_mini" / "model_answer" / "smollm2-local.jsonl")
+    assert "loading smollm2-135m in this process (eval.answer.backend=auto)" in out.stdout
+    assert "judged 2" in out.stdout and "single-answer grading by smollm2-135m" in out.stdout
+    data = tmp_path / "data" / "orchestr_mini"
+    records = read_jsonl(data / "model_answer" / "smollm2-135m.jsonl")
     assert len(records) == 1
     assert_fastchat_answer(records[0])
-    assert records[0]["model_id"] == "smollm2-local"
     assert [len(c["turns"]) for c in records[0]["choices"]] == [2, 2]
     assert all(t.strip() for c in records[0]["choices"] for t in c["turns"])
+    judgments = read_jsonl(data / "model_judgment" / "smollm2-135m_single.jsonl")
+    assert sorted(r["turn"] for r in judgments) == [1, 2]
+    for r in judgments:
+        assert_fastchat_single(r)
+    assert (data / "results" / "smollm2-135m_single.csv").is_file()

@@ -65,6 +65,8 @@ class JudgeConfig:
     model: str | None = None  # model name at the endpoint; None: the model orchestr serves (`model.name`)
     endpoint: str | None = None  # base URL (…/v1); None: the orchestr deployment's API server
     api_key_env: str | None = None  # environment variable holding the key (e.g. OPENAI_API_KEY)
+    # auto: the endpoint if it answers, else (judge = `model` itself) the model in-process | api | local
+    backend: str = "auto"
     mode: str = "single"  # single | pairwise-baseline | pairwise-all
     baseline_model: str = "gpt-3.5-turbo"  # opponent of every model in pairwise-baseline
     models: list[str] | None = None  # model_ids to judge; None: every model with answers
@@ -82,7 +84,8 @@ class JudgeConfig:
 class AnswerConfig:
     """The answer step: who answers and how."""
 
-    backend: str = "api"  # api (OpenAI-compatible endpoint) | local (load `model` in-process)
+    # auto: the endpoint if it answers, else `model` loaded in-process | api: the endpoint | local: in-process
+    backend: str = "auto"
     endpoint: str | None = None  # base URL (…/v1); None: the orchestr deployment's API server
     api_key_env: str | None = None  # environment variable with the endpoint's key
     model_id: str | None = None  # name in the answer file; None: `model.name`

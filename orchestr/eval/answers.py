@@ -12,7 +12,14 @@ from tqdm import tqdm
 
 from orchestr.eval import paths
 from orchestr.eval.bench import load_questions
-from orchestr.eval.client import ChatClient, RequestFailed, RetryPolicy, deployment_endpoint, resolve_api_key
+from orchestr.eval.client import (
+    ChatClient,
+    EndpointUnreachable,
+    RequestFailed,
+    RetryPolicy,
+    deployment_endpoint,
+    resolve_api_key,
+)
 from orchestr.eval.errors import EvalError
 from orchestr.eval.records import JsonlAppender, answer_record, read_jsonl, write_jsonl
 
@@ -37,25 +44,50 @@ def model_id_of(cfg: Any) -> str:
     return cfg.eval.answer.model_id or cfg.model.name
 
 
+BACKENDS = ("auto", "api", "local")
+
+
+_local: dict[str, Responder] = {}
+
+
+def local_responder(cfg: Any) -> Responder:
+    """The in-process model, loaded once per process (answer and judge steps of one run share it)."""
+    from orchestr.eval.local import LocalResponder  # imports torch: only when asked for
+
+    if cfg.model.name not in _local:
+        _local[cfg.model.name] = LocalResponder(cfg)
+    return _local[cfg.model.name]
+
+
+def api_or_local(cfg: Any, backend: str, key: str, client: ChatClient, setting: str, local_ok: bool) -> Responder:
+    """`api`: the endpoint; `local`: the model in-process; `auto`: the endpoint when it answers, else
+    (for the deployment's own model) the model in-process, so `orchestr eval` works without a deployment."""
+    if backend not in BACKENDS:
+        raise EvalError(f"{key} must be one of {', '.join(BACKENDS)}, not {backend!r}")
+    if backend == "local":
+        return local_responder(cfg)
+    if backend == "auto" and local_ok:
+        try:
+            client.check(setting, attempts=1)
+            return client
+        except EndpointUnreachable:
+            print(f"no server at {client.base_url}: loading {cfg.model.name} in this process ({key}=auto)")
+            return local_responder(cfg)
+    client.check(setting)
+    return client
+
+
 def make_responder(cfg: Any) -> Responder:
     a = cfg.eval.answer
-    if a.backend == "local":
-        from orchestr.eval.local import LocalResponder  # imports torch: only when asked for
-
-        return LocalResponder(cfg)
-    if a.backend != "api":
-        raise EvalError(f"eval.answer.backend must be `api` or `local`, not {a.backend!r}")
     use_deployment = not a.endpoint
-    base_url = a.endpoint or deployment_endpoint(cfg)
     client = ChatClient(
-        base_url,
+        a.endpoint or deployment_endpoint(cfg),
         resolve_api_key(a.api_key_env, cfg, use_deployment),
         cfg.model.name,
         a.timeout_s,
         RetryPolicy(a.max_retries, a.backoff_s, a.backoff_max_s),
     )
-    client.check("eval.answer.endpoint")
-    return client
+    return api_or_local(cfg, a.backend, "eval.answer.backend", client, "eval.answer.endpoint", use_deployment)
 
 
 def temperature_for(cfg: Any, category: str) -> float:

@@ -17,6 +17,10 @@ from orchestr.eval.errors import EvalError
 _RETRYABLE = (openai.APIConnectionError, openai.APITimeoutError, openai.RateLimitError, openai.InternalServerError)
 
 
+class EndpointUnreachable(EvalError):
+    """Nothing answers at the endpoint (as opposed to: it answers, but not for this model)."""
+
+
 class RequestFailed(Exception):
     """One request gave up after its retries (the caller counts it as failed and moves on)."""
 
@@ -61,10 +65,10 @@ class ChatClient:
         # The SDK's own retries are off: ours log, back off with jitter and give up cleanly.
         self._client = openai.OpenAI(base_url=base_url, api_key=api_key, timeout=timeout_s, max_retries=0)
 
-    def check(self, setting: str) -> None:
+    def check(self, setting: str, attempts: int = 3) -> None:
         """Fail fast, with the key to change, when the endpoint is down or does not serve the model."""
         last: Exception | None = None
-        for attempt in range(3):
+        for attempt in range(attempts):
             try:
                 served = [m.id for m in self._client.models.list()]
                 break
@@ -74,9 +78,10 @@ class ChatClient:
                 return  # no /models route: let the first request tell
             except _RETRYABLE as e:
                 last = e
-                time.sleep(self.retry.delay(attempt))
+                if attempt + 1 < attempts:
+                    time.sleep(self.retry.delay(attempt))
         else:
-            raise EvalError(
+            raise EndpointUnreachable(
                 f"no OpenAI-compatible server answers at {self.base_url} ({type(last).__name__})\n"
                 f"  start the deployment (`orchestr launch`) or set {setting}=http://host:port/v1"
             )

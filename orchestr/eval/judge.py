@@ -14,7 +14,7 @@ from typing import Any
 from tqdm import tqdm
 
 from orchestr.eval import paths
-from orchestr.eval.answers import StepCounts
+from orchestr.eval.answers import Responder, StepCounts, api_or_local
 from orchestr.eval.bench import load_answers, load_judge_prompts, load_questions, load_references
 from orchestr.eval.client import ChatClient, RequestFailed, RetryPolicy, deployment_endpoint, resolve_api_key
 from orchestr.eval.errors import EvalError
@@ -35,7 +35,7 @@ def judgment_path(cfg: Any):
     return paths.judgment_file(cfg.eval.data_dir, cfg.bench.name, judge_name_of(cfg), cfg.judge.mode != "single")
 
 
-def make_judge_client(cfg: Any) -> ChatClient:
+def make_judge_client(cfg: Any) -> Responder:
     j = cfg.judge
     use_deployment = not j.endpoint
     client = ChatClient(
@@ -45,8 +45,11 @@ def make_judge_client(cfg: Any) -> ChatClient:
         j.timeout_s,
         RetryPolicy(j.max_retries, j.backoff_s, j.backoff_max_s),
     )
-    client.check("judge.endpoint")
-    return client
+    # In-process judging is possible only for the model this config loads (`self`).
+    is_self = use_deployment and judge_model_of(cfg) == cfg.model.name
+    if j.backend == "local" and not is_self:
+        raise EvalError("judge.backend=local judges with `model` itself: leave judge.model and judge.endpoint unset")
+    return api_or_local(cfg, j.backend, "judge.backend", client, "judge.endpoint", is_self)
 
 
 def render(match: Match, answer_a: list[str], answer_b: list[str] | None) -> str:
@@ -75,7 +78,7 @@ def render(match: Match, answer_a: list[str], answer_b: list[str] | None) -> str
         raise EvalError(f"judge prompt {match.prompt.name!r} uses a field this match does not have: {e}") from None
 
 
-def _ask(client: ChatClient, match: Match, user_prompt: str, cfg: Any) -> str:
+def _ask(client: Responder, match: Match, user_prompt: str, cfg: Any) -> str:
     messages = []
     if match.prompt.system_prompt:
         messages.append({"role": "system", "content": match.prompt.system_prompt})
@@ -87,14 +90,14 @@ def _turns(answers: dict, model: str, qid: Any) -> list[str]:
     return answers[model][qid]["choices"][0]["turns"]  # FastChat judges the first choice
 
 
-def judge_single(client: ChatClient, match: Match, answers: dict, cfg: Any) -> dict:
+def judge_single(client: Responder, match: Match, answers: dict, cfg: Any) -> dict:
     (model,) = match.models
     user_prompt = render(match, _turns(answers, model, match.question["question_id"]), None)
     judgment = _ask(client, match, user_prompt, cfg)
     return single_judgment_record(
         match.question["question_id"],
         model,
-        (client.model, match.prompt.name),
+        (judge_model_of(cfg), match.prompt.name),
         user_prompt,
         judgment,
         parse_score(judgment),
@@ -102,7 +105,7 @@ def judge_single(client: ChatClient, match: Match, answers: dict, cfg: Any) -> d
     )
 
 
-def judge_pair(client: ChatClient, match: Match, answers: dict, cfg: Any) -> dict:
+def judge_pair(client: Responder, match: Match, answers: dict, cfg: Any) -> dict:
     """Both answer orders; g1 has model_1 as assistant A, g2 swaps them (position-bias control)."""
     m1, m2 = match.models
     qid = match.question["question_id"]
@@ -113,7 +116,7 @@ def judge_pair(client: ChatClient, match: Match, answers: dict, cfg: Any) -> dic
     j2 = _ask(client, match, p2, cfg)
     g1 = {"A": "model_1", "B": "model_2"}.get(v := parse_verdict(j1), v)
     g2 = {"A": "model_2", "B": "model_1"}.get(v := parse_verdict(j2), v)
-    return pair_judgment_record(qid, m1, m2, g1, g2, (client.model, match.prompt.name), p1, j1, p2, j2, match.turn)
+    return pair_judgment_record(qid, m1, m2, g1, g2, (judge_model_of(cfg), match.prompt.name), p1, j1, p2, j2, match.turn)
 
 
 def _is_unparseable(record: dict) -> bool:
@@ -122,7 +125,7 @@ def _is_unparseable(record: dict) -> bool:
     return "error" in (record["g1_winner"], record["g2_winner"])
 
 
-def run_judge(cfg: Any, client: ChatClient | None = None) -> StepCounts:
+def run_judge(cfg: Any, client: Responder | None = None) -> StepCounts:
     j = cfg.judge
     pairwise = j.mode != "single"
     questions = load_questions(cfg.bench)[: j.first_n] if j.first_n else load_questions(cfg.bench)
