@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import sys
-from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -21,6 +20,7 @@ from orchestr.eval.client import (
     resolve_api_key,
 )
 from orchestr.eval.errors import EvalError
+from orchestr.eval.parallel import run_parallel
 from orchestr.eval.records import JsonlAppender, answer_record, read_jsonl, write_jsonl
 
 
@@ -122,23 +122,20 @@ def run_answers(cfg: Any, responder: Responder | None = None) -> StepCounts:
     print(f"answers: {model_id} on {cfg.bench.name}: {len(todo)} to answer, {counts.skipped} already in {out}")
     if todo:
         responder = responder or make_responder(cfg)
-        with JsonlAppender(out) as sink, ThreadPoolExecutor(max(1, a.parallel)) as pool:
-            futures = {
-                pool.submit(
-                    answer_question, responder, q, a.num_choices, temperature_for(cfg, q["category"]), a.max_tokens
-                ): q
-                for q in todo
-            }
-            for fut in tqdm(as_completed(futures), total=len(futures), desc="answers", file=sys.stderr):
-                q = futures[fut]
-                try:
-                    choices = fut.result()
-                except RequestFailed as e:
-                    counts.failed += 1
-                    tqdm.write(f"question {q['question_id']}: {e}", file=sys.stderr)
-                    continue
-                sink.append(answer_record(q["question_id"], model_id, choices))
-                counts.done += 1
+
+        def answer(q: dict) -> list[list[str]]:
+            return answer_question(responder, q, a.num_choices, temperature_for(cfg, q["category"]), a.max_tokens)
+
+        def failed(q: dict, e: Exception) -> None:
+            counts.failed += 1
+            tqdm.write(f"question {q['question_id']}: {e}", file=sys.stderr)
+
+        def done(q: dict, choices: list[list[str]]) -> None:
+            sink.append(answer_record(q["question_id"], model_id, choices))
+            counts.done += 1
+
+        with JsonlAppender(out) as sink:
+            run_parallel(todo, answer, a.parallel, "answers", done, failed, (RequestFailed,))
     reorganize(out)
     print(f"answers: {counts.line('answered')} -> {out}")
     return counts

@@ -8,7 +8,6 @@ after their retries are counted and left for the next run.
 from __future__ import annotations
 
 import sys
-from concurrent.futures import ThreadPoolExecutor, as_completed
 from typing import Any
 
 from tqdm import tqdm
@@ -19,6 +18,7 @@ from orchestr.eval.bench import load_answers, load_judge_prompts, load_questions
 from orchestr.eval.client import ChatClient, RequestFailed, RetryPolicy, deployment_endpoint, resolve_api_key
 from orchestr.eval.errors import EvalError
 from orchestr.eval.matches import Match, build_matches, pair_key, single_key
+from orchestr.eval.parallel import run_parallel
 from orchestr.eval.parse import parse_score, parse_verdict
 from orchestr.eval.records import JsonlAppender, pair_judgment_record, read_jsonl, single_judgment_record
 
@@ -159,18 +159,18 @@ def run_judge(cfg: Any, client: Responder | None = None) -> StepCounts:
     if todo:
         client = client or make_judge_client(cfg)
         play = judge_pair if pairwise else judge_single
-        with JsonlAppender(out) as sink, ThreadPoolExecutor(max(1, j.parallel)) as pool:
-            futures = {pool.submit(play, client, m, answers, cfg): m for m in todo}
-            for fut in tqdm(as_completed(futures), total=len(futures), desc="judgments", file=sys.stderr):
-                m = futures[fut]
-                try:
-                    record = fut.result()
-                except RequestFailed as e:
-                    counts.failed += 1
-                    tqdm.write(f"question {m.question['question_id']} turn {m.turn} {m.models}: {e}", file=sys.stderr)
-                    continue
-                sink.append(record)
-                counts.done += 1
-                counts.unparseable += _is_unparseable(record)
+
+        def failed(m: Match, e: Exception) -> None:
+            counts.failed += 1
+            tqdm.write(f"question {m.question['question_id']} turn {m.turn} {m.models}: {e}", file=sys.stderr)
+
+        def done(m: Match, record: dict) -> None:
+            sink.append(record)  # fsynced before the next one: the resume point
+            counts.done += 1
+            counts.unparseable += _is_unparseable(record)
+
+        with JsonlAppender(out) as sink:
+            run_parallel(todo, lambda m: play(client, m, answers, cfg), j.parallel, "judgments", done, failed,
+                         (RequestFailed,))
     print(f"judge: {counts.line('judged')}")
     return counts
