@@ -1,0 +1,103 @@
+"""The transformers model worker: one model, served by orchestr's batching engine.
+
+Run: ``python -m orchestr.services.model_worker --model-path embedded://SmolLM2-135M-Instruct``
+(registers with the controller at ``--controller-address``; ``--no-register`` to run alone).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from orchestr.config.serving import EngineConfig
+from orchestr.services.worker_base import WorkerBase, add_worker_args, serve, worker_address
+
+
+def default_model_name(model_path: str) -> str:
+    return model_path.rstrip("/").split("/")[-1].removesuffix(".gguf")
+
+
+def add_model_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model-path", default="embedded://SmolLM2-135M-Instruct",
+                        help="local HF folder, .gguf file, hub id (local cache only) or embedded://NAME")
+    parser.add_argument("--model-names", default=None,
+                        help="comma-separated names this model is served under (default: the path's last part)")
+    parser.add_argument("--tokenizer", default=None, help="tokenizer path, if not the model's")
+    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+    parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
+                        help="auto: bf16 where the CPU/GPU runs it natively, else fp32")
+    parser.add_argument("--num-gpus", type=int, default=1)
+    parser.add_argument("--max-gpu-memory", default=None, help="per GPU, e.g. 20GiB")
+    parser.add_argument("--load-8bit", action="store_true",
+                        help="int8 linear layers (bitsandbytes on CUDA, torch dynamic quantisation on CPU)")
+    parser.add_argument("--cpu-offloading", action="store_true",
+                        help="with --load-8bit / --max-gpu-memory: put what does not fit on the GPUs on the CPU")
+    parser.add_argument("--conv-template", default=None,
+                        help="fallback chat template (vicuna_v1.1, llama-2, chatml, generic); "
+                             "default: the tokenizer's own")
+    parser.add_argument("--trust-remote-code", action="store_true")
+
+
+def add_engine_args(parser: argparse.ArgumentParser) -> None:
+    d = EngineConfig()
+    parser.add_argument("--batching", action=argparse.BooleanOptionalAction, default=d.batching,
+                        help="continuous batching (--no-batching: one request at a time)")
+    parser.add_argument("--max-batch-size", type=int, default=d.max_batch_size)
+    parser.add_argument("--max-num-batched-tokens", type=int, default=d.max_num_batched_tokens,
+                        help="token budget of one forward (decodes + prefill chunks)")
+    parser.add_argument("--kv-cache-tokens", type=int, default=d.kv_cache_tokens,
+                        help="KV-cache capacity shared by all running sequences, in tokens")
+
+
+def engine_config(args: argparse.Namespace) -> EngineConfig:
+    return EngineConfig(batching=args.batching, max_batch_size=args.max_batch_size,
+                        max_num_batched_tokens=args.max_num_batched_tokens, kv_cache_tokens=args.kv_cache_tokens)
+
+
+def build_engine(args: argparse.Namespace, model_name: str):
+    from orchestr.engine.engine import Engine
+
+    return Engine.from_pretrained(
+        args.model_path, engine_config(args), device=args.device, dtype=args.dtype, load_8bit=args.load_8bit,
+        num_gpus=args.num_gpus, max_gpu_memory=args.max_gpu_memory, cpu_offloading=args.cpu_offloading,
+        tokenizer=args.tokenizer, trust_remote_code=args.trust_remote_code, conv_template=args.conv_template,
+        model_name=model_name,
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    from orchestr.services.http_util import setup_logging
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_worker_args(parser, default_port=21002)
+    add_model_args(parser)
+    add_engine_args(parser)
+    args = parser.parse_args(argv)
+    log = setup_logging("orchestr.model_worker")
+
+    names = [n.strip() for n in (args.model_names or "").split(",") if n.strip()]
+    names = names or [default_model_name(args.model_path)]
+    from orchestr.engine.loader import ModelLoadError
+    from orchestr.engine.templates import get_template
+
+    if args.conv_template:
+        try:
+            get_template(args.conv_template)
+        except ValueError as exc:
+            sys.exit(f"error: {exc}")
+    try:
+        engine = build_engine(args, names[0])
+    except ModelLoadError as exc:
+        sys.exit(f"error: {exc}")
+    engine.start()
+    log.info("serving %s (%s, %s, batching=%s, max batch %d, KV cache %d tokens, %d threads)", names,
+             engine.dtype_name, engine.device, engine.batching, engine.max_batch, engine.cache.capacity_tokens,
+             engine.threads)
+    worker = WorkerBase({n: engine for n in names}, controller_address=args.controller_address,
+                        worker_address=worker_address(args), limit_worker_concurrency=args.limit_worker_concurrency,
+                        register=not args.no_register, heart_beat_interval=args.heart_beat_interval)
+    serve(worker, args)
+
+
+if __name__ == "__main__":
+    main()

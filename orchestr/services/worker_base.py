@@ -1,0 +1,315 @@
+"""What every model worker shares, whatever runs the model: registration with the controller,
+heartbeats, the concurrency limit, and the worker HTTP API (FastChat's routes).
+
+A backend hands :class:`WorkerBase` one engine per served model name. An engine needs
+``async generate_stream(GenerateRequest) -> AsyncIterator[GenerateChunk]`` and
+``count_tokens(req)`` (a ``CountTokenResult`` or a plain int); ``generate``, ``embed``,
+``model_details`` and ``shutdown`` are used when present (see :class:`EngineAdapter`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import threading
+from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import asynccontextmanager
+from typing import Any
+
+import httpx
+from fastapi import Body, FastAPI, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+
+from orchestr.protocol import (
+    CountTokenRequest,
+    CountTokenResult,
+    EmbeddingRequest,
+    EmbeddingResult,
+    ErrorCode,
+    GenerateChunk,
+    GenerateRequest,
+    GenerateResult,
+    HeartBeatRequest,
+    HeartBeatResponse,
+    ModelDetails,
+    RegisterWorkerRequest,
+    UsageInfo,
+    WorkerStatus,
+)
+
+log = logging.getLogger("orchestr.worker")
+
+REGISTER_RETRY_S = 5.0  # while the controller is unreachable
+CONTROLLER_TIMEOUT_S = 10.0
+
+
+class EngineAdapter:
+    """Uniform access to an engine object, filling in what a backend does not provide."""
+
+    def __init__(self, engine: Any) -> None:
+        self.engine = engine
+
+    def generate_stream(self, req: GenerateRequest) -> AsyncIterator[GenerateChunk]:
+        return self.engine.generate_stream(req)
+
+    async def generate(self, req: GenerateRequest) -> GenerateResult:
+        if hasattr(self.engine, "generate"):
+            return await self.engine.generate(req)
+        parts, last = [], GenerateChunk()
+        async for chunk in self.engine.generate_stream(req):
+            parts.append(chunk.text)
+            last = chunk
+        return GenerateResult(text="".join(parts), error=last.error, error_code=last.error_code,
+                              finish_reason=last.finish_reason, usage=last.usage or UsageInfo())
+
+    async def embed(self, req: EmbeddingRequest) -> EmbeddingResult:
+        if not hasattr(self.engine, "embed"):
+            return EmbeddingResult(error="this worker's backend does not compute embeddings",
+                                   error_code=ErrorCode.INTERNAL_ERROR)
+        return await self.engine.embed(req)
+
+    def context_length(self) -> int:
+        for attr in ("context_len", "context_length"):
+            value = getattr(self.engine, attr, None)
+            if isinstance(value, int):
+                return value
+        return 2048
+
+    def count_tokens(self, req: CountTokenRequest) -> CountTokenResult:
+        result = self.engine.count_tokens(req)
+        if isinstance(result, CountTokenResult):
+            return result
+        return CountTokenResult(count=int(result), context_length=self.context_length())
+
+    def model_details(self, name: str) -> ModelDetails:
+        if hasattr(self.engine, "model_details"):
+            return self.engine.model_details(name)
+        return ModelDetails(model=name, context_length=self.context_length(),
+                            backend=getattr(self.engine, "backend", "hf"),
+                            dtype=getattr(self.engine, "dtype", None), device=getattr(self.engine, "device", None))
+
+    def shutdown(self) -> None:
+        if hasattr(self.engine, "shutdown"):
+            self.engine.shutdown()
+
+
+class WorkerBase:
+    """Serves ``engines`` (model name -> engine; one engine may appear under several names)."""
+
+    def __init__(self, engines: Mapping[str, Any], *, controller_address: str, worker_address: str,
+                 limit_worker_concurrency: int = 5, register: bool = True, heart_beat_interval: float = 45.0) -> None:
+        if not engines:
+            raise ValueError("a worker needs at least one model")
+        self.engines = {name: EngineAdapter(e) for name, e in engines.items()}
+        self.model_names = list(engines)
+        self.controller_address = controller_address.rstrip("/")
+        self.worker_address = worker_address.rstrip("/")
+        self.limit = max(1, limit_worker_concurrency)
+        self.register = register
+        self.heart_beat_interval = max(0.5, float(heart_beat_interval))
+        self._in_flight = 0  # requests admitted or waiting for the limit: FastChat's queue length
+        self._semaphore: asyncio.Semaphore | None = None
+        self._stop = threading.Event()
+        self._heartbeat_thread: threading.Thread | None = None
+        self.registered = threading.Event()
+
+    # ------------------------------------------------------------------ status
+    @property
+    def queue_length(self) -> int:
+        return self._in_flight
+
+    def status(self) -> WorkerStatus:
+        return WorkerStatus(model_names=self.model_names, speed=1, queue_length=self.queue_length)
+
+    def engine_for(self, model: str | None) -> EngineAdapter | None:
+        if model in self.engines:
+            return self.engines[model]
+        if len({id(e.engine) for e in self.engines.values()}) == 1 and not model:
+            return next(iter(self.engines.values()))
+        return None
+
+    # ------------------------------------------------------------------ controller link
+    def register_once(self, client: httpx.Client) -> bool:
+        body = RegisterWorkerRequest(worker_name=self.worker_address, check_heart_beat=True,
+                                     worker_status=self.status())
+        r = client.post(f"{self.controller_address}/register_worker", json=body.model_dump())
+        r.raise_for_status()
+        return True
+
+    def heart_beat_once(self, client: httpx.Client) -> bool:
+        """One heartbeat; False when the controller does not know this worker (it restarted)."""
+        body = HeartBeatRequest(worker_name=self.worker_address, queue_length=self.queue_length)
+        r = client.post(f"{self.controller_address}/receive_heart_beat", json=body.model_dump())
+        r.raise_for_status()
+        return HeartBeatResponse.model_validate(r.json()).exist
+
+    def _controller_loop(self) -> None:
+        with httpx.Client(timeout=CONTROLLER_TIMEOUT_S) as client:
+            while not self._stop.is_set():
+                if not self.registered.is_set():
+                    try:
+                        self.register_once(client)
+                        self.registered.set()
+                        log.info("registered %s with controller %s as %s", self.model_names,
+                                 self.controller_address, self.worker_address)
+                    except httpx.HTTPError as exc:
+                        log.warning("cannot register with controller %s (%s); retrying in %.0f s",
+                                    self.controller_address, exc, REGISTER_RETRY_S)
+                        self._stop.wait(REGISTER_RETRY_S)
+                        continue
+                if self._stop.wait(self.heart_beat_interval):
+                    break
+                try:
+                    if not self.heart_beat_once(client):
+                        log.warning("controller does not know this worker (restarted?): registering again")
+                        self.registered.clear()
+                except httpx.HTTPError as exc:
+                    log.warning("heartbeat to %s failed: %s", self.controller_address, exc)
+
+    def start_controller_link(self) -> None:
+        if self.register and self._heartbeat_thread is None:
+            self._heartbeat_thread = threading.Thread(target=self._controller_loop, name="orchestr-heartbeat",
+                                                      daemon=True)
+            self._heartbeat_thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        seen = set()
+        for adapter in self.engines.values():
+            if id(adapter.engine) not in seen:
+                seen.add(id(adapter.engine))
+                adapter.shutdown()
+
+    # ------------------------------------------------------------------ request plumbing
+    async def _limited_stream(self, adapter: EngineAdapter, req: GenerateRequest) -> AsyncIterator[GenerateChunk]:
+        """Chunks of one request under the concurrency limit; leaving early (client gone)
+        closes the engine's stream, which cancels the request there."""
+        self._in_flight += 1
+        try:
+            async with self._semaphore:
+                stream = adapter.generate_stream(req)
+                try:
+                    async for chunk in stream:
+                        yield chunk
+                finally:
+                    await stream.aclose()
+        finally:
+            self._in_flight -= 1
+
+    # ------------------------------------------------------------------ app
+    def create_app(self) -> FastAPI:
+        @asynccontextmanager
+        async def lifespan(_app: FastAPI):
+            self._semaphore = asyncio.Semaphore(self.limit)
+            self.start_controller_link()
+            yield
+            self.stop()
+
+        app = FastAPI(title="orchestr model worker", lifespan=lifespan)
+
+        def unknown_model(model: str) -> str:
+            return f"this worker serves {self.model_names}, not {model!r}"
+
+        @app.post("/worker_generate_stream")
+        async def worker_generate_stream(req: GenerateRequest) -> StreamingResponse:
+            adapter = self.engine_for(req.model)
+
+            async def lines():
+                if adapter is None:
+                    chunk = GenerateChunk(error=unknown_model(req.model), error_code=ErrorCode.INVALID_MODEL,
+                                          finish_reason="error")
+                    yield chunk.model_dump_json(exclude_none=True) + "\n"
+                    return
+                async for chunk in self._limited_stream(adapter, req):
+                    yield chunk.model_dump_json(exclude_none=True) + "\n"
+
+            return StreamingResponse(lines(), media_type="application/x-ndjson")
+
+        @app.post("/worker_generate")
+        async def worker_generate(req: GenerateRequest) -> GenerateResult:
+            adapter = self.engine_for(req.model)
+            if adapter is None:
+                return GenerateResult(error=unknown_model(req.model), error_code=ErrorCode.INVALID_MODEL,
+                                      finish_reason="error")
+            parts, last = [], GenerateChunk()
+            async for chunk in self._limited_stream(adapter, req):
+                parts.append(chunk.text)
+                last = chunk
+            return GenerateResult(text="".join(parts), error=last.error, error_code=last.error_code,
+                                  finish_reason=last.finish_reason, usage=last.usage or UsageInfo())
+
+        @app.post("/worker_get_embeddings")
+        async def worker_get_embeddings(req: EmbeddingRequest) -> EmbeddingResult:
+            adapter = self.engine_for(req.model)
+            if adapter is None:
+                return EmbeddingResult(error=unknown_model(req.model), error_code=ErrorCode.INVALID_MODEL)
+            self._in_flight += 1
+            try:
+                async with self._semaphore:
+                    return await adapter.embed(req)
+            finally:
+                self._in_flight -= 1
+
+        @app.post("/count_token")
+        async def count_token(req: CountTokenRequest):
+            adapter = self.engine_for(req.model)
+            if adapter is None:
+                return JSONResponse({"detail": unknown_model(req.model)}, status_code=404)
+            try:
+                return adapter.count_tokens(req)
+            except ValueError as exc:
+                return JSONResponse({"detail": str(exc)}, status_code=400)
+
+        @app.post("/worker_get_status")
+        async def worker_get_status() -> WorkerStatus:
+            return self.status()
+
+        @app.post("/model_details")
+        async def model_details(body: dict | None = Body(default=None)) -> ModelDetails:
+            name = (body or {}).get("model") or self.model_names[0]
+            adapter = self.engine_for(name)
+            if adapter is None:
+                return JSONResponse({"detail": unknown_model(name)}, status_code=404)
+            return adapter.model_details(name)
+
+        @app.get("/health")
+        async def health(request: Request) -> dict:
+            return {"status": "ok", "models": self.model_names, "queue_length": self.queue_length,
+                    "registered": self.registered.is_set() if self.register else None}
+
+        return app
+
+
+# ---------------------------------------------------------------------- shared CLI flags
+
+
+def add_worker_args(parser: argparse.ArgumentParser, default_port: int = 21002) -> None:
+    """Flags every worker has (FastChat's names)."""
+    parser.add_argument("--host", default="localhost")
+    parser.add_argument("--port", type=int, default=default_port)
+    parser.add_argument("--worker-address", default=None,
+                        help="URL the controller and API server use to reach this worker "
+                             "(default: http://localhost:PORT)")
+    parser.add_argument("--controller-address", default="http://localhost:21001")
+    parser.add_argument("--limit-worker-concurrency", type=int, default=5,
+                        help="requests served at once; more wait (FastChat's default: 5)")
+    parser.add_argument("--no-register", action="store_true", help="do not register with a controller")
+    parser.add_argument("--heart-beat-interval", type=float, default=45.0)
+    parser.add_argument("--ssl", action="store_true", help="serve HTTPS (SSL_KEYFILE / SSL_CERTFILE)")
+
+
+def worker_address(args: argparse.Namespace) -> str:
+    return args.worker_address or f"http://localhost:{args.port}"
+
+
+def serve(worker: WorkerBase, args: argparse.Namespace, on_exit: Callable[[], None] | None = None) -> None:
+    from orchestr.services.http_util import run_app
+
+    try:
+        run_app(worker.create_app(), host=args.host, port=args.port, ssl=getattr(args, "ssl", False))
+    finally:
+        worker.stop()
+        if on_exit is not None:
+            on_exit()
+
