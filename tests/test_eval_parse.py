@@ -43,6 +43,7 @@ def test_score_is_read(text: str, score: float) -> None:
     "Rating: [[eight]]",
     "Rating: [[",  # cut off by max_tokens
     "[[A]]",  # a pairwise verdict is not a score
+    "[1] 10.1\n[2] 10.2\n[3] 10",  # a numbered list (a real reply of the 135M judge)
 ])
 def test_unreadable_score_is_minus_one(text: str | None) -> None:
     assert parse_score(text) == -1

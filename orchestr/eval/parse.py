@@ -38,8 +38,10 @@ def parse_score(judgment: str | None) -> float:
     if not judgment:
         return -1
     text = _SCORE_ECHO.sub(" ", judgment.replace("[[rating]]", ""))  # echoed format text carries no score
-    for pattern in _SCORE_PATTERNS:
+    for i, pattern in enumerate(_SCORE_PATTERNS):
         found = pattern.findall(text)
+        if i == 1 and len(set(found)) > 1:
+            continue  # "[1] ... [2] ... [3]" is a numbered list, not a rating
         if found:
             value = float(found[-1])
             return value if MIN_SCORE <= value <= MAX_SCORE else -1
