@@ -106,6 +106,10 @@ def category_plot(per_category: pd.DataFrame, title: str, ylabel: str, path: Pat
     plt.close(fig)
 
 
+def _show(table: pd.DataFrame) -> str:
+    return table.round(4).to_string() if not table.empty else "(no readable judgments to score)"
+
+
 def run_results(cfg: Any) -> dict[str, Path]:
     """Print the tables for the configured judge and mode; write CSV (and PNG) files. Returns what it wrote."""
     j = cfg.judge
@@ -123,11 +127,13 @@ def run_results(cfg: Any) -> dict[str, Path]:
         questions = []  # categories are a bonus; the tables need only the judgments
     written: dict[str, Path] = {}
     pd.set_option("display.width", 200)
+    bad = sum(1 for r in records if r.get("score") == -1 or "error" in (r.get("g1_winner"), r.get("g2_winner")))
+    summary = f"{len(records)} judgments in {src}" + (f", {bad} unparseable (left out)" if bad else "")
 
     if j.mode == "single":
         table = single_table(records, models)
         print(f"\n########## {cfg.bench.name}: single-answer grading by {judge_name_of(cfg)} ##########")
-        print(table.round(4).to_string())
+        print(_show(table))
         per_cat_src = pd.DataFrame(records, columns=["question_id", "model", "score", "turn"])
         per_cat_src = per_cat_src[per_cat_src["score"] != -1]
         if models:
@@ -140,7 +146,7 @@ def run_results(cfg: Any) -> dict[str, Path]:
         table = pair_table(outcomes, baseline)
         against = f" vs {baseline}" if baseline else " (all pairs)"
         print(f"\n########## {cfg.bench.name}: pairwise{against} by {judge_name_of(cfg)} ##########")
-        print(table.round(4).to_string())
+        print(_show(table))
         with_cat = _with_category(outcomes, questions)
         if baseline is not None:
             with_cat = with_cat[with_cat["model"] != baseline]
@@ -148,6 +154,7 @@ def run_results(cfg: Any) -> dict[str, Path]:
         per_cat = with_cat.pivot_table(index="category", columns="model", values="adj", aggfunc="mean")
         value, ylabel = "win_rate_adjusted", "adjusted win rate"
 
+    print(summary)
     written["table"] = out_dir / f"{stem}.csv"
     table.to_csv(written["table"])
     written["categories"] = out_dir / f"{stem}_by_category.csv"
