@@ -277,3 +277,22 @@ def test_matches_use_reference_and_multi_turn_prompts(mode: str, n_pairs: int) -
     assert by[(5, 1)] == general  # coding without a reference
     if mode == "pairwise-baseline":
         assert {m.models for m in matches} == {("a", "b")}  # judged model first, baseline second
+
+
+def test_single_turn_bench_is_judged_on_turn_one_only(fastchat: Path) -> None:
+    cfg = compose(["bench=vicuna_bench", f"eval.data_dir={fastchat}", "judge.mode=pairwise-all",
+                   f"bench.judge_prompt_file={fastchat / 'judge_prompts.jsonl'}"])  # FastChat's own prompts
+    questions = load_questions(cfg.bench)
+    answers = {m: {q["question_id"]: answer_record(q["question_id"], m, [["x"]]) for q in questions} for m in "ab"}
+    matches = build_matches(cfg, questions, answers, load_references(cfg.bench, questions),
+                            load_judge_prompts(cfg.bench.judge_prompt_file), ["a", "b"])
+    assert len(matches) == len(questions) == 80
+    assert {m.turn for m in matches} == {1}
+    assert {m.prompt.name for m in matches} == {"pair-v2", "pair-math-v1"}
+
+
+def test_custom_bench_without_its_file_says_where_it_goes(tmp_path: Path) -> None:
+    out = run_eval("eval", "bench=allam_bench", "eval.step=judge", cwd=tmp_path)
+    assert out.returncode == 2
+    assert "bench allam_bench: question file not found: data/allam_bench/question.jsonl" in out.stderr
+    assert "bench.question_file" in out.stderr and "Traceback" not in out.stderr
