@@ -144,7 +144,7 @@ def test_every_process_runs_on_its_node_over_ssh(cluster) -> None:
     st = cluster.state()
     where = {p["spec"]["name"]: p["spec"]["node"] for p in st["processes"]}
     assert where == {"controller": "node-a", "worker-a": "node-a", "worker-b": "node-b", "api": "node-b"}
-    assert {n["transport"] for n in st["nodes"].values()} == {"ssh"}
+    assert {st["nodes"][n]["transport"] for n in where.values()} == {"ssh"}
     for p in st["processes"]:
         # started by sshd, detached: session leaders whose parent is not this test or the launcher
         assert os.getsid(p["pid"]) == p["pid"] == p["pgid"]
@@ -206,17 +206,21 @@ def test_a_killed_worker_is_restarted(cluster) -> None:
     cluster.pgids.add(new["pgid"])
     assert os.getsid(new["pid"]) == new["pid"]
     addr = f"http://127.0.0.1:{cluster.ports['worker-b']}"
-    while time.time() < deadline:  # loads the model again, then registers again
+    # the controller may still list the dead one until its heartbeat expires: wait for the new
+    # process to answer, then for it to be registered
+    answered = False
+    while time.time() < deadline and not answered:
         try:
-            if cluster.registered().get(addr) == [MODEL]:
-                break
+            r = httpx.post(f"{addr}/worker_generate", timeout=120, trust_env=False,
+                           json={"model": MODEL, "prompt": "Hello", "max_new_tokens": 4, "temperature": 0})
+            answered = r.status_code == 200
         except httpx.HTTPError:
-            pass
+            time.sleep(1)
+    assert answered, cluster.logs()
+    assert psutil.Process(new["pid"]).is_running()
+    while time.time() < deadline and cluster.registered().get(addr) != [MODEL]:
         time.sleep(1)
     assert cluster.registered().get(addr) == [MODEL], cluster.logs()
-    r = httpx.post(f"{addr}/worker_generate", timeout=120, trust_env=False,
-                   json={"model": MODEL, "prompt": "Hello", "max_new_tokens": 4, "temperature": 0})
-    assert r.status_code == 200
     out = cluster.orchestr("status")
     assert out.returncode == 0, out.stdout
 
