@@ -426,3 +426,53 @@ def test_tools_resolve_from_the_nodes_venv(runner, tmp_path) -> None:
     spec = ProcessSpec(name="tool", service="ray", node="node-a", argv=["orchestr", "--version"])
     rec = runner.start(spec, str(tmp_path / "tool.log"))
     assert wait_log(runner, rec, "orchestr 0.")
+
+
+def test_stop_waits_for_a_supervisor_that_is_mid_restart(sshd, tmp_path) -> None:
+    # a remote process dies; the detached supervisor is in its restart backoff when `orchestr
+    # stop` arrives: the process it then starts must be stopped too, not left running
+    nodes = {n: NodeConfig(**sshd.node(python=PY)) for n in ("node-a", "node-b")}
+    state_file = tmp_path / "state.json"
+    specs = two_node_specs([free_port(), free_port()])
+    for s in specs:
+        s.restart = RestartPolicy(policy="on-failure", max_restarts=3, backoff_s=3.0, backoff_max_s=3.0)
+    dep = Deployment(specs, nodes, run_dir=tmp_path, log_dir=str(tmp_path / "logs"),
+                     controller="http://127.0.0.1:9", api=None, web=None, state_file=state_file,
+                     health_timeout_s=30)
+    dep.start_all(lambda _: None)
+    dep.runners.close()
+    sup_log = open(tmp_path / "supervisor.log", "w")
+    sup = subprocess.Popen([PY, "-m", "orchestr.launch.supervisor", "--state-file", str(state_file),
+                            "--interval", "0.2"], stdout=sup_log, stderr=subprocess.STDOUT, start_new_session=True)
+    dep.state.supervisor_pid = sup.pid
+    state_mod.save(dep.state, state_file)
+    env = {**os.environ, "ORCHESTR_STATE_FILE": str(state_file)}
+    try:
+        os.kill(dep.state.record("front").pid, 9)
+        deadline = time.time() + 20
+        while "front died; restarting" not in (tmp_path / "supervisor.log").read_text():
+            assert time.time() < deadline, (tmp_path / "supervisor.log").read_text()
+            time.sleep(0.1)
+        sp = subprocess.run([*ORCHESTR, "stop"], env=env, capture_output=True, text=True, timeout=120)
+        assert sp.returncode == 0, sp.stdout + sp.stderr
+        assert sup.wait(10) == 0
+        restarted = (tmp_path / "supervisor.log").read_text()
+        assert "front died; restarting" in restarted
+        left = servers_on([s.port for s in specs])
+        assert left == [], f"left running after stop: {[p.info['cmdline'] for p in left]}"
+    finally:
+        if sup.poll() is None:
+            sup.kill()
+        sup_log.close()
+        for p in servers_on([s.port for s in specs]):
+            p.kill()
+
+
+def servers_on(ports: list[int]) -> list[psutil.Process]:
+    """Live `http.server` processes of this test's ports (however they were started)."""
+    found = []
+    for p in psutil.process_iter(["cmdline", "status"]):
+        cmd = p.info["cmdline"] or []
+        if p.info["status"] != psutil.STATUS_ZOMBIE and "http.server" in cmd and any(str(x) in cmd for x in ports):
+            found.append(p)
+    return found

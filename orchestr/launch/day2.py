@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import os
-import signal
 import sys
 
 import httpx
@@ -108,6 +106,26 @@ def logs_main() -> int:
     return 0
 
 
+def _stop_supervisor(pid: int, timeout: float = 90.0) -> None:
+    """TERM the detached watcher and wait for it: it may be mid-restart (backoff, then start)
+    and must record that process before we read the state. Only ever a supervisor process:
+    a recorded pid may have been reused by now."""
+    import time
+
+    import psutil
+
+    try:
+        proc = psutil.Process(pid)
+        if "orchestr.launch.supervisor" not in " ".join(proc.cmdline()):
+            return
+        proc.terminate()
+        deadline = time.time() + timeout
+        while time.time() < deadline and proc.status() != psutil.STATUS_ZOMBIE:
+            time.sleep(0.2)
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return
+
+
 def stop_main() -> int:
     args = _parser("orchestr stop", "Stop every process of the running deployment, on every node.").parse_args()
     state, path = _load(args.state_file)
@@ -115,10 +133,8 @@ def stop_main() -> int:
         print(f"no deployment recorded ({path})")
         return 0
     if state.supervisor_pid:  # first the watcher, or it would restart what we stop
-        try:
-            os.kill(state.supervisor_pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
+        _stop_supervisor(state.supervisor_pid)
+        state = state_mod.load(state_mod.state_path(args.state_file)) or state
     runners = Runners(state.nodes)
     failures: list[str] = []
 
