@@ -25,6 +25,7 @@ import torch
 
 from orchestr.config.serving import EngineConfig
 from orchestr.engine import paged_attention as pa
+from orchestr.engine.cpu_linear import pack_linears
 from orchestr.engine.loader import context_length, load_model, model_dtype_name
 from orchestr.engine.sampling import SamplingParams, SamplingRow, sample
 from orchestr.engine.sequence import PreparedRequest, Sequence
@@ -68,7 +69,7 @@ class Engine:
 
     def __init__(self, model: Any, tokenizer: Any, config: EngineConfig | None = None, *,
                  conv_template: str | None = None, context_len: int | None = None,
-                 model_name: str = "model") -> None:
+                 model_name: str = "model", pack_weights: bool = True) -> None:
         self.model = model
         self.tokenizer = tokenizer
         self.config = config or EngineConfig()
@@ -77,6 +78,8 @@ class Engine:
         self.context_len = context_len or context_length(model, tokenizer)
         self.device = next(model.parameters()).device
         self.dtype_name = model_dtype_name(model)
+        if pack_weights:
+            pack_linears(model)  # bf16 on CPU only; a no-op elsewhere
         self.batching = self.config.batching
         self.max_batch = max(1, self.config.max_batch_size) if self.batching else 1
         self.token_budget = max(1, self.config.max_num_batched_tokens)
@@ -88,11 +91,22 @@ class Engine:
         kv_dtype = model.get_input_embeddings().weight.dtype
         if kv_dtype not in (torch.float32, torch.bfloat16, torch.float16):
             kv_dtype = torch.float32
+        layer_devices = {}
+        for module in model.modules():
+            idx = getattr(module, "layer_idx", None)
+            if isinstance(idx, int) and idx not in layer_devices:
+                param = next(module.parameters(), None)
+                if param is not None:
+                    layer_devices[idx] = param.device
         self.cache = pa.PagedKVCache(cfg.num_hidden_layers, kv_heads, head_dim, self.config.kv_cache_tokens,
-                                     kv_dtype, device=self.device)
+                                     kv_dtype, device=self.device, layer_devices=layer_devices)
         self.max_seq_tokens = min(self.context_len, self.cache.capacity_tokens)
         pa.register()
-        model.set_attn_implementation(pa.ATTN_IMPLEMENTATION)
+        try:
+            model.set_attn_implementation(pa.ATTN_IMPLEMENTATION)
+        except Exception as exc:  # e.g. remote code without transformers' attention interface
+            raise ValueError(f"this model cannot run on orchestr's engine (custom attention unsupported): {exc}") \
+                from exc
         self.base_model = getattr(model, model.base_model_prefix, model)
 
         self.eos_ids = self._eos_ids()
@@ -197,6 +211,11 @@ class Engine:
             prep = self.prepare(req)
         except RequestError as exc:
             yield GenerateChunk(error=str(exc), error_code=exc.code, finish_reason="error")
+            return
+        except Exception as exc:  # tokenizer trouble etc.: an error chunk, not a broken stream
+            log.exception("cannot prepare request %s", req.request_id)
+            yield GenerateChunk(error=f"cannot prepare the request: {exc}", error_code=ErrorCode.INTERNAL_ERROR,
+                                finish_reason="error")
             return
         if self._thread is None:
             self.start()

@@ -43,6 +43,20 @@ class StepMeta:
     decode_index: torch.Tensor | None = None  # [D, Lmax] pool slots (padded)
     decode_mask: torch.Tensor | None = None  # [D, 1, 1, Lmax] bool
     chunks: list[ChunkMeta] = field(default_factory=list)
+    _moved: dict = field(default_factory=dict)
+
+    def on(self, device: torch.device) -> StepMeta:
+        """This step's index tensors on ``device`` (layers split over several GPUs)."""
+        if device == self.write_index.device:
+            return self
+        if device not in self._moved:
+            def mv(t):
+                return None if t is None else t.to(device)
+            self._moved[device] = StepMeta(
+                write_index=mv(self.write_index), n_decode=self.n_decode, decode_index=mv(self.decode_index),
+                decode_mask=mv(self.decode_mask),
+                chunks=[ChunkMeta(c.offset, c.n, c.start, mv(c.kv_index), mv(c.mask)) for c in self.chunks])
+        return self._moved[device]
 
 
 class PagedKVCache:
@@ -50,13 +64,15 @@ class PagedKVCache:
     blocks. Sized from a token budget (``kv_cache_tokens``), allocated once."""
 
     def __init__(self, num_layers: int, num_kv_heads: int, head_dim: int, tokens: int,
-                 dtype: torch.dtype, device: torch.device | str = "cpu") -> None:
+                 dtype: torch.dtype, device: torch.device | str = "cpu",
+                 layer_devices: dict[int, torch.device] | None = None) -> None:
         self.num_blocks = max(1, tokens // BLOCK_SIZE)
         slots = self.num_blocks * BLOCK_SIZE
-        self.keys = [torch.zeros(slots, num_kv_heads, head_dim, dtype=dtype, device=device)
-                     for _ in range(num_layers)]
-        self.values = [torch.zeros(slots, num_kv_heads, head_dim, dtype=dtype, device=device)
-                       for _ in range(num_layers)]
+        # each layer's pool lives where the layer runs (device maps split layers over GPUs);
+        # torch.zeros pages are only touched (resident) once blocks are used
+        where = [(layer_devices or {}).get(i, device) for i in range(num_layers)]
+        self.keys = [torch.zeros(slots, num_kv_heads, head_dim, dtype=dtype, device=d) for d in where]
+        self.values = [torch.zeros(slots, num_kv_heads, head_dim, dtype=dtype, device=d) for d in where]
         self.free_blocks: list[int] = list(range(self.num_blocks - 1, -1, -1))
         self.device = device
 
@@ -134,6 +150,7 @@ def paged_attention_forward(module, query, key, value, attention_mask, scaling=N
     cache: PagedKVCache = _state.cache
     layer = module.layer_idx
     k_pool, v_pool = cache.keys[layer], cache.values[layer]
+    meta = meta.on(k_pool.device)
     # New keys/values go into their slots first, so each token also sees itself.
     # (index_copy_ rather than pool[idx] = x: the latter is orders of magnitude slower on CPU)
     k_pool.index_copy_(0, meta.write_index, key[0].transpose(0, 1).to(k_pool.dtype))

@@ -82,7 +82,8 @@ def sample(logits: torch.Tensor, rows: Sequence[SamplingRow]) -> list[int]:
     for i, row in enumerate(rows):
         if row.params.greedy and not row.params.has_penalties:
             continue
-        row_logits = logits[i].clone()
+        # per-row work on CPU: penalties build small index tensors, seeds are CPU generators
+        row_logits = logits[i].to("cpu", copy=True)
         if row.params.has_penalties:
             row_logits = _apply_penalties(row_logits, row)
         if row.params.greedy:
