@@ -311,3 +311,20 @@ def test_cpu_cluster_over_ssh_renders_the_same_way() -> None:
         assert w["worker_address"] == [f"http://10.0.0.{1 if node == 'node-a' else 2}:{port}"]
         assert w["models"] == [("embedded://SmolLM2-135M-Instruct", "smollm2-135m")]
     assert all("--device cpu" in line for line in proc.stdout.splitlines() if "model_worker" in line)
+
+
+def test_multi_model_workers_carry_each_models_own_options() -> None:
+    # the multi-model worker reads the options after a --model-path as that model's: a template
+    # or trust_remote_code must land in its own model's section, not the last one's
+    from orchestr.services.multi_model_worker import split_argv
+
+    specs = {s.name: s for s in build_plan(compose(["cluster=multi_node"]))}
+    _, shared, sections = split_argv(specs["multi-vicuna-chatglm"].argv[3:])
+    assert shared == []
+    vicuna, chatglm = sections
+    assert vicuna[:4] == ["--model-path", "lmsys/vicuna-7b-v1.5", "--model-names", "vicuna-7b"]
+    assert "vicuna_v1.1" in vicuna and "--trust-remote-code" not in vicuna
+    assert chatglm[:4] == ["--model-path", "THUDM/chatglm-6b", "--model-names", "chatglm-6b"]
+    assert "chatglm" in chatglm and "--trust-remote-code" in chatglm
+    _, _, (rwkv, t5) = split_argv(specs["multi-rwkv-t5"].argv[3:])
+    assert rwkv[rwkv.index("--conv-template") + 1] == "rwkv" and t5[t5.index("--conv-template") + 1] == "t5"

@@ -140,14 +140,21 @@ class Planner:
         argv = [python, "-m", WORKER_MODULES[kind]]
         for m in models:
             argv += ["--model-path", m.path, "--model-names", m.name]
+            if kind == "multi":
+                # the multi-model worker reads the model options after a --model-path as that
+                # model's own (its template, dtype, remote code ...)
+                argv += [*self.model_flags(m, kind, w, node), *m.extra_args]
         argv += ["--controller-address", self.controller_address(), "--worker-address", addr,
                  "--host", self.services.worker.host, "--port", str(w.port),
                  "--limit-worker-concurrency", str(w.limit_worker_concurrency),
                  "--heart-beat-interval", str(self.services.worker.heart_beat_interval)]
-        argv += self.model_flags(models[0], kind, w, node)
+        if kind != "multi":
+            argv += [*self.model_flags(models[0], kind, w, node)]
         if kind in ("hf", "multi"):
             argv += self.engine_flags()
-        argv += [*(a for m in models for a in m.extra_args), *w.extra_args]
+        if kind != "multi":
+            argv += models[0].extra_args
+        argv += w.extra_args
         env = dict(w.env)
         if w.gpus is not None:
             env["CUDA_VISIBLE_DEVICES"] = ",".join(str(g) for g in w.gpus)
