@@ -53,6 +53,8 @@ def _spawn_supervisor(state_file: Path, log_dir: Path) -> int:
 
 
 def run(cfg: DictConfig) -> int:
+    # health polls are the launcher's business, not the user's: keep httpx's per-request lines out
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     launch: LaunchConfig = OmegaConf.to_object(cfg.launch)
     try:
         specs = build_plan(cfg)

@@ -137,12 +137,23 @@ class Deployment:
 
     # ------------------------------------------------------------------ watch
     def watch_once(self, on_event: Callable[[str], None] = print) -> None:
-        """Restart processes that died, per their restart policy (called in a loop)."""
+        """Restart processes that died, per their restart policy (called in a loop).
+
+        Services never exit on their own, so any exit counts as a failure: `on-failure`
+        restarts up to `max_restarts` times with exponential backoff, `always` without a limit.
+        A node that cannot be reached is reported and skipped, never fatal to the watch loop.
+        """
         for i, rec in enumerate(self.state.processes):
-            if self.runners[rec.node].alive(rec):
+            runner = self.runners[rec.node]
+            try:
+                if runner.alive(rec):
+                    continue
+            except Exception as e:
+                on_event(f"cannot check {rec.name} on {rec.node}: {e}")
                 continue
             policy = rec.spec.restart
-            if policy.policy == "no" or rec.restarts >= policy.max_restarts:
+            exhausted = policy.policy != "always" and rec.restarts >= policy.max_restarts
+            if policy.policy == "no" or exhausted:
                 if not getattr(rec, "_reported", False):
                     on_event(f"{rec.name} is down (restart policy: {policy.policy}, "
                              f"restarts used {rec.restarts}/{policy.max_restarts})")
@@ -152,7 +163,12 @@ class Deployment:
             on_event(f"{rec.name} died; restarting in {backoff:.1f}s "
                      f"(restart {rec.restarts + 1}/{policy.max_restarts})")
             time.sleep(backoff)
-            new = self.runners[rec.node].start(rec.spec, rec.log_path)
+            try:
+                runner.stop(rec, timeout=5.0)  # leftovers of its group (children of the dead leader)
+                new = runner.start(rec.spec, rec.log_path)
+            except Exception as e:
+                on_event(f"could not restart {rec.name} on {rec.node}: {e}")
+                continue
             new.restarts = rec.restarts + 1
             self.state.processes[i] = new
             state_mod.save(self.state, self.state_file)
