@@ -153,7 +153,11 @@ def print_summary(results: dict[str, dict], baseline: str | None) -> None:
 def run(args: argparse.Namespace) -> int:
     opts = BenchOptions(model_name=args.model_name, model_path=args.model_path, direct_worker=args.direct_worker,
                         vllm_python=args.vllm_python, start_timeout_s=args.start_timeout)
-    servers: list[Server] = [parse_target(t, opts) for t in args.target]
+    try:
+        servers: list[Server] = [parse_target(t, opts) for t in args.target]
+    except BenchError as e:
+        print(f"orchestr bench serve: {e}", file=sys.stderr)
+        return 2
     if args.base_url:
         servers.insert(0, UrlServer(args.base_url, "url", args.base_url, opts))
     if not servers:
