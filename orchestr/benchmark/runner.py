@@ -118,6 +118,7 @@ def run_level(
         if bar is not None:
             bar.update(1)
 
+    load_before = _loadavg()
     try:
         with RssSampler(rss_pids or {}) as rss:
             records, duration = asyncio.run(
@@ -129,7 +130,18 @@ def run_level(
         rec.output_tokens = count_tokens(rec.text) if rec.ok else 0
     result = summarise(concurrency, records, duration)
     result.peak_rss_mb = dict(rss.peak_mb)
+    # Other work on the machine skews figures: keep the 1-minute load average with them.
+    result.loadavg = [load_before, _loadavg()]
     return result
+
+
+def _loadavg() -> float | None:
+    import os
+
+    try:
+        return round(os.getloadavg()[0], 2)
+    except OSError:
+        return None
 
 
 def warm_up(*, protocol: str, base_url: str, model: str, count: int, api_key: str | None,

@@ -94,13 +94,17 @@ class OrchestrServer(Server):
         root = Path(tempfile.mkdtemp(prefix=f"bench-{_slug(self.name)}-", dir=self.opts.work_dir))
         self.state_file = root / "state.json"
         api_port, ctl_port, worker_port = free_port(), free_port(), free_port()
+        user = shlex.split(self.args)
+        # One worker named worker-0 on this machine: cluster=local unless the overrides pick
+        # another single-worker cluster (e.g. cluster=local_vllm).
+        cluster = [] if any(o.startswith("cluster=") for o in user) else ["cluster=local"]
         overrides = [
-            "cluster=local", "services.web.enabled=false", "launch.detach=true", "launch.watch=false",
+            *cluster, "services.web.enabled=false", "launch.detach=true", "launch.watch=false",
             f"launch.state_file={self.state_file}", f"launch.log_dir={root / 'logs'}",
             f"launch.health_timeout_s={self.opts.start_timeout_s}",
             f"services.api.port={api_port}", f"services.controller.port={ctl_port}",
             f"cluster.workers.worker-0.port={worker_port}",
-            *shlex.split(self.args),
+            *user,
         ]
         cmd = [sys.executable, "-m", "orchestr", "launch", *overrides]
         self.opts.log(f"[{self.name}] starting: {shlex.join(cmd[1:])}")

