@@ -16,6 +16,8 @@ from pathlib import Path
 
 import httpx
 import pytest
+from playwright.sync_api import TimeoutError as PlaywrightTimeout
+from playwright.sync_api import sync_playwright
 
 from tests.conftest import free_port
 
@@ -45,8 +47,6 @@ WATCH_JS = """(sel) => {
 def browser():
     if not Path(CHROMIUM).exists():
         pytest.skip(f"{CHROMIUM} is missing: run scripts/install_browser.sh")
-    from playwright.sync_api import sync_playwright
-
     with sync_playwright() as pw:
         b = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         yield b
@@ -74,11 +74,21 @@ def log_lines(log_dir: Path) -> list[dict]:
 def set_max_tokens(page, prefix: str) -> None:
     page.click(f"#{prefix}_parameters")  # open the accordion
     box = page.locator(f"#{prefix}_max_tokens input[type=number]")
-    box.fill(MAX_TOKENS)
-    box.press("Enter")
-    box.blur()
-    page.wait_for_function(
-        f"() => document.querySelector('#{prefix}_max_tokens input[type=range]').value === '{MAX_TOKENS}'")
+    box.wait_for(state="visible")
+    check = f"() => document.querySelector('#{prefix}_max_tokens input[type=range]').value === '{MAX_TOKENS}'"
+    # A slider that has just mounted (first visit of a tab) can re-apply its initial value once.
+    for _ in range(5):
+        box.fill(MAX_TOKENS)
+        box.press("Enter")
+        box.blur()
+        try:
+            page.wait_for_function(check, timeout=2_000)
+            page.wait_for_timeout(300)
+            if page.evaluate(check):
+                return
+        except PlaywrightTimeout:
+            pass
+    raise AssertionError(f"could not set {prefix} max output tokens to {MAX_TOKENS}")
 
 
 def wait_enabled(page, selector: str) -> None:
@@ -164,6 +174,13 @@ def test_anonymous_battle_hides_names_until_the_vote(page, deployment, artifacts
         (role_q, question), (role_a, answer) = state["messages"]
         assert (role_q, question, role_a) == ("user", "What is the capital of France?", "assistant")
         assert same_text(reply, answer), (reply, answer)
+
+    # a model naming itself can still be reported after the reveal
+    page.click("#anony_leak")
+    page.wait_for_function("() => document.querySelector('#anony_notice').innerText.includes('identity')")
+    flags = [x for x in log_lines(deployment.web_log_dir) if x["type"] == "flag"
+             and {s["conv_id"] for s in x["states"]} == conv_ids]
+    assert len(flags) == 1 and flags[0]["flag_reason"] == "identity_leak" and flags[0]["models"] == revealed
 
 
 def test_side_by_side_uses_the_picked_models(page, deployment, artifacts_dir):

@@ -49,13 +49,17 @@ def build_demo(ctx: WebContext) -> gr.Blocks:
                 with gr.Tab("🏆 Leaderboard", elem_id="tab_leaderboard"):
                     boards.append(build_leaderboard_tab(ctx))
 
+        built_with = list(ctx.models)  # the choices the page was rendered with
+
         def on_load():
             # Each page load offers the controller's current models (model_list_mode=reload).
+            # Unchanged lists are skipped: updating the pickers of a not-yet-shown tab re-mounts it,
+            # which would reset whatever the user already set there.
             models = ctx.current_models()
             out: list = []
             for _, index in pickers:
                 value = models[min(index, len(models) - 1)] if models else None
-                out.append(gr.Dropdown(choices=models, value=value))
+                out.append(gr.skip() if models == built_with else gr.Dropdown(choices=models, value=value))
             for board in boards:
                 out += list(board.fill())
             return out[0] if len(out) == 1 else out  # one output: Gradio takes the return value as is
