@@ -358,20 +358,34 @@ def test_api_keys_are_enforced_on_every_route(stack):
     assert httpx.get(stack.keyed_api_base.removesuffix("/v1") + "/health").status_code == 200
 
 
-def test_model_whose_worker_died_is_503_not_404(stack):
+def test_worker_dying_mid_stream_then_503_not_404(stack):
     name = "smollm2-doomed"
     _, proc = start_worker(stack.controller, stack.log_dir, name)
+    client = stack.client()
     try:
-        client = stack.client()
         deadline = time.time() + 30
         while name not in [m.id for m in client.models.list().data]:
             assert time.time() < deadline
             time.sleep(0.25)
-        ok = client.completions.create(model=name, prompt="Hi", max_tokens=2)
-        assert ok.choices[0].text is not None
+        stream = client.chat.completions.create(
+            model=name,
+            messages=[{"role": "user", "content": "Write a very long story about the sea."}],
+            max_tokens=2000,
+            temperature=0,
+            stream=True,
+        )
+        received = []
+        # The worker dies mid-answer: the stream ends with an error event, which the SDK raises.
+        with pytest.raises(openai.APIError) as e:
+            for chunk in stream:
+                received.append(chunk.choices[0].delta.content)
+                if len(received) == 4:
+                    proc.kill()
+        assert len(received) >= 4 and "worker stream broke" in str(e.value.message)
     finally:
         proc.kill()
         proc.wait()
+    # The model is known but nobody serves it now: 503, not 404.
     with pytest.raises(openai.APIStatusError) as e:
         client.completions.create(model=name, prompt="Hi", max_tokens=2)
     assert e.value.status_code == 503, e.value.body

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 import httpx
+from pydantic import BaseModel
 
 from orchestr.protocol import (
     ChatCompletionRequest,
@@ -112,19 +113,22 @@ def sse(payload: str) -> str:
 SSE_DONE = "data: [DONE]\n\n"
 
 
+Batch = list[GenerateChunk]  # the chunks one network read delivered
+
+
 @dataclass
 class _Stream:
-    """An open worker stream whose first chunk has already been read (to catch early errors)."""
+    """An open worker stream whose first batch has already been read (to catch early errors)."""
 
     index: int
-    first: GenerateChunk | None
-    rest: AsyncIterator[GenerateChunk]
+    first: Batch
+    rest: AsyncIterator[Batch]
 
-    async def chunks(self) -> AsyncIterator[GenerateChunk]:
-        if self.first is not None:
+    async def batches(self) -> AsyncIterator[Batch]:
+        if self.first:
             yield self.first
-        async for c in self.rest:
-            yield c
+        async for b in self.rest:
+            yield b
 
     async def aclose(self) -> None:
         await self.rest.aclose()  # type: ignore[attr-defined]
@@ -348,29 +352,37 @@ class ApiClient:
                 await resp.aclose()
                 raise self._worker_http_error(resp.status_code, text)
 
-            async def chunks() -> AsyncIterator[GenerateChunk]:
+            async def batches() -> AsyncIterator[Batch]:
+                # Every complete NDJSON line that one read brought, parsed together: under load
+                # several tokens arrive at once and leave as one write instead of several.
+                pending = b""
                 try:
-                    async for line in resp.aiter_lines():
-                        if line:
-                            yield GenerateChunk.model_validate_json(line)
+                    async for data in resp.aiter_bytes():
+                        pending += data
+                        *lines, pending = pending.split(b"\n")
+                        batch = [GenerateChunk.model_validate_json(x) for x in lines if x.strip()]
+                        if batch:
+                            yield batch
+                    if pending.strip():
+                        yield [GenerateChunk.model_validate_json(pending)]
                 finally:
                     await resp.aclose()
 
-            it = chunks()
-            # Read the first chunk before answering so that early errors (bad params, context
+            it = batches()
+            # Read the first batch before answering so that early errors (bad params, context
             # overflow, overload) still get a proper HTTP status instead of a 200 + error event.
             try:
                 first = await it.__anext__()
             except StopAsyncIteration:
-                first = None
+                first = []
             except (httpx.HTTPError, ValueError) as e:
                 await it.aclose()
                 raise ApiError(
                     502, f"worker stream failed: {e!r}", "server_error", code="worker_error"
                 ) from e
-            if first is not None and first.error_code:
+            if first and first[0].error_code:
                 await it.aclose()
-                raise worker_error(first.error_code, first.error)
+                raise worker_error(first[0].error_code, first[0].error)
             return _Stream(index, first, it)
 
         return await self._on_worker(g.model, call)
@@ -439,24 +451,29 @@ class ApiClient:
 
     async def _chat_stream(self, req: ChatCompletionRequest, streams: list[_Stream]) -> AsyncIterator[str]:
         proto = ChatCompletionStreamResponse(model=req.model, choices=[])
+        fast = _FastSse(proto, "delta")
 
         def chunk(index: int, delta: DeltaMessage, finish: str | None = None) -> str:
             choice = ChatCompletionStreamChoice(index=index, delta=delta, finish_reason=finish)
             return sse(proto.model_copy(update={"choices": [choice]}).model_dump_json(exclude={"usage"}))
 
-        for s in streams:
-            yield chunk(s.index, DeltaMessage(role="assistant", content=""))
+        yield "".join(chunk(s.index, DeltaMessage(role="assistant", content="")) for s in streams)
         usages: dict[int, UsageInfo] = {}
-        async for index, item in _relay(streams):
-            if isinstance(item, ApiError):
-                yield sse(_json(item.body()))
+        async for index, batch, error in _relay(streams):
+            out = []
+            for c in batch:
+                if c.text:
+                    out.append(fast.chat(index, c.text))
+                if c.usage is not None:
+                    usages[index] = c.usage
+                if c.finish_reason is not None:
+                    out.append(chunk(index, DeltaMessage(), c.finish_reason))
+            if error is not None:
+                out.append(sse(_json(error.body())))
+            if out:
+                yield "".join(out)
+            if error is not None:
                 break
-            if item.text:
-                yield chunk(index, DeltaMessage(content=item.text))
-            if item.usage is not None:
-                usages[index] = item.usage
-            if item.finish_reason is not None:
-                yield chunk(index, DeltaMessage(), item.finish_reason)
         if (req.stream_options or {}).get("include_usage"):
             usage = _sum_usage([_Usage(usages.get(s.index)) for s in streams], len(streams))
             yield sse(proto.model_copy(update={"usage": usage}).model_dump_json())
@@ -493,23 +510,30 @@ class ApiClient:
         self, req: CompletionRequest, streams: list[_Stream], prompts: list[str], n: int
     ) -> AsyncIterator[str]:
         proto = CompletionStreamResponse(model=req.model, choices=[])
+        fast = _FastSse(proto, "text")
 
         def chunk(index: int, text: str, finish: str | None = None) -> str:
             choice = CompletionResponseChoice(index=index, text=text, finish_reason=finish)
             return sse(proto.model_copy(update={"choices": [choice]}).model_dump_json(exclude={"usage"}))
 
         if req.echo:
-            for s in streams:
-                yield chunk(s.index, prompts[s.index // n])
+            yield "".join(chunk(s.index, prompts[s.index // n]) for s in streams)
         usages: dict[int, UsageInfo] = {}
-        async for index, item in _relay(streams):
-            if isinstance(item, ApiError):
-                yield sse(_json(item.body()))
+        async for index, batch, error in _relay(streams):
+            out = []
+            for c in batch:
+                if c.usage is not None:
+                    usages[index] = c.usage
+                if c.finish_reason is not None:
+                    out.append(chunk(index, c.text, c.finish_reason))
+                elif c.text:
+                    out.append(fast.completion(index, c.text))
+            if error is not None:
+                out.append(sse(_json(error.body())))
+            if out:
+                yield "".join(out)
+            if error is not None:
                 break
-            if item.usage is not None:
-                usages[index] = item.usage
-            if item.text or item.finish_reason is not None:
-                yield chunk(index, item.text, item.finish_reason)
         if (req.stream_options or {}).get("include_usage"):
             usage = _sum_usage([_Usage(usages.get(s.index)) for s in streams], n)
             yield sse(proto.model_copy(update={"usage": usage}).model_dump_json())
@@ -573,18 +597,35 @@ def _json(obj: dict) -> str:
     return json.dumps(obj, ensure_ascii=False)
 
 
-async def _relay(streams: list[_Stream]) -> AsyncIterator[tuple[int, GenerateChunk | ApiError]]:
-    """Yield (choice index, chunk) from all streams as chunks arrive; errors become ApiError items.
+class _FastSse:
+    """Text-only stream events rendered from a pre-serialised head: the per-token hot path.
 
+    Same JSON as the pydantic models produce for a chunk with one choice carrying only text.
+    """
+
+    def __init__(self, proto: BaseModel, kind: str):
+        head = proto.model_dump_json(exclude={"choices", "usage"})[:-1]  # drop the closing brace
+        self.head = f'data: {head},"choices":[{{"index":'
+        self.kind = kind
+
+    def chat(self, index: int, text: str) -> str:
+        return f'{self.head}{index},"delta":{{"content":{_json(text)}}},"finish_reason":null}}]}}\n\n'
+
+    def completion(self, index: int, text: str) -> str:
+        return f'{self.head}{index},"text":{_json(text)},"logprobs":null,"finish_reason":null}}]}}\n\n'
+
+
+async def _relay(streams: list[_Stream]) -> AsyncIterator[tuple[int, Batch, ApiError | None]]:
+    """Yield (choice index, batch, error) from all streams as batches arrive.
+
+    An error ends its stream: it comes with the chunks that preceded it in the same read.
     One stream (the common case) is read directly; several are merged through a queue.
     """
     if len(streams) == 1:
         s = streams[0]
         try:
-            async for c in _checked(s):
-                yield s.index, c
-        except ApiError as e:
-            yield s.index, e
+            async for batch, error in _checked(s):
+                yield s.index, batch, error
         finally:
             await s.aclose()
         return
@@ -594,43 +635,45 @@ async def _relay(streams: list[_Stream]) -> AsyncIterator[tuple[int, GenerateChu
 
     async def pump(s: _Stream) -> None:
         try:
-            async for c in _checked(s):
-                await queue.put((s.index, c))
-        except ApiError as e:
-            await queue.put((s.index, e))
+            async for batch, error in _checked(s):
+                await queue.put((s.index, batch, error))
         finally:
             await s.aclose()
-            await queue.put((s.index, done))
+            await queue.put((s.index, done, None))
 
     tasks = [asyncio.create_task(pump(s)) for s in streams]
     try:
         remaining = len(tasks)
         while remaining:
-            index, item = await queue.get()
-            if item is done:
+            index, batch, error = await queue.get()
+            if batch is done:
                 remaining -= 1
                 continue
-            yield index, item
+            yield index, batch, error
     finally:
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
 
 
-async def _checked(s: _Stream) -> AsyncIterator[GenerateChunk]:
-    """The stream's chunks; a worker error or a broken stream raises ApiError.
+async def _checked(s: _Stream) -> AsyncIterator[tuple[Batch, ApiError | None]]:
+    """The stream's batches; a worker error or a broken stream ends it with an ApiError.
 
     A stream that ends without a finish reason gets a final ``stop`` chunk so clients always
     see how each choice ended.
     """
     finished = False
     try:
-        async for c in s.chunks():
-            if c.error_code or c.finish_reason == "error":
-                raise worker_error(c.error_code or ErrorCode.INTERNAL_ERROR, c.error)
-            finished = finished or c.finish_reason is not None
-            yield c
+        async for batch in s.batches():
+            for i, c in enumerate(batch):
+                if c.error_code or c.finish_reason == "error":
+                    yield batch[:i], worker_error(c.error_code or ErrorCode.INTERNAL_ERROR, c.error)
+                    return
+                finished = finished or c.finish_reason is not None
+            yield batch, None
     except (httpx.HTTPError, ValueError) as e:
-        raise ApiError(502, f"the worker stream broke: {e!r}", "server_error", code="worker_error") from e
+        err = ApiError(502, f"the worker stream broke: {e!r}", "server_error", code="worker_error")
+        yield [], err
+        return
     if not finished:
-        yield GenerateChunk(finish_reason="stop")
+        yield [GenerateChunk(finish_reason="stop")], None
