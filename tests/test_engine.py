@@ -225,3 +225,31 @@ def test_embeddings_are_normalised(batched):
         assert abs(sum(x * x for x in vec) - 1.0) < 1e-3
     # and generation still works after the plain forward
     assert asyncio.run(batched.generate(chat("Say hi.", max_new_tokens=4))).text
+
+
+def test_bf16_engine_with_packed_weights():
+    """bf16 on CPU runs through oneDNN-packed linears (when the CPU has bf16): same text as
+    the unpacked model on a short greedy answer."""
+    from orchestr.engine.cpu_linear import can_pack
+
+    model, tok = load_model(MODEL, device="cpu", dtype="bfloat16")
+    packable = can_pack(model)
+    engine = Engine(model, tok, EngineConfig(kv_cache_tokens=2048)).start()
+    try:
+        if packable:
+            assert type(model.lm_head).__name__ == "PackedLinear"
+        reqs = [chat("What is the capital of France?", max_new_tokens=12), chat(STORY_PROMPTS[0], max_new_tokens=12)]
+
+        async def run():
+            return await asyncio.gather(*[engine.generate(r) for r in reqs])
+
+        packed = asyncio.run(run())
+        assert "Paris" in packed[0].text
+        plain_model, _ = load_model(MODEL, device="cpu", dtype="bfloat16")
+        plain = Engine(plain_model, tok, EngineConfig(kv_cache_tokens=2048), pack_weights=False).start()
+        try:
+            assert asyncio.run(plain.generate(reqs[0])).text == packed[0].text
+        finally:
+            plain.shutdown()
+    finally:
+        engine.shutdown()

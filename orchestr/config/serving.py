@@ -35,7 +35,7 @@ class EngineConfig:
     """Scheduler settings of the transformers worker's batching engine."""
 
     batching: bool = True  # continuous batching; false = one request at a time
-    max_batch_size: int = 32  # sequences decoded together
+    max_batch_size: int = 64  # sequences decoded together
     max_num_batched_tokens: int = 512  # token budget of one forward (prefill chunks + decodes)
     kv_cache_tokens: int = 32768  # KV-cache capacity shared by all running sequences
 
