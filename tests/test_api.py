@@ -449,3 +449,14 @@ def test_chat_cli_through_the_api(stack, tmp_path):
     assert conv["model"] == MODEL
     assert [m["role"] for m in conv["messages"]] == ["user", "assistant"]
     assert conv["messages"][0]["content"] == "Hello!" and conv["messages"][1]["content"].strip()
+
+
+def test_streams_survive_the_workers_keep_alive_timeout(stack):
+    # The API server pools its connections to workers; uvicorn closes idle ones after 5 s.
+    # A stream after that must open a fresh connection instead of failing.
+    client = stack.client()
+    kw = dict(model=MODEL, prompt="Hello", max_tokens=3, temperature=0, stream=True)
+    first = "".join(c.choices[0].text for c in client.completions.create(**kw) if c.choices)
+    time.sleep(6)
+    again = "".join(c.choices[0].text for c in client.completions.create(**kw) if c.choices)
+    assert first and again == first

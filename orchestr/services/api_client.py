@@ -58,6 +58,7 @@ from orchestr.protocol import (
     WorkerAddressResponse,
 )
 from orchestr.services.http_util import error_body
+from orchestr.services.stream_client import StreamBroken, StreamClient, StreamConnectError
 
 logger = logging.getLogger("orchestr.api")
 
@@ -149,6 +150,7 @@ class ApiClient:
             timeout=httpx.Timeout(connect=10.0, read=worker_timeout, write=60.0, pool=worker_timeout),
             limits=httpx.Limits(max_connections=None, max_keepalive_connections=256),
         )
+        self.streams = StreamClient(connect_timeout=10.0, read_timeout=worker_timeout)
         self._status: ControllerStatus | None = None
         self._status_at = 0.0
         self._seen_models: set[str] = set()  # every model ever registered: 503 (down), not 404
@@ -156,6 +158,7 @@ class ApiClient:
 
     async def aclose(self) -> None:
         await self.http.aclose()
+        await self.streams.aclose()
 
     # ------------------------------------------------------------------ controller
 
@@ -333,31 +336,25 @@ class ApiClient:
     async def _open_stream(self, index: int, g: GenerateRequest, param: str) -> _Stream:
         async def call(addr: str) -> _Stream:
             await self._check_length(addr, g, param)
-            req = self.http.build_request(
-                "POST",
-                addr + "/worker_generate_stream",
-                content=g.model_dump_json(),
-                headers={"content-type": "application/json"},
-            )
             try:
-                resp = await self.http.send(req, stream=True)
-            except httpx.ConnectError as e:
+                resp = await self.streams.post(addr + "/worker_generate_stream", g.model_dump_json().encode())
+            except StreamConnectError as e:
                 raise WorkerUnreachable(str(e)) from e
-            except httpx.HTTPError as e:
-                raise ApiError(
-                    502, f"worker request failed: {e!r}", "server_error", code="worker_error"
-                ) from e
-            if resp.status_code >= 400:
-                text = (await resp.aread()).decode(errors="replace")
-                await resp.aclose()
-                raise self._worker_http_error(resp.status_code, text)
+            except StreamBroken as e:
+                raise ApiError(502, f"worker request failed: {e}", "server_error", code="worker_error") from e
+            if resp.status >= 400:
+                try:
+                    text = (await resp.read()).decode(errors="replace")
+                except StreamBroken:
+                    text = ""
+                raise self._worker_http_error(resp.status, text)
 
             async def batches() -> AsyncIterator[Batch]:
                 # Every complete NDJSON line that one read brought, parsed together: under load
-                # several tokens arrive at once and leave as one write instead of several.
+                # several tokens can arrive at once and leave as one write instead of several.
                 pending = b""
                 try:
-                    async for data in resp.aiter_bytes():
+                    async for data in resp.iter_blocks():
                         pending += data
                         *lines, pending = pending.split(b"\n")
                         batch = [GenerateChunk.model_validate_json(x) for x in lines if x.strip()]
@@ -375,7 +372,7 @@ class ApiClient:
                 first = await it.__anext__()
             except StopAsyncIteration:
                 first = []
-            except (httpx.HTTPError, ValueError) as e:
+            except (StreamBroken, ValueError) as e:
                 await it.aclose()
                 raise ApiError(
                     502, f"worker stream failed: {e!r}", "server_error", code="worker_error"
@@ -671,8 +668,8 @@ async def _checked(s: _Stream) -> AsyncIterator[tuple[Batch, ApiError | None]]:
                     return
                 finished = finished or c.finish_reason is not None
             yield batch, None
-    except (httpx.HTTPError, ValueError) as e:
-        err = ApiError(502, f"the worker stream broke: {e!r}", "server_error", code="worker_error")
+    except (StreamBroken, ValueError) as e:
+        err = ApiError(502, f"the worker stream broke: {e}", "server_error", code="worker_error")
         yield [], err
         return
     if not finished:
