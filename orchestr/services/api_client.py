@@ -4,7 +4,8 @@ Routes in ``openai_api_server`` only authenticate and parse; everything here rai
 for anything a client should see as an OpenAI error.
 
 Overhead matters (the API + controller hop must stay within a few percent of calling the worker
-directly), so: one pooled ``httpx.AsyncClient``; the controller's worker table is cached for a
+directly), so: worker calls go through one pooled lean HTTP/1.1 client (``stream_client``; a
+pooled ``httpx.AsyncClient`` talks to the controller); the controller's worker table is cached for a
 short TTL and a model with a single worker is dispatched without asking the controller; the
 token-count round trip is skipped when a byte-length bound already proves the prompt fits; worker
 streams are relayed chunk by chunk, never re-buffered.
@@ -252,18 +253,26 @@ class ApiClient:
     # ------------------------------------------------------------------ worker calls
 
     async def _post_worker(self, addr: str, path: str, body: str, timeout: float | None = None) -> dict:
-        kwargs = {"timeout": timeout} if timeout else {}
+        """POST JSON to a worker and parse the JSON answer (same lean client as the streams)."""
         try:
-            r = await self.http.post(
-                addr + path, content=body, headers={"content-type": "application/json"}, **kwargs
-            )
-        except httpx.ConnectError as e:
+            coro = self._post_worker_raw(addr + path, body.encode())
+            status, data = await (asyncio.wait_for(coro, timeout) if timeout else coro)
+        except StreamConnectError as e:
             raise WorkerUnreachable(str(e)) from e
-        except httpx.HTTPError as e:
+        except (StreamBroken, TimeoutError) as e:
             raise ApiError(502, f"worker request failed: {e!r}", "server_error", code="worker_error") from e
-        if r.status_code >= 400:
-            raise self._worker_http_error(r.status_code, r.text)
-        return r.json()
+        if status >= 400:
+            raise self._worker_http_error(status, data.decode(errors="replace"))
+        try:
+            return json.loads(data)
+        except ValueError as e:
+            raise ApiError(
+                502, f"the worker answered invalid JSON: {e}", "server_error", code="worker_error"
+            ) from e
+
+    async def _post_worker_raw(self, url: str, body: bytes) -> tuple[int, bytes]:
+        resp = await self.streams.post(url, body)
+        return resp.status, await resp.read()
 
     @staticmethod
     def _worker_http_error(status: int, text: str) -> ApiError:
