@@ -460,3 +460,28 @@ def test_streams_survive_the_workers_keep_alive_timeout(stack):
     time.sleep(6)
     again = "".join(c.choices[0].text for c in client.completions.create(**kw) if c.choices)
     assert first and again == first
+
+
+def test_real_worker_re_registers_after_controller_restart(stack):
+    """Kept last in the module: it replaces the stack's controller with a fresh one."""
+    old = stack.procs[0]
+    assert "orchestr.services.controller" in old.args
+    old.send_signal(signal.SIGTERM)
+    old.wait(15)
+    port = stack.controller.rsplit(":", 1)[1]
+    log = stack.log_dir / "controller-2.log"
+    new = _start(["orchestr.services.controller", "--host", "127.0.0.1", "--port", port], log)
+    stack.procs[0] = new
+    _wait(stack.controller + "/health", new, log)
+    assert httpx.post(stack.controller + "/list_models").json()["models"] == []
+    # The worker's next heartbeat (every 2 s here) gets exist=false and it registers again.
+    deadline = time.time() + 20
+    while MODEL not in httpx.post(stack.controller + "/list_models").json()["models"]:
+        assert time.time() < deadline, "the worker did not re-register"
+        time.sleep(0.25)
+    status = httpx.post(stack.controller + "/worker_get_status").json()
+    assert [w["worker_name"] for w in status["workers"]] == [stack.worker]
+    r = stack.client().chat.completions.create(
+        model=MODEL, messages=[{"role": "user", "content": "hi"}], max_tokens=4
+    )
+    assert r.choices[0].message.content
