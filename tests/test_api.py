@@ -462,6 +462,31 @@ def test_streams_survive_the_workers_keep_alive_timeout(stack):
     assert first and again == first
 
 
+def test_client_leaving_mid_stream_frees_the_worker(stack):
+    def queue() -> int:
+        return httpx.post(stack.worker + "/worker_get_status").json()["queue_length"]
+
+    body = {
+        "model": MODEL,
+        "messages": [{"role": "user", "content": "Write a very long story about the sea."}],
+        "max_tokens": 1500,
+        "temperature": 0,
+        "stream": True,
+    }
+    with httpx.stream("POST", stack.api_base + "/chat/completions", json=body, timeout=60) as r:
+        lines = 0
+        for line in r.iter_lines():
+            lines += bool(line)
+            if lines == 5:
+                assert queue() == 1
+                break
+    # The API server closes its worker stream when the client goes; the worker drops the request.
+    deadline = time.time() + 10
+    while queue() != 0:
+        assert time.time() < deadline, "the worker still runs the abandoned request"
+        time.sleep(0.2)
+
+
 def test_real_worker_re_registers_after_controller_restart(stack):
     """Kept last in the module: it replaces the stack's controller with a fresh one."""
     old = stack.procs[0]

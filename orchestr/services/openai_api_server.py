@@ -111,7 +111,9 @@ def create_app(
         )
 
     @app.exception_handler(ApiError)
-    async def _api_error(_req: Request, exc: ApiError) -> JSONResponse:
+    async def _api_error(req: Request, exc: ApiError) -> JSONResponse:
+        if exc.status >= 500:  # our side or a worker failed: worth a line in the log
+            logger.warning("%s %s -> %d: %s", req.method, req.url.path, exc.status, exc.message)
         return JSONResponse(exc.body(), status_code=exc.status)
 
     @app.exception_handler(RequestValidationError)
