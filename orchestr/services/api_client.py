@@ -673,11 +673,13 @@ async def _checked(s: _Stream) -> AsyncIterator[tuple[Batch, ApiError | None]]:
         async for batch in s.batches():
             for i, c in enumerate(batch):
                 if c.error_code or c.finish_reason == "error":
+                    logger.warning("worker error mid-stream: %s (%s)", c.error, c.error_code)
                     yield batch[:i], worker_error(c.error_code or ErrorCode.INTERNAL_ERROR, c.error)
                     return
                 finished = finished or c.finish_reason is not None
             yield batch, None
     except (StreamBroken, ValueError) as e:
+        logger.warning("worker stream broke: %s", e)
         err = ApiError(502, f"the worker stream broke: {e}", "server_error", code="worker_error")
         yield [], err
         return
