@@ -172,6 +172,13 @@ def test_registration_listing_and_status(procs):
         },
     )
     assert models(ctl) == ["m-c", "model-a", "model-b"]
+    post(
+        ctl + "/register_worker",
+        {"worker_name": "http://10.0.0.2:1", "check_heart_beat": False, "multimodal": True,
+         "worker_status": {"model_names": ["m-vision"]}},
+    )  # fmt: skip
+    assert post(ctl + "/list_multimodal_models")["models"] == ["m-vision"]
+    assert post(ctl + "/list_language_models")["models"] == ["m-c", "model-a", "model-b"]
 
 
 def test_shortest_queue_prefers_short_queues_and_spreads_ties(procs):

@@ -155,9 +155,17 @@ class Controller:
 
     # ------------------------------------------------------------------ queries
 
-    def list_models(self) -> list[str]:
+    def list_models(self, multimodal: bool | None = None) -> list[str]:
+        """Models of live workers; ``multimodal`` True/False keeps only (non-)multimodal ones."""
         with self._lock:
-            return sorted({m for w in self.workers.values() for m in w.model_names})
+            return sorted(
+                {
+                    m
+                    for w in self.workers.values()
+                    if multimodal is None or w.multimodal == multimodal
+                    for m in w.model_names
+                }
+            )
 
     def get_worker_address(self, model_name: str) -> str:
         with self._lock:
@@ -228,6 +236,14 @@ def create_app(controller: Controller) -> FastAPI:
     @app.post("/list_models")
     def list_models() -> ModelListResponse:
         return ModelListResponse(models=controller.list_models())
+
+    @app.post("/list_multimodal_models")
+    def list_multimodal_models() -> ModelListResponse:
+        return ModelListResponse(models=controller.list_models(multimodal=True))
+
+    @app.post("/list_language_models")
+    def list_language_models() -> ModelListResponse:
+        return ModelListResponse(models=controller.list_models(multimodal=False))
 
     @app.post("/get_worker_address")
     def get_worker_address(req: WorkerAddressRequest) -> WorkerAddressResponse:
