@@ -69,6 +69,7 @@ T = TypeVar("T")
 # decide whether the exact /count_token call can be skipped.
 TEMPLATE_OVERHEAD_TOKENS = 256
 PER_MESSAGE_OVERHEAD_TOKENS = 16
+UNREACHABLE_SKIP_S = 10.0  # how long a worker that refused a connection is not dispatched to
 COMPLETIONS_DEFAULT_MAX_TOKENS = 16  # OpenAI's (and FastChat's) default for /v1/completions
 
 
@@ -154,6 +155,8 @@ class ApiClient:
         self.streams = StreamClient(connect_timeout=10.0, read_timeout=worker_timeout)
         self._status: ControllerStatus | None = None
         self._status_at = 0.0
+        self._refresh: asyncio.Future | None = None
+        self._unreachable: dict[str, float] = {}  # worker -> until when it is skipped
         self._seen_models: set[str] = set()  # every model ever registered: 503 (down), not 404
         self._details: dict[tuple[str, str], ModelDetails | None] = {}
 
@@ -177,12 +180,24 @@ class ApiClient:
             ) from e
 
     async def _workers_table(self, force: bool = False) -> ControllerStatus:
-        now = time.monotonic()
-        if force or self._status is None or now - self._status_at > self.cache_ttl:
-            self._status = ControllerStatus.model_validate(await self._post_controller("/worker_get_status"))
-            self._status_at = now
-            self._seen_models.update(self._status.model_names)
-        return self._status
+        if not force and self._status is not None and time.monotonic() - self._status_at <= self.cache_ttl:
+            return self._status
+        # Single flight: concurrent requests that find the table stale share one controller call.
+        if self._refresh is None:
+            self._refresh = asyncio.ensure_future(self._fetch_table())
+            self._refresh.add_done_callback(self._refresh_done)
+        return await asyncio.shield(self._refresh)
+
+    async def _fetch_table(self) -> ControllerStatus:
+        status = ControllerStatus.model_validate(await self._post_controller("/worker_get_status"))
+        self._status, self._status_at = status, time.monotonic()
+        self._seen_models.update(status.model_names)
+        return status
+
+    def _refresh_done(self, task: asyncio.Future) -> None:
+        self._refresh = None
+        if not task.cancelled():
+            task.exception()  # retrieved here so an unawaited failure is not reported as lost
 
     def _invalidate(self) -> None:
         self._status_at = 0.0
@@ -213,7 +228,8 @@ class ApiClient:
         if not names:  # maybe it registered since we last looked
             table = await self._workers_table(force=True)
             names = [w.worker_name for w in table.workers if model in w.model_names]
-        names = [n for n in names if n not in exclude]
+        now = time.monotonic()
+        names = [n for n in names if n not in exclude and self._unreachable.get(n, 0.0) < now]
         if not names:
             if model in self._seen_models:
                 raise ApiError(
@@ -242,6 +258,8 @@ class ApiClient:
             except WorkerUnreachable:
                 logger.warning("worker %s for %s is unreachable", addr, model)
                 tried.add(addr)
+                # Skip it for a while: the controller lists it until its heartbeats expire.
+                self._unreachable[addr] = time.monotonic() + UNREACHABLE_SKIP_S
                 self._invalidate()
         raise ApiError(
             503,
