@@ -52,6 +52,8 @@ def validation_error(errors: list) -> ApiError:
         )
     value = err.get("input")
     shown = repr(value) if not isinstance(value, dict | list) else type(value).__name__
+    if len(shown) > 80:
+        shown = shown[:77] + "..."
     return ApiError(
         400, f"Invalid value for '{param}': {shown}. {err.get('msg', '')}", param=param, code="invalid_value"
     )
