@@ -69,6 +69,7 @@ def main() -> None:
     ap.add_argument("--max-tokens", type=int, default=128)
     ap.add_argument("--max-batch-size", type=int, default=EngineConfig.max_batch_size)
     ap.add_argument("--max-num-batched-tokens", type=int, default=EngineConfig.max_num_batched_tokens)
+    ap.add_argument("--threads", type=int, default=None, help="model threads (default: engine's)")
     ap.add_argument("--json", default=None, help="write the figures here")
     args = ap.parse_args()
 
@@ -78,7 +79,7 @@ def main() -> None:
         for mode in args.modes.split(","):
             cfg = EngineConfig(batching=mode == "batched", max_batch_size=args.max_batch_size,
                                max_num_batched_tokens=args.max_num_batched_tokens, kv_cache_tokens=16384)
-            engine = Engine(model, tok, cfg).start()
+            engine = Engine(model, tok, cfg, threads=args.threads).start()
             asyncio.run(run_level(engine, 1, 1, 8))  # warm-up
             for c in (int(x) for x in args.concurrency.split(",")):
                 n = max(args.min_requests, c * args.requests_per_client)

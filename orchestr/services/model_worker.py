@@ -47,6 +47,8 @@ def add_engine_args(parser: argparse.ArgumentParser) -> None:
                         help="token budget of one forward (decodes + prefill chunks)")
     parser.add_argument("--kv-cache-tokens", type=int, default=d.kv_cache_tokens,
                         help="KV-cache capacity shared by all running sequences, in tokens")
+    parser.add_argument("--num-threads", type=int, default=None,
+                        help="CPU threads for the model (default: all cores but one)")
 
 
 def engine_config(args: argparse.Namespace) -> EngineConfig:
@@ -61,7 +63,7 @@ def build_engine(args: argparse.Namespace, model_name: str):
         args.model_path, engine_config(args), device=args.device, dtype=args.dtype, load_8bit=args.load_8bit,
         num_gpus=args.num_gpus, max_gpu_memory=args.max_gpu_memory, cpu_offloading=args.cpu_offloading,
         tokenizer=args.tokenizer, trust_remote_code=args.trust_remote_code, conv_template=args.conv_template,
-        model_name=model_name,
+        model_name=model_name, threads=args.num_threads,
     )
 
 
