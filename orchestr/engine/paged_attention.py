@@ -13,6 +13,7 @@ Why not transformers' continuous batching (``generate_batch``): measured on this
 
 from __future__ import annotations
 
+import mmap
 import threading
 from dataclasses import dataclass, field
 
@@ -71,10 +72,25 @@ class PagedKVCache:
         # each layer's pool lives where the layer runs (device maps split layers over GPUs);
         # torch.zeros pages are only touched (resident) once blocks are used
         where = [(layer_devices or {}).get(i, device) for i in range(num_layers)]
-        self.keys = [torch.zeros(slots, num_kv_heads, head_dim, dtype=dtype, device=d) for d in where]
-        self.values = [torch.zeros(slots, num_kv_heads, head_dim, dtype=dtype, device=d) for d in where]
+        self._buffers: list[mmap.mmap] = []
+        shape = (slots, num_kv_heads, head_dim)
+        self.keys = [self._zeros(shape, dtype, d) for d in where]
+        self.values = [self._zeros(shape, dtype, d) for d in where]
         self.free_blocks: list[int] = list(range(self.num_blocks - 1, -1, -1))
         self.device = device
+
+    def _zeros(self, shape: tuple[int, ...], dtype: torch.dtype, device) -> torch.Tensor:
+        """Zeros that cost no memory until used: on CPU an anonymous mapping, whose pages the
+        kernel zero-fills on first touch (torch.zeros would touch them all now). Zeros matter:
+        masked-out attention positions still get multiplied by 0, and 0 * NaN garbage is NaN."""
+        if torch.device(device).type != "cpu":
+            return torch.zeros(shape, dtype=dtype, device=device)
+        count = 1
+        for n in shape:
+            count *= n
+        buf = mmap.mmap(-1, count * torch.empty((), dtype=dtype).element_size())
+        self._buffers.append(buf)
+        return torch.frombuffer(buf, dtype=dtype, count=count).view(shape)
 
     @property
     def capacity_tokens(self) -> int:
