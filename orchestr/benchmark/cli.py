@@ -244,6 +244,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.num_requests < 1 or args.max_tokens < 1:
         print("orchestr bench serve: --num-requests and --max-tokens must be >= 1", file=sys.stderr)
         return 2
+    import signal
+
+    def _interrupt(_sig, _frame):
+        raise KeyboardInterrupt
+
+    # SIGTERM (and SIGINT, even when started in the background where it is ignored) unwinds
+    # like Ctrl-C, so the servers this run launched are stopped on the way out.
+    signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGINT, _interrupt)
     try:
         return run(args)
     except KeyboardInterrupt:
