@@ -253,3 +253,22 @@ def test_bf16_engine_with_packed_weights():
             plain.shutdown()
     finally:
         engine.shutdown()
+
+
+def test_kv_cache_exhaustion_preempts_and_recomputes(fp32_model, unbatched):
+    """A pool too small for all running sequences: the youngest is preempted (its blocks
+    freed) and recomputed later; every request still gets the same greedy text."""
+    model, tok = fp32_model
+    engine = Engine(model, tok, EngineConfig(batching=True, max_batch_size=4, kv_cache_tokens=224)).start()
+    prompts = STORY_PROMPTS[:3]
+    try:
+        async def run():
+            return await asyncio.gather(*[engine.generate(chat(p, max_new_tokens=40)) for p in prompts])
+
+        squeezed = asyncio.run(run())
+        alone = [asyncio.run(unbatched.generate(chat(p, max_new_tokens=40))) for p in prompts]
+        assert [r.text for r in squeezed] == [r.text for r in alone]
+        assert engine.preemptions > 0
+        assert engine.cache.free_tokens() == engine.cache.capacity_tokens
+    finally:
+        engine.shutdown()

@@ -119,6 +119,7 @@ class Engine:
         self._waiting: deque[Sequence] = deque()
         self._running: list[Sequence] = []
         self._active = 0  # submitted and not finished (waiting + running), read by other threads
+        self.preemptions = 0
         self._active_lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._stopping = False
@@ -359,6 +360,7 @@ class Engine:
         seq.table.release(self.cache)
         seq.kv_len = 0
         self._waiting.appendleft(seq)
+        self.preemptions += 1
         log.info("KV cache full: preempted request %s (%d tokens)", seq.request_id, seq.num_tokens)
 
     def _schedule(self) -> list[tuple[Sequence, int]]:
