@@ -90,6 +90,11 @@ def main() -> None:
                       flush=True)
             engine.shutdown()
             del engine
+    by_key = {(r["dtype"], r["mode"], r["concurrency"]): r["tok_s"] for r in rows}
+    for (dtype, mode, c), tok_s in by_key.items():
+        base = by_key.get((dtype, "unbatched", c))
+        if mode == "batched" and base:
+            print(f"{dtype:9s} c={c:<3d} batched/unbatched = {tok_s / base:.1f}x")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(rows, f, indent=2)
