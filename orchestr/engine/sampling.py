@@ -72,6 +72,8 @@ def _sample_row(logits: torch.Tensor, p: SamplingParams, generator: torch.Genera
 
 def sample(logits: torch.Tensor, rows: Sequence[SamplingRow]) -> list[int]:
     """One next token per row of ``logits`` ([R, vocab])."""
+    if all(r.params.greedy and not r.params.has_penalties for r in rows):
+        return logits.argmax(dim=-1).tolist()  # the common case: no copies (bf16 -> fp32 is exact)
     logits = logits.float()
     out: list[int] = [0] * len(rows)
     plain_greedy = [i for i, r in enumerate(rows) if r.params.greedy and not r.params.has_penalties]
