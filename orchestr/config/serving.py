@@ -38,6 +38,7 @@ class EngineConfig:
     max_batch_size: int = 64  # sequences decoded together
     max_num_batched_tokens: int = 512  # token budget of one forward (prefill chunks + decodes)
     kv_cache_tokens: int = 32768  # KV-cache capacity shared by all running sequences
+    num_threads: int | None = None  # torch threads for the model; None: cores - 1 (at least 1)
 
 
 @dataclass

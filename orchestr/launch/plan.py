@@ -191,11 +191,12 @@ class Planner:
 
     def engine_flags(self) -> list[str]:
         e = self.engine
+        threads = _opt("--num-threads", e.num_threads)
         if not e.batching:
-            return ["--no-batching"]
+            return ["--no-batching", *threads]
         return ["--max-batch-size", str(e.max_batch_size),
                 "--max-num-batched-tokens", str(e.max_num_batched_tokens),
-                "--kv-cache-tokens", str(e.kv_cache_tokens)]
+                "--kv-cache-tokens", str(e.kv_cache_tokens), *threads]
 
     def ray_specs(self) -> list[ProcessSpec]:
         specs = []
