@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
 
 import pytest
 
@@ -167,3 +168,17 @@ def test_launches_an_orchestr_target_and_its_worker_and_stops_it(tmp_path):
 
     with pytest.raises(httpx.HTTPError):
         httpx.get(api["base_url"] + "/models", timeout=3)
+
+
+def test_report_renders_rows_and_ratios(tmp_path):
+    level = {"concurrency": 16, "output_tok_s": 200.0, "ttft_p50_s": 0.5, "failed": 0,
+             "peak_rss_mb": {"controller": 50.0, "worker-0": 1024.0}}
+    report = {"results": {"a": {"levels": [level]}, "b": {"levels": [{**level, "output_tok_s": 100.0}]}},
+              "baseline": "b", "ratios": {"a": {"16": 2.0}, "b": {"16": 1.0}}}
+    f = tmp_path / "r.json"
+    f.write_text(json.dumps(report))
+    proc = subprocess.run([sys.executable, "-m", "orchestr.benchmark.report", str(f),
+                           "--levels", "1,16"], capture_output=True, text=True, timeout=60, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr
+    assert "| a | — | 200.0 | 0.50 s | 1.00 GB (worker-0) |" in proc.stdout
+    assert "- a / b: c=16: 2.00x (r.json)" in proc.stdout
