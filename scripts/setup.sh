@@ -36,6 +36,8 @@ if [ "$WITH_TEST" = 1 ]; then
   command -v chromium >/dev/null || need+=(chromium)
   command -v sshd >/dev/null || [ -x /usr/sbin/sshd ] || need+=(openssh-server)
   command -v ssh >/dev/null || need+=(openssh-client)
+  # emoji in the web UI's labels render as boxes in screenshots without it
+  dpkg -s fonts-noto-color-emoji >/dev/null 2>&1 || need+=(fonts-noto-color-emoji)
   if [ ${#need[@]} -gt 0 ]; then
     SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
     $SUDO apt-get update -qq
