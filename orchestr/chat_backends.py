@@ -62,21 +62,14 @@ class LocalBackend:
     def __init__(self, model_cfg: Any):
         from transformers.utils import logging as hf_logging
 
-        from orchestr.engine.loader import ModelLoadError, load_model
+        from orchestr.engine.loader import ModelLoadError, load_model_from_config
         from orchestr.engine.templates import ChatFormatter
 
         hf_logging.disable_progress_bar()  # the weight-loading bar would clutter the chat
 
         self.model_name = model_cfg.name
         try:
-            self.model, self.tokenizer = load_model(
-                model_cfg.path,
-                device=model_cfg.device,
-                dtype=model_cfg.dtype,
-                load_8bit=model_cfg.load_8bit,
-                tokenizer=model_cfg.tokenizer,
-                trust_remote_code=model_cfg.trust_remote_code,
-            )
+            self.model, self.tokenizer = load_model_from_config(model_cfg)
         except ModelLoadError as e:
             raise ChatBackendError(str(e)) from e
         self.formatter = ChatFormatter(self.tokenizer, model_cfg.conv_template)

@@ -344,6 +344,21 @@ def quantize_int8_cpu(model: Any) -> Any:
         return quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8, inplace=False)
 
 
+def load_model_from_config(model_cfg: Any) -> tuple[Any, Any]:
+    """``load_model`` with every loading option of a ``ModelConfig`` (``conf/model/*.yaml``)."""
+    return load_model(
+        model_cfg.path,
+        device=model_cfg.device,
+        dtype=model_cfg.dtype,
+        load_8bit=model_cfg.load_8bit,
+        num_gpus=model_cfg.num_gpus,
+        max_gpu_memory=model_cfg.max_gpu_memory,
+        cpu_offloading=model_cfg.cpu_offloading,
+        tokenizer=model_cfg.tokenizer,
+        trust_remote_code=model_cfg.trust_remote_code,
+    )
+
+
 def model_dtype_name(model: Any) -> str:
     """A short dtype label for status output (``int8`` for a dynamically quantised model)."""
     import torch

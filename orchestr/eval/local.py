@@ -15,22 +15,12 @@ from orchestr.eval.errors import EvalError
 
 class LocalResponder:
     def __init__(self, cfg: Any):
-        from orchestr.engine.loader import ModelLoadError, load_model
+        from orchestr.engine.loader import ModelLoadError, load_model_from_config
         from orchestr.engine.templates import ChatFormatter
 
         m = cfg.model
         try:
-            self.model, self.tokenizer = load_model(
-                m.path,
-                device=m.device,
-                dtype=m.dtype,
-                load_8bit=m.load_8bit,
-                num_gpus=m.num_gpus,
-                max_gpu_memory=m.max_gpu_memory,
-                cpu_offloading=m.cpu_offloading,
-                tokenizer=m.tokenizer,
-                trust_remote_code=m.trust_remote_code,
-            )
+            self.model, self.tokenizer = load_model_from_config(m)
             self.formatter = ChatFormatter(self.tokenizer, m.conv_template)
         except (ModelLoadError, ValueError) as e:
             raise EvalError(f"model {m.name}: {e}") from None
