@@ -21,6 +21,7 @@ import random
 import time
 from array import array
 from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import aclosing
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -482,26 +483,17 @@ class ApiClient:
             return sse(proto.model_copy(update={"choices": [choice]}).model_dump_json(exclude={"usage"}))
 
         yield "".join(chunk(s.index, DeltaMessage(role="assistant", content="")) for s in streams)
-        usages: dict[int, UsageInfo] = {}
-        async for index, batch, error in _relay(streams):
-            out = []
-            for c in batch:
-                if c.text:
-                    out.append(fast.chat(index, c.text))
-                if c.usage is not None:
-                    usages[index] = c.usage
-                if c.finish_reason is not None:
-                    out.append(chunk(index, DeltaMessage(), c.finish_reason))
-            if error is not None:
-                out.append(sse(_json(error.body())))
-            if out:
-                yield "".join(out)
-            if error is not None:
-                break
-        if (req.stream_options or {}).get("include_usage"):
-            usage = _sum_usage([_Usage(usages.get(s.index)) for s in streams], len(streams))
-            yield sse(proto.model_copy(update={"usage": usage}).model_dump_json())
-        yield SSE_DONE
+
+        def render(index: int, c: GenerateChunk) -> list[str]:
+            out = [fast.chat(index, c.text)] if c.text else []
+            if c.finish_reason is not None:
+                out.append(chunk(index, DeltaMessage(), c.finish_reason))
+            return out
+
+        include_usage = bool((req.stream_options or {}).get("include_usage"))
+        async with aclosing(_sse_relay(streams, render, proto, include_usage, len(streams))) as lines:
+            async for line in lines:
+                yield line
 
     # ------------------------------------------------------------------ text completions
 
@@ -542,26 +534,16 @@ class ApiClient:
 
         if req.echo:
             yield "".join(chunk(s.index, prompts[s.index // n]) for s in streams)
-        usages: dict[int, UsageInfo] = {}
-        async for index, batch, error in _relay(streams):
-            out = []
-            for c in batch:
-                if c.usage is not None:
-                    usages[index] = c.usage
-                if c.finish_reason is not None:
-                    out.append(chunk(index, c.text, c.finish_reason))
-                elif c.text:
-                    out.append(fast.completion(index, c.text))
-            if error is not None:
-                out.append(sse(_json(error.body())))
-            if out:
-                yield "".join(out)
-            if error is not None:
-                break
-        if (req.stream_options or {}).get("include_usage"):
-            usage = _sum_usage([_Usage(usages.get(s.index)) for s in streams], n)
-            yield sse(proto.model_copy(update={"usage": usage}).model_dump_json())
-        yield SSE_DONE
+
+        def render(index: int, c: GenerateChunk) -> list[str]:
+            if c.finish_reason is not None:
+                return [chunk(index, c.text, c.finish_reason)]
+            return [fast.completion(index, c.text)] if c.text else []
+
+        include_usage = bool((req.stream_options or {}).get("include_usage"))
+        async with aclosing(_sse_relay(streams, render, proto, include_usage, n)) as lines:
+            async for line in lines:
+                yield line
 
 
 # --------------------------------------------------------------------------- helpers
@@ -637,6 +619,38 @@ class _FastSse:
 
     def completion(self, index: int, text: str) -> str:
         return f'{self.head}{index},"text":{_json(text)},"logprobs":null,"finish_reason":null}}]}}\n\n'
+
+
+async def _sse_relay(
+    streams: list[_Stream],
+    render: Callable[[int, GenerateChunk], list[str]],
+    proto: BaseModel,
+    include_usage: bool,
+    n: int,
+) -> AsyncIterator[str]:
+    """Worker chunks -> SSE text, shared by chat and text completions.
+
+    ``render`` turns one chunk into that API's events; a worker error ends the stream with an
+    error event; the usage event (summed over the choices, when asked for) and ``[DONE]`` close it.
+    """
+    usages: dict[int, UsageInfo] = {}
+    async with aclosing(_relay(streams)) as batches:
+        async for index, batch, error in batches:
+            out: list[str] = []
+            for c in batch:
+                if c.usage is not None:
+                    usages[index] = c.usage
+                out += render(index, c)
+            if error is not None:
+                out.append(sse(_json(error.body())))
+            if out:
+                yield "".join(out)
+            if error is not None:
+                break
+    if include_usage:
+        usage = _sum_usage([_Usage(usages.get(s.index)) for s in streams], n)
+        yield sse(proto.model_copy(update={"usage": usage}).model_dump_json())
+    yield SSE_DONE
 
 
 async def _relay(streams: list[_Stream]) -> AsyncIterator[tuple[int, Batch, ApiError | None]]:
