@@ -10,7 +10,7 @@ import argparse
 import sys
 
 from orchestr.config.serving import EngineConfig
-from orchestr.services.worker_base import WorkerBase, add_worker_args, serve, worker_address
+from orchestr.services.worker_base import add_worker_args, serve_engines
 
 
 def default_model_name(model_path: str) -> str:
@@ -95,10 +95,7 @@ def main(argv: list[str] | None = None) -> None:
     log.info("serving %s (%s, %s, batching=%s, max batch %d, KV cache %d tokens, %d threads)", names,
              engine.dtype_name, engine.device, engine.batching, engine.max_batch, engine.cache.capacity_tokens,
              engine.threads)
-    worker = WorkerBase({n: engine for n in names}, controller_address=args.controller_address,
-                        worker_address=worker_address(args), limit_worker_concurrency=args.limit_worker_concurrency,
-                        register=not args.no_register, heart_beat_interval=args.heart_beat_interval)
-    serve(worker, args)
+    serve_engines({n: engine for n in names}, args)
 
 
 if __name__ == "__main__":

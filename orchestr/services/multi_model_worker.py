@@ -23,7 +23,7 @@ import sys
 from dataclasses import dataclass
 
 from orchestr.services.model_worker import add_engine_args, add_model_args, default_model_name
-from orchestr.services.worker_base import WorkerBase, add_worker_args, serve, worker_address
+from orchestr.services.worker_base import add_worker_args, serve_engines
 
 
 class ArgsError(ValueError):
@@ -196,10 +196,7 @@ def main(argv: list[str] | None = None) -> None:
         log.info("model %s: %s (%s, %s, batching=%s)", spec.names, spec.args.model_path, engine.dtype_name,
                  engine.device, engine.batching)
         engines.update({n: engine for n in spec.names})
-    worker = WorkerBase(engines, controller_address=args.controller_address, worker_address=worker_address(args),
-                        limit_worker_concurrency=args.limit_worker_concurrency, register=not args.no_register,
-                        heart_beat_interval=args.heart_beat_interval)
-    serve(worker, args)
+    serve_engines(engines, args)
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ import argparse
 import sys
 
 from orchestr.services.vllm_engine import VllmMissing
-from orchestr.services.worker_base import WorkerBase, add_worker_args, serve, worker_address
+from orchestr.services.worker_base import add_worker_args, serve_engines
 
 
 def default_model_name(model_path: str) -> str:
@@ -84,10 +84,7 @@ def main(argv: list[str] | None = None) -> None:
     log.info("starting vLLM on %s (first start compiles the model: minutes on CPU)", folder)
     engine = VllmEngine(args, folder, tokenizer, model_name=names[0])
     log.info("serving %s with vLLM (%s, %s, context %d)", names, engine.dtype, engine.device, engine.context_len)
-    worker = WorkerBase({n: engine for n in names}, controller_address=args.controller_address,
-                        worker_address=worker_address(args), limit_worker_concurrency=args.limit_worker_concurrency,
-                        register=not args.no_register, heart_beat_interval=args.heart_beat_interval)
-    serve(worker, args)
+    serve_engines({n: engine for n in names}, args)
 
 
 # vLLM starts its engine in a separate process (spawn): the guard keeps that child from

@@ -303,6 +303,14 @@ def worker_address(args: argparse.Namespace) -> str:
     return args.worker_address or f"http://localhost:{args.port}"
 
 
+def serve_engines(engines: Mapping[str, Any], args: argparse.Namespace) -> None:
+    """Serve ``engines`` (model name -> engine) behind a worker set up from the common flags."""
+    worker = WorkerBase(engines, controller_address=args.controller_address, worker_address=worker_address(args),
+                        limit_worker_concurrency=args.limit_worker_concurrency, register=not args.no_register,
+                        heart_beat_interval=args.heart_beat_interval)
+    serve(worker, args)
+
+
 def serve(worker: WorkerBase, args: argparse.Namespace, on_exit: Callable[[], None] | None = None) -> None:
     from orchestr.services.http_util import run_app
 
