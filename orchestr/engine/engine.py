@@ -26,6 +26,7 @@ import torch
 from orchestr.config.serving import EngineConfig
 from orchestr.engine import paged_attention as pa
 from orchestr.engine.cpu_linear import pack_linears
+from orchestr.engine.fused_layers import fuse_layers
 from orchestr.engine.loader import context_length, load_model, model_dtype_name
 from orchestr.engine.sampling import SamplingParams, SamplingRow, sample
 from orchestr.engine.sequence import PreparedRequest, Sequence
@@ -74,7 +75,7 @@ class Engine:
 
     def __init__(self, model: Any, tokenizer: Any, config: EngineConfig | None = None, *,
                  conv_template: str | None = None, context_len: int | None = None,
-                 model_name: str = "model", pack_weights: bool = True, threads: int | None = None) -> None:
+                 model_name: str = "model", optimize: bool = True, threads: int | None = None) -> None:
         self.model = model
         self.tokenizer = tokenizer
         self.config = config or EngineConfig()
@@ -83,8 +84,13 @@ class Engine:
         self.context_len = context_len or context_length(model, tokenizer)
         self.device = next(model.parameters()).device
         self.dtype_name = model_dtype_name(model)
-        if pack_weights:
-            pack_linears(model)  # bf16 on CPU only; a no-op elsewhere
+        # CPU only, no-ops elsewhere: C kernels for attention/norm/rotary with q/k/v fused, and
+        # bf16 linears packed for oneDNN. optimize=False keeps transformers' modules and the
+        # torch attention path (the reference the tests compare with).
+        self.native_attention = optimize
+        if optimize:
+            fuse_layers(model)
+            pack_linears(model)
         self.batching = self.config.batching
         self.max_batch = max(1, self.config.max_batch_size) if self.batching else 1
         self.token_budget = max(1, self.config.max_num_batched_tokens)
@@ -288,7 +294,7 @@ class Engine:
         for text in texts:
             ids = self._encode(text, True)[: self.context_len]
             total += len(ids)
-            hidden = self.base_model(input_ids=torch.tensor([ids], device=self.device)).last_hidden_state[0]
+            hidden = self.base_model(input_ids=torch.tensor([ids], device=self.device), use_cache=False).last_hidden_state[0]
             vec = torch.nn.functional.normalize(hidden.float().mean(dim=0), dim=0)
             vectors.append(vec.tolist())
         return EmbeddingResult(embedding=vectors, token_num=total)
@@ -413,14 +419,14 @@ class Engine:
         writes: list[torch.Tensor] = []
         keep: list[int] = []
         sampled: list[Sequence] = []
-        meta = pa.StepMeta(write_index=torch.empty(0, dtype=torch.long))
+        meta = pa.StepMeta(write_index=torch.empty(0, dtype=torch.long), native=self.native_attention)
         dec = [s for s, n in plan if n == 1 and s.is_decoding]
         if dec:
             lengths = torch.tensor([s.kv_len + 1 for s in dec])
             width = int(lengths.max())
             meta.n_decode = len(dec)
             meta.decode_index = torch.stack([s.table.slots[:width] for s in dec])
-            meta.decode_mask = (torch.arange(width)[None, :] < lengths[:, None])[:, None, None, :].to(self.device)
+            meta.decode_lens = lengths.to(self.device)
         for seq, n in plan:
             start = seq.kv_len
             offset = len(tokens)

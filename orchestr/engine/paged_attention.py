@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
+from orchestr.engine import native
+
 ATTN_IMPLEMENTATION = "orchestr_paged"
 BLOCK_SIZE = 16
 
@@ -42,9 +44,19 @@ class StepMeta:
     write_index: torch.Tensor  # [T] pool slot of each new token
     n_decode: int = 0  # the first n_decode tokens are single-token decodes
     decode_index: torch.Tensor | None = None  # [D, Lmax] pool slots (padded)
-    decode_mask: torch.Tensor | None = None  # [D, 1, 1, Lmax] bool
+    decode_lens: torch.Tensor | None = None  # [D] int64: positions each decode attends to
+    native: bool = True  # decode attention with the C kernel where it can (else the torch path)
     chunks: list[ChunkMeta] = field(default_factory=list)
     _moved: dict = field(default_factory=dict)
+    _mask: torch.Tensor | None = None
+
+    def decode_mask(self) -> torch.Tensor:
+        """[D, 1, 1, Lmax] bool: which padded positions each decode attends to (built once)."""
+        if self._mask is None:
+            width = self.decode_index.shape[1]
+            positions = torch.arange(width, device=self.decode_lens.device)
+            self._mask = (positions[None, :] < self.decode_lens[:, None])[:, None, None, :]
+        return self._mask
 
     def on(self, device: torch.device) -> StepMeta:
         """This step's index tensors on ``device`` (layers split over several GPUs)."""
@@ -54,8 +66,8 @@ class StepMeta:
             def mv(t):
                 return None if t is None else t.to(device)
             self._moved[device] = StepMeta(
-                write_index=mv(self.write_index), n_decode=self.n_decode, decode_index=mv(self.decode_index),
-                decode_mask=mv(self.decode_mask),
+                write_index=mv(self.write_index), n_decode=self.n_decode, native=self.native, decode_index=mv(self.decode_index),
+                decode_lens=mv(self.decode_lens),
                 chunks=[ChunkMeta(c.offset, c.n, c.start, mv(c.kv_index), mv(c.mask)) for c in self.chunks])
         return self._moved[device]
 
@@ -158,42 +170,63 @@ def set_step(cache: PagedKVCache | None, meta: StepMeta | None) -> None:
 def paged_attention_forward(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
     """Attention-interface function: query/key/value are ``[1, heads, T, head_dim]`` for the
     T new tokens of the step (rotary already applied). Returns ``[1, T, heads, head_dim]``."""
-    meta: StepMeta | None = getattr(_state, "meta", None)
-    if meta is None:  # a plain forward of one unpadded sequence (embeddings)
+    if getattr(_state, "meta", None) is None:  # a plain forward of one unpadded sequence (embeddings)
         out = F.scaled_dot_product_attention(query, key, value, is_causal=query.shape[2] > 1, scale=scaling,
                                              enable_gqa=True)
         return out.transpose(1, 2), None
+    out = attend(module.layer_idx, query[0].transpose(0, 1), key[0].transpose(0, 1), value[0].transpose(0, 1),
+                 scaling)
+    return out.unsqueeze(0), None
+
+
+def attend(layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scaling: float | None) -> torch.Tensor:
+    """The attention of one layer for this step's T tokens: ``q`` [T, H, d], ``k``/``v``
+    [T, KV, d] (rotary applied) -> [T, H, d]. Writes k/v into the pool, then attends each
+    sequence to its own history."""
+    meta: StepMeta = _state.meta
     cache: PagedKVCache = _state.cache
-    layer = module.layer_idx
     k_pool, v_pool = cache.keys[layer], cache.values[layer]
     meta = meta.on(k_pool.device)
     # New keys/values go into their slots first, so each token also sees itself.
     # (index_copy_ rather than pool[idx] = x: the latter is orders of magnitude slower on CPU)
-    k_pool.index_copy_(0, meta.write_index, key[0].transpose(0, 1).to(k_pool.dtype))
-    v_pool.index_copy_(0, meta.write_index, value[0].transpose(0, 1).to(v_pool.dtype))
-
-    q = query[0]  # [H, T, d]
+    k_pool.index_copy_(0, meta.write_index, k.to(k_pool.dtype))
+    v_pool.index_copy_(0, meta.write_index, v.to(v_pool.dtype))
     outputs = []
     if meta.n_decode:
-        d = meta.n_decode
-        shape = (*meta.decode_index.shape, *k_pool.shape[1:])  # [D, L, kv, d]
-        flat = meta.decode_index.view(-1)
-        kd = k_pool.index_select(0, flat).view(shape).transpose(1, 2)  # [D, kv, L, d]
-        vd = v_pool.index_select(0, flat).view(shape).transpose(1, 2)
-        qd = q[:, :d].transpose(0, 1).unsqueeze(2).to(kd.dtype)  # [D, H, 1, d]
-        out = F.scaled_dot_product_attention(qd, kd, vd, attn_mask=meta.decode_mask, scale=scaling,
-                                             enable_gqa=True)
-        outputs.append(out.squeeze(2).to(query.dtype))  # [D, H, d]
+        qd = q[: meta.n_decode].to(k_pool.dtype)  # [D, H, d]
+        outputs.append(_decode_attention(qd, k_pool, v_pool, meta, scaling).to(q.dtype))
     for chunk in meta.chunks:
-        qc = q[:, chunk.offset : chunk.offset + chunk.n].unsqueeze(0)  # [1, H, n, d]
+        qc = q[chunk.offset : chunk.offset + chunk.n].transpose(0, 1).unsqueeze(0)  # [1, H, n, d]
         kc = k_pool.index_select(0, chunk.kv_index).transpose(0, 1).unsqueeze(0)  # [1, kv, L, d]
         vc = v_pool.index_select(0, chunk.kv_index).transpose(0, 1).unsqueeze(0)
         out = F.scaled_dot_product_attention(qc.to(kc.dtype), kc, vc, attn_mask=chunk.mask,
                                              is_causal=chunk.mask is None and chunk.n > 1,
                                              scale=scaling, enable_gqa=True)
-        outputs.append(out[0].transpose(0, 1).to(query.dtype))  # [n, H, d]
-    attn = outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=0)
-    return attn.unsqueeze(0), None
+        outputs.append(out[0].transpose(0, 1).to(q.dtype))  # [n, H, d]
+    return outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=0)
+
+
+def in_step() -> bool:
+    """Whether a batched step is running (otherwise a plain forward, e.g. embeddings)."""
+    return getattr(_state, "meta", None) is not None
+
+
+def _decode_attention(q: torch.Tensor, k_pool: torch.Tensor, v_pool: torch.Tensor, meta: StepMeta,
+                      scaling: float | None) -> torch.Tensor:
+    """One query token per decoding sequence ([D, H, d]) against its history in the pool."""
+    scale = scaling if scaling is not None else q.shape[-1] ** -0.5
+    if meta.native and q.device.type == "cpu":
+        out = native.paged_decode(q, k_pool, v_pool, meta.decode_index, meta.decode_lens, scale)
+        if out is not None:  # straight over the pool (kernels/paged_decode.c)
+            return out
+    # torch path: gather every history into a padded batch, then one masked SDPA
+    shape = (*meta.decode_index.shape, *k_pool.shape[1:])  # [D, L, kv, d]
+    flat = meta.decode_index.view(-1)
+    kd = k_pool.index_select(0, flat).view(shape).transpose(1, 2)  # [D, kv, L, d]
+    vd = v_pool.index_select(0, flat).view(shape).transpose(1, 2)
+    out = F.scaled_dot_product_attention(q.unsqueeze(2), kd, vd, attn_mask=meta.decode_mask(), scale=scale,
+                                         enable_gqa=True)
+    return out.squeeze(2)
 
 
 def register() -> None:

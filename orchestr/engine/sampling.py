@@ -70,15 +70,22 @@ def _sample_row(logits: torch.Tensor, p: SamplingParams, generator: torch.Genera
     return int(torch.multinomial(probs, 1, generator=generator))
 
 
+def greedy_pick(logits: torch.Tensor) -> torch.Tensor:
+    """Index of each row's largest logit (the first one on ties, like argmax). ``max(dim)``
+    rather than ``argmax``: on CPU argmax is not vectorised and took ~5x longer on a
+    [16, 49152] bf16 batch (2.5 ms, a few % of a decode step)."""
+    return logits.max(dim=-1).indices
+
+
 def sample(logits: torch.Tensor, rows: Sequence[SamplingRow]) -> list[int]:
     """One next token per row of ``logits`` ([R, vocab])."""
     if all(r.params.greedy and not r.params.has_penalties for r in rows):
-        return logits.argmax(dim=-1).tolist()  # the common case: no copies (bf16 -> fp32 is exact)
+        return greedy_pick(logits).tolist()  # the common case: no copies (bf16 -> fp32 is exact)
     logits = logits.float()
     out: list[int] = [0] * len(rows)
     plain_greedy = [i for i, r in enumerate(rows) if r.params.greedy and not r.params.has_penalties]
     if plain_greedy:
-        picks = logits[plain_greedy].argmax(dim=-1).tolist()
+        picks = greedy_pick(logits[plain_greedy]).tolist()
         for i, tok in zip(plain_greedy, picks, strict=True):
             out[i] = tok
     for i, row in enumerate(rows):
@@ -89,7 +96,7 @@ def sample(logits: torch.Tensor, rows: Sequence[SamplingRow]) -> list[int]:
         if row.params.has_penalties:
             row_logits = _apply_penalties(row_logits, row)
         if row.params.greedy:
-            out[i] = int(row_logits.argmax())
+            out[i] = int(greedy_pick(row_logits))
         else:
             out[i] = _sample_row(row_logits, row.params, row.generator)
     return out

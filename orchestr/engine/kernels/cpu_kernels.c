@@ -1,0 +1,272 @@
+/* orchestr's CPU kernels for the batching engine (bf16 and fp32).
+ *
+ * 1. orchestr_paged_decode: one query token per sequence attends to that sequence's keys and
+ *    values where they lie in the paged pool (slot per position). The torch path gathers
+ *    every history out of the pool into a padded batch at every layer of every step, which
+ *    cost as much as the attention itself; here each pool row is read once, in place.
+ * 2. orchestr_rms_norm: RMSNorm in one pass (HF's is eight tensor ops).
+ * 3. orchestr_rotary: rotary embedding (rotate-half convention) in place on q and k.
+ *
+ * Built at run time by orchestr/engine/native.py (cc -O3 -march=native -fopenmp) and called
+ * through ctypes. OpenMP's runtime is the one torch already loaded (same soname), so
+ * torch.set_num_threads applies here too.
+ *
+ * Conventions: strides are in elements; the last dimension of every tensor is contiguous.
+ * Rounding follows the transformers modules these replace (a bf16 rounding wherever they
+ * produce a bf16 tensor), so outputs match them up to the order of float sums.
+ */
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
+
+typedef uint16_t bf16;
+
+static inline float bf16_to_float(bf16 x) {
+    union { uint32_t u; float f; } v;
+    v.u = (uint32_t)x << 16;
+    return v.f;
+}
+
+static inline bf16 float_to_bf16(float f) {
+    union { uint32_t u; float f; } v;
+    v.f = f;
+    if ((v.u & 0x7fffffffu) > 0x7f800000u) return (bf16)((v.u >> 16) | 0x40u); /* NaN stays NaN */
+    v.u += 0x7fffu + ((v.u >> 16) & 1u); /* round to nearest even, like torch */
+    return (bf16)(v.u >> 16);
+}
+
+/* element access for either dtype: is_bf16 selects the representation */
+static inline float ld(const void *p, int64_t i, int is_bf16) {
+    return is_bf16 ? bf16_to_float(((const bf16 *)p)[i]) : ((const float *)p)[i];
+}
+
+static inline void st(void *p, int64_t i, float x, int is_bf16) {
+    if (is_bf16) ((bf16 *)p)[i] = float_to_bf16(x);
+    else ((float *)p)[i] = x;
+}
+
+/* what a bf16 tensor op would have stored: the value rounded to bf16 (identity for fp32) */
+static inline float rnd(float x, int is_bf16) { return is_bf16 ? bf16_to_float(float_to_bf16(x)) : x; }
+
+/* ------------------------------------------------------------------------ paged decode */
+
+#define MAX_HEAD_DIM 256
+
+#if defined(__AVX512F__)
+static inline __m512 load16_bf16(const bf16 *p) {
+    __m256i h = _mm256_loadu_si256((const __m256i *)p);
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+}
+static inline __m512 load16_f32(const float *p) { return _mm512_loadu_ps(p); }
+
+/* AVX-512 decode of one sequence for head_dim % 16 == 0, ELEM = bf16 or float. Each key/value
+ * row (all KV heads of a position, contiguous in the pool) is read and converted once and
+ * used by every query head of its group. Scratch: scores [H, len]. */
+#define DEFINE_DECODE_AVX512(NAME, ELEM, LOAD16)                                                  \
+static int NAME(const ELEM *q, int64_t q_head, const ELEM *k_pool, const ELEM *v_pool, int64_t p_slot, \
+                int64_t p_head, const int64_t *slots, int64_t len, ELEM *out, int64_t o_head,      \
+                int64_t heads, int64_t kv_heads, int64_t d, float scale, int is_bf16) {            \
+    const int64_t group = heads / kv_heads, nv = d / 16, n = len > 0 ? len : 1;                    \
+    float *scores = (float *)malloc(sizeof(float) * (size_t)(heads * n));                           \
+    __m512 *qv = (__m512 *)aligned_alloc(64, sizeof(__m512) * (size_t)(2 * heads * nv));           \
+    if (!scores || !qv) { free(scores); free(qv); return -2; }                                     \
+    __m512 *acc = qv + heads * nv;                                                                 \
+    float mx[1024], sum[1024];                                                                     \
+    const __m512 sc = _mm512_set1_ps(scale);                                                       \
+    for (int64_t h = 0; h < heads; h++) {                                                          \
+        for (int64_t v = 0; v < nv; v++) {                                                         \
+            qv[h * nv + v] = _mm512_mul_ps(LOAD16(q + h * q_head + 16 * v), sc);                   \
+            acc[h * nv + v] = _mm512_setzero_ps();                                                 \
+        }                                                                                          \
+        mx[h] = -INFINITY;                                                                         \
+        sum[h] = 0.0f;                                                                             \
+    }                                                                                              \
+    __m512 kv[MAX_HEAD_DIM / 16];                                                                  \
+    for (int64_t t = 0; t < len; t++) {                                                            \
+        const ELEM *row = k_pool + slots[t] * p_slot;                                              \
+        for (int64_t g = 0; g < kv_heads; g++) {                                                   \
+            for (int64_t v = 0; v < nv; v++) kv[v] = LOAD16(row + g * p_head + 16 * v);            \
+            for (int64_t h = g * group; h < (g + 1) * group; h++) {                                \
+                __m512 a = _mm512_mul_ps(qv[h * nv], kv[0]);                                       \
+                for (int64_t v = 1; v < nv; v++) a = _mm512_fmadd_ps(qv[h * nv + v], kv[v], a);   \
+                const float s = _mm512_reduce_add_ps(a);                                           \
+                scores[h * n + t] = s;                                                             \
+                if (s > mx[h]) mx[h] = s;                                                          \
+            }                                                                                      \
+        }                                                                                          \
+    }                                                                                              \
+    for (int64_t h = 0; h < heads; h++) {                                                          \
+        float *sh = scores + h * n;                                                                \
+        for (int64_t t = 0; t < len; t++) {                                                        \
+            sh[t] = expf(sh[t] - mx[h]);                                                           \
+            sum[h] += sh[t];                                                                       \
+        }                                                                                          \
+    }                                                                                              \
+    for (int64_t t = 0; t < len; t++) {                                                            \
+        const ELEM *row = v_pool + slots[t] * p_slot;                                              \
+        for (int64_t g = 0; g < kv_heads; g++) {                                                   \
+            for (int64_t v = 0; v < nv; v++) kv[v] = LOAD16(row + g * p_head + 16 * v);            \
+            for (int64_t h = g * group; h < (g + 1) * group; h++) {                                \
+                const __m512 p = _mm512_set1_ps(scores[h * n + t]);                                \
+                for (int64_t v = 0; v < nv; v++) acc[h * nv + v] = _mm512_fmadd_ps(p, kv[v], acc[h * nv + v]); \
+            }                                                                                      \
+        }                                                                                          \
+    }                                                                                              \
+    for (int64_t h = 0; h < heads; h++) {                                                          \
+        const float inv = sum[h] > 0.0f ? 1.0f / sum[h] : 0.0f;                                    \
+        float tmp[16];                                                                             \
+        for (int64_t v = 0; v < nv; v++) {                                                         \
+            _mm512_storeu_ps(tmp, _mm512_mul_ps(acc[h * nv + v], _mm512_set1_ps(inv)));            \
+            for (int c = 0; c < 16; c++) st(out, h * o_head + 16 * v + c, tmp[c], is_bf16);        \
+        }                                                                                          \
+    }                                                                                              \
+    free(scores);                                                                                  \
+    free(qv);                                                                                      \
+    return 0;                                                                                      \
+}
+
+DEFINE_DECODE_AVX512(decode_one_bf16_avx512, bf16, load16_bf16)
+DEFINE_DECODE_AVX512(decode_one_f32_avx512, float, load16_f32)
+#endif
+
+/* Portable decode of one sequence (any head_dim, either dtype). Scratch: scores [H, len] +
+ * query and accumulators [H, d]. */
+static int decode_one(int is_bf16, const void *q, int64_t q_head, const void *k_pool, const void *v_pool,
+                      int64_t p_slot, int64_t p_head, const int64_t *slots, int64_t len, void *out,
+                      int64_t o_head, int64_t heads, int64_t kv_heads, int64_t d, float scale) {
+    const int64_t group = heads / kv_heads;
+    const int64_t n = len > 0 ? len : 1;
+    float *scores = (float *)malloc(sizeof(float) * (size_t)(heads * n + 2 * heads * d + 2 * heads));
+    if (!scores) return -2;
+    float *qf = scores + heads * n, *acc = qf + heads * d, *mx = acc + heads * d, *sum = mx + heads;
+    for (int64_t h = 0; h < heads; h++) {
+        for (int64_t c = 0; c < d; c++) qf[h * d + c] = ld(q, h * q_head + c, is_bf16) * scale;
+        mx[h] = -INFINITY;
+        sum[h] = 0.0f;
+    }
+    memset(acc, 0, sizeof(float) * (size_t)(heads * d));
+    for (int64_t t = 0; t < len; t++) {
+        const int64_t row = slots[t] * p_slot;
+        for (int64_t g = 0; g < kv_heads; g++) {
+            const int64_t base = row + g * p_head;
+            for (int64_t j = 0; j < group; j++) {
+                const int64_t h = g * group + j;
+                float s = 0.0f;
+                for (int64_t c = 0; c < d; c++) s += qf[h * d + c] * ld(k_pool, base + c, is_bf16);
+                scores[h * n + t] = s;
+                if (s > mx[h]) mx[h] = s;
+            }
+        }
+    }
+    for (int64_t h = 0; h < heads; h++) {
+        float *sh = scores + h * n;
+        for (int64_t t = 0; t < len; t++) {
+            sh[t] = expf(sh[t] - mx[h]);
+            sum[h] += sh[t];
+        }
+    }
+    for (int64_t t = 0; t < len; t++) {
+        const int64_t row = slots[t] * p_slot;
+        for (int64_t g = 0; g < kv_heads; g++) {
+            const int64_t base = row + g * p_head;
+            for (int64_t j = 0; j < group; j++) {
+                const int64_t h = g * group + j;
+                const float p = scores[h * n + t];
+                for (int64_t c = 0; c < d; c++) acc[h * d + c] += p * ld(v_pool, base + c, is_bf16);
+            }
+        }
+    }
+    for (int64_t h = 0; h < heads; h++) {
+        const float inv = sum[h] > 0.0f ? 1.0f / sum[h] : 0.0f;
+        for (int64_t c = 0; c < d; c++) st(out, h * o_head + c, acc[h * d + c] * inv, is_bf16);
+    }
+    free(scores);
+    return 0;
+}
+
+/* q [D, H, d], pools [slots, KV, d], slots [D, width] int64, lens [D] int64, out [D, H, d].
+ * Grouped-query attention: query head h reads KV head h / (H / KV).
+ * Returns 0, -1 for a shape this kernel does not take, -2 when out of memory. */
+int orchestr_paged_decode(int is_bf16, const void *q, int64_t q_seq, int64_t q_head,
+                          const void *k_pool, const void *v_pool, int64_t p_slot, int64_t p_head,
+                          const int64_t *slots, int64_t slots_stride, const int64_t *lens,
+                          void *out, int64_t o_seq, int64_t o_head,
+                          int64_t num_seqs, int64_t heads, int64_t kv_heads, int64_t head_dim, float scale) {
+    if (kv_heads <= 0 || heads % kv_heads != 0 || head_dim > MAX_HEAD_DIM) return -1;
+    const int64_t esz = is_bf16 ? 2 : 4;
+    int failed = 0;
+#pragma omp parallel for schedule(dynamic, 1) reduction(| : failed)
+    for (int64_t i = 0; i < num_seqs; i++) {
+        const int64_t *si = slots + i * slots_stride;
+        int rc;
+#if defined(__AVX512F__)
+        if (head_dim % 16 == 0 && heads <= 1024)
+            rc = is_bf16 ? decode_one_bf16_avx512((const bf16 *)q + i * q_seq, q_head, (const bf16 *)k_pool,
+                                                  (const bf16 *)v_pool, p_slot, p_head, si, lens[i],
+                                                  (bf16 *)out + i * o_seq, o_head, heads, kv_heads, head_dim, scale, 1)
+                         : decode_one_f32_avx512((const float *)q + i * q_seq, q_head, (const float *)k_pool,
+                                                 (const float *)v_pool, p_slot, p_head, si, lens[i],
+                                                 (float *)out + i * o_seq, o_head, heads, kv_heads, head_dim, scale, 0);
+        else
+#endif
+        rc = decode_one(is_bf16, (const char *)q + i * q_seq * esz, q_head, k_pool, v_pool, p_slot, p_head,
+                            slots + i * slots_stride, lens[i], (char *)out + i * o_seq * esz, o_head, heads,
+                            kv_heads, head_dim, scale);
+        failed |= rc != 0;
+    }
+    return failed ? -2 : 0;
+}
+
+/* ------------------------------------------------------------------------ RMSNorm */
+
+/* out[t] = w * round(x[t] * rsqrt(mean(x[t]^2) + eps)), x and out [T, n] (row strides). */
+void orchestr_rms_norm(int is_bf16, const void *x, int64_t x_row, const void *w, void *out, int64_t o_row,
+                       int64_t rows, int64_t n, float eps) {
+    const int64_t esz = is_bf16 ? 2 : 4;
+#pragma omp parallel for schedule(static)
+    for (int64_t t = 0; t < rows; t++) {
+        const void *xr = (const char *)x + t * x_row * esz;
+        void *orow = (char *)out + t * o_row * esz;
+        float ss = 0.0f;
+        for (int64_t c = 0; c < n; c++) {
+            const float v = ld(xr, c, is_bf16);
+            ss += v * v;
+        }
+        const float r = 1.0f / sqrtf(ss / (float)n + eps);
+        for (int64_t c = 0; c < n; c++)
+            st(orow, c, ld(w, c, is_bf16) * rnd(ld(xr, c, is_bf16) * r, is_bf16), is_bf16);
+    }
+}
+
+/* ------------------------------------------------------------------------ rotary */
+
+/* In place on x [T, heads, d] (strides x_tok, x_head): rotate-half rotary with cos/sin [T, d]
+ * (row stride cs_row, already in x's dtype), as transformers' apply_rotary_pos_emb does:
+ * out = round(x * cos) + round(rotate_half(x) * sin), rounded. */
+void orchestr_rotary(int is_bf16, void *x, int64_t x_tok, int64_t x_head, const void *cos_, const void *sin_,
+                     int64_t cs_row, int64_t tokens, int64_t heads, int64_t d) {
+    const int64_t half = d / 2;
+#pragma omp parallel for schedule(static)
+    for (int64_t t = 0; t < tokens; t++) {
+        float lo[MAX_HEAD_DIM / 2], hi[MAX_HEAD_DIM / 2];
+        for (int64_t h = 0; h < heads; h++) {
+            const int64_t base = t * x_tok + h * x_head;
+            for (int64_t c = 0; c < half; c++) {
+                lo[c] = ld(x, base + c, is_bf16);
+                hi[c] = ld(x, base + half + c, is_bf16);
+            }
+            for (int64_t c = 0; c < half; c++) {
+                const float c1 = ld(cos_, t * cs_row + c, is_bf16), s1 = ld(sin_, t * cs_row + c, is_bf16);
+                const float c2 = ld(cos_, t * cs_row + half + c, is_bf16);
+                const float s2 = ld(sin_, t * cs_row + half + c, is_bf16);
+                st(x, base + c, rnd(lo[c] * c1, is_bf16) + rnd(-hi[c] * s1, is_bf16), is_bf16);
+                st(x, base + half + c, rnd(hi[c] * c2, is_bf16) + rnd(lo[c] * s2, is_bf16), is_bf16);
+            }
+        }
+    }
+}

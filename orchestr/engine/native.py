@@ -1,0 +1,173 @@
+"""orchestr's C kernels: compiled on first use with the system's C compiler, cached, loaded
+with ctypes.
+
+Why C and not a torch extension: a plain C file with a C ABI builds in about a second with
+``cc`` alone (no torch headers, no ninja), and the kernels only need raw pointers. The
+library is built for this CPU (``-march=native``) and cached under
+``~/.cache/orchestr/kernels`` (``ORCHESTR_CACHE_DIR``), keyed by the source, the compiler and
+the CPU's flags. Without a compiler, or with ``ORCHESTR_NATIVE_KERNELS=0``, the engine uses
+its pure torch path: same results, slower.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import logging
+import os
+import shutil
+import subprocess
+import tempfile
+import threading
+from pathlib import Path
+
+import torch
+
+from orchestr.engine.loader import cache_dir
+
+log = logging.getLogger(__name__)
+
+_SOURCE = Path(__file__).with_name("kernels") / "cpu_kernels.c"
+_lock = threading.Lock()
+_lib: ctypes.CDLL | None = None
+_tried = False
+
+_i64 = ctypes.c_int64
+_ptr = ctypes.c_void_p
+
+
+def _cpu_flags() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return ""
+
+
+def _compiler() -> str | None:
+    for name in (os.environ.get("CC"), "cc", "gcc", "clang"):
+        if name and shutil.which(name):
+            return name
+    return None
+
+
+def _compiler_version(cc: str) -> str:
+    try:
+        return subprocess.run([cc, "--version"], capture_output=True, text=True, timeout=30).stdout
+    except (OSError, subprocess.SubprocessError):
+        return ""
+
+
+def _build(cc: str) -> Path:
+    source = _SOURCE.read_bytes()
+    key = hashlib.sha256(source + _compiler_version(cc).encode() + _cpu_flags().encode()).hexdigest()[:16]
+    target = cache_dir() / "kernels" / f"cpu_kernels-{key}.so"
+    if target.exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
+        out = Path(tmp) / target.name
+        cmd = [cc, "-O3", "-march=native", "-ffast-math", "-fopenmp", "-shared", "-fPIC", str(_SOURCE), "-o",
+               str(out), "-lm"]
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+        if proc.returncode != 0:
+            raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stderr.strip()}")
+        os.replace(out, target)  # atomic: concurrent builders agree on one file
+    log.info("built orchestr's native kernels: %s", target)
+    return target
+
+
+def library() -> ctypes.CDLL | None:
+    """The kernels, built and loaded once per process; None when they cannot be had."""
+    global _lib, _tried
+    if _tried:
+        return _lib
+    with _lock:
+        if _tried:
+            return _lib
+        _tried = True
+        if os.environ.get("ORCHESTR_NATIVE_KERNELS", "1").lower() in ("0", "false", "no", "off"):
+            log.info("native kernels off (ORCHESTR_NATIVE_KERNELS); using the torch attention path")
+            return None
+        cc = _compiler()
+        if cc is None:
+            log.warning("no C compiler found (cc/gcc/clang): using the slower torch attention path")
+            return None
+        try:
+            lib = ctypes.CDLL(str(_build(cc)))
+        except (OSError, RuntimeError, subprocess.SubprocessError) as exc:
+            log.warning("cannot build orchestr's native kernels, using the torch attention path: %s", exc)
+            return None
+        lib.orchestr_paged_decode.restype = ctypes.c_int
+        lib.orchestr_paged_decode.argtypes = [ctypes.c_int, _ptr, _i64, _i64, _ptr, _ptr, _i64, _i64, _ptr, _i64,
+                                              _ptr, _ptr, _i64, _i64, _i64, _i64, _i64, _i64, ctypes.c_float]
+        lib.orchestr_rms_norm.restype = None
+        lib.orchestr_rms_norm.argtypes = [ctypes.c_int, _ptr, _i64, _ptr, _ptr, _i64, _i64, _i64, ctypes.c_float]
+        lib.orchestr_rotary.restype = None
+        lib.orchestr_rotary.argtypes = [ctypes.c_int, _ptr, _i64, _i64, _ptr, _ptr, _i64, _i64, _i64, _i64]
+        _lib = lib
+        return _lib
+
+
+def paged_decode(q: torch.Tensor, k_pool: torch.Tensor, v_pool: torch.Tensor, slots: torch.Tensor,
+                 lens: torch.Tensor, scale: float) -> torch.Tensor | None:
+    """Attention of one query token per sequence over its pooled history.
+
+    ``q`` [D, H, d] (any strides, last dim contiguous), pools [slots, KV, d] contiguous,
+    ``slots`` [D, width] int64, ``lens`` [D] int64. Returns [D, H, d] in q's dtype, or None
+    when the kernel is not available or does not take this shape/dtype (the caller falls back).
+    """
+    lib = library()
+    if lib is None or q.device.type != "cpu" or q.dtype != k_pool.dtype or q.dtype not in (torch.bfloat16,
+                                                                                              torch.float32):
+        return None
+    if q.stride(-1) != 1 or not (k_pool.is_contiguous() and v_pool.is_contiguous()):
+        return None
+    slots = slots if slots.is_contiguous() else slots.contiguous()
+    lens = lens if lens.is_contiguous() else lens.contiguous()
+    d_seqs, heads, head_dim = q.shape
+    out = torch.empty((d_seqs, heads, head_dim), dtype=q.dtype)
+    rc = lib.orchestr_paged_decode(
+        int(q.dtype == torch.bfloat16), q.data_ptr(), q.stride(0), q.stride(1),
+        k_pool.data_ptr(), v_pool.data_ptr(), k_pool.stride(0), k_pool.stride(1),
+        slots.data_ptr(), slots.stride(0), lens.data_ptr(), out.data_ptr(), out.stride(0), out.stride(1),
+        d_seqs, heads, k_pool.shape[1], head_dim, float(scale))
+    if rc == -1:
+        return None
+    if rc != 0:
+        raise MemoryError("orchestr_paged_decode: out of memory")
+    return out
+
+
+def _takes(*tensors: torch.Tensor) -> bool:
+    """Whether the kernels take these tensors: on CPU, one dtype (bf16 or fp32), last dim contiguous."""
+    first = tensors[0]
+    return (first.device.type == "cpu" and first.dtype in (torch.bfloat16, torch.float32)
+            and all(t.dtype == first.dtype and t.device == first.device and t.stride(-1) == 1 for t in tensors))
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor | None:
+    """RMSNorm of the rows of ``x`` (any leading shape) like transformers' ``LlamaRMSNorm``;
+    None when the kernel cannot take it."""
+    lib = library()
+    if lib is None or not _takes(x, weight) or not weight.is_contiguous():
+        return None
+    rows = x.reshape(-1, x.shape[-1])  # a view for the usual contiguous input
+    out = torch.empty_like(rows)
+    lib.orchestr_rms_norm(int(x.dtype == torch.bfloat16), rows.data_ptr(), rows.stride(0), weight.data_ptr(),
+                          out.data_ptr(), out.stride(0), rows.shape[0], rows.shape[1], float(eps))
+    return out.view(x.shape)
+
+
+def rotary_(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> bool:
+    """Rotary embedding in place on ``x`` [T, heads, d] with ``cos``/``sin`` [T, d] in x's
+    dtype; False (x untouched) when the kernel cannot take it."""
+    lib = library()
+    if lib is None or not _takes(x, cos, sin) or cos.stride() != sin.stride() or x.shape[-1] > 256:
+        return False
+    lib.orchestr_rotary(int(x.dtype == torch.bfloat16), x.data_ptr(), x.stride(0), x.stride(1), cos.data_ptr(),
+                        sin.data_ptr(), cos.stride(0), x.shape[0], x.shape[1], x.shape[2])
+    return True
