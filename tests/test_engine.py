@@ -225,8 +225,9 @@ def test_embeddings_are_normalised(batched):
 
 
 def test_bf16_engine_with_packed_weights():
-    """bf16 on CPU runs through oneDNN-packed linears (when the CPU has bf16): same text as
-    the unpacked model on a short greedy answer."""
+    """bf16 on CPU runs through oneDNN-packed linears (when the CPU has bf16), the C kernels
+    and the flat forward: same text as transformers' own modules (optimize=False) on short
+    greedy answers."""
     from orchestr.engine.cpu_linear import can_pack
 
     model, tok = load_model(MODEL, device="cpu", dtype="bfloat16")
@@ -235,6 +236,11 @@ def test_bf16_engine_with_packed_weights():
     try:
         if packable:
             assert type(model.lm_head).__name__ == "PackedLinear"
+        from orchestr.engine import native
+
+        if native.library() is not None:  # the C kernels, fused layers and the flat forward are in use
+            assert engine.flat_forward is not None
+            assert type(model.model.layers[0].self_attn).__name__ == "FusedAttention"
         reqs = [chat("What is the capital of France?", max_new_tokens=12), chat(STORY_PROMPTS[0], max_new_tokens=12)]
 
         async def run():
@@ -246,6 +252,7 @@ def test_bf16_engine_with_packed_weights():
         plain = Engine(plain_model, tok, EngineConfig(kv_cache_tokens=2048), optimize=False).start()
         try:
             assert asyncio.run(plain.generate(reqs[0])).text == packed[0].text
+            assert asyncio.run(plain.generate(reqs[1])).text == packed[1].text
         finally:
             plain.shutdown()
     finally:

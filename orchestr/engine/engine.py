@@ -24,6 +24,7 @@ from typing import Any
 import torch
 
 from orchestr.config.serving import EngineConfig
+from orchestr.engine import flat_forward
 from orchestr.engine import paged_attention as pa
 from orchestr.engine.cpu_linear import pack_linears
 from orchestr.engine.fused_layers import fuse_layers
@@ -88,9 +89,11 @@ class Engine:
         # bf16 linears packed for oneDNN. optimize=False keeps transformers' modules and the
         # torch attention path (the reference the tests compare with).
         self.native_attention = optimize
+        self.flat_forward = None
         if optimize:
             fuse_layers(model)
             pack_linears(model)
+            self.flat_forward = flat_forward.build(model)  # None: call the model itself
         self.batching = self.config.batching
         self.max_batch = max(1, self.config.max_batch_size) if self.batching else 1
         self.token_budget = max(1, self.config.max_num_batched_tokens)
@@ -294,7 +297,8 @@ class Engine:
         for text in texts:
             ids = self._encode(text, True)[: self.context_len]
             total += len(ids)
-            hidden = self.base_model(input_ids=torch.tensor([ids], device=self.device), use_cache=False).last_hidden_state[0]
+            ids_t = torch.tensor([ids], device=self.device)
+            hidden = self.base_model(input_ids=ids_t, use_cache=False).last_hidden_state[0]
             vec = torch.nn.functional.normalize(hidden.float().mean(dim=0), dim=0)
             vectors.append(vec.tolist())
         return EmbeddingResult(embedding=vectors, token_num=total)
@@ -446,9 +450,12 @@ class Engine:
         pa.set_step(self.cache, meta)
         input_ids = torch.tensor([tokens], device=self.device)
         position_ids = torch.tensor([positions], device=self.device)
-        if keep:
+        keep_rows = torch.tensor(keep, device=self.device) if keep else None
+        if self.flat_forward is not None:
+            logits = self.flat_forward(input_ids, position_ids, keep_rows)
+        elif keep:
             logits = self.model(input_ids=input_ids, position_ids=position_ids, use_cache=False,
-                                logits_to_keep=torch.tensor(keep, device=self.device)).logits[0]
+                                logits_to_keep=keep_rows).logits[0]
         else:  # only mid-prompt chunks: no token to sample, skip the LM head
             self.base_model(input_ids=input_ids, position_ids=position_ids, use_cache=False)
         pa.set_step(None, None)

@@ -76,20 +76,20 @@ class FusedAttention(nn.Module):
             qkv = qkv[0]
             qk = qkv[:, : h + kv]
             if not native.rotary_(qk, cos[0], sin[0]):
-                qk.copy_(_rotate(qk, cos[0], sin[0]))
+                qk.copy_(rotate(qk, cos[0], sin[0]))
             out = pa.attend(self.layer_idx, qkv[:, :h], qkv[:, h : h + kv], qkv[:, h + kv :], self.scaling)
         else:  # a plain forward of unpadded sequences (embeddings): causal over each
             if kwargs.get("cache") is not None or kwargs.get("past_key_values") is not None:
                 raise RuntimeError("this model's layers are fused for orchestr's engine: it cannot run with a "
                                    "transformers KV cache (generate); load a fresh copy for that")
-            qk = _rotate(qkv[:, :, : h + kv], cos[:, :, None, :], sin[:, :, None, :])
+            qk = rotate(qkv[:, :, : h + kv], cos[:, :, None, :], sin[:, :, None, :])
             q, k, v = (t.transpose(1, 2) for t in (qk[:, :, :h], qk[:, :, h:], qkv[:, :, h + kv :]))
             out = F.scaled_dot_product_attention(q, k, v, is_causal=tokens > 1, scale=self.scaling,
                                                  enable_gqa=True).transpose(1, 2)
         return self.o_proj(out.reshape(batch, tokens, h * d)), None
 
 
-def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """transformers' rotate-half rotary; cos/sin broadcast against x [..., heads, d]."""
     if cos.dim() == x.dim() - 1:
         cos, sin = cos.unsqueeze(-2), sin.unsqueeze(-2)
