@@ -88,3 +88,31 @@ def test_rotary_matches_transformers(dtype):
     tol = 1e-6 if dtype == torch.float32 else 0.0
     assert torch.allclose(qkv[:, :heads], q_ref[0].transpose(0, 1), atol=tol, rtol=tol)
     assert torch.allclose(qkv[:, heads:heads + kv_heads], k_ref[0].transpose(0, 1), atol=tol, rtol=tol)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_add_rms_norm_matches_add_then_norm(dtype):
+    from transformers.models.llama.modeling_llama import LlamaRMSNorm
+
+    norm = LlamaRMSNorm(64, eps=1e-6).to(dtype)
+    h, delta = torch.randn(6, 64).to(dtype), torch.randn(6, 64).to(dtype)
+    expected_h = h + delta
+    with torch.no_grad():
+        expected = norm(expected_h)
+    out = native.add_rms_norm_(h, delta, norm.weight.detach(), norm.variance_epsilon)
+    assert out is not None
+    assert torch.equal(h, expected_h)  # the residual stream, updated in place, rounded like a tensor add
+    assert torch.allclose(out.float(), expected.float(), atol=TOL[dtype], rtol=TOL[dtype])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_argmax_rows_picks_the_first_maximum(dtype):
+    x = torch.randn(5, 49152 + 7).to(dtype)
+    x[1, 3000] = x[1, 40000] = 50.0  # a tie: the first wins
+    x[2, -1] = 60.0  # in the scalar tail
+    x[3] = -float("inf")
+    x[3, 17] = 0.0
+    picked = native.argmax_rows(x)
+    assert picked is not None
+    assert picked.tolist() == x.float().argmax(dim=-1).tolist()
+    assert picked[1] == 3000 and picked[2] == x.shape[1] - 1 and picked[3] == 17

@@ -43,10 +43,11 @@ def _linear(module: nn.Module) -> Linear | None:
 
 def _gated_mlp(mlp: nn.Module) -> Linear | None:
     """down(silu(gate(x)) * up(x)) as a function, for the fused and the plain module."""
+    act = getattr(mlp, "act_fn", None)
+    if not (isinstance(act, nn.SiLU) or type(act).__name__ == "SiLUActivation"):
+        return None
     if isinstance(mlp, FusedGatedMLP):
         gate_up, down, split = _linear_weight(mlp.packed_weight), _linear(mlp.down_proj), mlp.split
-        if not isinstance(mlp.act_fn, nn.SiLU) and type(mlp.act_fn).__name__ != "SiLUActivation":
-            return None
 
         def fused(x: torch.Tensor) -> torch.Tensor:
             gate, up = gate_up(x).split(split, dim=-1)
@@ -54,8 +55,7 @@ def _gated_mlp(mlp: nn.Module) -> Linear | None:
 
         return fused
     parts = [_linear(getattr(mlp, n, nn.Identity())) for n in ("gate_proj", "up_proj", "down_proj")]
-    act = getattr(mlp, "act_fn", None)
-    if None in parts or not (isinstance(act, nn.SiLU) or type(act).__name__ == "SiLUActivation"):
+    if None in parts:
         return None
     gate, up, down = parts
     return lambda x: down(F.silu(gate(x)) * up(x))
@@ -84,6 +84,15 @@ def _rms(x: torch.Tensor, norm: NativeRMSNorm) -> torch.Tensor:
     return norm(x) if out is None else out  # the module falls back to transformers' norm
 
 
+def _add_rms(h: torch.Tensor, delta: torch.Tensor, norm: NativeRMSNorm) -> torch.Tensor:
+    """h += delta (in place), then norm(h)."""
+    out = native.add_rms_norm_(h, delta, norm.weight, norm.variance_epsilon)
+    if out is None:
+        h += delta
+        out = _rms(h, norm)
+    return out
+
+
 class FlatForward:
     def __init__(self, base: nn.Module, layers: list[_Layer], lm_head: Linear) -> None:
         self.embed = base.embed_tokens
@@ -99,18 +108,23 @@ class FlatForward:
         h = self.embed(input_ids)  # [1, T, hidden]
         cos, sin = self.rotary(h, position_ids)
         cos, sin = cos[0], sin[0]
-        h = h[0]
+        h = h[0]  # [T, hidden], the residual stream, updated in place
         tokens = h.shape[0]
-        for layer in self.layers:
-            x = _rms(h, layer.norm_in)
+        x = _rms(h, self.layers[0].norm_in)
+        for i, layer in enumerate(self.layers):
             qkv = layer.qkv(x).view(tokens, layer.heads + 2 * layer.kv_heads, layer.head_dim)
             q_end, k_end = layer.heads, layer.heads + layer.kv_heads
             qk = qkv[:, :k_end]
             if not native.rotary_(qk, cos, sin):
                 qk.copy_(rotate(qk, cos, sin))
             attn = pa.attend(layer.index, qkv[:, :q_end], qkv[:, q_end:k_end], qkv[:, k_end:], layer.scaling)
-            h = h + layer.o(attn.reshape(tokens, -1))
-            h = h + layer.mlp(_rms(h, layer.norm_post))
+            # residual add + the next norm in one pass, as transformers computes them
+            x = _add_rms(h, layer.o(attn.reshape(tokens, -1)), layer.norm_post)
+            delta = layer.mlp(x)
+            if i + 1 < len(self.layers):
+                x = _add_rms(h, delta, self.layers[i + 1].norm_in)
+            else:
+                h += delta
         if keep is None:
             return None
         # the final norm is per row: only the rows whose next token is sampled

@@ -107,6 +107,11 @@ def library() -> ctypes.CDLL | None:
         lib.orchestr_rms_norm.restype = None
         lib.orchestr_rms_norm.argtypes = [ctypes.c_int, _ptr, _i64, _ptr, _ptr, _i64, _i64, _i64, ctypes.c_float]
         lib.orchestr_rotary.restype = None
+        lib.orchestr_add_rms_norm.restype = None
+        lib.orchestr_add_rms_norm.argtypes = [ctypes.c_int, _ptr, _i64, _ptr, _i64, _ptr, _ptr, _i64, _i64, _i64,
+                                              ctypes.c_float]
+        lib.orchestr_argmax_rows.restype = None
+        lib.orchestr_argmax_rows.argtypes = [ctypes.c_int, _ptr, _i64, _i64, _i64, _ptr]
         lib.orchestr_rotary.argtypes = [ctypes.c_int, _ptr, _i64, _i64, _ptr, _ptr, _i64, _i64, _i64, _i64]
         _lib = lib
         return _lib
@@ -171,3 +176,28 @@ def rotary_(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> bool:
     lib.orchestr_rotary(int(x.dtype == torch.bfloat16), x.data_ptr(), x.stride(0), x.stride(1), cos.data_ptr(),
                         sin.data_ptr(), cos.stride(0), x.shape[0], x.shape[1], x.shape[2])
     return True
+
+
+def add_rms_norm_(h: torch.Tensor, delta: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor | None:
+    """``h += delta`` in place, then RMSNorm of ``h``'s rows (transformers' residual add and
+    the next norm in one pass); h/delta [T, n]. None (h untouched) when the kernel cannot take it."""
+    lib = library()
+    if lib is None or h.dim() != 2 or not _takes(h, delta, weight) or not weight.is_contiguous():
+        return None
+    out = torch.empty_like(h)
+    lib.orchestr_add_rms_norm(int(h.dtype == torch.bfloat16), h.data_ptr(), h.stride(0), delta.data_ptr(),
+                              delta.stride(0), weight.data_ptr(), out.data_ptr(), out.stride(0), h.shape[0],
+                              h.shape[1], float(eps))
+    return out
+
+
+def argmax_rows(x: torch.Tensor) -> torch.Tensor | None:
+    """Index of each row's largest value (first on ties) for x [R, n]; None when the kernel
+    cannot take it."""
+    lib = library()
+    if lib is None or x.dim() != 2 or not _takes(x):
+        return None
+    idx = torch.empty(x.shape[0], dtype=torch.int64)
+    lib.orchestr_argmax_rows(int(x.dtype == torch.bfloat16), x.data_ptr(), x.stride(0), x.shape[0], x.shape[1],
+                             idx.data_ptr())
+    return idx

