@@ -7,7 +7,9 @@
 # Needs: the main venv (.venv) and, for the vLLM rows, .venv-vllm (scripts/setup_vllm.sh).
 # Takes about an hour on a 2-core machine; run it on an otherwise idle machine.
 #
-# Usage: scripts/bench_serving.sh [OUT_DIR] [RUN...]   (runs: bf16 fp32 batching int8 vllm-worker)
+# Usage: scripts/bench_serving.sh [OUT_DIR] [RUN...]
+#   runs: bf16 fp32 batching int8 vllm-worker (default: all of these) and fastchat (needs
+#   .venv-fastchat from scripts/setup_fastchat.sh; not in the default set)
 set -euo pipefail
 
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -46,7 +48,15 @@ for run in "${runs[@]}"; do
       "${bench[@]}" --concurrency 1,16,64 \
         --target "orchestr-vllm-worker=orchestr:cluster=local_vllm model=smollm2-135m-vllm" \
         -o "$out/vllm-worker.json" ;;
-    *) echo "unknown run $run (bf16 fp32 batching int8 vllm-worker)" >&2; exit 2 ;;
+    fastchat)  # FastChat 0.2.36 (started first, idle while orchestr runs) and orchestr in one run
+      port_base="${FASTCHAT_PORT_BASE:-31000}"
+      url="$(scripts/run_fastchat.sh "$port_base" | tail -n 1)"
+      trap 'scripts/run_fastchat.sh stop "$port_base" >/dev/null 2>&1 || true' EXIT
+      "${bench[@]}" --concurrency 16 \
+        --target "orchestr-bf16=orchestr:model.dtype=bfloat16" \
+        --target "fastchat-fp32=url:$url" --baseline fastchat-fp32 -o "$out/fastchat.json"
+      scripts/run_fastchat.sh stop "$port_base" >/dev/null 2>&1 || true ;;
+    *) echo "unknown run $run (bf16 fp32 batching int8 vllm-worker fastchat)" >&2; exit 2 ;;
   esac
 done
 "$python" -m orchestr.benchmark.report "$out"/*.json

@@ -31,17 +31,27 @@ else
   "${PIP[@]}" -e .
 fi
 
+need=()
+# the engine builds its CPU kernels (orchestr/engine/kernels/*.c) with the system's C compiler on
+# first use; without one it runs its slower pure-torch path
+command -v cc >/dev/null || command -v gcc >/dev/null || need+=(gcc libc6-dev)
 if [ "$WITH_TEST" = 1 ]; then
-  need=()
   command -v chromium >/dev/null || need+=(chromium)
   command -v sshd >/dev/null || [ -x /usr/sbin/sshd ] || need+=(openssh-server)
   command -v ssh >/dev/null || need+=(openssh-client)
   # emoji in the web UI's labels render as boxes in screenshots without it
   dpkg -s fonts-noto-color-emoji >/dev/null 2>&1 || need+=(fonts-noto-color-emoji)
-  if [ ${#need[@]} -gt 0 ]; then
-    SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
+fi
+if [ ${#need[@]} -gt 0 ]; then
+  SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
+  if command -v apt-get >/dev/null && { [ -z "$SUDO" ] || command -v sudo >/dev/null; }; then
     $SUDO apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}"
+  elif [ "$WITH_TEST" = 1 ]; then
+    echo "setup.sh: please install ${need[*]} (no apt-get/sudo here)" >&2
+    exit 1
+  else
+    echo "setup.sh: note: no C compiler; the engine will use its slower torch path (install gcc)" >&2
   fi
 fi
 echo "orchestr is set up in .venv (activate with: . .venv/bin/activate)"

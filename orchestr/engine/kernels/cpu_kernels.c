@@ -58,6 +58,13 @@ static inline float rnd(float x, int is_bf16) { return is_bf16 ? bf16_to_float(f
 #define MAX_HEAD_DIM 256
 
 #if defined(__AVX512F__)
+/* Software prefetch of a pool row a few positions ahead: a sequence's rows are contiguous
+ * only within a 16-slot block, and the hardware prefetcher restarts at every block jump. */
+#define PREFETCH_AHEAD 8
+static inline void prefetch_row(const void *p, int64_t bytes) {
+    for (int64_t off = 0; off < bytes; off += 64) _mm_prefetch((const char *)p + off, _MM_HINT_T0);
+}
+
 static inline __m512 load16_bf16(const bf16 *p) {
     __m256i h = _mm256_loadu_si256((const __m256i *)p);
     return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
@@ -82,6 +89,7 @@ static int NAME(const ELEM *q, int64_t q_head, const ELEM *k_pool, const ELEM *v
                 int64_t p_head, const int64_t *slots, int64_t len, ELEM *out, int64_t o_head,      \
                 int64_t heads, int64_t kv_heads, int64_t d, float scale, int is_bf16) {            \
     const int64_t group = heads / kv_heads, nv = d / 16, n = len > 0 ? len : 1;                    \
+    const int64_t row_bytes = kv_heads * p_head * (int64_t)sizeof(ELEM);                           \
     float *scores = (float *)malloc(sizeof(float) * (size_t)(heads * n));                           \
     __m512 *qv = (__m512 *)aligned_alloc(64, sizeof(__m512) * (size_t)(2 * heads * nv));           \
     if (!scores || !qv) { free(scores); free(qv); return -2; }                                     \
@@ -99,6 +107,7 @@ static int NAME(const ELEM *q, int64_t q_head, const ELEM *k_pool, const ELEM *v
     __m512 kv[MAX_HEAD_DIM / 16];                                                                  \
     for (int64_t t = 0; t < len; t++) {                                                            \
         const ELEM *row = k_pool + slots[t] * p_slot;                                              \
+        if (t + PREFETCH_AHEAD < len) prefetch_row(k_pool + slots[t + PREFETCH_AHEAD] * p_slot, row_bytes); \
         for (int64_t g = 0; g < kv_heads; g++) {                                                   \
             for (int64_t v = 0; v < nv; v++) kv[v] = LOAD16(row + g * p_head + 16 * v);            \
             for (int64_t h = g * group; h < (g + 1) * group; h++) {                                \
@@ -119,6 +128,7 @@ static int NAME(const ELEM *q, int64_t q_head, const ELEM *k_pool, const ELEM *v
     }                                                                                              \
     for (int64_t t = 0; t < len; t++) {                                                            \
         const ELEM *row = v_pool + slots[t] * p_slot;                                              \
+        if (t + PREFETCH_AHEAD < len) prefetch_row(v_pool + slots[t + PREFETCH_AHEAD] * p_slot, row_bytes); \
         for (int64_t g = 0; g < kv_heads; g++) {                                                   \
             for (int64_t v = 0; v < nv; v++) kv[v] = LOAD16(row + g * p_head + 16 * v);            \
             for (int64_t h = g * group; h < (g + 1) * group; h++) {                                \
