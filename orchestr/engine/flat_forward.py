@@ -30,11 +30,15 @@ _DECODER_LAYERS = {"LlamaDecoderLayer", "MistralDecoderLayer", "Qwen2DecoderLaye
 Linear = Callable[[torch.Tensor], torch.Tensor]
 
 
+def _packed(weight: torch.Tensor, bias: torch.Tensor | None = None) -> Linear:
+    """A oneDNN-packed product (see cpu_linear) as a plain function."""
+    return lambda x: torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
+
+
 def _linear(module: nn.Module) -> Linear | None:
     """The module's product as a plain function (no module dispatch)."""
     if isinstance(module, PackedLinear):
-        weight, bias = module.packed_weight, module.bias
-        return lambda x: torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
+        return _packed(module.packed_weight, module.bias)
     if type(module) is nn.Linear:
         weight, bias = module.weight, module.bias
         return lambda x: F.linear(x, weight, bias)
@@ -47,7 +51,7 @@ def _gated_mlp(mlp: nn.Module) -> Linear | None:
     if not (isinstance(act, nn.SiLU) or type(act).__name__ == "SiLUActivation"):
         return None
     if isinstance(mlp, FusedGatedMLP):
-        gate_up, down, split = _linear_weight(mlp.packed_weight), _linear(mlp.down_proj), mlp.split
+        gate_up, down, split = _packed(mlp.packed_weight), _linear(mlp.down_proj), mlp.split
 
         def fused(x: torch.Tensor) -> torch.Tensor:
             gate, up = gate_up(x).split(split, dim=-1)
@@ -59,10 +63,6 @@ def _gated_mlp(mlp: nn.Module) -> Linear | None:
         return None
     gate, up, down = parts
     return lambda x: down(F.silu(gate(x)) * up(x))
-
-
-def _linear_weight(packed: torch.Tensor) -> Linear:
-    return lambda x: torch.ops.mkldnn._linear_pointwise(x, packed, None, "none", [], "")
 
 
 @dataclass

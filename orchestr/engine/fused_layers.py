@@ -48,13 +48,14 @@ class NativeRMSNorm(nn.Module):
 class FusedAttention(nn.Module):
     """Llama-style self-attention over the paged KV cache with one fused q/k/v projection."""
 
-    def __init__(self, attn: nn.Module, num_heads: int, num_kv_heads: int) -> None:
+    def __init__(self, attn: nn.Module) -> None:
         super().__init__()
         self.layer_idx = attn.layer_idx
         self.head_dim = attn.head_dim
         self.scaling = attn.scaling
-        self.num_heads, self.num_kv_heads = num_heads, num_kv_heads
         q, k, v = attn.q_proj, attn.k_proj, attn.v_proj
+        # head counts from the projections themselves (no config lookup to keep in step)
+        self.num_heads, self.num_kv_heads = q.out_features // self.head_dim, k.out_features // self.head_dim
         weight = torch.cat([q.weight.detach(), k.weight.detach(), v.weight.detach()], dim=0)
         bias = None
         if q.bias is not None:
@@ -117,16 +118,13 @@ def fuse_layers(model: nn.Module) -> int:
         return 0
     if param.device.type != "cpu" or native.library() is None:
         return 0
-    cfg = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
-    heads = cfg.num_attention_heads
-    kv_heads = getattr(cfg, "num_key_value_heads", None) or heads
     swaps = []
     for parent in model.modules():
         for name, child in parent.named_children():
             if type(child).__name__ in _RMS_NORMS:
                 swaps.append((parent, name, NativeRMSNorm(child)))
             elif _attention_fusable(child):
-                swaps.append((parent, name, FusedAttention(child, heads, kv_heads)))
+                swaps.append((parent, name, FusedAttention(child)))
     for parent, name, new in swaps:
         setattr(parent, name, new)
     if swaps:
