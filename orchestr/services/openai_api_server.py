@@ -1,6 +1,6 @@
 """OpenAI-compatible REST API in front of the controller and its workers.
 
-Routes authenticate, parse and validate; ``ApiClient`` does the work. Every error a client can
+Routes authenticate, parse and validate; ``ApiBackend`` does the work. Every error a client can
 see has OpenAI's shape ``{"error": {"message", "type", "param", "code"}}``; parameter errors are
 400 (as OpenAI answers), not FastAPI's default 422.
 
@@ -23,7 +23,8 @@ from pydantic import BaseModel, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from orchestr.protocol import ChatCompletionRequest, CompletionRequest, EmbeddingsRequest
-from orchestr.services.api_client import ApiClient, ApiError
+from orchestr.services.api_backend import ApiBackend
+from orchestr.services.api_errors import ApiError
 from orchestr.services.http_util import error_response, run_app, setup_logging
 
 logger = setup_logging("orchestr.api")
@@ -90,7 +91,7 @@ def make_auth(api_keys: list[str]):
 
 
 def create_app(
-    client: ApiClient,
+    backend: ApiBackend,
     api_keys: list[str] | None = None,
     allowed_origins: list[str] | None = None,
     allowed_methods: list[str] | None = None,
@@ -100,7 +101,7 @@ def create_app(
     @asynccontextmanager
     async def lifespan(_app: FastAPI):
         yield
-        await client.aclose()
+        await backend.aclose()
 
     app = FastAPI(title="orchestr OpenAI-compatible API", lifespan=lifespan)
     if allowed_origins:
@@ -146,26 +147,26 @@ def create_app(
 
     @v1.get("/models")
     async def list_models():
-        return await client.list_models()
+        return await backend.router.list_models()
 
     @v1.get("/models/{model:path}")
     async def retrieve_model(model: str):
-        return await client.retrieve_model(model)
+        return await backend.router.retrieve_model(model)
 
     @v1.post("/chat/completions")
     async def chat_completions(request: Request) -> Response:
         req = await parse_body(request, ChatCompletionRequest)
-        return _respond(await client.chat(req))
+        return _respond(await backend.chat.create(req))
 
     @v1.post("/completions")
     async def completions(request: Request) -> Response:
         req = await parse_body(request, CompletionRequest)
-        return _respond(await client.complete(req))
+        return _respond(await backend.completions.create(req))
 
     @v1.post("/embeddings")
     async def embeddings(request: Request) -> Response:
         req = await parse_body(request, EmbeddingsRequest)
-        return _respond(await client.embed(req))
+        return _respond(await backend.embeddings.create(req))
 
     app.include_router(v1)
     return app
@@ -209,9 +210,9 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     api_keys = args.api_keys if args.api_keys is not None else _csv(os.environ.get("ORCHESTR_API_KEYS"))
 
-    client = ApiClient(args.controller_address, args.worker_timeout, args.controller_cache_ttl)
+    backend = ApiBackend(args.controller_address, args.worker_timeout, args.controller_cache_ttl)
     app = create_app(
-        client,
+        backend,
         api_keys=api_keys,
         allowed_origins=args.allowed_origins,
         allowed_methods=args.allowed_methods,
