@@ -17,13 +17,31 @@ from orchestr.services.worker_stream import WorkerClient
 
 
 class ApiBackend:
-    def __init__(self, controller_address: str, worker_timeout: float = 600.0, controller_cache_ttl: float = 2.0):
-        self.router = Router(controller_address, controller_cache_ttl, worker_timeout)
-        self.workers = WorkerClient(connect_timeout=10.0, read_timeout=worker_timeout)
+    def __init__(
+        self,
+        controller_address: str,
+        *,
+        worker_connect_timeout: float = 5.0,
+        worker_timeout: float = 600.0,
+        controller_timeout: float = 5.0,
+        controller_cache_ttl: float = 2.0,
+        worker_retries: int = 3,
+        health_check_interval: float = 1.0,
+        default_max_tokens: int = 1024,
+        max_embedding_inputs: int = 256,
+    ):
+        self.router = Router(
+            controller_address,
+            cache_ttl=controller_cache_ttl,
+            controller_timeout=controller_timeout,
+            retries=worker_retries,
+            health_check_interval=health_check_interval,
+        )
+        self.workers = WorkerClient(connect_timeout=worker_connect_timeout, read_timeout=worker_timeout)
         generation = Generation(self.router, self.workers)
-        self.chat = ChatServing(generation)
+        self.chat = ChatServing(generation, default_max_tokens)
         self.completions = CompletionServing(generation)
-        self.embeddings = EmbeddingServing(self.router, self.workers)
+        self.embeddings = EmbeddingServing(self.router, self.workers, max_embedding_inputs)
 
     async def aclose(self) -> None:
         await self.router.aclose()

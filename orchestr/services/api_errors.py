@@ -55,3 +55,8 @@ def unknown_model(model: str) -> ApiError:
         param="model",
         code="model_not_found",
     )
+
+
+def unsupported(param: str) -> ApiError:
+    return ApiError(400, f"Unsupported parameter: '{param}' is not supported by this server.", param=param,
+                    code="unsupported_parameter")

@@ -23,8 +23,9 @@ from orchestr.services.worker_stream import WorkerStream
 
 
 class ChatServing:
-    def __init__(self, generation: Generation):
+    def __init__(self, generation: Generation, default_max_tokens: int = 1024):
         self.generation = generation
+        self.default_max_tokens = default_max_tokens  # when a request sets none
 
     async def create(self, req: ChatCompletionRequest) -> ChatCompletionResponse | AsyncIterator[str]:
         for i, m in enumerate(req.messages):
@@ -32,13 +33,14 @@ class ChatServing:
                 m.text()
             except ValueError as e:
                 raise ApiError(400, str(e), param=f"messages.{i}.content") from e
-        max_new = req.max_completion_tokens or req.max_tokens
+        budget_set = bool(req.max_completion_tokens or req.max_tokens)
+        max_new = req.max_completion_tokens or req.max_tokens or self.default_max_tokens
         n = req.n or 1
         jobs = [(i, generate_request(req, i, messages=req.messages, max_new=max_new)) for i in range(n)]
         if req.stream:
-            streams = await self.generation.open_streams(jobs, "messages")
+            streams = await self.generation.open_streams(jobs, "messages", budget_set)
             return self._stream(req, streams)
-        results = await asyncio.gather(*(self.generation.generate(g, "messages") for _, g in jobs))
+        results = await asyncio.gather(*(self.generation.generate(g, "messages", budget_set) for _, g in jobs))
         choices = [
             ChatCompletionResponseChoice(
                 index=i,
@@ -66,7 +68,7 @@ class ChatServing:
                 out.append(chunk(index, DeltaMessage(), c.finish_reason))
             return out
 
-        include_usage = bool((req.stream_options or {}).get("include_usage"))
+        include_usage = bool(req.stream_options and req.stream_options.include_usage)
         async with aclosing(sse_relay(streams, render, proto, include_usage, len(streams))) as lines:
             async for line in lines:
                 yield line

@@ -13,7 +13,7 @@ from orchestr.protocol import (
     CompletionStreamResponse,
     GenerateChunk,
 )
-from orchestr.services.api_errors import ApiError
+from orchestr.services.api_errors import unsupported
 from orchestr.services.generation import Generation, generate_request, sum_usage
 from orchestr.services.sse import FastSse, sse, sse_relay
 from orchestr.services.worker_stream import WorkerStream
@@ -27,7 +27,11 @@ class CompletionServing:
 
     async def create(self, req: CompletionRequest) -> CompletionResponse | AsyncIterator[str]:
         if req.suffix:
-            raise ApiError(400, "suffix is not supported", param="suffix")
+            raise unsupported("suffix")
+        if req.logprobs is not None:
+            raise unsupported("logprobs")
+        if req.best_of is not None and req.best_of != (req.n or 1):
+            raise unsupported("best_of")
         prompts = [req.prompt] if isinstance(req.prompt, str) else list(req.prompt)
         n = req.n or 1
         max_new = req.max_tokens if req.max_tokens is not None else COMPLETIONS_DEFAULT_MAX_TOKENS
@@ -69,7 +73,7 @@ class CompletionServing:
                 return [chunk(index, c.text, c.finish_reason)]
             return [fast.completion(index, c.text)] if c.text else []
 
-        include_usage = bool((req.stream_options or {}).get("include_usage"))
+        include_usage = bool(req.stream_options and req.stream_options.include_usage)
         async with aclosing(sse_relay(streams, render, proto, include_usage, n)) as lines:
             async for line in lines:
                 yield line

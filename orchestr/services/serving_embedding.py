@@ -13,27 +13,30 @@ from orchestr.protocol import (
     EmbeddingsResponse,
     UsageInfo,
 )
-from orchestr.services.api_errors import ApiError, worker_error, worker_failed
+from orchestr.services.api_errors import ApiError, worker_error
 from orchestr.services.routing import Router
-from orchestr.services.worker_stream import WorkerClient, WorkerFailed
+from orchestr.services.worker_stream import WorkerClient
 
 
 class EmbeddingServing:
-    def __init__(self, router: Router, workers: WorkerClient):
-        self.router, self.workers = router, workers
+    def __init__(self, router: Router, workers: WorkerClient, max_inputs: int = 256):
+        self.router, self.workers, self.max_inputs = router, workers, max_inputs
 
     async def create(self, req: EmbeddingsRequest) -> EmbeddingsResponse:
         inputs = [req.input] if isinstance(req.input, str) else list(req.input)
         if not inputs:
             raise ApiError(400, "input must not be empty", param="input")
 
-        async def call(addr: str) -> EmbeddingResult:
-            try:
-                return await self.workers.embed(addr, EmbeddingRequest(model=req.model, input=inputs))
-            except WorkerFailed as e:
-                raise worker_failed(e) from e
+        if len(inputs) > self.max_inputs:
+            raise ApiError(400, f"input holds {len(inputs)} items; this server embeds at most "
+                                f"{self.max_inputs} per request", param="input", code="too_many_inputs")
+        if any(not text for text in inputs):
+            raise ApiError(400, "input must not contain empty strings", param="input")
 
-        result = await self.router.on_worker(req.model, call)
+        async def call(addr: str) -> EmbeddingResult:
+            return await self.workers.embed(addr, EmbeddingRequest(model=req.model, input=inputs))
+
+        result = await self.router.run(req.model, call)
         if result.error_code:
             raise worker_error(result.error_code, result.error)
         data = []

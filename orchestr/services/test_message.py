@@ -17,6 +17,7 @@ from orchestr.protocol import (
     ModelListResponse,
     WorkerAddressResponse,
 )
+from orchestr.secrets import SecretError, bearer, service_secret
 from orchestr.services.worker_stream import WorkerClient, WorkerFailed, WorkerUnreachable
 
 
@@ -26,7 +27,7 @@ class RoundTripError(Exception):
 
 def _post(url: str, body: dict | None = None, timeout: float = 10.0) -> dict:
     try:
-        r = httpx.post(url, json=body or {}, timeout=timeout)
+        r = httpx.post(url, json=body or {}, timeout=timeout, headers=bearer(service_secret()))
         r.raise_for_status()
         return r.json()
     except httpx.ConnectError as e:
@@ -113,6 +114,9 @@ def main(argv: list[str] | None = None) -> int:
     except RoundTripError as e:
         print(f"test-message failed: {e}", file=sys.stderr)
         return 1
+    except SecretError as e:
+        print(f"test-message: {e}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         return 130
     return 0

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import TypeVar
 
 from pydantic import BaseModel
@@ -26,6 +26,7 @@ from orchestr.protocol import (
     GenerateResult,
     ModelDetails,
 )
+from orchestr.secrets import bearer, service_secret
 from orchestr.services.stream_client import StreamBroken, StreamClient, StreamConnectError, StreamResponse
 
 M = TypeVar("M", bound=BaseModel)
@@ -42,6 +43,11 @@ class WorkerFailed(Exception):
     def __init__(self, message: str, status: int | None = None):
         super().__init__(message)
         self.status = status
+
+    @property
+    def retryable(self) -> bool:
+        """Broken off or a server error: another worker may well succeed."""
+        return self.status is None or self.status >= 500
 
 
 def decode_line(line: str | bytes) -> GenerateChunk | None:
@@ -75,6 +81,7 @@ class WorkerStream:
 
     def __init__(self, first: Batch, rest: AsyncIterator[Batch], index: int = 0):
         self.first, self._rest, self.index = first, rest, index
+        self.on_close: Callable[[], None] | None = None  # called once, when the stream is closed
 
     async def batches(self) -> AsyncIterator[Batch]:
         """The rest of the stream; raises WorkerFailed if it breaks off or is malformed."""
@@ -87,21 +94,28 @@ class WorkerStream:
             raise WorkerFailed(f"the worker stream broke: {e}") from e
 
     async def aclose(self) -> None:
-        await self._rest.aclose()  # type: ignore[attr-defined]
+        on_close, self.on_close = self.on_close, None
+        try:
+            await self._rest.aclose()  # type: ignore[attr-defined]
+        finally:
+            if on_close is not None:
+                on_close()
 
 
 class WorkerClient:
-    """Pooled calls to workers over the lean HTTP/1.1 client (``stream_client``)."""
+    """Pooled calls to workers over the lean HTTP/1.1 client (``stream_client``), carrying the
+    service secret (by default the one ``orchestr.secrets`` finds)."""
 
-    def __init__(self, connect_timeout: float = 10.0, read_timeout: float = 600.0):
+    def __init__(self, connect_timeout: float = 10.0, read_timeout: float = 600.0, secret: str | None = None):
         self.http = StreamClient(connect_timeout=connect_timeout, read_timeout=read_timeout)
+        self.headers = bearer(secret if secret is not None else service_secret())
 
     async def aclose(self) -> None:
         await self.http.aclose()
 
     async def _send(self, addr: str, path: str, body: bytes) -> StreamResponse:
         try:
-            return await self.http.post(addr.rstrip("/") + path, body)
+            return await self.http.post(addr.rstrip("/") + path, body, headers=self.headers)
         except StreamConnectError as e:
             raise WorkerUnreachable(str(e)) from e
         except StreamBroken as e:

@@ -18,6 +18,7 @@ from orchestr.protocol import (
     WorkerAddressRequest,
     WorkerAddressResponse,
 )
+from orchestr.secrets import bearer, service_secret
 from orchestr.services.worker_stream import WorkerClient, WorkerFailed, WorkerUnreachable
 
 log = logging.getLogger(__name__)
@@ -33,11 +34,12 @@ class ServingClient:
         # Generous read timeout: a busy CPU worker can take a while to emit its first token.
         self.timeout = httpx.Timeout(timeout_s, connect=10.0)
         self.timeout_s = timeout_s
+        self.headers = bearer(service_secret())  # the deployment's service secret, if any
 
     def list_models(self, refresh: bool = False) -> list[str]:
         """Model names the controller knows, sorted. ``refresh`` asks it to re-poll its workers first."""
         try:
-            with httpx.Client(timeout=self.timeout) as http:
+            with httpx.Client(timeout=self.timeout, headers=self.headers) as http:
                 if refresh:
                     http.post(f"{self.controller}/refresh_all_workers").raise_for_status()
                 r = http.post(f"{self.controller}/list_models")
@@ -70,7 +72,7 @@ class ServingClient:
         """Yield the reply's text deltas. Raises BackendError with a user-facing message."""
         request = GenerateRequest(model=model, messages=messages, temperature=temperature,
                                   top_p=top_p, max_new_tokens=max_new_tokens)
-        async with httpx.AsyncClient(timeout=self.timeout) as http:
+        async with httpx.AsyncClient(timeout=self.timeout, headers=self.headers) as http:
             address = await self._worker_address(http, model)
         workers = WorkerClient(connect_timeout=10.0, read_timeout=self.timeout_s)
         try:
