@@ -11,6 +11,7 @@ Worker streams are newline-delimited JSON, one ``GenerateChunk`` per line.
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from typing import Any, Literal
@@ -97,11 +98,44 @@ class ModelList(BaseModel):
     data: list[ModelCard] = Field(default_factory=list)
 
 
+class ToolCallFunction(BaseModel):
+    name: str
+    arguments: str  # JSON text, as OpenAI sends it
+
+
+class ToolCall(BaseModel):
+    id: str = Field(default_factory=lambda: _new_id("call"))
+    type: Literal["function"] = "function"
+    function: ToolCallFunction
+
+
 class ChatMessage(BaseModel):
     role: Literal["system", "user", "assistant", "tool", "developer"]
     # OpenAI allows a list of content parts; only text parts are supported here.
     content: str | list[dict[str, Any]] | None = ""
     name: str | None = None
+    tool_calls: list[ToolCall] | None = None
+    tool_call_id: str | None = None
+
+    def template_dict(self) -> dict[str, Any]:
+        """The message as chat templates (Hugging Face's ``apply_chat_template``) expect it:
+        tool call arguments as objects, the tool result's call id alongside."""
+        out: dict[str, Any] = {"role": self.role, "content": self.text()}
+        if self.tool_calls:
+            calls = []
+            for c in self.tool_calls:
+                try:
+                    args: Any = json.loads(c.function.arguments)
+                except ValueError:
+                    args = c.function.arguments
+                calls.append({"id": c.id, "type": "function",
+                              "function": {"name": c.function.name, "arguments": args}})
+            out["tool_calls"] = calls
+        if self.tool_call_id is not None:
+            out["tool_call_id"] = self.tool_call_id
+        if self.name is not None and self.role == "tool":
+            out["name"] = self.name
+        return out
 
     def text(self) -> str:
         if self.content is None:
@@ -267,6 +301,33 @@ class GenerateRequest(BaseModel):
     echo: bool = False
     seed: int | None = None
     request_id: str = Field(default_factory=lambda: uuid.uuid4().hex)
+    # token ids instead of ``prompt`` text (OpenAI's list-of-ints prompt)
+    prompt_token_ids: list[int] | None = None
+    # function definitions the chat template renders (OpenAI's ``tools``, ``{"type": "function", ...}``)
+    tools: list[dict[str, Any]] | None = None
+    # constrained decoding: the output is JSON valid against this schema ({"type": "object"}: any object)
+    guided_json: dict[str, Any] | None = None
+    # token id -> bias added to its logit (OpenAI's ``logit_bias``)
+    logit_bias: dict[int, float] | None = None
+    # per generated token: its logprob and this many top alternatives (None: no logprobs)
+    logprobs: int | None = None
+    # with ``echo``: logprobs of the prompt's tokens too
+    prompt_logprobs: bool = False
+
+
+class TopLogprob(BaseModel):
+    token: str
+    logprob: float
+    id: int | None = None
+
+
+class TokenLogprob(BaseModel):
+    """One token's log probability (from the logits the sampler used) and its top alternatives."""
+
+    token: str
+    logprob: float | None  # None: the first prompt token (nothing conditions it)
+    id: int | None = None
+    top: list[TopLogprob] = Field(default_factory=list)
 
 
 class GenerateChunk(BaseModel):
@@ -277,6 +338,8 @@ class GenerateChunk(BaseModel):
     error: str | None = None
     finish_reason: Literal["stop", "length", "error"] | None = None
     usage: UsageInfo | None = None
+    # the tokens whose text this chunk (first: the echoed prompt's) carries, when logprobs were asked for
+    logprobs: list[TokenLogprob] | None = None
 
 
 class GenerateResult(BaseModel):
@@ -287,6 +350,16 @@ class GenerateResult(BaseModel):
     error: str | None = None
     finish_reason: Literal["stop", "length", "error"] | None = None
     usage: UsageInfo = Field(default_factory=UsageInfo)
+    logprobs: list[TokenLogprob] | None = None
+
+    @classmethod
+    def from_chunks(cls, chunks: list[GenerateChunk]) -> GenerateResult:
+        """Concatenate one request's stream."""
+        last = chunks[-1] if chunks else GenerateChunk()
+        lps = [lp for c in chunks for lp in (c.logprobs or [])]
+        return cls(text="".join(c.text for c in chunks), error=last.error, error_code=last.error_code,
+                   finish_reason=last.finish_reason, usage=last.usage or UsageInfo(),
+                   logprobs=lps if any(c.logprobs is not None for c in chunks) else None)
 
 
 class EmbeddingRequest(BaseModel):

@@ -144,17 +144,23 @@ class ChatFormatter:
     def name(self) -> str:
         return "tokenizer" if self.uses_tokenizer_template else self.template.name
 
-    def format(self, messages: Sequence[Message]) -> ChatPrompt:
+    @property
+    def renders_tools(self) -> bool:
+        """Whether the tokenizer's chat template knows about tools (it reads a ``tools`` variable)."""
+        return self.uses_tokenizer_template and "tools" in str(self.tokenizer.chat_template)
+
+    def format(self, messages: Sequence[Message], tools: list[dict] | None = None) -> ChatPrompt:
         for m in messages:
             if m.get("role") not in ("system", "developer", "user", "assistant", "tool"):
                 raise TemplateError(f"unsupported message role {m.get('role')!r}")
         if self.uses_tokenizer_template:
+            kwargs = {"tools": tools} if tools else {}
             try:
                 text = self.tokenizer.apply_chat_template(
-                    [{"role": "system" if m["role"] == "developer" else m["role"], "content": m["content"]}
-                     for m in messages],
+                    [{**m, "role": "system" if m["role"] == "developer" else m["role"]} for m in messages],
                     tokenize=False,
                     add_generation_prompt=True,
+                    **kwargs,
                 )
             except Exception as exc:  # jinja raise_exception() in templates: bad role order etc.
                 raise TemplateError(f"cannot apply the model's chat template: {exc}") from exc

@@ -232,12 +232,7 @@ class WorkerBase:
             if adapter is None:
                 return GenerateResult(error=unknown_model(req.model), error_code=ErrorCode.INVALID_MODEL,
                                       finish_reason="error")
-            parts, last = [], GenerateChunk()
-            async for chunk in self._limited_stream(adapter, req):
-                parts.append(chunk.text)
-                last = chunk
-            return GenerateResult(text="".join(parts), error=last.error, error_code=last.error_code,
-                                  finish_reason=last.finish_reason, usage=last.usage or UsageInfo())
+            return GenerateResult.from_chunks([chunk async for chunk in self._limited_stream(adapter, req)])
 
         @app.post("/worker_get_embeddings")
         async def worker_get_embeddings(req: EmbeddingRequest) -> EmbeddingResult:
