@@ -165,6 +165,7 @@ class SamplingFields(BaseModel):
     repetition_penalty: float | None = Field(default=1.0, gt=0.0)
     seed: int | None = None
     user: str | None = None
+    logit_bias: dict[str, float] | None = None
 
     def stop_list(self) -> list[str]:
         if self.stop is None:
@@ -177,12 +178,21 @@ class ChatCompletionRequest(SamplingFields):
     messages: list[ChatMessage] = Field(min_length=1)
     stream_options: dict[str, Any] | None = None
     max_completion_tokens: int | None = Field(default=None, ge=1)
+    response_format: dict[str, Any] | None = None
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: str | dict[str, Any] | None = None
+    parallel_tool_calls: bool | None = True
+    logprobs: bool | None = False
+    top_logprobs: int | None = Field(default=None, ge=0, le=20)
+    # OpenAI's 'functions'/'function_call' (deprecated), audio and the like: refused with a 400 by name
+    model_config = {"extra": "allow"}
 
 
 class ChatCompletionResponseChoice(BaseModel):
     index: int
     message: ChatMessage
-    finish_reason: Literal["stop", "length", "error"] | None = None
+    finish_reason: Literal["stop", "length", "tool_calls", "error"] | None = None
+    logprobs: dict[str, Any] | None = None
 
 
 class ChatCompletionResponse(BaseModel):
@@ -197,12 +207,14 @@ class ChatCompletionResponse(BaseModel):
 class DeltaMessage(BaseModel):
     role: str | None = None
     content: str | None = None
+    tool_calls: list[dict[str, Any]] | None = None
 
 
 class ChatCompletionStreamChoice(BaseModel):
     index: int
     delta: DeltaMessage
-    finish_reason: Literal["stop", "length", "error"] | None = None
+    finish_reason: Literal["stop", "length", "tool_calls", "error"] | None = None
+    logprobs: dict[str, Any] | None = None
 
 
 class ChatCompletionStreamResponse(BaseModel):
@@ -216,19 +228,30 @@ class ChatCompletionStreamResponse(BaseModel):
 
 class CompletionRequest(SamplingFields):
     model: str
-    prompt: str | list[str]
+    # text, texts, token ids, or lists of token ids (as OpenAI accepts)
+    prompt: str | list[str] | list[int] | list[list[int]]
     echo: bool | None = False
     suffix: str | None = None
-    logprobs: int | None = None
+    logprobs: int | None = Field(default=None, ge=0, le=20)
     best_of: int | None = None
     stream_options: dict[str, Any] | None = None
+    response_format: dict[str, Any] | None = None
+    model_config = {"extra": "allow"}
 
     @field_validator("prompt")
     @classmethod
-    def _non_empty(cls, v: str | list[str]) -> str | list[str]:
-        if isinstance(v, list) and not v:
+    def _non_empty(cls, v):
+        if isinstance(v, list) and (not v or any(isinstance(p, list) and not p for p in v)):
             raise ValueError("prompt must not be an empty list")
         return v
+
+    def prompts(self) -> list[str | list[int]]:
+        """One entry per prompt: text or token ids."""
+        if isinstance(self.prompt, str):
+            return [self.prompt]
+        if all(isinstance(p, int) for p in self.prompt):
+            return [list(self.prompt)]  # type: ignore[arg-type]
+        return list(self.prompt)  # type: ignore[arg-type]
 
 
 class CompletionResponseChoice(BaseModel):
@@ -258,9 +281,10 @@ class CompletionStreamResponse(BaseModel):
 
 class EmbeddingsRequest(BaseModel):
     model: str
-    input: str | list[str]
+    input: str | list[str] | list[int] | list[list[int]]
     user: str | None = None
     encoding_format: Literal["float", "base64"] | None = "float"
+    dimensions: int | None = None
 
 
 class EmbeddingData(BaseModel):
@@ -364,7 +388,8 @@ class GenerateResult(BaseModel):
 
 class EmbeddingRequest(BaseModel):
     model: str
-    input: list[str]
+    input: list[str] = Field(default_factory=list)
+    input_ids: list[list[int]] | None = None  # token-id inputs instead of texts
 
 
 class EmbeddingResult(BaseModel):
@@ -397,6 +422,7 @@ class ModelDetails(BaseModel):
     backend: str = "hf"
     dtype: str | None = None
     device: str | None = None
+    tool_parser: str | None = None  # tool-call syntax of the chat template (hermes, llama3_json, mistral)
 
 
 # --------------------------------------------------------------------------- controller messages

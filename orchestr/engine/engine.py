@@ -29,6 +29,7 @@ from orchestr.engine import paged_attention as pa
 from orchestr.engine.cpu_linear import pack_linears
 from orchestr.engine.fused_layers import fuse_layers
 from orchestr.engine.loader import context_length, load_model, model_dtype_name
+from orchestr.engine.metrics import EngineMetrics
 from orchestr.engine.prompts import RenderedPrompt, RequestError, render_prompt
 from orchestr.engine.prompts import encode as encode_text
 from orchestr.engine.sampling import SamplingParams, SamplingRow, sample_with_logprobs
@@ -133,6 +134,7 @@ class Engine:
         self._stopping = False
         self.threads = threads or default_threads()
         torch.set_num_threads(self.threads)
+        self.metrics = EngineMetrics(model_name, self)
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -250,6 +252,7 @@ class Engine:
                 pass
 
         seq = Sequence(prep, self.tokenizer, sink, self.max_seq_tokens, self.device)
+        seq.metrics = self.metrics
         with self._active_lock:
             self._active += 1
         self._inbox.put(("add", seq))
@@ -272,14 +275,21 @@ class Engine:
         return GenerateResult.from_chunks([chunk async for chunk in self.generate_stream(req)])
 
     async def embed(self, req: EmbeddingRequest) -> EmbeddingResult:
-        return await self._call(self._embed, list(req.input))
+        inputs = req.input_ids if req.input_ids is not None else [encode_text(self.tokenizer, t, True)
+                                                                  for t in req.input]
+        bad = [t for ids in inputs for t in ids if not 0 <= t < self.vocab_size]
+        if bad or any(not ids for ids in inputs):
+            return EmbeddingResult(error=f"token ids must be non-empty lists of ids in [0, {self.vocab_size})",
+                                   error_code=ErrorCode.VALIDATION_TYPE_ERROR)
+        return await self._call(self._embed, inputs)
 
     def count_tokens(self, req: CountTokenRequest) -> CountTokenResult:
         return CountTokenResult(count=len(self.prompt_of(req).ids), context_length=self.context_len)
 
     def model_details(self, model_name: str | None = None) -> ModelDetails:
         return ModelDetails(model=model_name or self.model_name, context_length=self.context_len,
-                            backend=self.backend, dtype=self.dtype_name, device=str(self.device))
+                            backend=self.backend, dtype=self.dtype_name, device=str(self.device),
+                            tool_parser=self.formatter.tool_family)
 
     async def _call(self, fn, *args):
         """Run ``fn`` on the engine thread between two steps (the model is not thread-safe)."""
@@ -289,11 +299,11 @@ class Engine:
         self._inbox.put(("call", (fn, args, fut, asyncio.get_running_loop())))
         return await fut
 
-    def _embed(self, texts: list[str]) -> EmbeddingResult:
+    def _embed(self, inputs: list[list[int]]) -> EmbeddingResult:
         vectors, total = [], 0
         pa.set_step(None, None)
-        for text in texts:
-            ids = encode_text(self.tokenizer, text, True)[: self.context_len]
+        for ids in inputs:
+            ids = ids[: self.context_len]
             total += len(ids)
             ids_t = torch.tensor([ids], device=self.device)
             hidden = self.base_model(input_ids=ids_t, use_cache=False).last_hidden_state[0]
@@ -376,6 +386,7 @@ class Engine:
         seq.kv_len = 0
         self._waiting.appendleft(seq)
         self.preemptions += 1
+        self.metrics.preempt.inc()
         log.info("KV cache full: preempted request %s (%d tokens)", seq.request_id, seq.num_tokens)
 
     def _schedule(self) -> list[tuple[Sequence, int]]:
@@ -471,6 +482,7 @@ class Engine:
         rows = [SamplingRow(s.params, s.prompt_ids, s.output_ids, s.generator, s.grammar) for s in sampled]
         tokens, lps = sample_with_logprobs(logits, rows)
         for seq, token, lp in zip(sampled, tokens, lps, strict=True):
+            self.metrics.on_token(seq)
             seq.append_token(token, lp)
             if seq.finished:
                 self._running.remove(seq)

@@ -73,6 +73,8 @@ class Sequence:
         self.tokenizer = tokenizer
         self.pending_logprobs: list[TokenLogprob] | None = [] if prep.params.logprobs is not None else None
         self.arrival = time.monotonic()
+        self.last_token_at: float | None = None
+        self.metrics: Any = None  # EngineMetrics of the engine running it
         self.generator: torch.Generator | None = None
         if prep.params.seed is not None:
             self.generator = torch.Generator().manual_seed(prep.params.seed)
@@ -147,5 +149,7 @@ class Sequence:
         if self.finished:
             return
         self.finished = True
+        if self.metrics is not None:
+            self.metrics.on_finish(self, reason)
         self.sink(GenerateChunk(text=delta, finish_reason=reason, usage=self.usage(), error=error,
                                 error_code=error_code, logprobs=self._take_logprobs()))

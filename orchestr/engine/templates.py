@@ -121,6 +121,24 @@ def get_template(name: str) -> ConvTemplate:
     return TEMPLATES[key]
 
 
+# tool-call syntaxes of chat templates that render tools (the API parses calls per family)
+HERMES, LLAMA3, MISTRAL = "hermes", "llama3_json", "mistral"
+
+
+def template_family(chat_template: str | None) -> str | None:
+    """Which parser fits a tokenizer chat template that renders tools (None: it renders none)."""
+    t = str(chat_template or "")
+    if "tools" not in t:
+        return None
+    if "<tool_call>" in t:
+        return HERMES
+    if "[TOOL_CALLS]" in t or "[AVAILABLE_TOOLS]" in t:
+        return MISTRAL
+    if "<|python_tag|>" in t or "ipython" in t or "<|eom_id|>" in t:
+        return LLAMA3
+    return None
+
+
 @dataclass(frozen=True)
 class ChatPrompt:
     text: str
@@ -145,9 +163,9 @@ class ChatFormatter:
         return "tokenizer" if self.uses_tokenizer_template else self.template.name
 
     @property
-    def renders_tools(self) -> bool:
-        """Whether the tokenizer's chat template knows about tools (it reads a ``tools`` variable)."""
-        return self.uses_tokenizer_template and "tools" in str(self.tokenizer.chat_template)
+    def tool_family(self) -> str | None:
+        """The tool-call syntax of the tokenizer's chat template; None when it renders no tools."""
+        return template_family(self.tokenizer.chat_template) if self.uses_tokenizer_template else None
 
     def format(self, messages: Sequence[Message], tools: list[dict] | None = None) -> ChatPrompt:
         for m in messages:

@@ -63,7 +63,8 @@ def engine_kwargs(args: argparse.Namespace, model_folder: str, tokenizer_folder:
         "dtype": args.dtype or "auto",
         "trust_remote_code": bool(args.trust_remote_code),
         "gpu_memory_utilization": float(args.gpu_memory_utilization),
-        "disable_log_stats": True,
+        # stats on: vLLM then registers its own Prometheus metrics, which the worker's /metrics serves
+        "disable_log_stats": False,
     }
     if num_gpus > 1:
         kw["distributed_executor_backend"] = "ray"
@@ -190,7 +191,7 @@ class VllmEngine:
 
     def model_details(self, name: str | None = None) -> ModelDetails:
         return ModelDetails(model=name or self.model_name, context_length=self.context_len, backend=self.backend,
-                            dtype=self.dtype, device=self.device)
+                            dtype=self.dtype, device=self.device, tool_parser=self.formatter.tool_family)
 
     # ------------------------------------------------------------------ generation
     async def generate_stream(self, req: GenerateRequest) -> AsyncIterator[GenerateChunk]:

@@ -37,6 +37,7 @@ from orchestr.protocol import (
     UsageInfo,
     WorkerStatus,
 )
+from orchestr.services.metrics import mount_metrics
 
 log = logging.getLogger("orchestr.worker")
 
@@ -207,6 +208,7 @@ class WorkerBase:
             self.stop()
 
         app = FastAPI(title="orchestr model worker", lifespan=lifespan)
+        mount_metrics(app, "worker")
 
         def unknown_model(model: str) -> str:
             return f"this worker serves {self.model_names}, not {model!r}"
