@@ -32,7 +32,7 @@ from orchestr.engine.loader import context_length, load_model, model_dtype_name
 from orchestr.engine.metrics import EngineMetrics
 from orchestr.engine.prompts import RenderedPrompt, RequestError, render_prompt
 from orchestr.engine.prompts import encode as encode_text
-from orchestr.engine.sampling import SamplingParams, SamplingRow, sample_with_logprobs
+from orchestr.engine.sampling import NON_FINITE, SamplingParams, SamplingRow, sample_with_logprobs
 from orchestr.engine.sequence import PreparedRequest, Sequence, token_logprobs
 from orchestr.engine.templates import ChatFormatter
 from orchestr.protocol import (
@@ -275,13 +275,21 @@ class Engine:
         return GenerateResult.from_chunks([chunk async for chunk in self.generate_stream(req)])
 
     async def embed(self, req: EmbeddingRequest) -> EmbeddingResult:
-        inputs = req.input_ids if req.input_ids is not None else [encode_text(self.tokenizer, t, True)
-                                                                  for t in req.input]
-        bad = [t for ids in inputs for t in ids if not 0 <= t < self.vocab_size]
-        if bad or any(not ids for ids in inputs):
-            return EmbeddingResult(error=f"token ids must be non-empty lists of ids in [0, {self.vocab_size})",
-                                   error_code=ErrorCode.VALIDATION_TYPE_ERROR)
-        return await self._call(self._embed, inputs)
+        """One input per turn of the engine thread, so generation steps run in between (many
+        inputs cannot starve streams); an input longer than the context is refused."""
+        vectors, total = [], 0
+        inputs = req.input_ids if req.input_ids is not None else req.input
+        for i, item in enumerate(inputs):
+            ids = encode_text(self.tokenizer, item, True) if isinstance(item, str) else list(item)
+            if not ids or not all(0 <= t < self.vocab_size for t in ids):
+                return EmbeddingResult(error=f"input[{i}]: token ids must be a non-empty list of ids in "
+                                             f"[0, {self.vocab_size})", error_code=ErrorCode.VALIDATION_TYPE_ERROR)
+            if len(ids) > self.context_len:
+                return EmbeddingResult(error=f"input[{i}] has {len(ids)} tokens; this model's context holds "
+                                             f"{self.context_len}", error_code=ErrorCode.CONTEXT_OVERFLOW)
+            vectors.append(await self._call(self._embed_ids, ids))
+            total += len(ids)
+        return EmbeddingResult(embedding=vectors, token_num=total)
 
     def count_tokens(self, req: CountTokenRequest) -> CountTokenResult:
         return CountTokenResult(count=len(self.prompt_of(req).ids), context_length=self.context_len)
@@ -299,17 +307,11 @@ class Engine:
         self._inbox.put(("call", (fn, args, fut, asyncio.get_running_loop())))
         return await fut
 
-    def _embed(self, inputs: list[list[int]]) -> EmbeddingResult:
-        vectors, total = [], 0
+    def _embed_ids(self, ids: list[int]) -> list[float]:
         pa.set_step(None, None)
-        for ids in inputs:
-            ids = ids[: self.context_len]
-            total += len(ids)
-            ids_t = torch.tensor([ids], device=self.device)
-            hidden = self.base_model(input_ids=ids_t, use_cache=False).last_hidden_state[0]
-            vec = torch.nn.functional.normalize(hidden.float().mean(dim=0), dim=0)
-            vectors.append(vec.tolist())
-        return EmbeddingResult(embedding=vectors, token_num=total)
+        ids_t = torch.tensor([ids], device=self.device)
+        hidden = self.base_model(input_ids=ids_t, use_cache=False).last_hidden_state[0]
+        return torch.nn.functional.normalize(hidden.float().mean(dim=0), dim=0).tolist()
 
     def _prompt_logprobs(self, ids: list[int], k: int) -> list:
         """Each prompt token's logprob given the tokens before it (one forward, no cache)."""
@@ -482,8 +484,12 @@ class Engine:
         rows = [SamplingRow(s.params, s.prompt_ids, s.output_ids, s.generator, s.grammar) for s in sampled]
         tokens, lps = sample_with_logprobs(logits, rows)
         for seq, token, lp in zip(sampled, tokens, lps, strict=True):
-            self.metrics.on_token(seq)
-            seq.append_token(token, lp)
+            if token == NON_FINITE:
+                seq.finish("error", error="the sampling parameters turned this request's logits non-finite",
+                           error_code=ErrorCode.PARAM_OUT_OF_RANGE)
+            else:
+                self.metrics.on_token(seq)
+                seq.append_token(token, lp)
             if seq.finished:
                 self._running.remove(seq)
                 seq.table.release(self.cache)

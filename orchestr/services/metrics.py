@@ -45,7 +45,7 @@ class ControllerMetrics:
 
     def __init__(self) -> None:
         self.registrations = Counter("orchestr:controller_worker_registrations", "Worker registrations.",
-                                     ["worker"])
+                                     ["worker", "accepted"])
         self.heartbeats = Counter("orchestr:controller_heart_beats", "Heartbeats received.", ["worker", "known"])
         self.dispatches = Counter("orchestr:controller_dispatches", "Worker address requests answered.",
                                   ["model", "worker", "method"])
