@@ -24,7 +24,7 @@ from typing import Any
 import torch
 
 from orchestr.config.serving import EngineConfig
-from orchestr.engine import flat_forward
+from orchestr.engine import flat_forward, prompts
 from orchestr.engine import paged_attention as pa
 from orchestr.engine.cpu_linear import pack_linears
 from orchestr.engine.fused_layers import fuse_layers
@@ -38,6 +38,8 @@ from orchestr.engine.templates import ChatFormatter
 from orchestr.protocol import (
     CountTokenRequest,
     CountTokenResult,
+    DetokenizeRequest,
+    DetokenizeResponse,
     EmbeddingRequest,
     EmbeddingResult,
     ErrorCode,
@@ -45,6 +47,8 @@ from orchestr.protocol import (
     GenerateRequest,
     GenerateResult,
     ModelDetails,
+    TokenizeRequest,
+    TokenizeResponse,
 )
 
 log = logging.getLogger(__name__)
@@ -293,6 +297,15 @@ class Engine:
 
     def count_tokens(self, req: CountTokenRequest) -> CountTokenResult:
         return CountTokenResult(count=len(self.prompt_of(req).ids), context_length=self.context_len)
+
+    def tokenize(self, req: TokenizeRequest) -> TokenizeResponse:
+        return prompts.tokenize(self.formatter, self.tokenizer, req, self.context_len)
+
+    def detokenize(self, req: DetokenizeRequest) -> DetokenizeResponse:
+        return prompts.detokenize(self.tokenizer, req)
+
+    def tokenizer_info(self) -> dict:
+        return prompts.tokenizer_info(self.tokenizer, self.context_len)
 
     def model_details(self, model_name: str | None = None) -> ModelDetails:
         return ModelDetails(model=model_name or self.model_name, context_length=self.context_len,

@@ -7,7 +7,15 @@ from dataclasses import dataclass
 from typing import Any
 
 from orchestr.engine.templates import ChatFormatter, TemplateError
-from orchestr.protocol import CountTokenRequest, ErrorCode, GenerateRequest
+from orchestr.protocol import (
+    CountTokenRequest,
+    DetokenizeRequest,
+    DetokenizeResponse,
+    ErrorCode,
+    GenerateRequest,
+    TokenizeRequest,
+    TokenizeResponse,
+)
 
 
 class RequestError(ValueError):
@@ -56,3 +64,36 @@ def render_prompt(formatter: ChatFormatter, tokenizer: Any, req: GenerateRequest
     if req.prompt is None:
         raise RequestError("either prompt or messages is required", ErrorCode.VALIDATION_TYPE_ERROR)
     return RenderedPrompt(req.prompt, encode(tokenizer, req.prompt, True))
+
+
+def tokenize(formatter: ChatFormatter, tokenizer: Any, req: TokenizeRequest, context_len: int) -> TokenizeResponse:
+    """vLLM's ``/tokenize``: chat messages through the template, a raw prompt with or without
+    the tokenizer's special tokens."""
+    if req.messages:
+        ids = render_prompt(formatter, tokenizer, CountTokenRequest(model=req.model or "", messages=req.messages,
+                                                                    tools=req.tools)).ids
+    elif req.prompt is not None:
+        ids = list(tokenizer(req.prompt, add_special_tokens=req.add_special_tokens)["input_ids"])
+    else:
+        raise RequestError("either prompt or messages is required", ErrorCode.VALIDATION_TYPE_ERROR)
+    strs = tokenizer.convert_ids_to_tokens(ids) if req.return_token_strs else None
+    return TokenizeResponse(count=len(ids), max_model_len=context_len, tokens=ids, token_strs=strs)
+
+
+def detokenize(tokenizer: Any, req: DetokenizeRequest) -> DetokenizeResponse:
+    vocab = len(tokenizer)
+    if any(not 0 <= t < vocab for t in req.tokens):
+        raise RequestError(f"token ids must be in [0, {vocab})", ErrorCode.VALIDATION_TYPE_ERROR)
+    return DetokenizeResponse(prompt=tokenizer.decode(req.tokens))
+
+
+def tokenizer_info(tokenizer: Any, context_len: int) -> dict[str, Any]:
+    """vLLM's ``/tokenizer_info``: what a client needs to tokenize as the server does (special
+    tokens and their ids, the chat template, the class to load)."""
+    info: dict[str, Any] = {"tokenizer_class": type(tokenizer).__name__, "model_max_length": context_len,
+                            "vocab_size": len(tokenizer), "chat_template": getattr(tokenizer, "chat_template", None)}
+    for name in ("bos", "eos", "pad", "unk"):
+        info[f"{name}_token"] = getattr(tokenizer, f"{name}_token", None)
+        info[f"{name}_token_id"] = getattr(tokenizer, f"{name}_token_id", None)
+    info["add_bos_token"] = bool(getattr(tokenizer, "add_bos_token", False))
+    return info

@@ -32,28 +32,6 @@ from orchestr.services.tool_calls import (
     parse_tool_calls,
 )
 
-# parameters OpenAI defines that this server does not implement: a 400 naming them, never ignored
-UNSUPPORTED = {
-    "functions": "use 'tools'",
-    "function_call": "use 'tool_choice'",
-    "audio": "",
-    "modalities": "",
-    "prediction": "",
-    "web_search_options": "",
-    "reasoning_effort": "",
-}
-# accepted and without effect on the answer (OpenAI bookkeeping)
-HARMLESS = {"store", "metadata", "service_tier", "prompt_cache_key", "safety_identifier"}
-
-
-def refuse_unknown(req: ChatCompletionRequest | CompletionRequest) -> None:
-    for name in sorted((req.model_extra or {}).keys()):
-        if name in HARMLESS:
-            continue
-        hint = UNSUPPORTED.get(name, "")
-        raise ParamError(f"'{name}' is not supported by this server" + (f"; {hint}" if hint else ""), name,
-                         "unsupported_parameter")
-
 
 def logit_bias_ids(bias: dict[str, float] | None) -> dict[int, float] | None:
     if not bias:
@@ -89,7 +67,6 @@ class ChatPlan:
 
 
 def plan_chat(req: ChatCompletionRequest) -> ChatPlan:
-    refuse_unknown(req)
     plan = ChatPlan(logit_bias=logit_bias_ids(req.logit_bias))
     if req.logprobs:
         plan.logprobs = req.top_logprobs or 0
@@ -111,7 +88,6 @@ def plan_chat(req: ChatCompletionRequest) -> ChatPlan:
 
 
 def plan_completion(req: CompletionRequest) -> ChatPlan:
-    refuse_unknown(req)
     if req.best_of is not None and req.best_of != (req.n or 1):
         raise ParamError("best_of is not supported (only best_of equal to n)", "best_of")
     return ChatPlan(guided_json=guided_schema(req.response_format), logprobs=req.logprobs,

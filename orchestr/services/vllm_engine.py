@@ -13,14 +13,19 @@ import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
+from orchestr.engine import prompts
 from orchestr.engine.prompts import RenderedPrompt, RequestError, render_prompt
 from orchestr.protocol import (
     CountTokenRequest,
     CountTokenResult,
+    DetokenizeRequest,
+    DetokenizeResponse,
     ErrorCode,
     GenerateChunk,
     GenerateRequest,
     ModelDetails,
+    TokenizeRequest,
+    TokenizeResponse,
     TokenLogprob,
     TopLogprob,
     UsageInfo,
@@ -188,6 +193,15 @@ class VllmEngine:
 
     def count_tokens(self, req: CountTokenRequest) -> CountTokenResult:
         return CountTokenResult(count=len(self.prompt_of(req).ids), context_length=self.context_len)
+
+    def tokenize(self, req: TokenizeRequest) -> TokenizeResponse:
+        return prompts.tokenize(self.formatter, self.tokenizer, req, self.context_len)
+
+    def detokenize(self, req: DetokenizeRequest) -> DetokenizeResponse:
+        return prompts.detokenize(self.tokenizer, req)
+
+    def tokenizer_info(self) -> dict:
+        return prompts.tokenizer_info(self.tokenizer, self.context_len)
 
     def model_details(self, name: str | None = None) -> ModelDetails:
         return ModelDetails(model=name or self.model_name, context_length=self.context_len, backend=self.backend,

@@ -31,6 +31,7 @@ from orchestr.config.serving import WorkerServiceConfig
 from orchestr.protocol import (
     CountTokenRequest,
     CountTokenResult,
+    DetokenizeRequest,
     EmbeddingRequest,
     EmbeddingResult,
     ErrorCode,
@@ -41,6 +42,7 @@ from orchestr.protocol import (
     HeartBeatResponse,
     ModelDetails,
     RegisterWorkerRequest,
+    TokenizeRequest,
     UsageInfo,
     WorkerStatus,
 )
@@ -281,6 +283,31 @@ class WorkerBase:
                 return adapter.count_tokens(req)
             except ValueError as exc:
                 return JSONResponse({"detail": str(exc)}, status_code=400)
+
+        def tokenizer_call(model: str | None, method: str, *args):
+            """A tokenizer route of the engine serving ``model`` (vLLM's shapes); 400 for bad input."""
+            adapter = self.engine_for(model) if model else next(iter(self.engines.values()))
+            if adapter is None:
+                return JSONResponse({"detail": unknown_model(model or "")}, status_code=404)
+            fn = getattr(adapter.engine, method, None)
+            if fn is None:
+                return JSONResponse({"detail": f"this worker's backend has no {method}"}, status_code=404)
+            try:
+                return fn(*args)
+            except ValueError as exc:
+                return JSONResponse({"detail": str(exc)}, status_code=400)
+
+        @app.post("/tokenize")
+        async def tokenize(req: TokenizeRequest):
+            return tokenizer_call(req.model, "tokenize", req)
+
+        @app.post("/detokenize")
+        async def detokenize(req: DetokenizeRequest):
+            return tokenizer_call(req.model, "detokenize", req)
+
+        @app.post("/tokenizer_info")
+        async def tokenizer_info(body: dict | None = Body(default=None)):
+            return tokenizer_call((body or {}).get("model"), "tokenizer_info")
 
         @app.post("/worker_get_status")
         async def worker_get_status() -> WorkerStatus:
