@@ -376,7 +376,7 @@ class TokenLogprob(BaseModel):
     """One token's log probability (from the logits the sampler used) and its top alternatives."""
 
     token: str
-    logprob: float | None  # None: the first prompt token (nothing conditions it)
+    logprob: float | None = None  # None: the first prompt token (nothing conditions it)
     id: int | None = None
     top: list[TopLogprob] = Field(default_factory=list)
 

@@ -34,6 +34,7 @@ def test_tool_choice_checks():
 
 
 def test_forced_schema_accepts_valid_calls_only():
+    assert forced_call_schema([WEATHER, TIME], ["get_weather", "get_time"], parallel=True)["maxItems"] == 2
     schema = forced_call_schema([WEATHER, TIME], ["get_weather", "get_time"], parallel=False)
     jsonschema.validate([{"name": "get_weather", "arguments": {"city": "Paris"}}], schema)
     for bad in ([], [{"name": "get_weather", "arguments": {}}], [{"name": "x", "arguments": {}}],

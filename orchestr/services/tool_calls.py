@@ -64,10 +64,8 @@ def forced_call_schema(tools: list[dict], names: list[str], parallel: bool) -> d
                  "properties": {"name": {"const": n}, "arguments": functions[n]["parameters"]},
                  "required": ["name", "arguments"], "additionalProperties": False} for n in names]
     item = variants[0] if len(variants) == 1 else {"anyOf": variants}
-    schema: dict[str, Any] = {"type": "array", "items": item, "minItems": 1}
-    if not parallel:
-        schema["maxItems"] = 1
-    return schema
+    # parallel: at most as many calls as functions offered, so a forced answer always ends
+    return {"type": "array", "items": item, "minItems": 1, "maxItems": len(names) if parallel else 1}
 
 
 def calls_from_forced(text: str) -> list[ToolCall]:
