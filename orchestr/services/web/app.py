@@ -72,7 +72,8 @@ def build_demo(ctx: WebContext) -> gr.Blocks:
     return demo
 
 
-def create_app(ctx: WebContext) -> FastAPI:
+def create_app(ctx: WebContext, auth: list[tuple[str, str]] | None = None) -> FastAPI:
+    """The page on a FastAPI app; with ``auth`` (user, password) pairs it needs a login."""
     app = FastAPI(title="orchestr web")
 
     @app.get("/health")
@@ -81,4 +82,4 @@ def create_app(ctx: WebContext) -> FastAPI:
 
     demo = build_demo(ctx)
     return gr.mount_gradio_app(app, demo, path="", theme=gr.themes.Soft(primary_hue="indigo"), css=CSS,
-                               ssr_mode=False, footer_links=[])
+                               ssr_mode=False, footer_links=[], auth=auth or None)
