@@ -210,8 +210,7 @@ def is_unparseable(record: dict) -> bool:
     return "error" in (record["g1_winner"], record["g2_winner"])
 
 
-def _resume_hint(cfg: Any) -> str:
-    return "rerun the same command to judge only what is missing (finished judgments are kept and cached)"
+RESUME_HINT = "rerun the same command to judge only what is missing (finished judgments are kept and cached)"
 
 
 def run_judge(cfg: Any, client: Responder | None = None) -> StepCounts:
@@ -271,7 +270,7 @@ def run_judge(cfg: Any, client: Responder | None = None) -> StepCounts:
     print(f"judge: {counts.line('judged')}")
     if counts.stopped:
         print(f"judge: stopped: {counts.stopped}; {counts.left} matches not judged. Raise judge.budget and "
-              f"{_resume_hint(cfg)}", file=sys.stderr)
+              f"{RESUME_HINT}", file=sys.stderr)
     if counts.failed:
-        print(f"judge: {counts.failed} of {len(todo)} matches failed; {_resume_hint(cfg)}", file=sys.stderr)
+        print(f"judge: {counts.failed} of {len(todo)} matches failed; {RESUME_HINT}", file=sys.stderr)
     return counts
