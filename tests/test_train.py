@@ -74,6 +74,57 @@ def test_sft_labels_ignore_every_user_and_system_token(shared_data: Path) -> Non
     assert checked >= 5
 
 
+def test_conversations_load_from_sharegpt_openai_and_release_records(tmp_path: Path) -> None:
+    from orchestr.train.data import DataReport, load_conversations
+
+    records = [
+        {"id": "a", "conversations": [{"from": "human", "value": "Hi"}, {"from": "gpt", "value": "Hello!"}]},
+        {"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "2+2?"},
+                      {"role": "assistant", "content": "4"}, {"role": "user", "content": "dangling"}]},
+        # a release record (orchestr clean step=release): OpenAI-format `conversation`
+        {"conversation_id": "c", "model": "m", "conversation": [{"role": "user", "content": "Q"},
+                                                                 {"role": "assistant", "content": "A"}]},
+        {"conversations": [{"from": "gpt", "value": "lead-in"}, {"from": "human", "value": "Q2"},
+                           {"from": "gpt", "value": "A2"}]},  # FastChat skips a first non-human turn
+        {"conversations": [{"from": "human", "value": "x"}, {"from": "human", "value": "y"}]},  # not alternating
+        {"text": "no conversation"},
+    ]  # fmt: skip
+    path = tmp_path / "data.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in records))
+    report = DataReport()
+    convs = load_conversations(str(path), report)
+    assert convs == [
+        [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"}],
+        [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "2+2?"},
+         {"role": "assistant", "content": "4"}],
+        [{"role": "user", "content": "Q"}, {"role": "assistant", "content": "A"}],
+        [{"role": "user", "content": "Q2"}, {"role": "assistant", "content": "A2"}],
+    ]  # fmt: skip
+    assert report.read == 6 and report.dropped == {"not_alternating_or_empty": 1, "unknown_format": 1}
+
+
+def test_long_conversations_split_at_rounds_to_fit_max_length() -> None:
+    from transformers import AutoTokenizer
+
+    from orchestr.engine.loader import resolve_model_path
+    from orchestr.train.data import DataReport, render, sft_examples, split_long_conversation
+
+    tok = AutoTokenizer.from_pretrained(resolve_model_path("embedded://SmolLM2-135M-Instruct"))
+    msgs = [{"role": "system", "content": "You answer in one sentence."}]
+    for i in range(12):
+        msgs += [{"role": "user", "content": f"Tell me fact number {i} about the sea."},
+                 {"role": "assistant", "content": f"Fact {i}: the sea is salty and deep in places."}]  # fmt: skip
+    pieces = split_long_conversation(tok, msgs, 120)
+    assert len(pieces) > 2
+    assert all(p[0] == msgs[0] for p in pieces)
+    assert [m for p in pieces for m in p[1:]] == msgs[1:]  # every round once, in order
+    assert all(len(tok(render(tok, p), add_special_tokens=False)["input_ids"]) <= 120 for p in pieces)
+    examples = sft_examples(tok, [msgs], 120, "split", DataReport())
+    assert len(examples) == len(pieces) and all(len(e["input_ids"]) <= 120 for e in examples)
+    truncated = sft_examples(tok, [msgs], 120, "truncate", DataReport())
+    assert len(truncated) == 1 and len(truncated[0]["input_ids"]) == 120
+
+
 # --------------------------------------------------------------------------- arena pairs
 
 
@@ -154,12 +205,13 @@ def lora_run(shared_data: Path, tmp_path_factory: pytest.TempPathFactory) -> dic
     cmd = [*ORCHESTR, "train", "train=lora", f"train.data={shared_data / DUMMY}", "train.max_steps=20",
            f"train.output_dir={out}", "train.save_steps=5", "train.max_length=128",
            "train.data_opts.eval_max_examples=8", "train.run_name=smollm2-135m-lora"]  # fmt: skip
-    first = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=_env(root),
-                             start_new_session=True)  # fmt: skip
+    log = root / "first-run.log"  # a file, not a pipe: the progress bar must never block the run
+    with open(log, "w") as f:
+        first = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env=_env(root), start_new_session=True)
     deadline = time.time() + 1200
     try:
         while not (out / "checkpoint-5" / "trainer_state.json").is_file():
-            assert first.poll() is None, first.stdout.read()[-3000:]
+            assert first.poll() is None, log.read_text()[-3000:]
             assert time.time() < deadline, "no checkpoint within 20 minutes"
             time.sleep(0.5)
         time.sleep(1.0)  # let the checkpoint finish writing its last files
