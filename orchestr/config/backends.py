@@ -8,6 +8,7 @@ and `scripts/setup_ray.sh` bring up.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 # launch.backend values; None keeps each node's own `transport` (local | ssh)
 BACKEND_NAMES = ("local", "ssh", "slurm", "ray", "kubernetes")
@@ -46,7 +47,7 @@ class RayBackendConfig:
     resources: dict[str, float] = field(default_factory=dict)
     # Ray runtime env of the actors (env_vars, working_dir, pip ...). Visible in Ray's
     # dashboard: never secrets here (they travel as a 0600 file).
-    runtime_env: dict[str, object] = field(default_factory=dict)
+    runtime_env: dict[str, Any] = field(default_factory=dict)
     max_restarts: int | None = None  # None: each service's restart.max_restarts (-1 = always)
 
 
