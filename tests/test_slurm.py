@@ -100,7 +100,7 @@ def test_workers_find_the_controller_through_the_scheduler(slurm) -> None:
     script = (slurm.root / "logs" / "worker-0.sbatch").read_text()
     assert f"squeue -h --me -n {slurm.prefix}-controller" in script
     assert '--controller-address "http://${CONTROLLER_ADDR}:' in script
-    assert "127.0.0.1:%d" % slurm.ports["controller"] not in script  # no hard-coded host
+    assert f"127.0.0.1:{slurm.ports['controller']}" not in script  # no hard-coded host
     # the launcher's own job line shows no environment values
     for job, _, _ in squeue(slurm.prefix):
         show = subprocess.run(["scontrol", "show", "job", job], capture_output=True, text=True).stdout
