@@ -109,7 +109,9 @@ class ControllerServiceConfig:
     host: str = "0.0.0.0"
     port: int = 21001
     dispatch_method: str = "shortest_queue"  # shortest_queue | lottery
-    heart_beat_expiration: int = 90  # seconds without a heartbeat before a worker is dropped
+    heart_beat_expiration: int = field(
+        default=30, metadata={"help": "seconds without a heartbeat before a worker is dropped"}
+    )
     restart: RestartPolicy = field(default_factory=RestartPolicy)
     extra_args: list[str] = field(default_factory=list)
 
@@ -119,7 +121,16 @@ class WorkerServiceConfig:
     """Settings every worker shares."""
 
     host: str = "0.0.0.0"
-    heart_beat_interval: int = 45  # seconds between heartbeats to the controller
+    heart_beat_interval: int = field(
+        default=5,
+        metadata={"help": "seconds between heartbeats; a restarted controller relearns workers within one"},
+    )
+    controller_timeout_s: float = field(
+        default=5.0, metadata={"help": "seconds a worker waits on the controller (registration, heartbeats)"}
+    )
+    max_body_bytes: int = field(
+        default=4 * 1024 * 1024, metadata={"help": "largest request body a worker accepts (413 above)"}
+    )
 
 
 @dataclass
@@ -129,6 +140,33 @@ class ApiServiceConfig:
     host: str = "0.0.0.0"
     port: int = 8000
     api_keys: list[str] = field(default_factory=list)
+    worker_connect_timeout_s: float = field(
+        default=5.0, metadata={"help": "seconds to open a connection to a worker before trying another"}
+    )
+    worker_timeout_s: float = field(
+        default=600.0, metadata={"help": "seconds without data from a worker before the request fails"}
+    )
+    controller_timeout_s: float = field(
+        default=5.0, metadata={"help": "seconds to wait on the controller; its last table is used meanwhile"}
+    )
+    controller_cache_ttl_s: float = field(
+        default=2.0, metadata={"help": "seconds the controller's worker table is reused between requests"}
+    )
+    worker_retries: int = field(
+        default=3, metadata={"help": "other workers a request is retried on when one fails before answering"}
+    )
+    health_check_interval_s: float = field(
+        default=1.0, metadata={"help": "seconds between health checks of a worker taken out of rotation"}
+    )
+    default_max_tokens: int = field(
+        default=1024, metadata={"help": "max_tokens of a chat request that sets none (bounded by the context)"}
+    )
+    max_body_bytes: int = field(
+        default=4 * 1024 * 1024, metadata={"help": "largest request body accepted (413 above)"}
+    )
+    max_embedding_inputs: int = field(
+        default=256, metadata={"help": "most inputs one /v1/embeddings request may carry"}
+    )
     restart: RestartPolicy = field(default_factory=RestartPolicy)
     extra_args: list[str] = field(default_factory=list)
 
@@ -164,6 +202,11 @@ class WebServiceConfig:
     top_p: float = 1.0
     max_new_tokens: int = 512
     concurrency_count: int = 10  # requests each UI event serves at once (Gradio queue)
+    auth: list[str] = field(
+        default_factory=list,
+        metadata={"help": "user:password logins the UI requires (none: open); reaches the UI as env "
+                          "ORCHESTR_WEB_AUTH, never argv"},
+    )
     # Anonymous arena: relative draw weights by model name (missing names weigh 1.0) and
     # model pairs never drawn together.
     arena_sampling_weights: dict[str, float] = field(default_factory=dict)

@@ -26,7 +26,7 @@ def _json_arg(kind: type, what: str):
 
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m orchestr.services.web", description=__doc__)
-    ap.add_argument("--host", default=_D.host)
+    ap.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
     ap.add_argument("--port", type=int, default=_D.port)
     ap.add_argument("--controller-address", "--controller-url", dest="controller_address",
                     default="http://localhost:21001")
@@ -96,6 +96,12 @@ def main(argv: list[str] | None = None) -> None:
     from orchestr.services.web.recorder import Recorder
 
     log = setup_logging("orchestr.web")
+    from orchestr.secrets import SecretError, web_auth
+
+    try:
+        auth = web_auth()  # ORCHESTR_WEB_AUTH(_FILE): never a flag, so never in `ps`
+    except SecretError as exc:
+        sys.exit(str(exc))
     try:
         moderator = Moderator(cfg.moderation)
     except FileNotFoundError as exc:
@@ -109,7 +115,9 @@ def main(argv: list[str] | None = None) -> None:
 
     from orchestr.services.web.app import create_app
 
-    run_app(create_app(ctx), cfg.host, cfg.port)
+    if auth:
+        log.info("the UI asks for a login (%d user(s))", len(auth))
+    run_app(create_app(ctx, auth), cfg.host, cfg.port)
 
 
 if __name__ == "__main__":
