@@ -175,10 +175,8 @@ def ov_deployment(tmp_path_factory):
     ctl, api, worker = free_ports(3)
     state = root / "state.json"
     env = {**os.environ, "ORCHESTR_RUNS_DIR": str(root / "runs"), "ORCHESTR_STATE_FILE": str(state)}
-    # One sequence at a time in the pipeline: a request that kept running after its client left
-    # would hold the only slot (the disconnect test relies on it).
     cmd = [*ORCHESTR, "launch", "model=smollm2-135m-openvino", "services.web.enabled=false",
-           "engine.max_batch_size=1", "engine.kv_cache_tokens=4096",
+           "engine.max_batch_size=4", "engine.kv_cache_tokens=4096",
            "launch.detach=true", f"launch.state_file={state}", f"launch.log_dir={root / 'logs'}",
            f"services.controller.port={ctl}", f"services.api.port={api}",
            f"cluster.workers.worker-0.port={worker}", "services.worker.heart_beat_interval=5"]
@@ -189,7 +187,7 @@ def ov_deployment(tmp_path_factory):
                            for f in sorted((root / "logs").glob("*.log")))
             pytest.fail(f"launch failed:\n{proc.stdout}{proc.stderr}{logs}")
         yield {"api_base": f"http://127.0.0.1:{api}/v1", "controller": f"http://127.0.0.1:{ctl}",
-               "worker": f"http://127.0.0.1:{worker}"}
+               "worker": f"http://127.0.0.1:{worker}", "root": root}
     finally:
         subprocess.run([*ORCHESTR, "stop"], env=env, capture_output=True, text=True, timeout=300, cwd=REPO)
 
@@ -242,11 +240,18 @@ def test_bad_parameters_are_a_400_naming_the_problem(client):
 @pytest.mark.slow
 @pytest.mark.openvino
 def test_client_disconnect_frees_its_slot(ov_deployment):
-    """The pipeline runs one sequence at a time here: a long request whose client leaves must be
-    cancelled, or the next request would wait for its ~2000 tokens."""
-    body = {"model": MODEL, "prompt": "1, 2, 3, 4, 5,", "temperature": 0, "max_tokens": 2000, "stream": True}
+    """A long request whose client leaves mid-stream is cancelled in the pipeline (the worker logs
+    it with the number of sequences still running), and the next request is served."""
+    log_file = next(f for f in (ov_deployment["root"] / "logs").glob("*.log") if "worker" in f.name)
+    before = len(log_file.read_text(errors="replace"))
+
+    def cancelled() -> bool:
+        return "; 0 running" in log_file.read_text(errors="replace")[before:]
+
+    body = {"model": MODEL, "stream": True, "temperature": 0, "max_tokens": 2000,
+            "messages": [{"role": "user", "content": "Write a very long story about a dragon who learns to bake."}]}
     with httpx.Client(timeout=60) as http:
-        with http.stream("POST", f"{ov_deployment['api_base']}/completions", json=body) as resp:
+        with http.stream("POST", f"{ov_deployment['api_base']}/chat/completions", json=body) as resp:
             assert resp.status_code == 200
             seen = 0
             for line in resp.iter_lines():
@@ -254,12 +259,10 @@ def test_client_disconnect_frees_its_slot(ov_deployment):
                 if seen >= 3:
                     break  # leave mid-stream: the connection closes here
         deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            if httpx.get(f"{ov_deployment['worker']}/health", timeout=5).json()["queue_length"] == 0:
-                break
+        while time.monotonic() < deadline and not cancelled():
             time.sleep(0.2)
+        assert cancelled()
         assert httpx.get(f"{ov_deployment['worker']}/health", timeout=5).json()["queue_length"] == 0
-        # The next request gets the slot: it would otherwise queue behind ~2000 tokens (minutes here).
         r = http.post(f"{ov_deployment['api_base']}/completions", timeout=60,
                       json={"model": MODEL, "prompt": "Hello", "temperature": 0, "max_tokens": 4})
         assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] == 4

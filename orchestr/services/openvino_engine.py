@@ -171,6 +171,8 @@ class _Stepper(threading.Thread):
                 entry = self.active.pop(item[1], None)
                 if entry is not None:
                     entry[0].cancel()
+                    log.info("cancelled request %d before its end (client gone or stop string); %d running",
+                             item[1], len(self.active))
             elif item[0] == "quit":
                 self.stopping = True
                 return
