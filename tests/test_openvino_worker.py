@@ -284,3 +284,36 @@ def test_greedy_answer_matches_the_transformers_engine(client):
     finally:
         engine.shutdown()
     assert ov_words[:AGREE_WORDS] == hf_words[:AGREE_WORDS], (ov_words, hf_words)
+
+
+# --------------------------------------------------------------------------- bench serve's OpenVINO target
+
+
+def test_openvino_bench_target_parses_its_settings():
+    from orchestr.benchmark.openvino_inprocess import parse_settings
+    from orchestr.benchmark.servers import BenchError, BenchOptions, OpenVinoInProcessServer, parse_target
+
+    server = parse_target("ovip=openvino:threads=2 kv_cache_tokens=4096", BenchOptions())
+    assert isinstance(server, OpenVinoInProcessServer) and server.name == "ovip"
+    assert parse_settings(server.args)["threads"] == 2 and parse_settings("")["dtype"] == "bfloat16"
+    with pytest.raises(BenchError, match="unknown setting 'treads=2'"):
+        parse_target("openvino:treads=2", BenchOptions()).start()
+
+
+@pytest.mark.slow
+@pytest.mark.openvino
+def test_openvino_in_process_target_runs_a_level():
+    reason = _openvino_reason()
+    if reason:
+        pytest.skip(reason)
+    from orchestr.benchmark.servers import BenchOptions, parse_target
+
+    server = parse_target("openvino:max_batch_size=4 kv_cache_tokens=4096", BenchOptions(log=lambda _m: None))
+    try:
+        (ep,) = server.start()
+        level = ep.local.run_level(concurrency=2, num_requests=3, max_tokens=8, count_tokens=lambda t: len(t.split()),
+                                   rss_pids=ep.pids)
+    finally:
+        server.stop()
+    assert ep.protocol == "inprocess" and level.completed == 3 and level.failed == 0
+    assert level.output_tokens > 3 and level.ttft_p50_s is not None and level.peak_rss_mb["bench+openvino"] > 100
