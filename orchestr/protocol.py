@@ -153,6 +153,7 @@ class ChatMessage(BaseModel):
 SEED_LIMIT = 2**64  # seeds are unsigned 64-bit
 MAX_TOKENS_LIMIT = 1_000_000  # far above any context; the context check gives the real answer
 MAX_STOP = 4  # as OpenAI
+MIN_TOP_P = 1e-8  # (0, 1] as OpenAI, without denormals that round to 0 on the next hop
 MAX_PROMPTS = 64  # prompts in one /v1/completions request
 
 
@@ -166,7 +167,7 @@ class SamplingFields(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     temperature: float | None = Field(default=0.7, ge=0.0, le=2.0)
-    top_p: float | None = Field(default=1.0, gt=0.0, le=1.0)
+    top_p: float | None = Field(default=1.0, ge=MIN_TOP_P, le=1.0)
     top_k: int | None = Field(default=-1, ge=-1, le=MAX_TOKENS_LIMIT)
     n: int | None = Field(default=1, ge=1, le=16)
     max_tokens: int | None = Field(default=None, ge=1, le=MAX_TOKENS_LIMIT)
@@ -341,7 +342,7 @@ class GenerateRequest(BaseModel):
     messages: list[ChatMessage] | None = None
     # Bounded here too: the web UI and other internal callers reach workers directly.
     temperature: float = Field(default=0.7, ge=0.0, le=2.0)
-    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
+    top_p: float = Field(default=1.0, ge=MIN_TOP_P, le=1.0)
     top_k: int = Field(default=-1, ge=-1, le=MAX_TOKENS_LIMIT)
     repetition_penalty: float = Field(default=1.0, ge=0.01, le=100.0)
     presence_penalty: float = Field(default=0.0, ge=-2.0, le=2.0)

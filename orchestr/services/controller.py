@@ -320,7 +320,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="python -m orchestr.services.controller", description=__doc__.split("\n")[0]
     )
-    parser.add_argument("--host", default=_D.host, help="address to bind (default: loopback only)")
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
     parser.add_argument("--port", type=int, default=21001)
     parser.add_argument("--dispatch-method", choices=DISPATCH_METHODS, default="shortest_queue")
     parser.add_argument(
