@@ -26,6 +26,18 @@ class RequestError(ValueError):
         self.code = code
 
 
+# GenerateRequest fields beyond plain sampling, which not every engine implements
+OPTIONAL_FEATURES = {"guided_json": "response_format / forced tool calls", "logprobs": "logprobs",
+                     "logit_bias": "logit_bias", "prompt_logprobs": "echo with logprobs"}
+
+
+def refuse_unsupported(req: GenerateRequest, backend: str, supported: frozenset[str] = frozenset()) -> None:
+    """A request asking for a feature ``backend`` lacks is refused, naming it (never ignored)."""
+    for name, what in OPTIONAL_FEATURES.items():
+        if name not in supported and getattr(req, name) not in (None, False):
+            raise RequestError(f"{what} is not supported by the {backend} backend", ErrorCode.VALIDATION_TYPE_ERROR)
+
+
 @dataclass(frozen=True)
 class RenderedPrompt:
     text: str
