@@ -80,7 +80,7 @@ class TrainConfig:
     weight_decay: float = 0.0
     batch_size: int = 2  # per device
     grad_accum: int = 1
-    max_length: int = 512  # tokens per sequence (None-like 0: the model's context length)
+    max_length: int = 512  # tokens per sequence; 0: the model's context length
     gradient_checkpointing: bool = False
     seed: int = 42
     beta: float = 0.1  # dpo: strength of the KL pull to the reference model
