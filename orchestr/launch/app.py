@@ -14,11 +14,13 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from orchestr.config import CONF_DIR, register_configs
+from orchestr.config import CONF_DIR, check_composes, register_configs
 from orchestr.config.serving import LaunchConfig
+from orchestr.errors import LaunchError, OrchestrError
 from orchestr.launch import state as state_mod
-from orchestr.launch.deploy import Deployment, LaunchError, check_local_ports
-from orchestr.launch.plan import PlanError, Planner, build_plan, render_plan
+from orchestr.launch.backends import Runners
+from orchestr.launch.deploy import Deployment, check_local_ports
+from orchestr.launch.plan import Planner, build_plan, render_plan
 
 log = logging.getLogger("orchestr.launch")
 
@@ -56,11 +58,7 @@ def run(cfg: DictConfig) -> int:
     # health polls are the launcher's business, not the user's: keep httpx's per-request lines out
     logging.getLogger("httpx").setLevel(logging.WARNING)
     launch: LaunchConfig = OmegaConf.to_object(cfg.launch)
-    try:
-        specs = build_plan(cfg)
-    except PlanError as e:
-        _say(f"config error: {e}")
-        return 2
+    specs = build_plan(cfg)  # a ConfigError reaches `orchestr`'s main: one line, exit code 2
     planner = Planner(cfg)
     if launch.dry_run:
         print(render_plan(specs, planner.cluster))
@@ -68,8 +66,6 @@ def run(cfg: DictConfig) -> int:
     state_file = state_mod.state_path(launch.state_file)
     existing = state_mod.load(state_file)
     if existing is not None:
-        from orchestr.launch.deploy import Runners
-
         runners = Runners(existing.nodes)
         try:
             alive = [p.name for p in existing.processes if runners[p.node].alive(p)]
@@ -82,11 +78,7 @@ def run(cfg: DictConfig) -> int:
                  "Stop it with `orchestr stop` or set launch.state_file to run another.")
             return 2
         state_mod.remove(state_file)
-    try:
-        check_local_ports(specs, planner.cluster.nodes)
-    except LaunchError as e:
-        _say(str(e))
-        return 2
+    check_local_ports(specs, planner.cluster.nodes)
     run_dir = Path(HydraConfig.get().runtime.output_dir) if HydraConfig.initialized() else Path("outputs")
     ep = planner.endpoints()
     dep = Deployment(specs, planner.cluster.nodes, run_dir=run_dir, log_dir=launch.log_dir,
@@ -136,18 +128,23 @@ register_configs()
 
 
 _exit_codes: list[int] = []
+_errors: list[OrchestrError] = []
 
 
 @hydra.main(config_path=CONF_DIR, config_name="config", version_base="1.3")
 def _hydra_main(cfg: DictConfig) -> None:
-    # hydra.main drops the task's return value: keep it for the process exit code
-    _exit_codes.append(run(cfg))
+    # hydra.main drops the task's return value and reports exceptions its own way (a stack
+    # trace, exit 1): keep both for `orchestr`'s main
+    try:
+        _exit_codes.append(run(cfg))
+    except OrchestrError as e:
+        _errors.append(e)
 
 
 def main() -> int:
-    from orchestr.config import user_search_path_overrides
-
-    sys.argv += user_search_path_overrides()
     os.environ.setdefault("HYDRA_FULL_ERROR", "0")
+    check_composes(sys.argv[1:])
     _hydra_main()
+    if _errors:
+        raise _errors[0]
     return max(_exit_codes, default=0)

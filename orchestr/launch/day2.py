@@ -8,7 +8,8 @@ import sys
 import httpx
 
 from orchestr.launch import state as state_mod
-from orchestr.launch.deploy import Runners, stop_processes
+from orchestr.launch.backends import Runners
+from orchestr.launch.deploy import stop_processes
 from orchestr.protocol import ControllerStatus
 
 

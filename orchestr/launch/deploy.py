@@ -11,34 +11,13 @@ from pathlib import Path
 import httpx
 
 from orchestr.config.serving import NodeConfig
+from orchestr.errors import LaunchError, UserError
 from orchestr.launch import state as state_mod
-from orchestr.launch.runner import ProcessRecord, Runner, runner_for
-from orchestr.launch.spec import ProcessSpec
+from orchestr.launch.backends import Runners
+from orchestr.launch.spec import ProcessRecord, ProcessSpec
 from orchestr.protocol import GenerateRequest, ModelListResponse
 
 log = logging.getLogger("orchestr.launch")
-
-
-class LaunchError(RuntimeError):
-    pass
-
-
-class Runners:
-    """One runner per node, opened lazily (an SSH connection is opened once per node)."""
-
-    def __init__(self, nodes: dict[str, NodeConfig]) -> None:
-        self.nodes = nodes
-        self._open: dict[str, Runner] = {}
-
-    def __getitem__(self, node: str) -> Runner:
-        if node not in self._open:
-            self._open[node] = runner_for(node, self.nodes[node])
-        return self._open[node]
-
-    def close(self) -> None:
-        for r in self._open.values():
-            r.close()
-        self._open.clear()
 
 
 def port_in_use(host: str, port: int) -> bool:
@@ -48,12 +27,10 @@ def port_in_use(host: str, port: int) -> bool:
 
 
 def check_local_ports(specs: list[ProcessSpec], nodes: dict[str, NodeConfig]) -> None:
-    from orchestr.launch.validate import _port_key
-
     for s in specs:
         node = nodes[s.node]
         if node.transport == "local" and s.port and port_in_use("127.0.0.1", s.port):
-            raise LaunchError(f"{_port_key(s)}: port {s.port} is already in use on this machine "
+            raise UserError(f"{s.key}.port: port {s.port} is already in use on this machine "
                               f"(another deployment? `orchestr status` / `orchestr stop`, or pick another port)")
 
 

@@ -12,8 +12,7 @@ from pathlib import Path
 import psutil
 
 from orchestr.config.serving import NodeConfig
-from orchestr.launch.runner import ProcessRecord
-from orchestr.launch.spec import ProcessSpec
+from orchestr.launch.spec import ProcessRecord, ProcessSpec
 
 
 class LocalRunner:

@@ -13,30 +13,24 @@ from dataclasses import dataclass
 
 from omegaconf import DictConfig, OmegaConf
 
+from orchestr.config import to_typed
 from orchestr.config.serving import (
     ClusterConfig,
     EngineConfig,
     ModelConfig,
     NodeConfig,
-    RestartPolicy,
     ServicesConfig,
     WorkerConfig,
 )
+from orchestr.errors import ConfigError
 from orchestr.launch.spec import ProcessSpec
+from orchestr.launch.validate import validate_plan
 
 WORKER_MODULES = {
     "hf": "orchestr.services.model_worker",
     "vllm": "orchestr.services.vllm_worker",
     "multi": "orchestr.services.multi_model_worker",
 }
-
-
-class PlanError(ValueError):
-    """A config that cannot be turned into a deployment; the message names the config key."""
-
-    def __init__(self, key: str, message: str) -> None:
-        super().__init__(f"{key}: {message}")
-        self.key = key
 
 
 @dataclass
@@ -48,7 +42,7 @@ class Endpoints:
 
 def _typed(cfg: DictConfig, key: str, schema: type):
     node = OmegaConf.select(cfg, key)
-    return OmegaConf.to_object(node) if node is not None else schema()
+    return to_typed(node, key) if node is not None else schema()
 
 
 def node_python(node: NodeConfig) -> str:
@@ -71,30 +65,30 @@ class Planner:
         self.services: ServicesConfig = _typed(cfg, "services", ServicesConfig)
         self.engine: EngineConfig = _typed(cfg, "engine", EngineConfig)
         self.default_model: ModelConfig | None = (
-            OmegaConf.to_object(cfg.model) if OmegaConf.select(cfg, "model") is not None else None
+            to_typed(cfg.model, "model") if OmegaConf.select(cfg, "model") is not None else None
         )
         self.models: dict[str, ModelConfig] = {
-            k: OmegaConf.to_object(v) for k, v in (cfg.get("models") or {}).items()
+            k: to_typed(v, f"models.{k}") for k, v in (cfg.get("models") or {}).items()
         }
 
     # ------------------------------------------------------------------ lookups
     def node(self, name: str, key: str) -> NodeConfig:
         if name not in self.cluster.nodes:
             known = ", ".join(sorted(self.cluster.nodes)) or "none"
-            raise PlanError(key, f"unknown node {name!r} (cluster.nodes has: {known})")
+            raise ConfigError(key, f"unknown node {name!r} (cluster.nodes has: {known})")
         return self.cluster.nodes[name]
 
     def model(self, name: str | None, key: str) -> ModelConfig:
         if name is None:
             if self.default_model is None:
-                raise PlanError(key, "no model named and no top-level `model` selected")
+                raise ConfigError(key, "no model named and no top-level `model` selected")
             return self.default_model
         if name in self.models:
             return self.models[name]
         if self.default_model is not None and name == self.default_model.name:
             return self.default_model
         known = sorted(self.models) + ([self.default_model.name] if self.default_model else [])
-        raise PlanError(key, f"unknown model {name!r} (known: {', '.join(known) or 'none'}); "
+        raise ConfigError(key, f"unknown model {name!r} (known: {', '.join(known) or 'none'}); "
                              f"add it with a defaults entry `/model@models.{name}: {name}`")
 
     def controller_address(self) -> str:
@@ -112,13 +106,13 @@ class Planner:
                 "--heart-beat-expiration", str(c.heart_beat_expiration), *c.extra_args]
         return ProcessSpec(name="controller", service="controller", node=c.node, argv=argv,
                            port=c.port, health_url=f"http://{node.address}:{c.port}/health",
-                           workdir=node.workdir, restart=c.restart)
+                           workdir=node.workdir, restart=c.restart, key="services.controller")
 
     def worker_models(self, name: str, w: WorkerConfig) -> list[ModelConfig]:
         key = f"cluster.workers.{name}"
         if w.models:
             if w.model is not None:
-                raise PlanError(f"{key}.models", "set either `model` or `models`, not both")
+                raise ConfigError(f"{key}.models", "set either `model` or `models`, not both")
             return [self.model(m, f"{key}.models") for m in w.models]
         return [self.model(w.model, f"{key}.model")]
 
@@ -130,11 +124,11 @@ class Planner:
         if len(models) > 1:
             kind = "multi"
             if backend != "hf":
-                raise PlanError(f"{key}.backend", "a multi-model worker serves `hf` models only")
+                raise ConfigError(f"{key}.backend", "a multi-model worker serves `hf` models only")
         else:
             kind = backend
         if kind not in WORKER_MODULES:
-            raise PlanError(f"{key}.backend", f"unknown backend {backend!r} (hf | vllm)")
+            raise ConfigError(f"{key}.backend", f"unknown backend {backend!r} (hf | vllm)")
         python = w.python or node_python(node)
         addr = f"http://{node.address}:{w.port}"
         argv = [python, "-m", WORKER_MODULES[kind]]
@@ -161,7 +155,7 @@ class Planner:
         return ProcessSpec(name=name, service=WORKER_MODULES[kind].rsplit(".", 1)[1], node=w.node,
                            argv=argv, env=env, port=w.port, health_url=f"{addr}/health",
                            models=[m.name for m in models], depends_on=["controller"],
-                           workdir=node.workdir, restart=w.restart)
+                           workdir=node.workdir, restart=w.restart, key=key)
 
     def model_flags(self, m: ModelConfig, kind: str, w: WorkerConfig, node: NodeConfig) -> list[str]:
         num_gpus = len(w.gpus) if w.gpus else (m.num_gpus if node.gpus > 0 else 0)
@@ -207,7 +201,7 @@ class Planner:
             if r.gpus:
                 argv += ["--num-gpus", str(len(r.gpus))]
             specs.append(ProcessSpec(name=name, service="ray", node=r.node, argv=argv, env=env,
-                                     port=r.port, workdir=node.workdir))
+                                     port=r.port, workdir=node.workdir, key=f"cluster.ray_heads.{name}"))
         return specs
 
     def api_spec(self, worker_names: list[str]) -> ProcessSpec:
@@ -221,7 +215,8 @@ class Planner:
         argv += a.extra_args
         return ProcessSpec(name="api", service="openai_api_server", node=a.node, argv=argv, port=a.port,
                            health_url=f"http://{node.address}:{a.port}/health",
-                           depends_on=["controller"], workdir=node.workdir, restart=a.restart)
+                           depends_on=["controller"], workdir=node.workdir, restart=a.restart,
+                           key="services.api")
 
     def web_spec(self, worker_names: list[str]) -> ProcessSpec:
         s = self.services.web
@@ -233,11 +228,11 @@ class Planner:
         return ProcessSpec(name="web", service="web", node=s.node, argv=argv, port=s.port,
                            health_url=f"http://{node.address}:{s.port}/",
                            depends_on=["controller", *worker_names], workdir=node.workdir,
-                           restart=s.restart)
+                           restart=s.restart, key="services.web")
 
     def build(self) -> list[ProcessSpec]:
         if not self.cluster.workers:
-            raise PlanError("cluster.workers", "the cluster defines no workers")
+            raise ConfigError("cluster.workers", "the cluster defines no workers")
         specs: list[ProcessSpec] = []
         if self.services.controller.enabled:
             specs.append(self.controller_spec())
@@ -252,6 +247,9 @@ class Planner:
             specs.append(self.api_spec(names))
         if self.services.web.enabled:
             specs.append(self.web_spec(names))
+        if not self.services.controller.enabled:  # one already runs at the configured address
+            for s in specs:
+                s.depends_on = [d for d in s.depends_on if d != "controller"]
         return specs
 
     def endpoints(self) -> Endpoints:
@@ -268,11 +266,10 @@ class Planner:
 
 def build_plan(cfg: DictConfig) -> list[ProcessSpec]:
     """The deployment's processes in start order (dependencies first)."""
-    from orchestr.launch.validate import validate_plan
-
     planner = Planner(cfg)
     specs = planner.build()
-    validate_plan(planner, specs)
+    models = {n: planner.worker_models(n, w) for n, w in planner.cluster.workers.items()}
+    validate_plan(planner.cluster, models, specs)
     return specs
 
 
@@ -293,4 +290,4 @@ def render_plan(specs: list[ProcessSpec], cluster: ClusterConfig) -> str:
     return "\n".join(out)
 
 
-__all__ = ["build_plan", "render_plan", "Planner", "PlanError", "Endpoints", "RestartPolicy"]
+__all__ = ["build_plan", "render_plan", "Planner", "Endpoints"]

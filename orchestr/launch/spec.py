@@ -1,8 +1,10 @@
-"""The process spec: one service instance, rendered from config, ready to run by hand or by a runner."""
+"""The process spec (one service instance, rendered from config, ready to run by hand or by a
+backend) and the record of a started one."""
 
 from __future__ import annotations
 
 import shlex
+import time
 from dataclasses import asdict, dataclass, field
 
 from orchestr.config.serving import RestartPolicy
@@ -21,6 +23,7 @@ class ProcessSpec:
     depends_on: list[str] = field(default_factory=list)  # names that must be healthy first
     workdir: str | None = None
     restart: RestartPolicy = field(default_factory=RestartPolicy)
+    key: str = ""  # the config section it came from (services.api, cluster.workers.w0 ...)
 
     def command_line(self) -> str:
         """The shell line a person could paste on the node: env assignments then argv, all quoted."""
@@ -35,4 +38,35 @@ class ProcessSpec:
     def from_dict(cls, d: dict) -> ProcessSpec:
         d = dict(d)
         d["restart"] = RestartPolicy(**d.get("restart", {}))
+        return cls(**d)
+
+
+@dataclass
+class ProcessRecord:
+    """A started process, as the state file keeps it."""
+
+    spec: ProcessSpec
+    pid: int
+    pgid: int
+    log_path: str  # on the node
+    started_at: float = field(default_factory=time.time)
+    restarts: int = 0
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def node(self) -> str:
+        return self.spec.node
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["spec"] = self.spec.to_dict()
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> ProcessRecord:
+        d = dict(d)
+        d["spec"] = ProcessSpec.from_dict(d["spec"])
         return cls(**d)

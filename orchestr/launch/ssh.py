@@ -21,15 +21,10 @@ from pathlib import Path
 import paramiko
 
 from orchestr.config.serving import NodeConfig
-from orchestr.launch.deploy import LaunchError
-from orchestr.launch.runner import ProcessRecord
-from orchestr.launch.spec import ProcessSpec
+from orchestr.errors import NodeError as SSHError
+from orchestr.launch.spec import ProcessRecord, ProcessSpec
 
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
-
-
-class SSHError(LaunchError):
-    """A node that cannot be reached or a remote command that failed; names the node's key."""
 
 
 def _qpath(path: str) -> str:
@@ -165,9 +160,7 @@ class SSHRunner:
     def start(self, spec: ProcessSpec, log_path: str) -> ProcessRecord:
         if spec.port and _port_open(self.node.address, spec.port):
             # a stale service there would answer the health checks in place of the new one
-            from orchestr.launch.validate import _port_key
-
-            raise SSHError(f"{_port_key(spec)}: port {spec.port} on node {self.node_name!r} "
+            raise SSHError(f"{spec.key or spec.name}.port: port {spec.port} on node {self.node_name!r} "
                            f"({self.node.address}) is already in use (another deployment? "
                            "`orchestr status` / `orchestr stop`, or pick another port)")
         log_dir = str(Path(log_path).parent)

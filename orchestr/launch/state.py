@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from orchestr.config.serving import NodeConfig
-from orchestr.launch.runner import ProcessRecord
+from orchestr.launch.spec import ProcessRecord
 
 
 @dataclass
