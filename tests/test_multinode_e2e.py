@@ -179,10 +179,10 @@ def test_status_shows_them(cluster) -> None:
     assert out.returncode == 0, out.stdout + out.stderr
     rows = {line.split("│")[1].strip(): line for line in out.stdout.splitlines() if line.count("│") > 5}
     for name, node in (("controller", "node-a"), ("worker-a", "node-a"), ("worker-b", "node-b"), ("api", "node-b")):
-        assert node in rows[name] and " yes " in rows[name], out.stdout
+        assert node in rows[name] and " running " in rows[name], out.stdout
     for w in ("worker-a", "worker-b"):
         cells = [c.strip() for c in rows[w].split("│")]
-        assert cells[5:7] == ["yes", "yes"] and cells[7] == MODEL, rows[w]  # alive, registered, models
+        assert cells[5:7] == ["running", "yes"] and cells[7] == MODEL, rows[w]  # state, registered, models
 
 
 def test_logs_come_from_the_node(cluster) -> None:

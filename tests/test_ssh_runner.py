@@ -23,7 +23,7 @@ from orchestr.errors import LaunchError
 from orchestr.launch import state as state_mod
 from orchestr.launch.backends import runner_for
 from orchestr.launch.deploy import Deployment
-from orchestr.launch.spec import ProcessSpec
+from orchestr.launch.spec import ProcessRecord, ProcessSpec
 from orchestr.launch.ssh import SSHError, SSHRunner
 from tests.ssh_server import drop_sandbox_user, sandbox_user, start_sshd, world_readable_tmpdir
 
@@ -342,17 +342,74 @@ def test_deployment_restarts_a_killed_remote_process_and_stops_everything(sshd, 
         assert back is not None and state_mod.load(state_file).record("back").pid == back.pid
         os.kill(back.pid, 9)
         time.sleep(0.3)
-        dep.watch_once(events.append)
+        for _ in range(20):  # found dead, then restarted once its backoff (0.1 s) has passed
+            dep.watch_once(events.append)
+            if dep.state.record("back").pid != back.pid:
+                break
+            time.sleep(0.1)
         new = dep.state.record("back")
         assert new.pid != back.pid and new.restarts == 1
         assert state_mod.load(state_file).record("back").pid == new.pid
         wait_http(new.spec.health_url)
-        assert any("back died; restarting" in e for e in events)
+        assert any(e.startswith("back died (found dead") and "restarting in" in e for e in events), events
     finally:
         pgids = [p.pgid for p in dep.state.processes]
         dep.stop_all(events.append)
     assert all(live_group(g) == [] for g in pgids)
     assert not state_file.exists()
+
+
+def test_an_unreachable_host_never_delays_recovery_on_the_others(sshd, tmp_path) -> None:
+    """node-b's "sshd" accepts connections and never says a word (a host cut off mid-path):
+    a process killed on node-a is still restarted on the next passes, node-b's process is
+    reported unreachable (not dead), and `orchestr status` says so without waiting on it."""
+    import socket
+
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(8)  # never accepted: the SSH banner never comes
+    try:
+        nodes = {"node-a": NodeConfig(**sshd.node(python=PY)),
+                 "node-b": NodeConfig(**{**sshd.node(python=PY), "ssh_port": silent.getsockname()[1]})}
+        fast = RestartPolicy(policy="on-failure", max_restarts=2, backoff_s=0.1, backoff_max_s=0.5)
+        state_file = tmp_path / "state.json"
+        dep = Deployment([http_server_spec("front", free_port(), node="node-a", restart=fast)], nodes,
+                         run_dir=tmp_path, log_dir=str(tmp_path / "logs"), controller="http://127.0.0.1:9",
+                         api=None, web=None, state_file=state_file, health_timeout_s=30)
+        dep.probe_deadline_s = 2.0
+        events: list[str] = []
+        dep.start_all(events.append)
+        ghost = ProcessRecord(spec=http_server_spec("ghost", free_port(), node="node-b"), pid=2**22 - 3,
+                              pgid=2**22 - 3, log_path="/tmp/ghost.log")
+        dep.state.processes.append(ghost)
+        state_mod.save(dep.state, state_file)
+        try:
+            front = dep.state.record("front")
+            os.kill(front.pid, 9)
+            time.sleep(0.3)
+            passes = 0
+            while dep.state.record("front").pid == front.pid and passes < 6:
+                dep.watch_once(events.append)
+                passes += 1
+            assert dep.state.record("front").pid != front.pid, events
+            assert passes <= 3, events  # found dead on the first pass, restarted on the next ones
+            assert any("node node-b does not answer" in e for e in events), events
+            assert dep.state.record("ghost").restarts == 0  # unreachable is not dead
+            wait_http(dep.state.record("front").spec.health_url)
+            st = subprocess.run([*ORCHESTR, "status"], capture_output=True, text=True, timeout=60,
+                                env={**os.environ, "ORCHESTR_STATE_FILE": str(state_file)})
+            rows = {x.split("│")[1].strip(): x for x in st.stdout.splitlines() if x.count("│") > 5}
+            assert st.returncode == 3, st.stdout + st.stderr
+            assert "UNREACHABLE" in rows["ghost"] and "DEAD" not in rows["ghost"], st.stdout
+            assert " running " in rows["front"] and "found dead" in rows["front"], st.stdout  # last exit
+            assert "node node-b does not answer" in st.stderr
+        finally:
+            dep.state.processes.remove(ghost)
+            pgids = [p.pgid for p in dep.state.processes]
+            dep.stop_all(events.append)
+        assert all(live_group(g) == [] for g in pgids)
+    finally:
+        silent.close()
 
 
 def test_day2_commands_over_ssh(sshd, tmp_path) -> None:
@@ -370,7 +427,7 @@ def test_day2_commands_over_ssh(sshd, tmp_path) -> None:
         assert st.returncode == 0, st.stdout + st.stderr
         for name, node in (("front", "node-a"), ("back", "node-b")):
             line = next(x for x in st.stdout.splitlines() if f" {name} " in x)
-            assert node in line and "yes" in line
+            assert node in line and "running" in line
         httpx.get(dep.state.record("back").spec.health_url, trust_env=False)
         lg = subprocess.run([*ORCHESTR, "logs", "back", "-n", "5"], env=env, capture_output=True, text=True, timeout=60)
         assert lg.returncode == 0 and "GET / HTTP" in lg.stdout

@@ -96,14 +96,19 @@ class EngineConfig:
 
 @dataclass
 class RestartPolicy:
+    """How the watcher (attached launch or detached supervisor) restarts a process that died."""
+
     policy: RestartMode = RestartMode["on-failure"]
-    max_restarts: int = 3
-    backoff_s: float = 2.0
+    max_restarts: int = 3  # restarts allowed within `window_s` (`always`: no limit)
+    # failures older than this are forgotten: a process that stays up this long has its whole
+    # budget back
+    window_s: float = 600.0
+    backoff_s: float = 2.0  # first wait before a restart; doubles with each failure in the window
     backoff_max_s: float = 60.0
 
     def __post_init__(self) -> None:
         self.policy = RestartMode(self.policy)  # also when read back from the state file
-        for key in ("max_restarts", "backoff_s", "backoff_max_s"):
+        for key in ("max_restarts", "window_s", "backoff_s", "backoff_max_s"):
             check(getattr(self, key) >= 0, key, f"must not be negative, got {getattr(self, key)}")
 
 
@@ -174,7 +179,7 @@ class ControllerServiceConfig:
     # false: start none, use the one already running at this node's address and `port`
     enabled: bool = True
     node: str = "local"
-    host: str = "0.0.0.0"
+    host: str | None = None  # bind address; None: the node's address (0.0.0.0: every interface)
     port: int = 21001
     dispatch_method: DispatchMethod = DispatchMethod.shortest_queue
     heart_beat_expiration: int = 90  # seconds without a heartbeat before a worker is dropped
@@ -186,7 +191,7 @@ class ControllerServiceConfig:
 class WorkerServiceConfig:
     """Settings every worker shares."""
 
-    host: str = "0.0.0.0"
+    host: str | None = None  # bind address; None: the node's address (0.0.0.0: every interface)
     heart_beat_interval: int = 45  # seconds between heartbeats to the controller
 
     def __post_init__(self) -> None:
@@ -198,9 +203,9 @@ class WorkerServiceConfig:
 class ApiServiceConfig:
     enabled: bool = True
     node: str = "local"
-    host: str = "0.0.0.0"
+    host: str | None = None  # bind address; None: the node's address (0.0.0.0: every interface)
     port: int = 8000
-    api_keys: list[str] = field(default_factory=list)
+    api_keys: list[str] = field(default_factory=list)  # reach the server by a 0600 file, never argv
     restart: RestartPolicy = field(default_factory=RestartPolicy)
     extra_args: list[str] = field(default_factory=list)
 
@@ -223,7 +228,7 @@ class WebModerationConfig:
 class WebServiceConfig:
     enabled: bool = True
     node: str = "local"
-    host: str = "0.0.0.0"
+    host: str | None = None  # bind address; None: the node's address (0.0.0.0: every interface)
     port: int = 7860
     mode: WebMode = WebMode.multi  # single (chat tab only) | multi (chat + arena + leaderboard)
     log_dir: str = "~/.local/share/orchestr/logs"  # where YYYY-MM-DD-conv.json files go
@@ -236,6 +241,11 @@ class WebServiceConfig:
     top_p: float = 1.0
     max_new_tokens: int = 512
     concurrency_count: int = 10  # requests each UI event serves at once (Gradio queue)
+    auth: list[str] = field(
+        default_factory=list,
+        metadata={"help": "user:password logins the UI requires (none: open); reaches the UI as env "
+                          "ORCHESTR_WEB_AUTH, never argv"},
+    )
     # Anonymous arena: relative draw weights by model name (missing names weigh 1.0) and
     # model pairs never drawn together.
     arena_sampling_weights: dict[str, float] = field(default_factory=dict)
@@ -289,7 +299,10 @@ class LaunchConfig:
     detach: bool = False  # return once healthy; `orchestr status|logs|stop` take it from there
     watch: bool = True  # (attached) restart failed services per their restart policy
     health_timeout_s: float = 900.0  # per service, model loading included
-    state_file: str = "~/.cache/orchestr/deployment.json"
+    state_file: str | None = None  # None: $ORCHESTR_STATE_FILE or ~/.cache/orchestr/deployment.json
+    # the deployment's service secret (e.g. ${oc.env:MY_SECRET}); None: $ORCHESTR_SECRET, else a
+    # fresh one per launch. It reaches services as a 0600 file beside the state file.
+    secret: str | None = None
     log_dir: str | None = None  # None: <hydra run dir>/logs
 
 

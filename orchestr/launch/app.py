@@ -16,11 +16,13 @@ from omegaconf import DictConfig, OmegaConf
 
 from orchestr.config import CONF_DIR, check_composes, register_configs
 from orchestr.config.serving import LaunchConfig
-from orchestr.errors import LaunchError, OrchestrError
+from orchestr.errors import LaunchError, OrchestrError, UserError
+from orchestr.launch import secret_files
 from orchestr.launch import state as state_mod
 from orchestr.launch.backends import Runners
 from orchestr.launch.deploy import Deployment, check_local_ports
 from orchestr.launch.plan import Planner, build_plan, render_plan
+from orchestr.launch.secret_files import DeploymentSecrets
 
 log = logging.getLogger("orchestr.launch")
 
@@ -58,8 +60,12 @@ def run(cfg: DictConfig) -> int:
     # health polls are the launcher's business, not the user's: keep httpx's per-request lines out
     logging.getLogger("httpx").setLevel(logging.WARNING)
     launch: LaunchConfig = OmegaConf.to_object(cfg.launch)
-    specs = build_plan(cfg)  # a ConfigError reaches `orchestr`'s main: one line, exit code 2
+    run_dir = Path(HydraConfig.get().runtime.output_dir) if HydraConfig.initialized() else Path("outputs")
     planner = Planner(cfg)
+    secrets = DeploymentSecrets.from_config(launch, planner.services)
+    # keys passed as overrides are in Hydra's record of the run: scrub them first
+    secret_files.scrub([*run_dir.glob(".hydra/*"), *run_dir.glob("*.log")], secrets.values())
+    specs = build_plan(cfg)  # a ConfigError reaches `orchestr`'s main: one line, exit code 2
     if launch.dry_run:
         print(render_plan(specs, planner.cluster))
         return 0
@@ -74,16 +80,16 @@ def run(cfg: DictConfig) -> int:
         finally:
             runners.close()
         if alive:
-            _say(f"a deployment is already running ({', '.join(alive)}; state {state_file}). "
-                 "Stop it with `orchestr stop` or set launch.state_file to run another.")
-            return 2
+            raise UserError(f"a deployment is already running ({', '.join(alive)}; state {state_file}); "
+                            "stop it with `orchestr stop` or set launch.state_file to run another")
         state_mod.remove(state_file)
     check_local_ports(specs, planner.cluster.nodes)
-    run_dir = Path(HydraConfig.get().runtime.output_dir) if HydraConfig.initialized() else Path("outputs")
+    secrets.write(planner.secrets_dir)
     ep = planner.endpoints()
     dep = Deployment(specs, planner.cluster.nodes, run_dir=run_dir, log_dir=launch.log_dir,
                      controller=ep.controller, api=ep.api, web=ep.web, state_file=state_file,
-                     health_timeout_s=launch.health_timeout_s)
+                     health_timeout_s=launch.health_timeout_s,
+                     secret_file=secret_files.secret_path(planner.secrets_dir, secret_files.SERVICE_VAR))
     stopping = False
 
     def _on_signal(signum, _frame):
@@ -108,7 +114,7 @@ def run(cfg: DictConfig) -> int:
         if launch.watch:
             dep.state.supervisor_pid = _spawn_supervisor(state_file, run_dir / "logs")
         state_mod.save(dep.state, state_file)
-        dep.runners.close()
+        dep.close()
         _say(f"detached; `orchestr status`, `orchestr logs NAME`, `orchestr stop` (state: {state_file})")
         return 0
     _say("running; Ctrl-C stops everything")

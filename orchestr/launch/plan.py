@@ -17,13 +17,16 @@ from orchestr.config import to_typed
 from orchestr.config.serving import (
     ClusterConfig,
     EngineConfig,
+    LaunchConfig,
     ModelConfig,
     NodeConfig,
     ServicesConfig,
     WorkerConfig,
 )
 from orchestr.errors import ConfigError
+from orchestr.launch import secret_files
 from orchestr.launch.spec import ProcessSpec
+from orchestr.launch.state import state_path
 from orchestr.launch.validate import validate_plan
 
 WORKER_MODULES = {
@@ -64,6 +67,8 @@ class Planner:
         self.cluster: ClusterConfig = _typed(cfg, "cluster", ClusterConfig)
         self.services: ServicesConfig = _typed(cfg, "services", ServicesConfig)
         self.engine: EngineConfig = _typed(cfg, "engine", EngineConfig)
+        launch: LaunchConfig = _typed(cfg, "launch", LaunchConfig)
+        self.secrets_dir = secret_files.secrets_dir(state_path(launch.state_file))
         self.default_model: ModelConfig | None = (
             to_typed(cfg.model, "model") if OmegaConf.select(cfg, "model") is not None else None
         )
@@ -91,6 +96,10 @@ class Planner:
         raise ConfigError(key, f"unknown model {name!r} (known: {', '.join(known) or 'none'}); "
                              f"add it with a defaults entry `/model@models.{name}: {name}`")
 
+    def secret_env(self, *extra: str) -> dict[str, str]:
+        """The secret files a service reads (the service secret, plus `extra` variables)."""
+        return {v: secret_files.secret_path(self.secrets_dir, v) for v in (secret_files.SERVICE_VAR, *extra)}
+
     def controller_address(self) -> str:
         c = self.services.controller
         node = self.node(c.node, "services.controller.node")
@@ -101,11 +110,11 @@ class Planner:
         c = self.services.controller
         node = self.node(c.node, "services.controller.node")
         argv = [node_python(node), "-m", "orchestr.services.controller",
-                "--host", c.host, "--port", str(c.port),
+                "--host", c.host or node.address, "--port", str(c.port),
                 "--dispatch-method", c.dispatch_method,
                 "--heart-beat-expiration", str(c.heart_beat_expiration), *c.extra_args]
         return ProcessSpec(name="controller", service="controller", node=c.node, argv=argv,
-                           port=c.port, health_url=f"http://{node.address}:{c.port}/health",
+                           env_files=self.secret_env(), port=c.port, health_url=f"http://{node.address}:{c.port}/health",
                            workdir=node.workdir, restart=c.restart, key="services.controller")
 
     def worker_models(self, name: str, w: WorkerConfig) -> list[ModelConfig]:
@@ -139,7 +148,7 @@ class Planner:
                 # model's own (its template, dtype, remote code ...)
                 argv += [*self.model_flags(m, kind, w, node), *m.extra_args]
         argv += ["--controller-address", self.controller_address(), "--worker-address", addr,
-                 "--host", self.services.worker.host, "--port", str(w.port),
+                 "--host", self.services.worker.host or node.address, "--port", str(w.port),
                  "--limit-worker-concurrency", str(w.limit_worker_concurrency),
                  "--heart-beat-interval", str(self.services.worker.heart_beat_interval)]
         if kind != "multi":
@@ -153,7 +162,7 @@ class Planner:
         if w.gpus is not None:
             env["CUDA_VISIBLE_DEVICES"] = ",".join(str(g) for g in w.gpus)
         return ProcessSpec(name=name, service=WORKER_MODULES[kind].rsplit(".", 1)[1], node=w.node,
-                           argv=argv, env=env, port=w.port, health_url=f"{addr}/health",
+                           argv=argv, env=env, env_files=self.secret_env(), port=w.port, health_url=f"{addr}/health",
                            models=[m.name for m in models], depends_on=["controller"],
                            workdir=node.workdir, restart=w.restart, key=key)
 
@@ -208,12 +217,11 @@ class Planner:
         a = self.services.api
         node = self.node(a.node, "services.api.node")
         argv = [node_python(node), "-m", "orchestr.services.openai_api_server",
-                "--host", a.host, "--port", str(a.port),
-                "--controller-address", self.controller_address()]
-        if a.api_keys:
-            argv += ["--api-keys", ",".join(a.api_keys)]
-        argv += a.extra_args
-        return ProcessSpec(name="api", service="openai_api_server", node=a.node, argv=argv, port=a.port,
+                "--host", a.host or node.address, "--port", str(a.port),
+                "--controller-address", self.controller_address(), *a.extra_args]
+        keys = self.secret_env(secret_files.API_KEYS_VAR) if a.api_keys else self.secret_env()
+        return ProcessSpec(name="api", service="openai_api_server", node=a.node, argv=argv,
+                           env_files=keys, port=a.port,
                            health_url=f"http://{node.address}:{a.port}/health",
                            depends_on=["controller"], workdir=node.workdir, restart=a.restart,
                            key="services.api")
@@ -222,10 +230,11 @@ class Planner:
         s = self.services.web
         node = self.node(s.node, "services.web.node")
         argv = [node_python(node), "-m", "orchestr.services.web",
-                "--host", s.host, "--port", str(s.port),
+                "--host", s.host or node.address, "--port", str(s.port),
                 "--controller-address", self.controller_address(),
                 *s.cli_flags(), *s.extra_args]  # --mode, --log-dir and the rest of services.web
-        return ProcessSpec(name="web", service="web", node=s.node, argv=argv, port=s.port,
+        auth = self.secret_env(secret_files.WEB_AUTH_VAR) if s.auth else self.secret_env()
+        return ProcessSpec(name="web", service="web", node=s.node, argv=argv, env_files=auth, port=s.port,
                            health_url=f"http://{node.address}:{s.port}/",
                            depends_on=["controller", *worker_names], workdir=node.workdir,
                            restart=s.restart, key="services.web")

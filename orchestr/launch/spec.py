@@ -17,6 +17,9 @@ class ProcessSpec:
     node: str  # key of cluster.nodes
     argv: list[str]  # full command line; argv[0] is the interpreter
     env: dict[str, str] = field(default_factory=dict)  # only what the plan sets (CUDA_VISIBLE_DEVICES ...)
+    # variable -> a 0600 file on the launching machine (a secret): the backend puts the file on
+    # the node and sets the variable to its path there, so the value never reaches argv
+    env_files: dict[str, str] = field(default_factory=dict)
     port: int | None = None
     health_url: str | None = None  # GET returns 2xx when up
     models: list[str] = field(default_factory=list)  # model names a worker must register
@@ -27,7 +30,7 @@ class ProcessSpec:
 
     def command_line(self) -> str:
         """The shell line a person could paste on the node: env assignments then argv, all quoted."""
-        env = " ".join(f"{k}={shlex.quote(v)}" for k, v in sorted(self.env.items()))
+        env = " ".join(f"{k}={shlex.quote(v)}" for k, v in sorted({**self.env, **self.env_files}.items()))
         cmd = shlex.join(self.argv)
         return f"{env} {cmd}" if env else cmd
 
@@ -50,7 +53,9 @@ class ProcessRecord:
     pgid: int
     log_path: str  # on the node
     started_at: float = field(default_factory=time.time)
-    restarts: int = 0
+    restarts: int = 0  # over the deployment's life
+    failures: list[float] = field(default_factory=list)  # when it died, within the restart window
+    last_exit: str | None = None  # what the watcher saw when it last died
 
     @property
     def name(self) -> str:

@@ -143,8 +143,40 @@ class SSHRunner:
             raise SSHError(f"cluster.nodes.{self.node_name}: remote command failed: {e}") from None
         return rc, stdout, stderr
 
+    def place_files(self, spec: ProcessSpec) -> dict[str, str]:
+        """Copy the spec's secret files to the node over this SSH connection (SFTP), 0600 in a
+        0700 folder under ~/.cache/orchestr/secrets; returns variable -> path on the node."""
+        if not spec.env_files:
+            return {}
+        try:
+            sftp = self.client.open_sftp()
+        except (paramiko.SSHException, OSError) as e:
+            raise SSHError(f"cluster.nodes.{self.node_name}: cannot open SFTP to copy secrets: {e}") from None
+        placed = {}
+        try:
+            folder = sftp.normalize(".")
+            for part in (".cache", "orchestr", "secrets", Path(next(iter(spec.env_files.values()))).parent.name):
+                folder = f"{folder}/{part}"
+                try:
+                    sftp.mkdir(folder, mode=0o700)
+                except OSError:
+                    pass  # there already
+            sftp.chmod(folder, 0o700)
+            for var, local in spec.env_files.items():
+                remote = f"{folder}/{Path(local).name}"
+                with sftp.open(remote + ".tmp", "w") as f:
+                    sftp.chmod(remote + ".tmp", 0o600)  # before a byte is written
+                    f.write(Path(local).expanduser().read_bytes())
+                sftp.posix_rename(remote + ".tmp", remote)
+                placed[var] = remote
+        except OSError as e:
+            raise SSHError(f"cluster.nodes.{self.node_name}: cannot copy secrets to the node: {e}") from None
+        finally:
+            sftp.close()
+        return placed
+
     def _env(self, spec: ProcessSpec) -> list[str]:
-        env = {**self.node.env, **spec.env, "PYTHONUNBUFFERED": "1"}
+        env = {**self.node.env, **spec.env, **self.place_files(spec), "PYTHONUNBUFFERED": "1"}
         for k in env:
             if not _ENV_NAME.match(k):
                 raise SSHError(f"cluster.nodes.{self.node_name}.env: {k!r} is not a valid variable name")

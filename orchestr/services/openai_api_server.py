@@ -13,6 +13,7 @@ import argparse
 import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import TypeVar
 
 from fastapi import APIRouter, Depends, FastAPI, Request
@@ -207,7 +208,9 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--ssl", action="store_true", help="serve HTTPS (SSL_KEYFILE / SSL_CERTFILE env)")
     args = parser.parse_args(argv)
-    api_keys = args.api_keys if args.api_keys is not None else _csv(os.environ.get("ORCHESTR_API_KEYS"))
+    keys_file = os.environ.get("ORCHESTR_API_KEYS_FILE")  # what `orchestr launch` sets (0600 file)
+    env_keys = os.environ.get("ORCHESTR_API_KEYS") or (Path(keys_file).read_text().replace("\n", ",") if keys_file else None)
+    api_keys = args.api_keys if args.api_keys is not None else _csv(env_keys)
 
     client = ApiClient(args.controller_address, args.worker_timeout, args.controller_cache_ttl)
     app = create_app(
