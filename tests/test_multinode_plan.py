@@ -148,7 +148,8 @@ def test_each_worker_matches_the_seed_command(dry_run, place) -> None:
     assert ours["models"] == seed["models"]
     assert ours["controller"] == seed["controller"] == ["http://node-01:10002"]
     assert ours["worker_address"] == seed["worker_address"]
-    assert ours["host"] == seed["host"]
+    # the seed binds 0.0.0.0; orchestr binds the node's own address unless told otherwise
+    assert seed["host"] == ["0.0.0.0"] and ours["host"] == [place[0]]
     assert ours["num_gpus"] == seed["num_gpus"]
     assert ours["tokenizer"] == seed["tokenizer"]
     if seed["limit"]:
@@ -160,7 +161,8 @@ def test_controller_and_ray_head_match_the_seed(dry_run) -> None:
     ctl = [d for k, d in ours if k == "controller"]
     assert len(ctl) == 1
     seed_ctl = next(d for k, d in seed if k == "controller")
-    assert (ctl[0]["node"], ctl[0]["port"], ctl[0]["host"]) == (seed_ctl["node"], 10002, ["0.0.0.0"])
+    assert (ctl[0]["node"], ctl[0]["port"], ctl[0]["host"]) == (seed_ctl["node"], 10002, ["node-01"])
+    assert seed_ctl["host"] == ["0.0.0.0"]
     rays = [d for k, d in ours if k == "ray"]
     assert rays == [d for k, d in seed if k == "ray"]  # node-01, GPUs 2,3, `start --head`
     # and nothing beyond the seed except the API server and web UI on node-01

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import shlex
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from omegaconf import DictConfig, OmegaConf
 
 from orchestr.config import to_typed
+from orchestr.config.flags import to_argv
 from orchestr.config.serving import (
     ClusterConfig,
     EngineConfig,
@@ -110,9 +111,7 @@ class Planner:
         c = self.services.controller
         node = self.node(c.node, "services.controller.node")
         argv = [node_python(node), "-m", "orchestr.services.controller",
-                "--host", c.host or node.address, "--port", str(c.port),
-                "--dispatch-method", c.dispatch_method,
-                "--heart-beat-expiration", str(c.heart_beat_expiration), *c.extra_args]
+                *to_argv(replace(c, host=c.host or node.address)), *c.extra_args]
         return ProcessSpec(name="controller", service="controller", node=c.node, argv=argv,
                            env_files=self.secret_env(), port=c.port, health_url=f"http://{node.address}:{c.port}/health",
                            workdir=node.workdir, restart=c.restart, key="services.controller")
@@ -147,14 +146,13 @@ class Planner:
                 # the multi-model worker reads the model options after a --model-path as that
                 # model's own (its template, dtype, remote code ...)
                 argv += [*self.model_flags(m, kind, w, node), *m.extra_args]
+        shared = self.services.worker
         argv += ["--controller-address", self.controller_address(), "--worker-address", addr,
-                 "--host", self.services.worker.host or node.address, "--port", str(w.port),
-                 "--limit-worker-concurrency", str(w.limit_worker_concurrency),
-                 "--heart-beat-interval", str(self.services.worker.heart_beat_interval)]
+                 *to_argv(replace(shared, host=shared.host or node.address)), *to_argv(w)]
         if kind != "multi":
             argv += [*self.model_flags(models[0], kind, w, node)]
         if kind in ("hf", "multi"):
-            argv += self.engine_flags()
+            argv += to_argv(self.engine)
         if kind != "multi":
             argv += models[0].extra_args
         argv += w.extra_args
@@ -192,15 +190,6 @@ class Planner:
         flags += _bool_flag("--trust-remote-code", m.trust_remote_code)
         return flags
 
-    def engine_flags(self) -> list[str]:
-        e = self.engine
-        threads = _opt("--num-threads", e.num_threads)
-        if not e.batching:
-            return ["--no-batching", *threads]
-        return ["--max-batch-size", str(e.max_batch_size),
-                "--max-num-batched-tokens", str(e.max_num_batched_tokens),
-                "--kv-cache-tokens", str(e.kv_cache_tokens), *threads]
-
     def ray_specs(self) -> list[ProcessSpec]:
         specs = []
         for name, r in self.cluster.ray_heads.items():
@@ -213,12 +202,12 @@ class Planner:
                                      port=r.port, workdir=node.workdir, key=f"cluster.ray_heads.{name}"))
         return specs
 
-    def api_spec(self, worker_names: list[str]) -> ProcessSpec:
+    def api_spec(self) -> ProcessSpec:
         a = self.services.api
         node = self.node(a.node, "services.api.node")
         argv = [node_python(node), "-m", "orchestr.services.openai_api_server",
-                "--host", a.host or node.address, "--port", str(a.port),
-                "--controller-address", self.controller_address(), *a.extra_args]
+                "--controller-address", self.controller_address(),
+                *to_argv(replace(a, host=a.host or node.address)), *a.extra_args]
         keys = self.secret_env(secret_files.API_KEYS_VAR) if a.api_keys else self.secret_env()
         return ProcessSpec(name="api", service="openai_api_server", node=a.node, argv=argv,
                            env_files=keys, port=a.port,
@@ -230,9 +219,8 @@ class Planner:
         s = self.services.web
         node = self.node(s.node, "services.web.node")
         argv = [node_python(node), "-m", "orchestr.services.web",
-                "--host", s.host or node.address, "--port", str(s.port),
                 "--controller-address", self.controller_address(),
-                *s.cli_flags(), *s.extra_args]  # --mode, --log-dir and the rest of services.web
+                *to_argv(replace(s, host=s.host or node.address)), *s.extra_args]
         auth = self.secret_env(secret_files.WEB_AUTH_VAR) if s.auth else self.secret_env()
         return ProcessSpec(name="web", service="web", node=s.node, argv=argv, env_files=auth, port=s.port,
                            health_url=f"http://{node.address}:{s.port}/",
@@ -253,7 +241,7 @@ class Planner:
         specs += workers
         names = [w.name for w in workers]
         if self.services.api.enabled:
-            specs.append(self.api_spec(names))
+            specs.append(self.api_spec())
         if self.services.web.enabled:
             specs.append(self.web_spec(names))
         if not self.services.controller.enabled:  # one already runs at the configured address

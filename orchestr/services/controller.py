@@ -19,6 +19,8 @@ from dataclasses import dataclass
 import httpx
 from fastapi import FastAPI
 
+from orchestr.config.flags import add_flags, from_args
+from orchestr.config.serving import ControllerServiceConfig, DispatchMethod
 from orchestr.protocol import (
     ControllerStatus,
     HeartBeatRequest,
@@ -34,7 +36,7 @@ from orchestr.services.http_util import run_app, setup_logging
 
 logger = setup_logging("orchestr.controller")
 
-DISPATCH_METHODS = ("shortest_queue", "lottery")
+DISPATCH_METHODS = tuple(m.value for m in DispatchMethod)
 STATUS_TIMEOUT_S = 5.0
 
 
@@ -264,19 +266,12 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="python -m orchestr.services.controller", description=__doc__.split("\n")[0]
     )
-    parser.add_argument("--host", default="localhost")
-    parser.add_argument("--port", type=int, default=21001)
-    parser.add_argument("--dispatch-method", choices=DISPATCH_METHODS, default="shortest_queue")
-    parser.add_argument(
-        "--heart-beat-expiration",
-        type=float,
-        default=90.0,
-        help="seconds without a heartbeat before a worker is dropped",
-    )
-    parser.add_argument("--ssl", action="store_true", help="serve HTTPS (SSL_KEYFILE / SSL_CERTFILE env)")
+    add_flags(parser, ControllerServiceConfig)  # one declaration of each flag (config/serving.py)
     args = parser.parse_args(argv)
-    if args.heart_beat_expiration <= 0:
-        parser.error("--heart-beat-expiration must be positive")
+    try:
+        from_args(ControllerServiceConfig, args)  # the schema's range checks
+    except ValueError as e:
+        parser.error(str(e))
     controller = Controller(args.dispatch_method, args.heart_beat_expiration)
     logger.info("controller on %s:%d, dispatch %s", args.host, args.port, args.dispatch_method)
     run_app(create_app(controller), args.host, args.port, ssl=args.ssl)

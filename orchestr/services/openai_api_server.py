@@ -23,6 +23,8 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from orchestr.config.flags import add_flags, from_args
+from orchestr.config.serving import ApiServiceConfig
 from orchestr.protocol import ChatCompletionRequest, CompletionRequest, EmbeddingsRequest
 from orchestr.services.api_client import ApiClient, ApiError
 from orchestr.services.http_util import error_response, run_app, setup_logging
@@ -186,8 +188,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="python -m orchestr.services.openai_api_server", description=__doc__.split("\n")[0]
     )
-    parser.add_argument("--host", default="localhost")
-    parser.add_argument("--port", type=int, default=8000)
+    add_flags(parser, ApiServiceConfig)  # services.api: one declaration of each flag (config/serving.py)
     parser.add_argument("--controller-address", default="http://localhost:21001")
     parser.add_argument(
         "--api-keys",
@@ -195,24 +196,16 @@ def main(argv: list[str] | None = None) -> None:
         default=None,
         help="comma-separated keys clients must send as Bearer tokens (default: env ORCHESTR_API_KEYS; none: open)",
     )
-    parser.add_argument("--allowed-origins", type=_csv, default=["*"], help="CORS origins (comma-separated)")
-    parser.add_argument("--allowed-methods", type=_csv, default=["*"])
-    parser.add_argument("--allowed-headers", type=_csv, default=["*"])
-    parser.add_argument("--allow-credentials", action="store_true")
-    parser.add_argument("--worker-timeout", type=float, default=600.0, help="seconds to wait on a worker")
-    parser.add_argument(
-        "--controller-cache-ttl",
-        type=float,
-        default=2.0,
-        help="seconds the controller's worker table is reused between requests",
-    )
-    parser.add_argument("--ssl", action="store_true", help="serve HTTPS (SSL_KEYFILE / SSL_CERTFILE env)")
     args = parser.parse_args(argv)
+    try:
+        from_args(ApiServiceConfig, args)  # the schema's range checks
+    except ValueError as e:
+        parser.error(str(e))
     keys_file = os.environ.get("ORCHESTR_API_KEYS_FILE")  # what `orchestr launch` sets (0600 file)
     env_keys = os.environ.get("ORCHESTR_API_KEYS") or (Path(keys_file).read_text().replace("\n", ",") if keys_file else None)
     api_keys = args.api_keys if args.api_keys is not None else _csv(env_keys)
 
-    client = ApiClient(args.controller_address, args.worker_timeout, args.controller_cache_ttl)
+    client = ApiClient(args.controller_address, args.worker_timeout_s, args.controller_cache_ttl_s)
     app = create_app(
         client,
         api_keys=api_keys,

@@ -21,6 +21,8 @@ import httpx
 from fastapi import Body, FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
+from orchestr.config.flags import add_flags
+from orchestr.config.serving import WorkerConfig, WorkerServiceConfig
 from orchestr.protocol import (
     CountTokenRequest,
     CountTokenResult,
@@ -285,18 +287,16 @@ class WorkerBase:
 
 
 def add_worker_args(parser: argparse.ArgumentParser, default_port: int = 21002) -> None:
-    """Flags every worker has (FastChat's names)."""
-    parser.add_argument("--host", default="localhost")
-    parser.add_argument("--port", type=int, default=default_port)
+    """Flags every worker has (FastChat's names): services.worker and the worker's own section
+    declare them (config/serving.py); the addresses are the launcher's wiring."""
+    add_flags(parser, WorkerServiceConfig)
+    add_flags(parser, WorkerConfig)
+    parser.set_defaults(port=default_port)
     parser.add_argument("--worker-address", default=None,
                         help="URL the controller and API server use to reach this worker "
                              "(default: http://localhost:PORT)")
     parser.add_argument("--controller-address", default="http://localhost:21001")
-    parser.add_argument("--limit-worker-concurrency", type=int, default=5,
-                        help="requests served at once; more wait (FastChat's default: 5)")
     parser.add_argument("--no-register", action="store_true", help="do not register with a controller")
-    parser.add_argument("--heart-beat-interval", type=float, default=45.0)
-    parser.add_argument("--ssl", action="store_true", help="serve HTTPS (SSL_KEYFILE / SSL_CERTFILE)")
 
 
 def worker_address(args: argparse.Namespace) -> str:
