@@ -15,7 +15,7 @@ import time
 import uuid
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 # --------------------------------------------------------------------------- errors
 
@@ -116,21 +116,40 @@ class ChatMessage(BaseModel):
         return "".join(parts)
 
 
+SEED_LIMIT = 2**64  # seeds are unsigned 64-bit
+MAX_TOKENS_LIMIT = 1_000_000  # far above any context; the context check gives the real answer
+MAX_STOP = 4  # as OpenAI
+MAX_PROMPTS = 64  # prompts in one /v1/completions request
+
+
 class SamplingFields(BaseModel):
-    """Parameters common to chat and text completions, validated like OpenAI does."""
+    """Parameters common to chat and text completions, validated like OpenAI does.
+
+    Every number is bounded so nothing valid-looking can overflow or turn logits non-finite,
+    and an unknown parameter is refused (400 naming it), never silently ignored.
+    """
+
+    model_config = ConfigDict(extra="forbid")
 
     temperature: float | None = Field(default=0.7, ge=0.0, le=2.0)
     top_p: float | None = Field(default=1.0, gt=0.0, le=1.0)
-    top_k: int | None = Field(default=-1, ge=-1)
+    top_k: int | None = Field(default=-1, ge=-1, le=MAX_TOKENS_LIMIT)
     n: int | None = Field(default=1, ge=1, le=16)
-    max_tokens: int | None = Field(default=None, ge=1)
-    stop: str | list[str] | None = None
+    max_tokens: int | None = Field(default=None, ge=1, le=MAX_TOKENS_LIMIT)
+    stop: str | list[str] | None = Field(default=None)
     stream: bool | None = False
     presence_penalty: float | None = Field(default=0.0, ge=-2.0, le=2.0)
     frequency_penalty: float | None = Field(default=0.0, ge=-2.0, le=2.0)
-    repetition_penalty: float | None = Field(default=1.0, gt=0.0)
-    seed: int | None = None
+    repetition_penalty: float | None = Field(default=1.0, ge=0.01, le=100.0)
+    seed: int | None = Field(default=None, ge=0, lt=SEED_LIMIT)
     user: str | None = None
+
+    @field_validator("stop")
+    @classmethod
+    def _few_stops(cls, v: str | list[str] | None) -> str | list[str] | None:
+        if isinstance(v, list) and len(v) > MAX_STOP:
+            raise ValueError(f"at most {MAX_STOP} stop sequences are supported")
+        return v
 
     def stop_list(self) -> list[str]:
         if self.stop is None:
@@ -138,11 +157,17 @@ class SamplingFields(BaseModel):
         return [self.stop] if isinstance(self.stop, str) else [s for s in self.stop if s]
 
 
+class StreamOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    include_usage: bool | None = None
+
+
 class ChatCompletionRequest(SamplingFields):
     model: str
     messages: list[ChatMessage] = Field(min_length=1)
-    stream_options: dict[str, Any] | None = None
-    max_completion_tokens: int | None = Field(default=None, ge=1)
+    stream_options: StreamOptions | None = None
+    max_completion_tokens: int | None = Field(default=None, ge=1, le=MAX_TOKENS_LIMIT)
 
 
 class ChatCompletionResponseChoice(BaseModel):
@@ -185,15 +210,17 @@ class CompletionRequest(SamplingFields):
     prompt: str | list[str]
     echo: bool | None = False
     suffix: str | None = None
-    logprobs: int | None = None
-    best_of: int | None = None
-    stream_options: dict[str, Any] | None = None
+    logprobs: int | None = Field(default=None, ge=0, le=5)
+    best_of: int | None = Field(default=None, ge=1, le=16)
+    stream_options: StreamOptions | None = None
 
     @field_validator("prompt")
     @classmethod
     def _non_empty(cls, v: str | list[str]) -> str | list[str]:
         if isinstance(v, list) and not v:
             raise ValueError("prompt must not be an empty list")
+        if isinstance(v, list) and len(v) > MAX_PROMPTS:
+            raise ValueError(f"at most {MAX_PROMPTS} prompts per request")
         return v
 
 
@@ -223,6 +250,8 @@ class CompletionStreamResponse(BaseModel):
 
 
 class EmbeddingsRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
     model: str
     input: str | list[str]
     user: str | None = None
@@ -255,17 +284,18 @@ class GenerateRequest(BaseModel):
     model: str
     prompt: str | None = None
     messages: list[ChatMessage] | None = None
-    temperature: float = 0.7
-    top_p: float = 1.0
-    top_k: int = -1
-    repetition_penalty: float = 1.0
-    presence_penalty: float = 0.0
-    frequency_penalty: float = 0.0
-    max_new_tokens: int | None = None  # None: up to the context length
+    # Bounded here too: the web UI and other internal callers reach workers directly.
+    temperature: float = Field(default=0.7, ge=0.0, le=2.0)
+    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
+    top_k: int = Field(default=-1, ge=-1, le=MAX_TOKENS_LIMIT)
+    repetition_penalty: float = Field(default=1.0, ge=0.01, le=100.0)
+    presence_penalty: float = Field(default=0.0, ge=-2.0, le=2.0)
+    frequency_penalty: float = Field(default=0.0, ge=-2.0, le=2.0)
+    max_new_tokens: int | None = Field(default=None, ge=1, le=MAX_TOKENS_LIMIT)  # None: up to the context
     stop: list[str] = Field(default_factory=list)
     stop_token_ids: list[int] = Field(default_factory=list)
     echo: bool = False
-    seed: int | None = None
+    seed: int | None = Field(default=None, ge=0, lt=SEED_LIMIT)
     request_id: str = Field(default_factory=lambda: uuid.uuid4().hex)
 
 
@@ -316,6 +346,8 @@ class WorkerStatus(BaseModel):
     model_names: list[str]
     speed: int = 1
     queue_length: int = 0
+    # Random per worker process: a registration may take over an address only from itself.
+    worker_id: str | None = None
 
 
 class ModelDetails(BaseModel):
@@ -339,6 +371,13 @@ class RegisterWorkerRequest(BaseModel):
 class HeartBeatRequest(BaseModel):
     worker_name: str
     queue_length: int = 0
+    worker_id: str | None = None
+
+
+class WorkerFailureReport(BaseModel):
+    """The API server could not use this worker: the controller checks it at once."""
+
+    worker_name: str
 
 
 class HeartBeatResponse(BaseModel):

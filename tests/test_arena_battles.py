@@ -115,7 +115,7 @@ def test_record_schema_and_hashed_judge(logs):
     battles, _ = run(logs, mode="conv_release")
     b = battles[0]
     assert set(b) == {"question_id", "model_a", "model_b", "winner", "judge", "conversation_a",
-                      "conversation_b", "turn", "anony", "language", "tstamp"}  # fmt: skip
+                      "conversation_b", "turn", "anony", "language", "tstamp", "conv_metadata"}  # fmt: skip
     assert b["conversation_a"] == [
         {"role": "user", "content": "Explain rainbows briefly."},
         {"role": "assistant", "content": "Light refracts in droplets."},

@@ -137,6 +137,23 @@ def test_conv_release_preset_and_release_pipeline(tmp_path, web_logs):
     assert json.loads((out / "chat_sample.json").read_text()) == sample
 
 
+def test_release_presets_run_in_one_command(tmp_path, web_logs):
+    out = tmp_path / "out"
+    common = [f"services.web.log_dir={web_logs}", f"output_dir={out}"]
+    proc = orchestr_clean(tmp_path, "clean=arena_conversations", *common)
+    for step in ("battles", "moderation", "pii", "blocked_words", "toxicity"):
+        assert f"[{step}] read " in proc.stdout, step
+    assert "[moderation] read 300, kept 300" in proc.stdout  # the conv_release battles, not the chats
+    release = json.loads((out / "arena_conv_release.json").read_text())
+    assert release and all(r["anony"] and "openai_moderation" in r and "toxic" in r for r in release)
+    assert "conversation_a" in release[0] and "conversation_b" in release[0]
+
+    proc = orchestr_clean(tmp_path, "clean=all_conversations", *common, "sample.n=5")
+    assert "[chats] read 601, kept 601" in proc.stdout and "[sample] read 601, kept 5" in proc.stdout
+    assert "[moderation]" not in proc.stdout
+    assert len(json.loads((out / "chat_sample.json").read_text())) == 5
+
+
 def test_multirun_sweeps(tmp_path, web_logs):
     out = tmp_path / "out"
     common = [f"services.web.log_dir={web_logs}", f"output_dir={out}", "ratings.bootstrap_rounds=10"]

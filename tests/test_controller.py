@@ -160,7 +160,8 @@ def test_registration_listing_and_status(procs):
         "exist": False
     }
     # A worker that cannot be reached is not registered.
-    assert post(ctl + "/register_worker", {"worker_name": f"http://127.0.0.1:{free_port()}"})["ok"] is False
+    r = _http.post(ctl + "/register_worker", json={"worker_name": f"http://127.0.0.1:{free_port()}"})
+    assert r.status_code == 409 and r.json()["error"]["code"] == "registration_refused"
     assert len(workers(ctl)) == 3
     # Registration with the status given needs no call back to the worker.
     post(

@@ -95,7 +95,8 @@ def test_our_prompts_have_fastchats_names_fields_and_placeholders(fastchat: Path
 
     ours = load_judge_prompts(None)
     theirs = load_judge_prompts(str(fastchat / "judge_prompts.jsonl"))  # a user can point config here
-    assert sorted(ours) == sorted(theirs) == sorted(PROMPT_NAMES)
+    assert sorted(theirs) == sorted(PROMPT_NAMES)
+    assert sorted(ours) == sorted([*PROMPT_NAMES, "arena-hard-v1"])  # plus arena-hard's five-label prompt
 
     def fields(t: str) -> set[str]:
         return {f for _, f, _, _ in string.Formatter().parse(t) if f}
@@ -266,7 +267,10 @@ def test_matches_use_reference_and_multi_turn_prompts(mode: str, n_pairs: int) -
     answers = {m: {q["question_id"]: answer_record(q["question_id"], m, [["x", "y"]]) for q in questions}
                for m in ("a", "b")}
     refs = load_references(cfg.bench, questions)
-    del refs[5]  # a reference category without a reference: judged with the general prompt
+    del refs[5]  # a reference category without a reference: refused, as FastChat does ...
+    with pytest.raises(EvalError, match="(?s)coding need reference answers.*judge.allow_missing_reference"):
+        build_matches(cfg, questions, answers, refs, load_judge_prompts(None), ["a", "b"])
+    cfg.judge.allow_missing_reference = True  # ... or, when asked, judged with the general prompt
     matches = build_matches(cfg, questions, answers, refs, load_judge_prompts(None), ["a", "b"])
     assert len(matches) == n_pairs * len(questions) * 2
     kind = "single" if mode == "single" else "pair"

@@ -62,8 +62,7 @@ def judge_url():
 
 def _setup(tmp_path: Path, url: str, retries: int) -> tuple:
     cfg = compose([f"eval.data_dir={tmp_path}", f"judge.endpoint={url}", "judge.model=flaky", "judge.backend=api",
-                   f"judge.max_retries={retries}", "judge.backoff_s=0.01", "judge.backoff_max_s=0.05",
-                   "judge.first_n=3"])
+                   f"judge.max_retries={retries}", "judge.first_n=3", "judge.cache=null"])
     with JsonlAppender(paths.answer_file(str(tmp_path), "orchestr_mini", "m")) as sink:
         for qid in (1, 2, 3):
             sink.append(answer_record(qid, "m", [["one", "two"]]))
@@ -83,7 +82,7 @@ def test_persistent_errors_are_counted_then_resumed(tmp_path: Path, judge_url: s
     FlakyJudge.fail_every = 1  # the judge is down
     cfg, out = _setup(tmp_path, judge_url, retries=2)
     counts = run_judge(cfg)
-    assert (counts.done, counts.failed) == (0, 6)
+    assert (counts.done, counts.failed) == (0, 6) and counts.incomplete
     assert FlakyJudge.calls == 6 * 3  # one try plus two retries each
     assert read_jsonl(out) == []
     FlakyJudge.fail_every = 10**9  # back up
@@ -92,3 +91,20 @@ def test_persistent_errors_are_counted_then_resumed(tmp_path: Path, judge_url: s
     counts = run_judge(cfg)
     assert (counts.done, counts.skipped) == (0, 6)
     assert len(read_jsonl(out)) == 6
+
+
+def test_a_judge_step_with_failures_exits_non_zero_saying_how_to_resume(tmp_path: Path, judge_url: str) -> None:
+    import os
+    import subprocess
+    import sys
+
+    FlakyJudge.fail_every = 1  # the judge answers /models but fails every request
+    _setup(tmp_path, judge_url, retries=0)
+    out = subprocess.run([sys.executable, "-m", "orchestr", "eval", "eval.step=judge", f"eval.data_dir={tmp_path}",
+                          f"judge.endpoint={judge_url}", "judge.model=flaky", "judge.backend=api",
+                          "judge.max_retries=0", "judge.first_n=1", "judge.cache=null"],
+                         capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "ORCHESTR_RUNS_DIR": str(tmp_path / "runs")})
+    assert out.returncode == 1, out.stdout + out.stderr
+    assert "judge: 2 of 2 matches failed; rerun the same command" in out.stderr
+    assert "Traceback" not in out.stderr

@@ -128,7 +128,8 @@ def test_lifecycle_restart_and_stop_leave_nothing_behind(tmp_path: Path) -> None
             for p in psutil.process_iter(["cmdline"]):
                 assert value not in " ".join(p.info["cmdline"] or [])
         assert _files_holding(tmp_path / "runs", "services.api.api_keys")  # the override, scrubbed
-        # the key is enforced
+        # internal services want the deployment's secret; the API its key
+        assert httpx.post(f"http://127.0.0.1:{ctrl}/list_models", timeout=5).status_code == 401
         with pytest.raises(openai.AuthenticationError):
             openai.OpenAI(base_url=f"http://127.0.0.1:{api}/v1", api_key="wrong", max_retries=0).models.list()
 
@@ -143,7 +144,8 @@ def test_lifecycle_restart_and_stop_leave_nothing_behind(tmp_path: Path) -> None
             rec = next(p for p in now["processes"] if p["spec"]["name"] == "worker-0")
             if rec["restarts"] >= 1 and psutil.pid_exists(rec["pid"]):
                 restarted = rec
-                r = httpx.post(f"http://127.0.0.1:{ctrl}/list_models", timeout=5)
+                r = httpx.post(f"http://127.0.0.1:{ctrl}/list_models", timeout=5,
+                               headers={"Authorization": f"Bearer {secret}"})
                 if "smollm2-135m" in r.json()["models"]:
                     try:
                         chat = openai.OpenAI(base_url=f"http://127.0.0.1:{api}/v1", api_key=API_KEY).chat.completions.create(

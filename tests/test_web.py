@@ -130,8 +130,12 @@ def test_recorder_writes_fastchat_fields_with_hashed_ip(tmp_path: Path):
     assert chat["state"]["messages"] == [["user", "What is 2+2?"], ["assistant", "4"]]
     assert chat["ip"] == hash_ip("1.2.3.4", "s") and "1.2.3.4" not in path.read_text()
     assert vote["type"] == "upvote" and vote["model"] == "model-x" and "state" in vote
-    assert battle["type"] == "leftvote" and battle["models"] == ["model-x", "model-y"] and battle["anony"] is True
+    # FastChat's anonymous shape: hidden names on screen, the real ones only in the states
+    assert battle["type"] == "leftvote" and battle["models"] == ["", ""] and "anony" not in battle
     assert [s["model_name"] for s in battle["states"]] == ["model-x", "model-y"]
+    assert set(battle) == {"tstamp", "type", "models", "states", "ip"}
+    named = json.loads(rec.arena("tievote", convs, anony=False, request=None).read_text().splitlines()[-1])
+    assert named["models"] == ["model-x", "model-y"] and "anony" not in named
     assert battle["ip"] == hash_ip("5.6.7.8", "s")  # proxy header wins, like FastChat
 
 

@@ -164,8 +164,16 @@ def test_anonymous_battle_hides_names_until_the_vote(page, deployment, artifacts
              and x["states"][0]["messages"][0] == ["user", "What is the capital of France?"]]
     assert len(votes) == 1, votes
     vote = votes[0]
-    assert vote["models"] == revealed and vote["anony"] is True
+    assert vote["models"] == ["", ""] and "anony" not in vote  # FastChat's anonymous shape
     assert [s["model_name"] for s in vote["states"]] == revealed
+
+    # The leaderboard counted the vote without a manual refresh, plots included.
+    page.get_by_role("tab", name="Leaderboard").click()
+    page.wait_for_function("(names) => { const t = document.querySelector('#leaderboard_table');"
+                           " return t && names.every(n => t.innerText.includes(n)); }", arg=revealed)
+    page.wait_for_selector("#leaderboard_win_fraction img")
+    page.screenshot(path=str(artifacts_dir / "web_leaderboard.png"), full_page=True)
+    page.get_by_role("tab", name="Arena (battle)").click()
     conv_ids = {s["conv_id"] for s in vote["states"]}
     turns = [x for x in log_lines(deployment.web_log_dir) if x["type"] == "chat" and x["state"]["conv_id"] in conv_ids]
     assert sorted(x["model"] for x in turns) == sorted(revealed)
@@ -180,7 +188,7 @@ def test_anonymous_battle_hides_names_until_the_vote(page, deployment, artifacts
     page.wait_for_function("() => document.querySelector('#anony_notice').innerText.includes('identity')")
     flags = [x for x in log_lines(deployment.web_log_dir) if x["type"] == "flag"
              and {s["conv_id"] for s in x["states"]} == conv_ids]
-    assert len(flags) == 1 and flags[0]["flag_reason"] == "identity_leak" and flags[0]["models"] == revealed
+    assert len(flags) == 1 and flags[0]["flag_reason"] == "identity_leak" and flags[0]["models"] == ["", ""]
 
 
 def test_side_by_side_uses_the_picked_models(page, deployment, artifacts_dir):

@@ -23,6 +23,7 @@ from orchestr.arena.logs import (
     read_log_lines,
 )
 from orchestr.arena.records import StepReport, to_openai_format
+from orchestr.arena.style import conv_metadata
 
 WINNER = {
     "leftvote": "model_a",
@@ -159,6 +160,8 @@ def battles_from_rows(rows: Iterable[dict[str, Any]], cfg: Any, report: StepRepo
                 "anony": anony,
                 "language": detect_language(conv_a[0]["content"] if conv_a else ""),
                 "tstamp": row.get("tstamp"),
+                # FastChat's newer records carry this: style control and category leaderboards use it
+                "conv_metadata": conv_metadata(conv_a, conv_b),
                 "_pair": (*_pair_key(states), len(conv_a)),
             }
         )
@@ -199,9 +202,10 @@ def clean_battles(cfg: Any, log_dirs: list[str] | None = None) -> tuple[list[dic
     stats = ReadStats()
     rows = read_log_lines(files, (*BATTLE_VOTE_TYPES, "flag"), stats)
     battles = battles_from_rows(rows, cfg, report)
-    if stats.malformed:  # a torn line may have been a vote: count it as read and dropped
+    if stats.malformed:  # a torn line may have been a vote: counted as read and dropped, and located
         report.read += stats.malformed
         report.drop("malformed_line", stats.malformed)
+        report.notes.append(stats.describe())
     return battles, report
 
 

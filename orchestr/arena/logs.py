@@ -6,15 +6,16 @@ files. Lines keep FastChat's field names so FastChat's own monitor scripts can r
 * chat turn   ``{"tstamp", "type": "chat", "model", "gen_params", "start", "finish", "state", "ip"}``
 * chat vote   ``{"tstamp", "type": "upvote"|"downvote"|"flag", "model", "state", "ip"}``
 * arena line  ``{"tstamp", "type": "leftvote"|"rightvote"|"tievote"|"bothbad_vote"|"share"|"flag",
-  "models": [a, b], "states": [state_a, state_b], "ip", "anony": bool}``
+  "models": [a, b], "states": [state_a, state_b], "ip"}``
 
 ``state`` is FastChat's ``Conversation.dict()`` plus ``conv_id`` and ``model_name``: ``messages`` is
 a list of ``[role, text]`` pairs (``text`` None while a reply is pending) and ``offset`` the number
 of leading few-shot/system messages that are not part of the user's conversation.
 
-``anony`` is our addition: true for a blind battle. ``models`` always carries the real names (the
-names also sit in ``states[i].model_name``). Readers that meet lines without ``anony`` derive it
-the FastChat way (hidden names "" or "Model A" in ``models`` mean a blind battle).
+A blind battle is written exactly as FastChat's anonymous tab writes it: ``models: ["", ""]`` (what
+the screen showed) with the real names only in ``states[i].model_name``; a side-by-side vote carries
+the real names in both places. Readers also accept orchestr's older lines, which named both sides in
+``models`` and said ``"anony": true``.
 """
 
 from __future__ import annotations
@@ -86,11 +87,16 @@ class ArenaLine(BaseModel):
 
     tstamp: float = Field(default_factory=lambda: round(time.time(), 4))
     type: Literal["leftvote", "rightvote", "tievote", "bothbad_vote", "share", "flag"]
-    models: list[str]  # real names, A then B
-    states: list[ConvState]
+    models: list[str]  # names on screen, A then B: "" on the anonymous tab (FastChat's shape)
+    states: list[ConvState]  # each with the real `model_name`
     ip: str | None = None
-    anony: bool = False  # true on the anonymous battle tab
-    flag_reason: str | None = None  # on "flag": e.g. "identity_leak"
+    flag_reason: str | None = None  # on "flag": e.g. "identity_leak" (left out when unset)
+
+    @classmethod
+    def vote(cls, type: str, states: list[ConvState], anony: bool, **kw: Any) -> ArenaLine:
+        """A line as FastChat writes it: hidden names ("") on an anonymous battle."""
+        models = ["", ""] if anony else [str(s.model_name) for s in states]
+        return cls(type=type, models=models, states=states, **kw)
 
 
 LogLine = ChatLine | ChatVoteLine | ArenaLine
@@ -118,6 +124,8 @@ class ConvLogWriter:
 
     def write(self, line: LogLine | dict[str, Any]) -> Path:
         record = line.model_dump(mode="json") if isinstance(line, BaseModel) else dict(line)
+        if record.get("flag_reason", "") is None:
+            del record["flag_reason"]  # not a FastChat field: only written when it says something
         when = dt.datetime.fromtimestamp(record["tstamp"]) if "tstamp" in record else None
         path = conv_log_path(self.log_dir, when)
         data = (json.dumps(record, ensure_ascii=False) + "\n").encode()
@@ -178,27 +186,32 @@ class ReadStats:
     def __init__(self) -> None:
         self.lines = 0
         self.malformed = 0
+        self.where: list[str] = []  # "file:line" of each malformed line
+
+    def describe(self, show: int = 5) -> str:
+        more = f" (and {len(self.where) - show} more)" if len(self.where) > show else ""
+        return f"{self.malformed} malformed line(s) skipped: {', '.join(self.where[:show])}{more}"
 
 
 def read_log_lines(
     files: Iterable[Path], types: Iterable[str] | None = None, stats: ReadStats | None = None
 ) -> Iterator[dict[str, Any]]:
-    """Raw line dicts of the given types. A torn or foreign line is counted and skipped."""
+    """Raw line dicts of the given types. A torn or foreign line is counted, located and skipped."""
     wanted = set(types) if types is not None else None
     stats = stats if stats is not None else ReadStats()
     for path in files:
         with open(path, encoding="utf-8") as f:
-            for raw in f:
+            for n, raw in enumerate(f, 1):
                 if not raw.strip():
                     continue
                 stats.lines += 1
                 try:
                     row = json.loads(raw)
                 except json.JSONDecodeError:
-                    stats.malformed += 1
-                    continue
+                    row = None
                 if not isinstance(row, dict) or "type" not in row:
                     stats.malformed += 1
+                    stats.where.append(f"{path}:{n}")
                     continue
                 if wanted is None or row["type"] in wanted:
                     yield row

@@ -25,7 +25,7 @@ from scipy.special import expit, log_expit
 from tqdm import tqdm
 
 LEADERBOARD_COLUMNS = [
-    "rank", "model", "rating", "ci_lower", "ci_upper", "ci_95", "votes", "bt_rating", "elo_rating",
+    "rank", "rank_point", "model", "rating", "ci_lower", "ci_upper", "ci_95", "votes", "bt_rating", "elo_rating",
 ]  # fmt: skip
 SCORE = {"model_a": 1.0, "model_b": 0.0, "tie": 0.5, "tie (bothbad)": 0.5}
 
@@ -41,7 +41,7 @@ def battles_frame(
     if unknown:
         raise ValueError(f"battles carry unknown winner values {sorted(unknown)}; expected {list(SCORE)}")
     if ratings_cfg is not None:
-        if ratings_cfg.anony_only and "anony" in df:
+        if ratings_cfg.anony_only and "anony" in df:  # FastChat rates anonymous battles only
             df = df[df["anony"].astype(bool)]
         if ratings_cfg.drop_bothbad:
             df = df[df["winner"] != "tie (bothbad)"]
@@ -164,6 +164,84 @@ def bootstrap_elo(df: pd.DataFrame, cfg: Any, progress: bool = True) -> pd.DataF
     return pd.DataFrame(rows).reindex(columns=_models(df))
 
 
+# --------------------------------------------------------------------------- style control
+
+
+def _style_loss(params, n, a, b, feats, outcomes, l2):
+    x, beta = params[:n], params[n:]
+    logits = x[a] - x[b] + feats @ beta
+    loss = -(outcomes * log_expit(logits) + (1 - outcomes) * log_expit(-logits)).sum()
+    err = outcomes - expit(logits)
+    grad = np.concatenate([np.bincount(b, err, n) - np.bincount(a, err, n), -(feats.T @ err)])
+    return loss + 0.5 * l2 * (params @ params), grad + l2 * params
+
+
+def fit_style_bt(a: np.ndarray, b: np.ndarray, feats: np.ndarray, outcomes: np.ndarray, n: int, l2: float):
+    """Contextual Bradley-Terry (FastChat's style control): strengths and style coefficients, by
+    L-BFGS on one row per battle (features differ per battle, so rows cannot be pooled)."""
+    res = minimize(_style_loss, np.zeros(n + feats.shape[1]), args=(n, a, b, feats, outcomes, l2),
+                   jac=True, method="L-BFGS-B", options={"maxiter": 500, "gtol": 1e-8})  # fmt: skip
+    x = res.x[:n]
+    return x - x.mean(), res.x[n:]
+
+
+def _style_inputs(df: pd.DataFrame, models: list[str]):
+    from orchestr.arena.style import conv_metadata, style_features
+
+    if "conv_metadata" in df:
+        meta = list(df["conv_metadata"])
+    elif "conversation_a" in df:
+        meta = [conv_metadata(ca, cb) for ca, cb in zip(df["conversation_a"], df["conversation_b"], strict=True)]
+    else:
+        raise ValueError(
+            "clean.ratings.style_control needs the answers' style: battles with `conv_metadata` or "
+            "conversations (re-run the battles step with this orchestr)"
+        )
+    if any(not isinstance(m, dict) for m in meta):
+        raise ValueError("clean.ratings.style_control: some battles lack `conv_metadata`")
+    idx = {m: i for i, m in enumerate(models)}
+    a = df["model_a"].map(idx).to_numpy(np.int64)
+    b = df["model_b"].map(idx).to_numpy(np.int64)
+    return a, b, style_features(meta), df["winner"].map(SCORE).to_numpy(np.float64)
+
+
+def style_bt_ratings(df: pd.DataFrame, cfg: Any) -> tuple[pd.Series, pd.Series]:
+    """(style-controlled ratings, style coefficients by feature name)."""
+    from orchestr.arena.style import FEATURE_NAMES
+
+    models = _models(df)
+    a, b, feats, y = _style_inputs(df, models)
+    x, beta = fit_style_bt(a, b, feats, y, len(models), cfg.style_l2)
+    return (pd.Series(_to_scale(x, models, cfg), index=models).sort_values(ascending=False),
+            pd.Series(beta, index=FEATURE_NAMES))  # fmt: skip
+
+
+def bootstrap_style_bt(df: pd.DataFrame, cfg: Any, progress: bool = True) -> pd.DataFrame:
+    models = _models(df)
+    a, b, feats, y = _style_inputs(df, models)
+    rng = np.random.default_rng(cfg.seed)
+    rows = []
+    for _ in tqdm(range(cfg.bootstrap_rounds), desc="bootstrap style BT",
+                  disable=not progress or cfg.bootstrap_rounds < 50):  # fmt: skip
+        i = rng.integers(0, len(y), len(y))
+        rows.append(fit_style_bt(a[i], b[i], feats[i], y[i], len(models), cfg.style_l2)[0])
+    return pd.DataFrame(_to_scale(np.array(rows).reshape(-1, len(models)), models, cfg), columns=models)
+
+
+# --------------------------------------------------------------------------- ranks
+
+
+def ci_rank(lower: pd.Series, upper: pd.Series) -> pd.Series:
+    """LMArena's rank: 1 + the number of models whose whole interval lies above this model's.
+    Models whose intervals overlap can share a rank."""
+    return pd.Series([1 + int((lower > u).sum()) for u in upper], index=upper.index)
+
+
+def point_rank(ratings: pd.Series, decimals: int = 1) -> pd.Series:
+    """Rank by rating; equal (displayed) ratings share the better rank (1, 1, 3)."""
+    return ratings.round(decimals).rank(method="min", ascending=False).astype(int)
+
+
 # --------------------------------------------------------------------------- leaderboard
 
 
@@ -184,8 +262,14 @@ def compute_leaderboard(
         return empty_leaderboard(), pd.DataFrame()
     bt = bt_ratings(df, cfg)
     elo = online_elo(df, cfg.elo_k, cfg.scale, cfg.base, cfg.init_rating)
-    boot = bootstrap_bt(df, cfg, progress) if cfg.rank_by == "bt" else bootstrap_elo(df, cfg, progress)
-    point = bt if cfg.rank_by == "bt" else elo
+    if getattr(cfg, "style_control", False):
+        if cfg.rank_by != "bt":
+            raise ValueError("clean.ratings.style_control needs clean.ratings.rank_by=bt")
+        point, _ = style_bt_ratings(df, cfg)
+        boot = bootstrap_style_bt(df, cfg, progress)
+    else:
+        boot = bootstrap_bt(df, cfg, progress) if cfg.rank_by == "bt" else bootstrap_elo(df, cfg, progress)
+        point = bt if cfg.rank_by == "bt" else elo
     votes = pd.concat([df["model_a"], df["model_b"]]).value_counts()
     lower, upper = boot.quantile(0.025), boot.quantile(0.975)
     table = pd.DataFrame(
@@ -199,7 +283,8 @@ def compute_leaderboard(
             "elo_rating": elo.reindex(point.index).to_numpy(),
         }
     ).sort_values("rating", ascending=False, kind="stable")
-    table.insert(0, "rank", range(1, len(table) + 1))
+    table.insert(0, "rank", ci_rank(table["ci_lower"], table["ci_upper"]).to_numpy())
+    table.insert(1, "rank_point", point_rank(table["rating"]).to_numpy())
     table["ci_95"] = [
         f"+{u - r:.0f}/-{r - lo:.0f}"
         for r, lo, u in zip(table["rating"], table["ci_lower"], table["ci_upper"], strict=True)
@@ -207,6 +292,39 @@ def compute_leaderboard(
     for col in ("rating", "ci_lower", "ci_upper", "bt_rating", "elo_rating"):
         table[col] = table[col].round(1)
     return table[LEADERBOARD_COLUMNS].reset_index(drop=True), boot
+
+
+CATEGORIES = ("language", "turns", "long_user")
+
+
+def category_frames(df: pd.DataFrame, cfg: Any) -> dict[str, pd.DataFrame]:
+    """Battle subsets of the per-category leaderboards, by name (`language=English`, `turns=multi`,
+    `long_user`), each with at least `category_min_battles` battles."""
+    from orchestr.arena.style import conv_metadata
+
+    unknown = set(cfg.categories) - set(CATEGORIES)
+    if unknown:
+        raise ValueError(f"clean.ratings.categories: unknown {sorted(unknown)}; expected some of {list(CATEGORIES)}")
+    meta = None
+    if "conv_metadata" in df:
+        meta = [m if isinstance(m, dict) else {} for m in df["conv_metadata"]]
+    elif "conversation_a" in df:
+        meta = [conv_metadata(a, b) for a, b in zip(df["conversation_a"], df["conversation_b"], strict=True)]
+    subsets: dict[str, pd.Series] = {}
+    if "language" in cfg.categories and "language" in df:
+        for lang in df["language"].dropna().unique():
+            subsets[f"language={lang}"] = df["language"] == lang
+    if "turns" in cfg.categories and "turn" in df:
+        subsets["turns=single"] = df["turn"] == 1
+        subsets["turns=multi"] = df["turn"] > 1
+    if "long_user" in cfg.categories and meta is not None:
+        tokens = pd.Series([m.get("sum_user_tokens", 0) for m in meta], index=df.index)
+        subsets["long_user"] = tokens >= cfg.long_user_tokens
+    return {k: df[v].reset_index(drop=True) for k, v in subsets.items() if v.sum() >= cfg.category_min_battles}
+
+
+def category_leaderboards(df: pd.DataFrame, cfg: Any, progress: bool = False) -> dict[str, pd.DataFrame]:
+    return {name: compute_leaderboard(sub, cfg, progress)[0] for name, sub in category_frames(df, cfg).items()}
 
 
 def leaderboard_markdown(table: pd.DataFrame) -> str:
@@ -217,10 +335,10 @@ def leaderboard_markdown(table: pd.DataFrame) -> str:
     return head + (body or "| | *no votes yet* | | | |\n")
 
 
-def write_leaderboard(table: pd.DataFrame, out_dir: str | os.PathLike) -> list[Path]:
+def write_leaderboard(table: pd.DataFrame, out_dir: str | os.PathLike, name: str = "leaderboard") -> list[Path]:
     out = Path(out_dir).expanduser()
     out.mkdir(parents=True, exist_ok=True)
-    csv_path, md_path = out / "leaderboard.csv", out / "leaderboard.md"
+    csv_path, md_path = out / f"{name}.csv", out / f"{name}.md"
     table.to_csv(csv_path, index=False)
     md_path.write_text(leaderboard_markdown(table), encoding="utf-8")
     return [csv_path, md_path]
@@ -228,7 +346,7 @@ def write_leaderboard(table: pd.DataFrame, out_dir: str | os.PathLike) -> list[P
 
 # --------------------------------------------------------------------------- for the web UI
 
-_cache: dict[Any, pd.DataFrame] = {}
+_cache: dict[Any, tuple[pd.DataFrame, pd.DataFrame]] = {}
 _cache_lock = threading.Lock()
 
 
@@ -239,6 +357,15 @@ def leaderboard_from_logs(
 ) -> pd.DataFrame:
     """Leaderboard (LEADERBOARD_COLUMNS) from the web UI's day files; an empty frame when there
     are no votes (or no folder yet). Cached until a log file changes."""
+    return rated_battles_from_logs(log_dir, battles_cfg, ratings_cfg)[0]
+
+
+def rated_battles_from_logs(
+    log_dir: str | os.PathLike | Sequence[str | os.PathLike],
+    battles_cfg: Any | None = None,
+    ratings_cfg: Any | None = None,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(leaderboard, the battles it rated) from the day files; cached until a log file changes."""
     from orchestr.arena.battles import clean_battles
     from orchestr.arena.logs import find_log_files
     from orchestr.config.clean import BattlesConfig, RatingsConfig
@@ -248,7 +375,7 @@ def leaderboard_from_logs(
     dirs = [log_dir] if isinstance(log_dir, (str, os.PathLike)) else list(log_dir)
     dirs = [str(Path(d).expanduser()) for d in dirs if Path(d).expanduser().is_dir()]
     if not dirs:
-        return empty_leaderboard()
+        return empty_leaderboard(), battles_frame([])
     files = find_log_files(dirs, battles_cfg.start_date, battles_cfg.end_date, battles_cfg.max_num_files)
     key = (
         tuple((str(f), f.stat().st_size, f.stat().st_mtime_ns) for f in files),
@@ -257,10 +384,12 @@ def leaderboard_from_logs(
     )
     with _cache_lock:
         if key in _cache:
-            return _cache[key].copy()
+            table, df = _cache[key]
+            return table.copy(), df.copy()
     battles, _ = clean_battles(battles_cfg, dirs)
     table, _ = compute_leaderboard(battles, ratings_cfg, progress=False)
+    df = battles_frame(battles, ratings_cfg)
     with _cache_lock:
         _cache.clear()  # only the newest logs matter
-        _cache[key] = table
-    return table.copy()
+        _cache[key] = (table, df)
+    return table.copy(), df.copy()

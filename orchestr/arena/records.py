@@ -79,6 +79,7 @@ class StepReport:
     dropped: dict[str, int] = field(default_factory=dict)
     tagged: dict[str, int] = field(default_factory=dict)
     outputs: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # e.g. where malformed input lines are
 
     def drop(self, reason: str, n: int = 1) -> None:
         self.dropped[reason] = self.dropped.get(reason, 0) + n
@@ -93,6 +94,8 @@ class StepReport:
         if self.tagged:
             parts.append("tagged " + ", ".join(f"{k}: {v}" for k, v in sorted(self.tagged.items())))
         line = " ".join(parts)
+        for note in self.notes:
+            line += f"\n[{self.step}] {note}"
         for out in self.outputs:
             line += f"\n[{self.step}] wrote {out}"
         return line

@@ -25,8 +25,10 @@ def step_battles(clean: Any) -> StepReport:
 def step_ratings(clean: Any) -> StepReport:
     from orchestr.arena.ratings import (
         battles_frame,
+        category_leaderboards,
         compute_leaderboard,
         leaderboard_markdown,
+        style_bt_ratings,
         write_leaderboard,
     )
 
@@ -43,8 +45,16 @@ def step_ratings(clean: Any) -> StepReport:
         from orchestr.arena.plots import write_plots
 
         paths += write_plots(df, table, cfg.output_dir)
-    report.outputs += [str(p) for p in paths]
+    if cfg.style_control and not df.empty:
+        coef = style_bt_ratings(df, cfg)[1]
+        print("style coefficients (logit per standardised feature): "
+              + ", ".join(f"{k} {v:+.3f}" for k, v in coef.items()))  # fmt: skip
     print(leaderboard_markdown(table), end="")
+    if not df.empty:
+        for name, sub in category_leaderboards(df, cfg).items():
+            paths += write_leaderboard(sub, cfg.output_dir, "leaderboard_" + name.replace("=", "_"))
+            print(f"\n{name}:\n" + leaderboard_markdown(sub), end="")
+    report.outputs += [str(p) for p in paths]
     return report
 
 

@@ -88,13 +88,6 @@ def write_arena_logs(
                     )
                 )
         writer.write(
-            ArenaLine(
-                tstamp=ts,
-                type=VOTE_OF_WINNER[b["winner"]],
-                models=[b["model_a"], b["model_b"]],
-                states=states,
-                ip=ip,
-                anony=bool(b.get("anony", True)),
-            )
+            ArenaLine.vote(VOTE_OF_WINNER[b["winner"]], states, bool(b.get("anony", True)), tstamp=ts, ip=ip)
         )
     return writer

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import httpx
 
 from orchestr.protocol import ChatMessage, GenerateRequest
+from orchestr.services.worker_stream import decode_line
 
 PROTOCOLS = ("openai", "worker")
 
@@ -115,10 +116,9 @@ def _parse_sse(line: str) -> tuple[str | None, str | None]:
 
 
 def _parse_ndjson(line: str) -> tuple[str | None, str | None]:
-    line = line.strip()
-    if not line:
+    chunk = decode_line(line)
+    if chunk is None:
         return None, None
-    data = json.loads(line)
-    if data.get("error_code"):
-        return None, str(data.get("error") or f"error code {data['error_code']}")
-    return data.get("text"), None
+    if chunk.error_code:
+        return None, chunk.error or f"error code {chunk.error_code}"
+    return chunk.text, None

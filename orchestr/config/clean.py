@@ -64,8 +64,16 @@ class RatingsConfig:
     bootstrap_rounds: int = 200
     seed: int = 0
     bt_l2: float = 0.01  # weak ridge prior: keeps undefeated models finite; negligible with data
-    anony_only: bool = False
+    # FastChat rates anonymous battles only; false also counts side-by-side (named) votes
+    anony_only: bool = True
     drop_bothbad: bool = False  # FastChat counts "tie (bothbad)" as a tie; true drops those votes
+    # Style control (FastChat's contextual BT): ratings net of answer length, headers, lists and bold
+    style_control: bool = False
+    style_l2: float = 0.5  # ridge on strengths and style coefficients (FastChat's reg=0.5)
+    # Per-category leaderboards (leaderboard_<category>.csv): language, turns (single/multi), long_user
+    categories: list[str] = field(default_factory=lambda: ["language", "turns", "long_user"])
+    category_min_battles: int = 30  # smaller categories are not rated
+    long_user_tokens: int = 500  # a battle is `long_user` when the user's turns have this many tokens
     plots: bool = True
 
 

@@ -67,17 +67,28 @@ class JudgeConfig:
     api_key_env: str | None = None  # environment variable holding the key (e.g. OPENAI_API_KEY)
     # auto: the endpoint if it answers, else (judge = `model` itself) the model in-process | api | local
     backend: str = "auto"
-    mode: str = "single"  # single | pairwise-baseline | pairwise-all
-    baseline_model: str = "gpt-3.5-turbo"  # opponent of every model in pairwise-baseline
+    mode: str = "single"  # single | pairwise-baseline | pairwise-all | arena-hard
+    baseline_model: str = "gpt-3.5-turbo"  # opponent of every model in pairwise-baseline and arena-hard
     models: list[str] | None = None  # model_ids to judge; None: every model with answers
     temperature: float = 0.0
     max_tokens: int = 2048
     parallel: int = 2  # concurrent judge requests
-    max_retries: int = 5  # per request, with exponential backoff
-    backoff_s: float = 1.0
-    backoff_max_s: float = 30.0
+    max_retries: int = 5  # per request: the openai SDK's retries (exponential backoff, Retry-After; logged)
     timeout_s: float = 600.0  # per request
     first_n: int | None = None  # judge only the first N questions (debugging)
+    # Judgment cache shared by every mode: nothing judged is paid for twice (null: off)
+    cache: str | None = "${eval.data_dir}/judge_cache.jsonl"
+    price_input_per_mtok: float = 0.0  # cost per million prompt tokens (for the run's cost line)
+    price_output_per_mtok: float = 0.0  # cost per million completion tokens
+    budget: float | None = None  # stop the run cleanly once it has cost this much (null: no cap)
+    # MT-bench's reference categories without reference answers: error (false) or warn and judge
+    allow_missing_reference: bool = False
+    # arena-hard mode: the prompt, A>>B's weight, bootstrap rounds and interval
+    arena_hard_prompt: str = "arena-hard-v1"
+    strong_weight: int = 3  # a ">>" verdict counts as this many games (arena-hard-auto: 3)
+    bootstrap_rounds: int = 100
+    ci: float = 0.90  # arena-hard-auto's interval: the 5th to 95th percentile
+    seed: int = 0
 
 
 @dataclass
@@ -95,9 +106,7 @@ class AnswerConfig:
     parallel: int = 4  # concurrent questions
     question_begin: int | None = None  # slice of the question list (debugging)
     question_end: int | None = None
-    max_retries: int = 5
-    backoff_s: float = 1.0
-    backoff_max_s: float = 30.0
+    max_retries: int = 5  # the openai SDK's retries (exponential backoff, Retry-After; logged)
     timeout_s: float = 600.0
 
 
@@ -133,5 +142,7 @@ class EvalConfig:
     answer: AnswerConfig = field(default_factory=AnswerConfig)
     results_dir: str | None = None  # CSV + PNG; None: <data_dir>/<bench>/results
     plot: bool = True
+    # Move corrupt lines of the answer/judgment files to <file>.corrupt before running (else: an error)
+    quarantine_corrupt: bool = False
     agreement: AgreementConfig = field(default_factory=AgreementConfig)
     download: DownloadConfig = field(default_factory=DownloadConfig)

@@ -199,7 +199,7 @@ class ControllerServiceConfig:
     host: str | None = _h(None, _BIND)
     port: int = _h(21001, "port to serve on")
     dispatch_method: DispatchMethod = _h(DispatchMethod.shortest_queue, "how a worker is picked for a model")
-    heart_beat_expiration: float = _h(90.0, "seconds without a heartbeat before a worker is dropped")
+    heart_beat_expiration: float = _h(30.0, "seconds without a heartbeat before a worker is dropped")
     ssl: bool = _h(False, _SSL)
     restart: RestartPolicy = field(default_factory=RestartPolicy)
     extra_args: list[str] = field(default_factory=list)
@@ -214,7 +214,10 @@ class WorkerServiceConfig:
     """Settings every worker shares."""
 
     host: str | None = _h(None, _BIND)
-    heart_beat_interval: float = _h(45.0, "seconds between heartbeats to the controller (0: none)")
+    heart_beat_interval: float = _h(
+        5.0, "seconds between heartbeats; a restarted controller relearns workers within one")
+    controller_timeout_s: float = _h(5.0, "seconds a worker waits on the controller (registration, heartbeats)")
+    max_body_bytes: int = _h(4 * 1024 * 1024, "largest request body a worker accepts (413 above)")
     ssl: bool = _h(False, _SSL)
 
     def __post_init__(self) -> None:
@@ -231,8 +234,15 @@ class ApiServiceConfig:
     host: str | None = _h(None, _BIND)
     port: int = _h(8000, "port to serve on")
     api_keys: list[str] = field(default_factory=list)  # reach the server by a 0600 file, never argv
+    worker_connect_timeout_s: float = _h(5.0, "seconds to open a connection to a worker before trying another")
     worker_timeout_s: float = _h(600.0, "seconds without data from a worker before the request fails")
+    controller_timeout_s: float = _h(5.0, "seconds to wait on the controller; its last table is used meanwhile")
     controller_cache_ttl_s: float = _h(2.0, "seconds the controller's worker table is reused between requests")
+    worker_retries: int = _h(3, "other workers a request is retried on when one fails before answering")
+    health_check_interval_s: float = _h(1.0, "seconds between health checks of a worker taken out of rotation")
+    default_max_tokens: int = _h(1024, "max_tokens of a chat request that sets none (bounded by the context)")
+    max_body_bytes: int = _h(4 * 1024 * 1024, "largest request body accepted (413 above)")
+    max_embedding_inputs: int = _h(256, "most inputs one /v1/embeddings request may carry")
     allowed_origins: list[str] = _h(lambda: ["*"], "CORS: origins allowed to call the API")
     allowed_methods: list[str] = _h(lambda: ["*"], "CORS: methods allowed")
     allowed_headers: list[str] = _h(lambda: ["*"], "CORS: request headers allowed")
@@ -242,8 +252,11 @@ class ApiServiceConfig:
     extra_args: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        for key in ("worker_timeout_s", "controller_cache_ttl_s"):
+        for key in ("worker_connect_timeout_s", "worker_timeout_s", "controller_timeout_s", "controller_cache_ttl_s",
+                    "worker_retries", "health_check_interval_s"):
             check(getattr(self, key) >= 0, key, f"must not be negative, got {getattr(self, key)}")
+        for key in ("default_max_tokens", "max_body_bytes", "max_embedding_inputs"):
+            check(getattr(self, key) >= 1, key, f"must be at least 1, got {getattr(self, key)}")
 
 
 @dataclass

@@ -29,7 +29,7 @@ from orchestr.engine import paged_attention as pa
 from orchestr.engine.cpu_linear import pack_linears
 from orchestr.engine.fused_layers import fuse_layers
 from orchestr.engine.loader import context_length, load_model, model_dtype_name
-from orchestr.engine.sampling import SamplingParams, SamplingRow, sample
+from orchestr.engine.sampling import NON_FINITE, SamplingParams, SamplingRow, sample
 from orchestr.engine.sequence import PreparedRequest, Sequence
 from orchestr.engine.templates import ChatFormatter, TemplateError
 from orchestr.protocol import (
@@ -273,7 +273,17 @@ class Engine:
                               finish_reason=last.finish_reason, usage=last.usage or UsageInfo())
 
     async def embed(self, req: EmbeddingRequest) -> EmbeddingResult:
-        return await self._call(self._embed, list(req.input))
+        """One input per turn of the engine thread, so generation steps run in between (many
+        inputs cannot starve streams); an input longer than the context is refused."""
+        vectors, total = [], 0
+        for i, text in enumerate(req.input):
+            ids = self._encode(text, True)
+            if len(ids) > self.context_len:
+                return EmbeddingResult(error=f"input[{i}] has {len(ids)} tokens; this model's context holds "
+                                             f"{self.context_len}", error_code=ErrorCode.CONTEXT_OVERFLOW)
+            vectors.append(await self._call(self._embed_ids, ids))
+            total += len(ids)
+        return EmbeddingResult(embedding=vectors, token_num=total)
 
     def count_tokens(self, req: CountTokenRequest) -> CountTokenResult:
         _, ids, _, _ = self.prompt_of(req)
@@ -291,17 +301,11 @@ class Engine:
         self._inbox.put(("call", (fn, args, fut, asyncio.get_running_loop())))
         return await fut
 
-    def _embed(self, texts: list[str]) -> EmbeddingResult:
-        vectors, total = [], 0
+    def _embed_ids(self, ids: list[int]) -> list[float]:
         pa.set_step(None, None)
-        for text in texts:
-            ids = self._encode(text, True)[: self.context_len]
-            total += len(ids)
-            ids_t = torch.tensor([ids], device=self.device)
-            hidden = self.base_model(input_ids=ids_t, use_cache=False).last_hidden_state[0]
-            vec = torch.nn.functional.normalize(hidden.float().mean(dim=0), dim=0)
-            vectors.append(vec.tolist())
-        return EmbeddingResult(embedding=vectors, token_num=total)
+        ids_t = torch.tensor([ids], device=self.device)
+        hidden = self.base_model(input_ids=ids_t, use_cache=False).last_hidden_state[0]
+        return torch.nn.functional.normalize(hidden.float().mean(dim=0), dim=0).tolist()
 
     # ------------------------------------------------------------------ engine thread
     def _run(self) -> None:
@@ -465,7 +469,11 @@ class Engine:
             return
         rows = [SamplingRow(s.params, s.prompt_ids, s.output_ids, s.generator) for s in sampled]
         for seq, token in zip(sampled, sample(logits, rows), strict=True):
-            seq.append_token(token)
+            if token == NON_FINITE:
+                seq.finish("error", error="the sampling parameters turned this request's logits non-finite",
+                           error_code=ErrorCode.PARAM_OUT_OF_RANGE)
+            else:
+                seq.append_token(token)
             if seq.finished:
                 self._running.remove(seq)
                 seq.table.release(self.cache)

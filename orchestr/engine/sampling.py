@@ -11,6 +11,7 @@ import torch
 from orchestr.engine import native
 
 _GREEDY_EPS = 1e-5
+NON_FINITE = -1  # what ``sample`` returns for a row whose logits are NaN/inf: that sequence fails alone
 
 
 @dataclass
@@ -58,6 +59,8 @@ def _apply_penalties(logits: torch.Tensor, row: SamplingRow) -> torch.Tensor:
 
 def _sample_row(logits: torch.Tensor, p: SamplingParams, generator: torch.Generator | None) -> int:
     logits = logits / p.temperature
+    if torch.isnan(logits).any() or torch.isposinf(logits).any():
+        return NON_FINITE
     if p.top_k > 0 and p.top_k < logits.shape[-1]:
         values, indices = torch.topk(logits, p.top_k)
         logits = torch.full_like(logits, float("-inf")).scatter_(0, indices, values)
@@ -84,7 +87,8 @@ def greedy_pick(logits: torch.Tensor) -> torch.Tensor:
 
 
 def sample(logits: torch.Tensor, rows: Sequence[SamplingRow]) -> list[int]:
-    """One next token per row of ``logits`` ([R, vocab])."""
+    """One next token per row of ``logits`` ([R, vocab]); ``NON_FINITE`` for a sampled row whose
+    logits went NaN/inf (one request's parameters must not fail the batch)."""
     if all(r.params.greedy and not r.params.has_penalties for r in rows):
         return greedy_pick(logits).tolist()  # the common case: no copies (bf16 -> fp32 is exact)
     logits = logits.float()
@@ -101,6 +105,9 @@ def sample(logits: torch.Tensor, rows: Sequence[SamplingRow]) -> list[int]:
         row_logits = logits[i].to("cpu", copy=True)
         if row.params.has_penalties:
             row_logits = _apply_penalties(row_logits, row)
+        if torch.isnan(row_logits).any() or torch.isposinf(row_logits).any():
+            out[i] = NON_FINITE
+            continue
         if row.params.greedy:
             out[i] = int(greedy_pick(row_logits))
         else:

@@ -15,7 +15,6 @@ from orchestr.eval.client import (
     ChatClient,
     EndpointUnreachable,
     RequestFailed,
-    RetryPolicy,
     deployment_endpoint,
     resolve_api_key,
 )
@@ -34,6 +33,12 @@ class StepCounts:
     failed: int = 0
     skipped: int = 0
     unparseable: int = 0
+    left: int = 0  # not attempted (the run was stopped, e.g. by the budget)
+    stopped: str = ""  # why the run stopped early, if it did
+
+    @property
+    def incomplete(self) -> bool:
+        return bool(self.failed or self.left or self.stopped)
 
     def line(self, verb: str) -> str:
         extra = f" ({self.unparseable} unparseable)" if self.unparseable else ""
@@ -85,7 +90,7 @@ def make_responder(cfg: Any) -> Responder:
         resolve_api_key(a.api_key_env, cfg, use_deployment),
         cfg.model.name,
         a.timeout_s,
-        RetryPolicy(a.max_retries, a.backoff_s, a.backoff_max_s),
+        a.max_retries,
     )
     return api_or_local(cfg, a.backend, "eval.answer.backend", client, "eval.answer.endpoint", use_deployment)
 
@@ -138,6 +143,9 @@ def run_answers(cfg: Any, responder: Responder | None = None) -> StepCounts:
             run_parallel(todo, answer, a.parallel, "answers", done, failed, (RequestFailed,))
     reorganize(out)
     print(f"answers: {counts.line('answered')} -> {out}")
+    if counts.failed:
+        print(f"answers: {counts.failed} of {len(todo)} questions failed; rerun the same command to answer only "
+              "those (finished answers are kept)", file=sys.stderr)
     return counts
 
 

@@ -25,18 +25,27 @@ from orchestr.eval.errors import EvalError
 STEPS = ("all", "answer", "judge", "results", "agreement")
 
 
+class IncompleteRun(Exception):
+    """A step finished with failed (or not attempted) items: exit non-zero after the report."""
+
+
 def run(cfg: Any) -> None:
     step = cfg.eval.step
     if step not in STEPS:
         raise EvalError(f"eval.step must be one of {', '.join(STEPS)}, not {step!r}")
+    incomplete = []
+    if cfg.eval.quarantine_corrupt:
+        _quarantine(cfg)
     if step in ("all", "answer"):
         from orchestr.eval.answers import run_answers
 
-        run_answers(cfg)
+        if run_answers(cfg).failed:
+            incomplete.append("answer")
     if step in ("all", "judge"):
         from orchestr.eval.judge import run_judge
 
-        run_judge(cfg)
+        if run_judge(cfg).incomplete:
+            incomplete.append("judge")
     if step in ("all", "results"):
         from orchestr.eval.judge import judgment_path
         from orchestr.eval.records import read_jsonl
@@ -48,18 +57,41 @@ def run(cfg: Any) -> None:
         from orchestr.eval.agreement import run_agreement
 
         run_agreement(cfg)
+    if incomplete:
+        raise IncompleteRun(f"the {' and '.join(incomplete)} step(s) did not finish every item (see above)")
+
+
+def _quarantine(cfg: Any) -> None:
+    from orchestr.eval import paths
+    from orchestr.eval.judge import judgment_path
+    from orchestr.eval.records import quarantine_corrupt
+
+    files = [judgment_path(cfg), *sorted(paths.answer_dir(cfg.eval.data_dir, cfg.bench.name).glob("*.jsonl"))]
+    for f in files:
+        if n := quarantine_corrupt(f):
+            print(f"moved {n} corrupt line(s) of {f} to {f.name}.corrupt")
 
 
 def run_or_exit(cfg: Any) -> None:
     """User mistakes end with a message and exit status 2, not a stack trace."""
     # Hydra sets the root logger to INFO; one line per HTTP request would bury the progress bar.
-    for noisy in ("httpx", "httpx2", "openai", "httpcore"):
+    for noisy in ("httpx", "httpx2", "httpcore"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    logging.getLogger("openai").setLevel(logging.INFO)  # the SDK's "Retrying request to ..." lines
+    from orchestr.eval.records import CorruptLines
+
     try:
         run(cfg)
     except EvalError as e:
         print(f"orchestr eval: {e}", file=sys.stderr)
         sys.exit(2)
+    except CorruptLines as e:
+        print(f"orchestr eval: {e}\n  FastChat's tools cannot read such a file either: fix or remove those lines, or "
+              "rerun with eval.quarantine_corrupt=true to move them to <file>.corrupt", file=sys.stderr)
+        sys.exit(2)
+    except IncompleteRun as e:
+        print(f"orchestr eval: {e}; rerun the same command to resume", file=sys.stderr)
+        sys.exit(1)
     except MissingMandatoryValue as e:
         print(f"orchestr eval: {e.full_key} must be set (`{e.full_key}=...` on the command line)", file=sys.stderr)
         sys.exit(2)

@@ -61,6 +61,9 @@ def load_references(bench: Any, questions: list[dict]) -> dict[Any, list[str]]:
     }
     if bench.reference_answer_file:
         path = paths.resolve(bench.reference_answer_file)
+        if not path.is_file():  # never fall back silently to whatever the question file carries
+            raise EvalError(_missing_file_message("reference answer file", path, "bench.reference_answer_file",
+                                                  bench, bench.reference_answer_url))  # fmt: skip
         for r in read_jsonl(path):
             try:
                 refs[r["question_id"]] = list(r["choices"][0]["turns"])

@@ -1,10 +1,16 @@
-"""Chat completions against any OpenAI-compatible endpoint (the orchestr deployment, OpenAI, ...),
-with retries and exponential backoff. Used by the answer step and by the judge."""
+"""Chat completions against any OpenAI-compatible endpoint (the orchestr deployment, OpenAI, ...).
+Used by the answer step and by the judge.
+
+Retries and backoff are the openai SDK's own (`max_retries`; exponential backoff with jitter that
+honours Retry-After); each retry is logged by the SDK's logger, which `orchestr eval` shows.
+Token usage of every answered request is added up per run (`Usage`) for cost accounting.
+"""
 
 from __future__ import annotations
 
+import logging
 import os
-import random
+import threading
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -13,8 +19,8 @@ import openai
 
 from orchestr.eval.errors import EvalError
 
-# Worth another try: the server is busy, restarting, or the network hiccupped.
 _RETRYABLE = (openai.APIConnectionError, openai.APITimeoutError, openai.RateLimitError, openai.InternalServerError)
+log = logging.getLogger(__name__)
 
 
 class EndpointUnreachable(EvalError):
@@ -47,60 +53,67 @@ def resolve_api_key(api_key_env: str | None, cfg: Any, use_deployment: bool) -> 
 
 
 @dataclass
-class RetryPolicy:
-    max_retries: int = 5
-    backoff_s: float = 1.0
-    backoff_max_s: float = 30.0
+class Usage:
+    """Tokens of the answered requests of one run (thread-safe sums)."""
 
-    def delay(self, attempt: int) -> float:
-        base = min(self.backoff_max_s, self.backoff_s * (2**attempt))
-        return base * (0.5 + random.random() / 2)  # jitter so parallel workers do not retry in lockstep
+    requests: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+    def __post_init__(self) -> None:
+        self._lock = threading.Lock()
+
+    def add(self, prompt: int, completion: int) -> None:
+        with self._lock:
+            self.requests += 1
+            self.prompt_tokens += prompt
+            self.completion_tokens += completion
 
 
 class ChatClient:
-    def __init__(self, base_url: str, api_key: str, model: str, timeout_s: float, retry: RetryPolicy):
+    def __init__(self, base_url: str, api_key: str, model: str, timeout_s: float, max_retries: int):
         self.base_url = base_url
         self.model = model
-        self.retry = retry
-        # The SDK's own retries are off: ours log, back off with jitter and give up cleanly.
-        self._client = openai.OpenAI(base_url=base_url, api_key=api_key, timeout=timeout_s, max_retries=0)
+        self.usage = Usage()
+        self._last = threading.local()  # this thread's last request's (prompt, completion) tokens
+        self._client = openai.OpenAI(base_url=base_url, api_key=api_key, timeout=timeout_s, max_retries=max_retries)
 
     def check(self, setting: str, attempts: int = 3) -> None:
         """Fail fast, with the key to change, when the endpoint is down or does not serve the model."""
-        last: Exception | None = None
-        for attempt in range(attempts):
-            try:
-                served = [m.id for m in self._client.models.list()]
-                break
-            except openai.AuthenticationError:
-                raise EvalError(f"{self.base_url} rejected the API key") from None
-            except openai.NotFoundError:
-                return  # no /models route: let the first request tell
-            except _RETRYABLE as e:
-                last = e
-                if attempt + 1 < attempts:
-                    time.sleep(self.retry.delay(attempt))
-        else:
+        try:
+            served = [m.id for m in self._client.with_options(max_retries=attempts - 1).models.list()]
+        except openai.AuthenticationError:
+            raise EvalError(f"{self.base_url} rejected the API key") from None
+        except openai.NotFoundError:
+            return  # no /models route: let the first request tell
+        except _RETRYABLE as e:
             raise EndpointUnreachable(
-                f"no OpenAI-compatible server answers at {self.base_url} ({type(last).__name__})\n"
+                f"no OpenAI-compatible server answers at {self.base_url} ({type(e).__name__})\n"
                 f"  start the deployment (`orchestr launch`) or set {setting}=http://host:port/v1"
-            )
+            ) from None
         if served and self.model not in served:
             raise EvalError(f"{self.base_url} does not serve model {self.model!r} (it serves: {', '.join(served)})")
 
-    def chat(self, messages: list[dict[str, str]], temperature: float, max_tokens: int) -> str:
-        for attempt in range(self.retry.max_retries + 1):
-            try:
-                resp = self._client.chat.completions.create(
-                    model=self.model, messages=messages, temperature=temperature, max_tokens=max_tokens, n=1
-                )
-                return resp.choices[0].message.content or ""
-            except openai.AuthenticationError:
-                raise EvalError(f"{self.base_url} rejected the API key") from None
-            except _RETRYABLE as e:
-                if attempt == self.retry.max_retries:
-                    raise RequestFailed(f"{type(e).__name__}: {e}") from None
-                time.sleep(self.retry.delay(attempt))
-            except openai.APIStatusError as e:  # 4xx: the request itself is wrong, retrying will not help
-                raise RequestFailed(f"HTTP {e.status_code}: {e.message}") from None
-        raise RequestFailed("unreachable")
+    def chat(self, messages: list[dict[str, str]], temperature: float, max_tokens: int,
+             response_format: dict | None = None) -> str:  # fmt: skip
+        extra: dict[str, Any] = {"response_format": response_format} if response_format else {}
+        t0 = time.monotonic()
+        try:
+            resp = self._client.chat.completions.create(
+                model=self.model, messages=messages, temperature=temperature, max_tokens=max_tokens, n=1, **extra
+            )
+        except openai.AuthenticationError:
+            raise EvalError(f"{self.base_url} rejected the API key") from None
+        except _RETRYABLE as e:  # the SDK has retried (and logged each retry) already
+            raise RequestFailed(f"{type(e).__name__} after retries: {e}") from None
+        except openai.APIStatusError as e:  # 4xx: the request itself is wrong, retrying will not help
+            raise RequestFailed(f"HTTP {e.status_code}: {e.message}") from None
+        u = resp.usage
+        self._last.tokens = (u.prompt_tokens, u.completion_tokens) if u else (0, 0)
+        self.usage.add(*self._last.tokens)
+        log.debug("%s answered in %.1fs", self.model, time.monotonic() - t0)
+        return resp.choices[0].message.content or ""
+
+    def last_usage(self) -> tuple[int, int]:
+        """(prompt, completion) tokens of this thread's last answered request."""
+        return getattr(self._last, "tokens", (0, 0))

@@ -1,8 +1,11 @@
-"""The judge step (FastChat's gen_judgment): render prompts, ask the judge, parse, append durably.
+"""The judge step (FastChat's gen_judgment, and arena-hard-auto's): render prompts, ask the judge,
+parse, append durably.
 
 Resume: every finished judgment is appended and fsynced at once; a rerun skips the matches already
-in the output file, so a killed run loses nothing and duplicates nothing. Requests that still fail
-after their retries are counted and left for the next run.
+in the output file (pairs in either order: FastChat's pair files resume too), so a killed run loses
+nothing and duplicates nothing. Requests that still fail after the SDK's retries are counted, left
+for the next run, and make the step exit non-zero. Every request goes through the judgment cache
+and the cost meter (orchestr.eval.judge_cache).
 """
 
 from __future__ import annotations
@@ -15,12 +18,19 @@ from tqdm import tqdm
 from orchestr.eval import paths
 from orchestr.eval.answers import Responder, StepCounts, api_or_local
 from orchestr.eval.bench import load_answers, load_judge_prompts, load_questions, load_references
-from orchestr.eval.client import ChatClient, RequestFailed, RetryPolicy, deployment_endpoint, resolve_api_key
+from orchestr.eval.client import ChatClient, RequestFailed, deployment_endpoint, resolve_api_key
 from orchestr.eval.errors import EvalError
+from orchestr.eval.judge_cache import BudgetExhausted, MeteredJudge
 from orchestr.eval.matches import Match, build_matches, pair_key, single_key
 from orchestr.eval.parallel import run_parallel
-from orchestr.eval.parse import parse_score, parse_verdict
-from orchestr.eval.records import JsonlAppender, pair_judgment_record, read_jsonl, single_judgment_record
+from orchestr.eval.parse import parse_label, parse_score, parse_verdict
+from orchestr.eval.records import (
+    JsonlAppender,
+    arena_hard_record,
+    pair_judgment_record,
+    read_jsonl,
+    single_judgment_record,
+)
 
 
 def judge_model_of(cfg: Any) -> str:
@@ -32,7 +42,16 @@ def judge_name_of(cfg: Any) -> str:
 
 
 def judgment_path(cfg: Any):
-    return paths.judgment_file(cfg.eval.data_dir, cfg.bench.name, judge_name_of(cfg), cfg.judge.mode != "single")
+    kind = {"single": "single", "arena-hard": "arena_hard"}.get(cfg.judge.mode, "pair")
+    return paths.judgment_file(cfg.eval.data_dir, cfg.bench.name, judge_name_of(cfg), kind=kind)
+
+
+def arena_hard_key(record: dict) -> tuple:
+    return (str(record["question_id"]), tuple(sorted((record["model"], record["baseline"]))), 1, record["judge"][1])
+
+
+def key_function(mode: str):
+    return {"single": single_key, "arena-hard": arena_hard_key}.get(mode, pair_key)
 
 
 def make_judge_client(cfg: Any) -> Responder:
@@ -43,7 +62,7 @@ def make_judge_client(cfg: Any) -> Responder:
         resolve_api_key(j.api_key_env, cfg, use_deployment),
         judge_model_of(cfg),
         j.timeout_s,
-        RetryPolicy(j.max_retries, j.backoff_s, j.backoff_max_s),
+        j.max_retries,
     )
     # In-process judging is possible only for the model this config loads (`self`).
     is_self = use_deployment and judge_model_of(cfg) == cfg.model.name
@@ -78,19 +97,19 @@ def render(match: Match, answer_a: list[str], answer_b: list[str] | None) -> str
         raise EvalError(f"judge prompt {match.prompt.name!r} uses a field this match does not have: {e}") from None
 
 
-def _ask(client: Responder, match: Match, user_prompt: str, cfg: Any) -> str:
+def _ask(client: MeteredJudge, match: Match, user_prompt: str, cfg: Any) -> str:
     messages = []
     if match.prompt.system_prompt:
         messages.append({"role": "system", "content": match.prompt.system_prompt})
     messages.append({"role": "user", "content": user_prompt})
-    return client.chat(messages, cfg.judge.temperature, cfg.judge.max_tokens)
+    return client.ask(match.prompt.name, messages, cfg.judge.temperature, cfg.judge.max_tokens)
 
 
 def _turns(answers: dict, model: str, qid: Any) -> list[str]:
     return answers[model][qid]["choices"][0]["turns"]  # FastChat judges the first choice
 
 
-def judge_single(client: Responder, match: Match, answers: dict, cfg: Any) -> dict:
+def judge_single(client: MeteredJudge, match: Match, answers: dict, cfg: Any) -> dict:
     (model,) = match.models
     user_prompt = render(match, _turns(answers, model, match.question["question_id"]), None)
     judgment = _ask(client, match, user_prompt, cfg)
@@ -105,7 +124,7 @@ def judge_single(client: Responder, match: Match, answers: dict, cfg: Any) -> di
     )
 
 
-def judge_pair(client: Responder, match: Match, answers: dict, cfg: Any) -> dict:
+def judge_pair(client: MeteredJudge, match: Match, answers: dict, cfg: Any) -> dict:
     """Both answer orders; g1 has model_1 as assistant A, g2 swaps them (position-bias control)."""
     m1, m2 = match.models
     qid = match.question["question_id"]
@@ -119,15 +138,34 @@ def judge_pair(client: Responder, match: Match, answers: dict, cfg: Any) -> dict
     return pair_judgment_record(qid, m1, m2, g1, g2, (judge_model_of(cfg), match.prompt.name), p1, j1, p2, j2, match.turn)
 
 
-def _is_unparseable(record: dict) -> bool:
+def judge_arena_hard(client: MeteredJudge, match: Match, answers: dict, cfg: Any) -> dict:
+    """arena-hard-auto's two games: game 1 shows the baseline as A, game 2 the judged model as A."""
+    model, baseline = match.models
+    qid = match.question["question_id"]
+    a_model, a_base = _turns(answers, model, qid)[:1], _turns(answers, baseline, qid)[:1]
+    games = []
+    for first, second in ((a_base, a_model), (a_model, a_base)):
+        prompt = render(match, first, second)
+        judgment = _ask(client, match, prompt, cfg)
+        games.append({"user_prompt": prompt, "judgment": judgment, "score": parse_label(judgment)})
+    return arena_hard_record(qid, match.question.get("category", "general"), model, baseline,
+                             (judge_model_of(cfg), match.prompt.name), games)  # fmt: skip
+
+
+def is_unparseable(record: dict) -> bool:
+    if "games" in record:
+        return any(g["score"] is None for g in record["games"])
     if "score" in record:
         return record["score"] == -1
     return "error" in (record["g1_winner"], record["g2_winner"])
 
 
+def _resume_hint(cfg: Any) -> str:
+    return "rerun the same command to judge only what is missing (finished judgments are kept and cached)"
+
+
 def run_judge(cfg: Any, client: Responder | None = None) -> StepCounts:
     j = cfg.judge
-    pairwise = j.mode != "single"
     questions = load_questions(cfg.bench)[: j.first_n] if j.first_n else load_questions(cfg.bench)
     answer_dir = paths.answer_dir(cfg.eval.data_dir, cfg.bench.name)
     answers = load_answers(answer_dir)
@@ -135,9 +173,9 @@ def run_judge(cfg: Any, client: Responder | None = None) -> StepCounts:
     missing = [m for m in models if m not in answers]
     if missing:
         raise EvalError(f"no answers for {', '.join(missing)} in {answer_dir} (judge.models); run the answer step first")
-    if j.mode == "pairwise-baseline" and j.baseline_model not in answers:
+    if j.mode in ("pairwise-baseline", "arena-hard") and j.baseline_model not in answers:
         raise EvalError(
-            f"pairwise-baseline needs answers of the baseline {j.baseline_model!r} in {answer_dir}\n"
+            f"{j.mode} needs answers of the baseline {j.baseline_model!r} in {answer_dir}\n"
             f"  set judge.baseline_model=<one of: {', '.join(sorted(answers)) or 'none yet'}>"
         )
     if not models:
@@ -149,16 +187,16 @@ def run_judge(cfg: Any, client: Responder | None = None) -> StepCounts:
     prompts = load_judge_prompts(cfg.bench.judge_prompt_file)
     matches = build_matches(cfg, questions, answers, load_references(cfg.bench, questions), prompts, models)
     out = judgment_path(cfg)
-    key_of = pair_key if pairwise else single_key
+    key_of = key_function(j.mode)
     judge_model = judge_model_of(cfg)
-    done = {key_of(r) for r in read_jsonl(out) if list(r.get("judge", []))[:1] == [judge_model]}
-    todo = [m for m in matches if m.key not in done]
+    done_keys = {key_of(r) for r in read_jsonl(out) if list(r.get("judge", []))[:1] == [judge_model]}
+    todo = [m for m in matches if m.key not in done_keys]
     counts = StepCounts(skipped=len(matches) - len(todo))
     print(f"judge: {judge_model} ({j.mode}) on {cfg.bench.name}, models {', '.join(models)}: "
           f"{len(matches)} matches, {len(todo)} to judge -> {out}")
     if todo:
-        client = client or make_judge_client(cfg)
-        play = judge_pair if pairwise else judge_single
+        judge = MeteredJudge(client or make_judge_client(cfg), cfg)
+        play = {"single": judge_single, "arena-hard": judge_arena_hard}.get(j.mode, judge_pair)
 
         def failed(m: Match, e: Exception) -> None:
             counts.failed += 1
@@ -167,10 +205,22 @@ def run_judge(cfg: Any, client: Responder | None = None) -> StepCounts:
         def done(m: Match, record: dict) -> None:
             sink.append(record)  # fsynced before the next one: the resume point
             counts.done += 1
-            counts.unparseable += _is_unparseable(record)
+            counts.unparseable += is_unparseable(record)
 
-        with JsonlAppender(out) as sink:
-            run_parallel(todo, lambda m: play(client, m, answers, cfg), j.parallel, "judgments", done, failed,
-                         (RequestFailed,))
+        try:
+            with JsonlAppender(out) as sink:
+                run_parallel(todo, lambda m: play(judge, m, answers, cfg), j.parallel, "judgments", done, failed,
+                             (RequestFailed,))
+        except BudgetExhausted as e:
+            counts.stopped = str(e)
+        finally:
+            judge.close()
+            print(f"judge: {judge.summary()}")
+    counts.left = len(todo) - counts.done - counts.failed
     print(f"judge: {counts.line('judged')}")
+    if counts.stopped:
+        print(f"judge: stopped: {counts.stopped}; {counts.left} matches not judged. Raise judge.budget and "
+              f"{_resume_hint(cfg)}", file=sys.stderr)
+    if counts.failed:
+        print(f"judge: {counts.failed} of {len(todo)} matches failed; {_resume_hint(cfg)}", file=sys.stderr)
     return counts

@@ -1,16 +1,28 @@
-"""Run one function over many items on a thread pool with a progress bar; Ctrl-C stops promptly."""
+"""Run one function over many items on worker threads with a progress bar; Ctrl-C stops at once.
+
+The workers are daemon threads, so an interrupted run does not wait for requests (or an in-process
+generation) that are still going: the process exits within seconds. Results that finished before
+the interrupt are still handed to `on_result` (and so saved) before the interrupt propagates.
+A `StopRun` raised by the function (e.g. the judge's budget is spent) stops starting new items,
+lets the running ones finish and keeps their results, then propagates.
+"""
 
 from __future__ import annotations
 
+import queue
 import sys
+import threading
 from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor, as_completed
 from typing import TypeVar
 
 from tqdm import tqdm
 
 T = TypeVar("T")
 R = TypeVar("R")
+
+
+class StopRun(Exception):
+    """Stop starting new work (the run ends cleanly, keeping what finished)."""
 
 
 def run_parallel(
@@ -23,21 +35,61 @@ def run_parallel(
     errors: tuple[type[Exception], ...],
 ) -> None:
     """on_result/on_error run in the calling thread, one at a time (so file appends need no ordering care).
-    Exceptions outside `errors` (a user mistake, a bug) stop the run after cancelling what has not started."""
+    Exceptions outside `errors` (a user mistake, a bug) stop the run; so does StopRun, after the running
+    items finish."""
+    todo: queue.Queue = queue.Queue()
     items = list(items)
-    pool = ThreadPoolExecutor(max(1, parallel))
-    try:
-        futures = {pool.submit(fn, item): item for item in items}
-        for fut in tqdm(as_completed(futures), total=len(futures), desc=desc, file=sys.stderr):
-            item = futures[fut]
+    for item in items:
+        todo.put(item)
+    done: queue.Queue = queue.Queue()
+    stop = threading.Event()
+
+    def worker() -> None:
+        while not stop.is_set():
             try:
-                result = fut.result()
-            except errors as e:
-                on_error(item, e)
+                item = todo.get_nowait()
+            except queue.Empty:
+                return
+            try:
+                done.put((item, True, fn(item)))
+            except BaseException as e:  # handed to the calling thread
+                done.put((item, False, e))
+
+    threads = [threading.Thread(target=worker, daemon=True, name=f"{desc}-{i}")
+               for i in range(max(1, min(parallel, len(items))))]  # fmt: skip
+    for t in threads:
+        t.start()
+    fatal: BaseException | None = None
+    bar = tqdm(total=len(items), desc=desc, file=sys.stderr)
+
+    def handle(item: T, ok: bool, value) -> None:
+        nonlocal fatal
+        bar.update(1)
+        if ok:
+            on_result(item, value)
+        elif isinstance(value, errors):
+            on_error(item, value)
+        elif fatal is None:
+            fatal = value
+            stop.set()
+
+    try:
+        handled = 0
+        while handled < len(items):
+            try:
+                item, ok, value = done.get(timeout=0.2)
+            except queue.Empty:
+                if not any(t.is_alive() for t in threads) and done.empty():
+                    break  # stopped early: the rest were never started
                 continue
-            on_result(item, result)
-    except BaseException:
-        # Ctrl-C or a fatal error: do not start queued work; finished results are already saved.
-        pool.shutdown(wait=False, cancel_futures=True)
+            handled += 1
+            handle(item, ok, value)
+    except KeyboardInterrupt:
+        stop.set()
+        while not done.empty():  # keep what finished before the interrupt
+            handle(*done.get_nowait())
         raise
-    pool.shutdown(wait=True)
+    finally:
+        bar.close()
+    if fatal is not None:
+        raise fatal

@@ -61,3 +61,20 @@ def parse_verdict(judgment: str | None) -> str:
     if _TIE_WORDS.search(text):
         return "tie"
     return "error"
+
+
+# arena-hard's five labels (and the mirrored spellings it accepts), as the judge writes them.
+_LABEL = re.compile(r"\[\[\s*([AB])\s*(>>|>|=|<<|<)\s*([AB])\s*\]\]")
+_CANONICAL = {"A>>B": "A>>B", "A>B": "A>B", "A=B": "A=B", "B=A": "A=B", "B>A": "B>A", "B>>A": "B>>A",
+              "A<B": "B>A", "A<<B": "B>>A", "B<A": "A>B", "B<<A": "A>>B"}  # fmt: skip
+LABELS = ("A>>B", "A>B", "A=B", "B>A", "B>>A")
+
+
+def parse_label(judgment: str | None) -> str | None:
+    """The arena-hard verdict label (`A>>B`, `A>B`, `A=B`, `B>A`, `B>>A`), or None when there is none
+    or the judgment gives different ones (as arena-hard-auto reads them)."""
+    if not judgment:
+        return None
+    found = {_CANONICAL.get(a + op + b) for a, op, b in _LABEL.findall(judgment) if a != b}
+    found.discard(None)
+    return found.pop() if len(found) == 1 else None

@@ -28,8 +28,9 @@ def answer_file(data_dir: str, bench: str, model_id: str) -> Path:
     return answer_dir(data_dir, bench) / f"{model_id}.jsonl"
 
 
-def judgment_file(data_dir: str, bench: str, judge_name: str, pairwise: bool) -> Path:
-    kind = "pair" if pairwise else "single"
+def judgment_file(data_dir: str, bench: str, judge_name: str, pairwise: bool = False, kind: str | None = None) -> Path:
+    """`<judge>_single.jsonl`, `<judge>_pair.jsonl` (FastChat) or `<judge>_<kind>.jsonl` (`arena_hard`)."""
+    kind = kind or ("pair" if pairwise else "single")
     return bench_dir(data_dir, bench) / "model_judgment" / f"{judge_name}_{kind}.jsonl"
 
 

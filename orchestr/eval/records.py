@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import threading
 import time
 import uuid
@@ -80,21 +81,83 @@ def pair_judgment_record(
     }
 
 
-def read_jsonl(path: Path) -> list[dict]:
-    """All complete records; a torn last line (a run killed mid-write) is ignored."""
+class CorruptLines(ValueError):
+    """Lines that are not JSON records, by location (file:line)."""
+
+    def __init__(self, path: Path, where: list[int]):
+        self.path, self.where = path, where
+        shown = ", ".join(f"{path}:{n}" for n in where[:5]) + (f" (and {len(where) - 5} more)" if len(where) > 5 else "")
+        super().__init__(f"{len(where)} corrupt line(s) in {path}: {shown}")
+
+
+def arena_hard_record(
+    question_id: Any, category: str, model: str, baseline: str, judge: tuple[str, str], games: list[dict]
+) -> dict:
+    """arena-hard-auto's judgment shape (uid, category, judge, model, games[2] with user_prompt, judgment,
+    score), with FastChat's question_id and orchestr's baseline beside it."""
+    return {
+        "question_id": question_id,
+        "uid": str(question_id),
+        "category": category,
+        "judge": list(judge),
+        "model": model,
+        "baseline": baseline,
+        "games": games,
+        "tstamp": time.time(),
+    }
+
+
+def read_jsonl(path: Path, strict: bool = True) -> list[dict]:
+    """All records. A torn last line (a run killed mid-write; the next append cuts it) is left out
+    with a warning. A corrupt line anywhere else raises CorruptLines naming each file:line (strict),
+    or is reported on stderr and left out (strict=False, for caches)."""
+    path = Path(path)
     if not path.is_file():
         return []
-    records = []
-    with path.open(encoding="utf-8") as f:
-        for line in f:
-            line = line.strip()
-            if not line:
+    records, bad = [], []
+    data = path.read_text(encoding="utf-8")
+    lines = data.split("\n")
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            rec = None
+        if not isinstance(rec, dict):
+            if n == len(lines) and not data.endswith("\n"):
+                print(f"warning: {path}:{n}: torn last line (a killed run); left out", file=sys.stderr)
                 continue
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue
+            bad.append(n)
+            continue
+        records.append(rec)
+    if bad:
+        err = CorruptLines(path, bad)
+        if strict:
+            raise err
+        print(f"warning: {err}; left out", file=sys.stderr)
     return records
+
+
+def quarantine_corrupt(path: Path) -> int:
+    """Move corrupt lines (not the torn tail) of a JSONL file to `<file>.corrupt`; returns how many."""
+    path = Path(path)
+    if not path.is_file():
+        return 0
+    good, bad = [], []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if not line.strip():
+            continue
+        try:
+            ok = isinstance(json.loads(line), dict)
+        except json.JSONDecodeError:
+            ok = False
+        (good if ok else bad).append(line)
+    if bad:
+        with open(path.with_name(path.name + ".corrupt"), "a", encoding="utf-8") as f:
+            f.write("\n".join(bad) + "\n")
+        write_jsonl(path, [json.loads(x) for x in good])
+    return len(bad)
 
 
 def repair_tail(path: Path) -> None:

@@ -1,4 +1,8 @@
-"""The results step (FastChat's show_result): score and win-rate tables, CSV files, per-category plots."""
+"""The results step (FastChat's show_result, arena-hard-auto's show_result): score and win-rate
+tables, CSV files, per-category plots, and which matches have no judgment yet.
+
+Records are read as FastChat writes them: pair records without `turn` take it from their prompt name,
+and a match judged twice (a pair file holding (a, b) and (b, a), say) counts once, the latest."""
 
 from __future__ import annotations
 
@@ -10,13 +14,14 @@ import pandas as pd
 from orchestr.eval import paths
 from orchestr.eval.bench import load_questions
 from orchestr.eval.errors import EvalError
-from orchestr.eval.judge import judge_name_of, judgment_path
+from orchestr.eval.judge import judge_model_of, judge_name_of, judgment_path, key_function
+from orchestr.eval.matches import record_turn
 from orchestr.eval.records import read_jsonl
 
 
 def single_table(records: list[dict], models: list[str] | None = None) -> pd.DataFrame:
     """Per model: mean score of turn 1, turn 2 and all turns (unparseable judgments, score -1, left out)."""
-    df = pd.DataFrame(records, columns=["question_id", "model", "score", "turn"])
+    df = pd.DataFrame([{**r, "turn": record_turn(r)} for r in records], columns=["question_id", "model", "score", "turn"])
     df = df[df["score"] != -1]
     if models:
         df = df[df["model"].isin(models)]
@@ -39,14 +44,14 @@ def pair_outcomes(records: list[dict], baseline: str | None = None, models: list
     disagreement or an explicit tie is a tie for both; judgments with an error are left out."""
     rows = []
     for r in records:
-        if "error" in (r["g1_winner"], r["g2_winner"]):
+        if "g1_winner" not in r or "error" in (r["g1_winner"], r["g2_winner"]):
             continue
         m1, m2 = r["model_1"], r["model_2"]
         if baseline is not None and baseline not in (m1, m2):
             continue
         if models is not None and not ({m1, m2} - {baseline}) <= set(models):
             continue
-        base = {"question_id": r["question_id"], "turn": r["turn"]}
+        base = {"question_id": r["question_id"], "turn": record_turn(r)}
         if r["g1_winner"] == "tie" or r["g1_winner"] != r["g2_winner"]:
             rows += [{**base, "model": m1, "win": 0, "loss": 0, "tie": 1}, {**base, "model": m2, "win": 0, "loss": 0, "tie": 1}]
         else:
@@ -106,6 +111,39 @@ def category_plot(per_category: pd.DataFrame, title: str, ylabel: str, path: Pat
     plt.close(fig)
 
 
+def latest_per_match(records: list[dict], mode: str) -> list[dict]:
+    """One record per match (the last one written), whichever order a pair was written in."""
+    key_of = key_function(mode)
+    by_key: dict[tuple, dict] = {}
+    for r in records:
+        by_key[key_of(r)] = r
+    return list(by_key.values())
+
+
+def missing_matches(cfg: Any, records: list[dict]) -> tuple[int, list[tuple]] | None:
+    """(how many matches the judge step would make, those without a judgment), or None when the
+    questions or answers are not at hand to tell."""
+    from orchestr.eval.bench import load_answers, load_judge_prompts, load_references
+    from orchestr.eval.matches import build_matches
+
+    j = cfg.judge
+    try:
+        questions = load_questions(cfg.bench)[: j.first_n] if j.first_n else load_questions(cfg.bench)
+        answers = load_answers(paths.answer_dir(cfg.eval.data_dir, cfg.bench.name))
+        models = list(j.models) if j.models else sorted(answers)
+        if not answers or any(m not in answers for m in models):
+            return None
+        if j.mode in ("pairwise-baseline", "arena-hard") and j.baseline_model not in answers:
+            return None
+        prompts = load_judge_prompts(cfg.bench.judge_prompt_file)
+        matches = build_matches(cfg, questions, answers, load_references(cfg.bench, questions), prompts, models)
+    except EvalError:
+        return None
+    key_of = key_function(j.mode)
+    have = {key_of(r) for r in records}
+    return len(matches), [m.key for m in matches if m.key not in have]
+
+
 def _show(table: pd.DataFrame) -> str:
     return table.round(4).to_string() if not table.empty else "(no readable judgments to score)"
 
@@ -114,12 +152,13 @@ def run_results(cfg: Any) -> dict[str, Path]:
     """Print the tables for the configured judge and mode; write CSV (and PNG) files. Returns what it wrote."""
     j = cfg.judge
     src = judgment_path(cfg)
-    records = read_jsonl(src)
-    if not records:
+    raw = read_jsonl(src)
+    if not raw:
         raise EvalError(f"no judgments in {src}: run `orchestr eval eval.step=judge judge.mode={j.mode}` first")
+    records = latest_per_match(raw, j.mode)
     out_dir = paths.results_dir(cfg.eval.data_dir, cfg.bench.name, cfg.eval.results_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    stem = f"{judge_name_of(cfg)}_{'single' if j.mode == 'single' else j.mode}"
+    stem = f"{judge_name_of(cfg)}_{j.mode}"
     models = list(j.models) if j.models else None
     try:
         questions = load_questions(cfg.bench)
@@ -127,14 +166,39 @@ def run_results(cfg: Any) -> dict[str, Path]:
         questions = []  # categories are a bonus; the tables need only the judgments
     written: dict[str, Path] = {}
     pd.set_option("display.width", 200)
-    bad = sum(1 for r in records if r.get("score") == -1 or "error" in (r.get("g1_winner"), r.get("g2_winner")))
-    summary = f"{len(records)} judgments in {src}" + (f", {bad} unparseable (left out)" if bad else "")
+    from orchestr.eval.judge import is_unparseable
 
-    if j.mode == "single":
+    bad = sum(1 for r in records if is_unparseable(r))
+    summary = f"{len(records)} judgments in {src}" + (f", {bad} unparseable (left out)" if bad else "")
+    if len(raw) > len(records):
+        summary += f"; {len(raw) - len(records)} repeated judgment(s) of the same match counted once (the latest)"
+    gaps = missing_matches(cfg, [r for r in records if list(r.get("judge", []))[:1] == [judge_model_of(cfg)]])
+    if gaps is not None and gaps[1]:
+        total, missing = gaps
+        shown = "; ".join(f"question {k[0]} turn {k[2]} {' vs '.join(k[1])}" for k in missing[:5])
+        more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
+        summary += (f"\nINCOMPLETE: {len(missing)} of {total} matches have no judgment ({shown}{more}); "
+                    f"run `orchestr eval eval.step=judge judge.mode={j.mode}` to fill them")
+
+    if j.mode == "arena-hard":
+        from orchestr.eval.arena_hard import arena_hard_table
+        from orchestr.eval.bench import load_answers
+
+        answers = load_answers(paths.answer_dir(cfg.eval.data_dir, cfg.bench.name))
+        table, per_cat, flips = arena_hard_table(records, answers, cfg)
+        if models:
+            table = table[table.index.isin(models)]
+        print(f"\n########## {cfg.bench.name}: arena-hard vs {j.baseline_model} by {judge_name_of(cfg)} "
+              f"({int(j.ci * 100)}% bootstrap CI, '>>' weighted {j.strong_weight}x) ##########")
+        print(_show(table))
+        print(f"position-flip rate: {flips:.1%} of judged pairs change winner when the answers swap places")
+        value, ylabel = "win_rate", "win rate vs baseline"
+    elif j.mode == "single":
         table = single_table(records, models)
         print(f"\n########## {cfg.bench.name}: single-answer grading by {judge_name_of(cfg)} ##########")
         print(_show(table))
-        per_cat_src = pd.DataFrame(records, columns=["question_id", "model", "score", "turn"])
+        per_cat_src = pd.DataFrame([{**r, "turn": record_turn(r)} for r in records],
+                                   columns=["question_id", "model", "score", "turn"])
         per_cat_src = per_cat_src[per_cat_src["score"] != -1]
         if models:
             per_cat_src = per_cat_src[per_cat_src["model"].isin(models)]

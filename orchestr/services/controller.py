@@ -4,6 +4,10 @@ Workers register themselves (their base URL is their name), then send heartbeats
 queue length. A background thread drops workers whose heartbeats stopped. Clients ask for a
 worker address per request; the dispatch method picks among the workers serving that model.
 
+Every route but ``/health`` needs the deployment's service secret (``orchestr.secrets``), and a
+registration can take over an address only when the process answering there is the registrant
+(its ``worker_id``), so nobody can replace a live worker's entry.
+
 Run: ``python -m orchestr.services.controller --port 21001 --dispatch-method shortest_queue``.
 """
 
@@ -29,10 +33,12 @@ from orchestr.protocol import (
     RegisterWorkerRequest,
     WorkerAddressRequest,
     WorkerAddressResponse,
+    WorkerFailureReport,
     WorkerInfoView,
     WorkerStatus,
 )
-from orchestr.services.http_util import run_app, setup_logging
+from orchestr.secrets import bearer, service_secret
+from orchestr.services.http_util import error_response, protect, run_app, setup_logging
 
 logger = setup_logging("orchestr.controller")
 
@@ -48,12 +54,16 @@ class WorkerInfo:
     check_heart_beat: bool
     last_heart_beat: float
     multimodal: bool = False
+    worker_id: str | None = None
 
 
-def fetch_worker_status(worker_name: str) -> WorkerStatus | None:
+def fetch_worker_status(worker_name: str, timeout: float = STATUS_TIMEOUT_S) -> WorkerStatus | None:
     """Ask a worker for its status; None when it does not answer properly."""
+    if not worker_name.startswith(("http://", "https://")):
+        return None
     try:
-        r = httpx.post(worker_name.rstrip("/") + "/worker_get_status", timeout=STATUS_TIMEOUT_S)
+        r = httpx.post(worker_name.rstrip("/") + "/worker_get_status", timeout=timeout,
+                       headers=bearer(service_secret()))
         r.raise_for_status()
         return WorkerStatus.model_validate(r.json())
     except (httpx.HTTPError, ValueError) as e:
@@ -64,7 +74,7 @@ def fetch_worker_status(worker_name: str) -> WorkerStatus | None:
 class Controller:
     """Worker registry and dispatcher. Thread-safe: routes and the expiry thread share it."""
 
-    def __init__(self, dispatch_method: str = "shortest_queue", heart_beat_expiration: float = 90.0):
+    def __init__(self, dispatch_method: str = "shortest_queue", heart_beat_expiration: float = 30.0):
         if dispatch_method not in DISPATCH_METHODS:
             raise ValueError(f"unknown dispatch method {dispatch_method!r}; choose from {DISPATCH_METHODS}")
         self.dispatch_method = dispatch_method
@@ -87,6 +97,16 @@ class Controller:
             worker_status = fetch_worker_status(worker_name)
             if worker_status is None:
                 return False
+        with self._lock:
+            old = self.workers.get(worker_name)
+        if old is not None and old.worker_id and old.worker_id != worker_status.worker_id and self._live(old):
+            # Another process holds this address: only the one answering there may take it over
+            # (a worker restarted on the same port).
+            answering = fetch_worker_status(worker_name)
+            if answering is None or answering.worker_id != worker_status.worker_id:
+                logger.warning("refused a registration of %s: another live worker holds that address",
+                               worker_name)
+                return False
         info = WorkerInfo(
             model_names=list(worker_status.model_names),
             speed=max(int(worker_status.speed), 1),
@@ -94,6 +114,7 @@ class Controller:
             check_heart_beat=check_heart_beat,
             last_heart_beat=time.time(),
             multimodal=multimodal,
+            worker_id=worker_status.worker_id,
         )
         with self._lock:
             known = worker_name in self.workers
@@ -105,6 +126,21 @@ class Controller:
             info.model_names,
         )
         return True
+
+    def _live(self, info: WorkerInfo) -> bool:
+        return time.time() - info.last_heart_beat < self.heart_beat_expiration
+
+    def check_reported_worker(self, worker_name: str) -> bool:
+        """A client could not use this worker: drop it now unless it answers (it re-registers
+        on its next heartbeat when it comes back). Returns whether it is still listed."""
+        with self._lock:
+            if worker_name not in self.workers:
+                return False
+        if fetch_worker_status(worker_name, timeout=2.0) is not None:
+            return True
+        logger.info("dropped worker %s: reported failing and does not answer", worker_name)
+        self.remove_worker(worker_name)
+        return False
 
     def remove_worker(self, worker_name: str) -> None:
         with self._lock:
@@ -119,11 +155,12 @@ class Controller:
                 logger.info("dropping unresponsive worker %s", name)
                 self.remove_worker(name)
 
-    def receive_heart_beat(self, worker_name: str, queue_length: int) -> bool:
+    def receive_heart_beat(self, worker_name: str, queue_length: int, worker_id: str | None = None) -> bool:
         with self._lock:
             info = self.workers.get(worker_name)
-            if info is None:
-                # Unknown (e.g. the controller restarted): tell the worker to register again.
+            if info is None or (worker_id and info.worker_id and worker_id != info.worker_id):
+                # Unknown (e.g. the controller restarted) or not the registered process:
+                # tell the worker to register (again).
                 return False
             info.queue_length = queue_length
             info.last_heart_beat = time.time()
@@ -220,11 +257,19 @@ def create_app(controller: Controller) -> FastAPI:
     # Plain `def` routes: FastAPI runs them in its thread pool, so the blocking status fetch
     # in registration never stalls heartbeats or dispatch.
     @app.post("/register_worker")
-    def register_worker(req: RegisterWorkerRequest) -> dict:
+    def register_worker(req: RegisterWorkerRequest):
         ok = controller.register_worker(
             req.worker_name, req.check_heart_beat, req.worker_status, req.multimodal
         )
+        if not ok:
+            return error_response(409, f"registration of {req.worker_name} refused: it does not answer as "
+                                       "this worker, or another live worker holds that address",
+                                  code="registration_refused")
         return {"ok": ok}
+
+    @app.post("/report_worker_failure")
+    def report_worker_failure(req: WorkerFailureReport) -> dict:
+        return {"listed": controller.check_reported_worker(req.worker_name)}
 
     @app.post("/refresh_all_workers")
     def refresh_all_workers() -> dict:
@@ -233,7 +278,9 @@ def create_app(controller: Controller) -> FastAPI:
 
     @app.post("/receive_heart_beat")
     def receive_heart_beat(req: HeartBeatRequest) -> HeartBeatResponse:
-        return HeartBeatResponse(exist=controller.receive_heart_beat(req.worker_name, req.queue_length))
+        return HeartBeatResponse(
+            exist=controller.receive_heart_beat(req.worker_name, req.queue_length, req.worker_id)
+        )
 
     @app.post("/list_models")
     def list_models() -> ModelListResponse:
@@ -257,7 +304,7 @@ def create_app(controller: Controller) -> FastAPI:
 
     @app.get("/health")
     def health() -> dict:
-        return {"status": "ok", "workers": len(controller.workers)}
+        return {"status": "ok"}
 
     return app
 
@@ -274,7 +321,7 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(str(e))
     controller = Controller(args.dispatch_method, args.heart_beat_expiration)
     logger.info("controller on %s:%d, dispatch %s", args.host, args.port, args.dispatch_method)
-    run_app(create_app(controller), args.host, args.port, ssl=args.ssl)
+    run_app(protect(create_app(controller), logger), args.host, args.port, ssl=args.ssl)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """OpenAI-compatible REST API in front of the controller and its workers.
 
-Routes authenticate, parse and validate; ``ApiClient`` does the work. Every error a client can
+Routes authenticate, parse and validate; ``ApiBackend`` does the work. Every error a client can
 see has OpenAI's shape ``{"error": {"message", "type", "param", "code"}}``; parameter errors are
 400 (as OpenAI answers), not FastAPI's default 422.
 
@@ -10,10 +10,9 @@ Run: ``python -m orchestr.services.openai_api_server --port 8000 --controller-ad
 from __future__ import annotations
 
 import argparse
-import os
-from collections.abc import AsyncIterator
+import hmac
+from collections.abc import AsyncIterator, Awaitable
 from contextlib import asynccontextmanager
-from pathlib import Path
 from typing import TypeVar
 
 from fastapi import APIRouter, Depends, FastAPI, Request
@@ -23,11 +22,30 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from orchestr import __version__, secrets
 from orchestr.config.flags import add_flags, from_args
 from orchestr.config.serving import ApiServiceConfig
-from orchestr.protocol import ChatCompletionRequest, CompletionRequest, EmbeddingsRequest
-from orchestr.services.api_client import ApiClient, ApiError
-from orchestr.services.http_util import error_response, run_app, setup_logging
+from orchestr.protocol import (
+    ChatCompletionRequest,
+    ChatCompletionResponse,
+    CompletionRequest,
+    CompletionResponse,
+    EmbeddingsRequest,
+    EmbeddingsResponse,
+    ModelCard,
+    ModelList,
+)
+from orchestr.services import openapi
+from orchestr.services.api_backend import ApiBackend
+from orchestr.services.api_errors import ApiError, unsupported
+from orchestr.services.http_util import (
+    BodyLimit,
+    ClientGone,
+    cancel_on_disconnect,
+    error_response,
+    run_app,
+    setup_logging,
+)
 
 logger = setup_logging("orchestr.api")
 
@@ -49,6 +67,8 @@ def validation_error(errors: list) -> ApiError:
         )
     if not loc and err.get("type") == "model_type":
         return ApiError(400, "The request body must be a JSON object.", code="invalid_json")
+    if err.get("type") == "extra_forbidden" and len(loc) == 1:
+        return unsupported(loc[0])
     if err.get("type") == "missing":
         return ApiError(
             400, f"Missing required parameter: '{param}'.", param=param, code="missing_required_parameter"
@@ -86,14 +106,25 @@ def make_auth(api_keys: list[str]):
                 "You didn't provide an API key. Provide it in the Authorization header (Bearer auth).",
                 code="invalid_api_key",
             )
-        if scheme.lower() != "bearer" or token.strip() not in keys:
+        if scheme.lower() != "bearer" or not any(hmac.compare_digest(token.strip(), k) for k in keys):
             raise ApiError(401, "Incorrect API key provided.", code="invalid_api_key")
 
     return check_api_key
 
 
+async def answer(request: Request, work: Awaitable[BaseModel | AsyncIterator[str]]) -> Response:
+    """Run a route's work; a non-streaming answer is cancelled when its client leaves."""
+    try:
+        result = await cancel_on_disconnect(request, work)
+    except ClientGone:
+        return Response(status_code=499)
+    if isinstance(result, BaseModel):
+        return Response(result.model_dump_json(), media_type="application/json")
+    return StreamingResponse(result, media_type="text/event-stream", headers=STREAM_HEADERS)
+
+
 def create_app(
-    client: ApiClient,
+    backend: ApiBackend,
     api_keys: list[str] | None = None,
     allowed_origins: list[str] | None = None,
     allowed_methods: list[str] | None = None,
@@ -103,9 +134,9 @@ def create_app(
     @asynccontextmanager
     async def lifespan(_app: FastAPI):
         yield
-        await client.aclose()
+        await backend.aclose()
 
-    app = FastAPI(title="orchestr OpenAI-compatible API", lifespan=lifespan)
+    app = FastAPI(title="orchestr OpenAI-compatible API", version=__version__, lifespan=lifespan)
     if allowed_origins:
         app.add_middleware(
             CORSMiddleware,
@@ -141,43 +172,38 @@ def create_app(
         logger.exception("unexpected error: %r", exc)
         return error_response(500, f"Internal server error: {exc!r}", "server_error", code="internal_error")
 
-    @app.get("/health")
+    @app.get("/health", responses={200: {"content": {"application/json": {}}}})
     async def health() -> dict:
         return {"status": "ok"}
 
     v1 = APIRouter(prefix="/v1", dependencies=[Depends(make_auth(api_keys or []))])
 
-    @v1.get("/models")
+    @v1.get("/models", response_model=ModelList, responses=openapi.errors(401, 503))
     async def list_models():
-        return await client.list_models()
+        return await backend.router.list_models()
 
-    @v1.get("/models/{model:path}")
+    @v1.get("/models/{model:path}", response_model=ModelCard, responses=openapi.errors(401, 404, 503))
     async def retrieve_model(model: str):
-        return await client.retrieve_model(model)
+        return await backend.router.retrieve_model(model)
 
-    @v1.post("/chat/completions")
+    @v1.post("/chat/completions", **openapi.operation(ChatCompletionRequest, ChatCompletionResponse, stream=True))
     async def chat_completions(request: Request) -> Response:
         req = await parse_body(request, ChatCompletionRequest)
-        return _respond(await client.chat(req))
+        return await answer(request, backend.chat.create(req))
 
-    @v1.post("/completions")
+    @v1.post("/completions", **openapi.operation(CompletionRequest, CompletionResponse, stream=True))
     async def completions(request: Request) -> Response:
         req = await parse_body(request, CompletionRequest)
-        return _respond(await client.complete(req))
+        return await answer(request, backend.completions.create(req))
 
-    @v1.post("/embeddings")
+    @v1.post("/embeddings", **openapi.operation(EmbeddingsRequest, EmbeddingsResponse))
     async def embeddings(request: Request) -> Response:
         req = await parse_body(request, EmbeddingsRequest)
-        return _respond(await client.embed(req))
+        return await answer(request, backend.embeddings.create(req))
 
     app.include_router(v1)
+    openapi.install(app, [ChatCompletionRequest, CompletionRequest, EmbeddingsRequest], bearer=bool(api_keys))
     return app
-
-
-def _respond(result: BaseModel | AsyncIterator[str]) -> Response:
-    if isinstance(result, BaseModel):
-        return Response(result.model_dump_json(), media_type="application/json")
-    return StreamingResponse(result, media_type="text/event-stream", headers=STREAM_HEADERS)
 
 
 def _csv(value: str | None) -> list[str]:
@@ -190,30 +216,44 @@ def main(argv: list[str] | None = None) -> None:
     )
     add_flags(parser, ApiServiceConfig)  # services.api: one declaration of each flag (config/serving.py)
     parser.add_argument("--controller-address", default="http://localhost:21001")
-    parser.add_argument(
-        "--api-keys",
-        type=_csv,
-        default=None,
-        help="comma-separated keys clients must send as Bearer tokens (default: env ORCHESTR_API_KEYS; none: open)",
-    )
+    # Deprecated: a key on the command line shows in `ps`; use env ORCHESTR_API_KEYS(_FILE).
+    parser.add_argument("--api-keys", type=_csv, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     try:
         from_args(ApiServiceConfig, args)  # the schema's range checks
     except ValueError as e:
         parser.error(str(e))
-    keys_file = os.environ.get("ORCHESTR_API_KEYS_FILE")  # what `orchestr launch` sets (0600 file)
-    env_keys = os.environ.get("ORCHESTR_API_KEYS") or (Path(keys_file).read_text().replace("\n", ",") if keys_file else None)
-    api_keys = args.api_keys if args.api_keys is not None else _csv(env_keys)
+    try:
+        api_keys = secrets.api_keys()
+    except secrets.SecretError as e:
+        parser.exit(2, f"error: {e}\n")
+    if args.api_keys is not None:
+        logger.warning("--api-keys shows the keys to every user of this machine (ps); "
+                       "set ORCHESTR_API_KEYS or ORCHESTR_API_KEYS_FILE instead")
+        api_keys = args.api_keys
 
-    client = ApiClient(args.controller_address, args.worker_timeout_s, args.controller_cache_ttl_s)
+    backend = ApiBackend(
+        args.controller_address,
+        worker_connect_timeout=args.worker_connect_timeout_s,
+        worker_timeout=args.worker_timeout_s,
+        controller_timeout=args.controller_timeout_s,
+        controller_cache_ttl=args.controller_cache_ttl_s,
+        worker_retries=args.worker_retries,
+        health_check_interval=args.health_check_interval_s,
+        default_max_tokens=args.default_max_tokens,
+        max_embedding_inputs=args.max_embedding_inputs,
+    )
     app = create_app(
-        client,
+        backend,
         api_keys=api_keys,
         allowed_origins=args.allowed_origins,
         allowed_methods=args.allowed_methods,
         allowed_headers=args.allowed_headers,
         allow_credentials=args.allow_credentials,
     )
+    if secrets.service_secret() is None:
+        logger.warning("NO SERVICE SECRET (ORCHESTR_SECRET / ORCHESTR_SECRET_FILE): workers and the "
+                       "controller must be open to this server; keep them on 127.0.0.1")
     logger.info(
         "OpenAI API on %s:%d, controller %s, %s",
         args.host,
@@ -221,7 +261,7 @@ def main(argv: list[str] | None = None) -> None:
         args.controller_address,
         f"{len(api_keys)} API key(s)" if api_keys else "no API keys",
     )
-    run_app(app, args.host, args.port, ssl=args.ssl)
+    run_app(BodyLimit(app, args.max_body_bytes), args.host, args.port, ssl=args.ssl)
 
 
 if __name__ == "__main__":

@@ -41,10 +41,14 @@ class StreamResponse:
                         line = await reader.readuntil(b"\r\n")
                     size = int(line.split(b";", 1)[0], 16)
                     if size == 0:
-                        while (await reader.readuntil(b"\r\n")) != b"\r\n":  # trailers
-                            pass
+                        async with asyncio.timeout(timeout):
+                            while (await reader.readuntil(b"\r\n")) != b"\r\n":  # trailers
+                                pass
                         break
-                    data = await reader.readexactly(size + 2)
+                    async with asyncio.timeout(timeout):
+                        data = await reader.readexactly(size + 2)
+                    if data[-2:] != b"\r\n":
+                        raise StreamBroken("malformed chunk: no CRLF after its data")
                     yield data[:-2]
             elif "content-length" in self.headers:
                 remaining = int(self.headers["content-length"])
@@ -56,7 +60,11 @@ class StreamResponse:
                     remaining -= len(data)
                     yield data
             else:  # body until the server closes the connection
-                while data := await reader.read(65536):
+                while True:
+                    async with asyncio.timeout(timeout):
+                        data = await reader.read(65536)
+                    if not data:
+                        break
                     yield data
                 self.headers["connection"] = "close"
             self._done = True
@@ -89,16 +97,23 @@ class StreamClient:
         self._idle: dict[tuple, list[Conn]] = {}
         self._ssl_context: ssl_module.SSLContext | None = None
 
-    async def post(self, url: str, body: bytes, content_type: str = "application/json") -> StreamResponse:
+    async def post(
+        self,
+        url: str,
+        body: bytes,
+        content_type: str = "application/json",
+        headers: dict[str, str] | None = None,
+    ) -> StreamResponse:
         parts = urlsplit(url)
         tls = parts.scheme == "https"
         host = parts.hostname or "localhost"
         port = parts.port or (443 if tls else 80)
         key = (host, port, tls)
         path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        extra = "".join(f"{k}: {v}\r\n" for k, v in (headers or {}).items())
         head = (
             f"POST {path} HTTP/1.1\r\nHost: {parts.netloc}\r\nContent-Type: {content_type}\r\n"
-            f"Content-Length: {len(body)}\r\nAccept: */*\r\n\r\n"
+            f"Content-Length: {len(body)}\r\nAccept: */*\r\n{extra}\r\n"
         ).encode()
         # A pooled connection may have been closed by the server meanwhile: then retry once
         # on a fresh one (the request cannot have been processed if no response byte came).

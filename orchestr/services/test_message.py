@@ -6,17 +6,19 @@ Without ``--model-name`` it lists the controller's models and tries the first. E
 from __future__ import annotations
 
 import argparse
+import asyncio
 import sys
 
 import httpx
 
 from orchestr.protocol import (
     ChatMessage,
-    GenerateChunk,
     GenerateRequest,
     ModelListResponse,
     WorkerAddressResponse,
 )
+from orchestr.secrets import SecretError, bearer, service_secret
+from orchestr.services.worker_stream import WorkerClient, WorkerFailed, WorkerUnreachable
 
 
 class RoundTripError(Exception):
@@ -25,7 +27,7 @@ class RoundTripError(Exception):
 
 def _post(url: str, body: dict | None = None, timeout: float = 10.0) -> dict:
     try:
-        r = httpx.post(url, json=body or {}, timeout=timeout)
+        r = httpx.post(url, json=body or {}, timeout=timeout, headers=bearer(service_secret()))
         r.raise_for_status()
         return r.json()
     except httpx.ConnectError as e:
@@ -57,34 +59,36 @@ def round_trip(controller: str, model: str, message: str, max_new_tokens: int, t
     )
     print(f"user: {message}")
     print("assistant: ", end="", flush=True)
-    parts: list[str] = []
     try:
-        with httpx.stream(
-            "POST",
-            address + "/worker_generate_stream",
-            content=req.model_dump_json(),
-            headers={"content-type": "application/json"},
-            timeout=httpx.Timeout(10.0, read=300.0),
-        ) as r:
-            if r.status_code != 200:
-                r.read()
-                raise RoundTripError(f"worker answered HTTP {r.status_code}: {r.text[:300]}")
-            for line in r.iter_lines():
-                if not line:
-                    continue
-                chunk = GenerateChunk.model_validate_json(line)
-                if chunk.error_code or chunk.error:
-                    raise RoundTripError(f"worker error {chunk.error_code}: {chunk.error}")
-                print(chunk.text, end="", flush=True)
-                parts.append(chunk.text)
-    except httpx.HTTPError as e:
-        raise RoundTripError(f"streaming from {address} failed: {e}") from e
+        parts = asyncio.run(_stream(address, req))
     finally:
         print()
     reply = "".join(parts)
     if not reply.strip():
         raise RoundTripError("the worker answered with an empty reply")
     return reply
+
+
+async def _stream(address: str, req: GenerateRequest) -> list[str]:
+    """The reply's text deltas, printed as they arrive."""
+    parts: list[str] = []
+    workers = WorkerClient(connect_timeout=10.0, read_timeout=300.0)
+    try:
+        stream = await workers.open_stream(address, req)
+        try:
+            async for batch in stream.batches():
+                for chunk in batch:
+                    if chunk.error_code or chunk.error:
+                        raise RoundTripError(f"worker error {chunk.error_code}: {chunk.error}")
+                    print(chunk.text, end="", flush=True)
+                    parts.append(chunk.text)
+        finally:
+            await stream.aclose()
+    except (WorkerUnreachable, WorkerFailed) as e:
+        raise RoundTripError(f"streaming from {address} failed: {e}") from e
+    finally:
+        await workers.aclose()
+    return parts
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -110,6 +114,9 @@ def main(argv: list[str] | None = None) -> int:
     except RoundTripError as e:
         print(f"test-message failed: {e}", file=sys.stderr)
         return 1
+    except SecretError as e:
+        print(f"test-message: {e}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         return 130
     return 0

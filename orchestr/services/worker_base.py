@@ -5,6 +5,11 @@ A backend hands :class:`WorkerBase` one engine per served model name. An engine 
 ``async generate_stream(GenerateRequest) -> AsyncIterator[GenerateChunk]`` and
 ``count_tokens(req)`` (a ``CountTokenResult`` or a plain int); ``generate``, ``embed``,
 ``model_details`` and ``shutdown`` are used when present (see :class:`EngineAdapter`).
+
+Every route but ``/health`` needs the deployment's service secret, and the worker sends it to
+the controller. A heartbeat that finds the controller gone or not knowing this worker makes the
+worker register again at once (retrying every second), so a restarted controller relearns it
+within about a second of answering again.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ import argparse
 import asyncio
 import logging
 import threading
+import uuid
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from typing import Any
@@ -39,11 +45,14 @@ from orchestr.protocol import (
     UsageInfo,
     WorkerStatus,
 )
+from orchestr.secrets import bearer, service_secret
+from orchestr.services.http_util import ClientGone, cancel_on_disconnect
 
 log = logging.getLogger("orchestr.worker")
+_W = WorkerServiceConfig()
 
-REGISTER_RETRY_S = 5.0  # while the controller is unreachable
-CONTROLLER_TIMEOUT_S = 10.0
+REGISTER_RETRY_S = 1.0  # while the controller is unreachable
+CONTROLLER_TIMEOUT_S = 5.0
 
 
 class EngineAdapter:
@@ -100,7 +109,8 @@ class WorkerBase:
     """Serves ``engines`` (model name -> engine; one engine may appear under several names)."""
 
     def __init__(self, engines: Mapping[str, Any], *, controller_address: str, worker_address: str,
-                 limit_worker_concurrency: int = 5, register: bool = True, heart_beat_interval: float = 45.0) -> None:
+                 limit_worker_concurrency: int = 5, register: bool = True, heart_beat_interval: float = 5.0,
+                 controller_timeout: float = CONTROLLER_TIMEOUT_S) -> None:
         if not engines:
             raise ValueError("a worker needs at least one model")
         self.engines = {name: EngineAdapter(e) for name, e in engines.items()}
@@ -110,6 +120,8 @@ class WorkerBase:
         self.limit = max(1, limit_worker_concurrency)
         self.register = register
         self.heart_beat_interval = max(0.5, float(heart_beat_interval))
+        self.controller_timeout = controller_timeout
+        self.worker_id = uuid.uuid4().hex
         self._in_flight = 0  # requests admitted or waiting for the limit: FastChat's queue length
         self._semaphore: asyncio.Semaphore | None = None
         self._stop = threading.Event()
@@ -122,7 +134,8 @@ class WorkerBase:
         return self._in_flight
 
     def status(self) -> WorkerStatus:
-        return WorkerStatus(model_names=self.model_names, speed=1, queue_length=self.queue_length)
+        return WorkerStatus(model_names=self.model_names, speed=1, queue_length=self.queue_length,
+                            worker_id=self.worker_id)
 
     def engine_for(self, model: str | None) -> EngineAdapter | None:
         if model in self.engines:
@@ -141,13 +154,14 @@ class WorkerBase:
 
     def heart_beat_once(self, client: httpx.Client) -> bool:
         """One heartbeat; False when the controller does not know this worker (it restarted)."""
-        body = HeartBeatRequest(worker_name=self.worker_address, queue_length=self.queue_length)
+        body = HeartBeatRequest(worker_name=self.worker_address, queue_length=self.queue_length,
+                                worker_id=self.worker_id)
         r = client.post(f"{self.controller_address}/receive_heart_beat", json=body.model_dump())
         r.raise_for_status()
         return HeartBeatResponse.model_validate(r.json()).exist
 
     def _controller_loop(self) -> None:
-        with httpx.Client(timeout=CONTROLLER_TIMEOUT_S) as client:
+        with httpx.Client(timeout=self.controller_timeout, headers=bearer(service_secret())) as client:
             while not self._stop.is_set():
                 if not self.registered.is_set():
                     try:
@@ -167,7 +181,9 @@ class WorkerBase:
                         log.warning("controller does not know this worker (restarted?): registering again")
                         self.registered.clear()
                 except httpx.HTTPError as exc:
-                    log.warning("heartbeat to %s failed: %s", self.controller_address, exc)
+                    # Maybe it is restarting: register as soon as it answers again.
+                    log.warning("heartbeat to %s failed (%s): registering again", self.controller_address, exc)
+                    self.registered.clear()
 
     def start_controller_link(self) -> None:
         if self.register and self._heartbeat_thread is None:
@@ -229,17 +245,24 @@ class WorkerBase:
             return StreamingResponse(lines(), media_type="application/x-ndjson")
 
         @app.post("/worker_generate")
-        async def worker_generate(req: GenerateRequest) -> GenerateResult:
+        async def worker_generate(req: GenerateRequest, request: Request) -> GenerateResult:
             adapter = self.engine_for(req.model)
             if adapter is None:
                 return GenerateResult(error=unknown_model(req.model), error_code=ErrorCode.INVALID_MODEL,
                                       finish_reason="error")
-            parts, last = [], GenerateChunk()
-            async for chunk in self._limited_stream(adapter, req):
-                parts.append(chunk.text)
-                last = chunk
-            return GenerateResult(text="".join(parts), error=last.error, error_code=last.error_code,
-                                  finish_reason=last.finish_reason, usage=last.usage or UsageInfo())
+            async def run() -> GenerateResult:
+                parts, last = [], GenerateChunk()
+                async for chunk in self._limited_stream(adapter, req):
+                    parts.append(chunk.text)
+                    last = chunk
+                return GenerateResult(text="".join(parts), error=last.error, error_code=last.error_code,
+                                      finish_reason=last.finish_reason, usage=last.usage or UsageInfo())
+
+            # A client that leaves cancels the request, as a stream's does.
+            try:
+                return await cancel_on_disconnect(request, run())
+            except ClientGone:
+                return JSONResponse({}, status_code=499)
 
         @app.post("/worker_get_embeddings")
         async def worker_get_embeddings(req: EmbeddingRequest) -> EmbeddingResult:
@@ -307,15 +330,16 @@ def serve_engines(engines: Mapping[str, Any], args: argparse.Namespace) -> None:
     """Serve ``engines`` (model name -> engine) behind a worker set up from the common flags."""
     worker = WorkerBase(engines, controller_address=args.controller_address, worker_address=worker_address(args),
                         limit_worker_concurrency=args.limit_worker_concurrency, register=not args.no_register,
-                        heart_beat_interval=args.heart_beat_interval)
+                        heart_beat_interval=args.heart_beat_interval, controller_timeout=args.controller_timeout_s)
     serve(worker, args)
 
 
 def serve(worker: WorkerBase, args: argparse.Namespace, on_exit: Callable[[], None] | None = None) -> None:
-    from orchestr.services.http_util import run_app
+    from orchestr.services.http_util import protect, run_app
 
+    app = protect(worker.create_app(), log, getattr(args, "max_body_bytes", _W.max_body_bytes))
     try:
-        run_app(worker.create_app(), host=args.host, port=args.port, ssl=getattr(args, "ssl", False))
+        run_app(app, host=args.host, port=args.port, ssl=getattr(args, "ssl", False))
     finally:
         worker.stop()
         if on_exit is not None:

@@ -39,6 +39,12 @@ def main(argv: list[str] | None = None) -> None:
     from orchestr.services.web.recorder import Recorder
 
     log = setup_logging("orchestr.web")
+    from orchestr.secrets import SecretError, web_auth
+
+    try:
+        auth = web_auth()  # ORCHESTR_WEB_AUTH(_FILE): never a flag, so never in `ps`
+    except SecretError as exc:
+        sys.exit(str(exc))
     try:
         moderator = Moderator(cfg.moderation)
     except FileNotFoundError as exc:
@@ -52,7 +58,9 @@ def main(argv: list[str] | None = None) -> None:
 
     from orchestr.services.web.app import create_app
 
-    run_app(create_app(ctx), cfg.host, cfg.port)
+    if auth:
+        log.info("the UI asks for a login (%d user(s))", len(auth))
+    run_app(create_app(ctx, auth), cfg.host, cfg.port)
 
 
 if __name__ == "__main__":

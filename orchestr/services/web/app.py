@@ -41,13 +41,16 @@ def build_demo(ctx: WebContext) -> gr.Blocks:
         else:
             with gr.Tabs(elem_id="tabs"):
                 with gr.Tab("⚔️ Arena (battle)", elem_id="tab_anony"):
-                    build_arena_tab(ctx, anony=True)
+                    arenas = [build_arena_tab(ctx, anony=True)]
                 with gr.Tab("⚔️ Arena (side-by-side)", elem_id="tab_named"):
-                    pickers += [(dd, i) for i, dd in enumerate(build_arena_tab(ctx, anony=False).dropdowns)]
+                    arenas.append(build_arena_tab(ctx, anony=False))
+                    pickers += [(dd, i) for i, dd in enumerate(arenas[-1].dropdowns)]
                 with gr.Tab("💬 Direct chat", elem_id="tab_chat"):
                     pickers.append((build_chat_tab(ctx).model, 0))
                 with gr.Tab("🏆 Leaderboard", elem_id="tab_leaderboard"):
                     boards.append(build_leaderboard_tab(ctx))
+            for event in (e for a in arenas for e in a.votes):  # each vote refreshes the board
+                event.then(boards[0].fill, None, boards[0].outputs, show_progress="hidden")
 
         built_with = list(ctx.models)  # the choices the page was rendered with
 
@@ -69,7 +72,8 @@ def build_demo(ctx: WebContext) -> gr.Blocks:
     return demo
 
 
-def create_app(ctx: WebContext) -> FastAPI:
+def create_app(ctx: WebContext, auth: list[tuple[str, str]] | None = None) -> FastAPI:
+    """The page on a FastAPI app; with ``auth`` (user, password) pairs it needs a login."""
     app = FastAPI(title="orchestr web")
 
     @app.get("/health")
@@ -78,4 +82,4 @@ def create_app(ctx: WebContext) -> FastAPI:
 
     demo = build_demo(ctx)
     return gr.mount_gradio_app(app, demo, path="", theme=gr.themes.Soft(primary_hue="indigo"), css=CSS,
-                               ssr_mode=False, footer_links=[])
+                               ssr_mode=False, footer_links=[], auth=auth or None)

@@ -6,7 +6,6 @@ controller which one serves the model (so dispatch policy stays in one place).
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import AsyncIterator
 
@@ -14,12 +13,13 @@ import httpx
 
 from orchestr.protocol import (
     ChatMessage,
-    GenerateChunk,
     GenerateRequest,
     ModelListResponse,
     WorkerAddressRequest,
     WorkerAddressResponse,
 )
+from orchestr.secrets import bearer, service_secret
+from orchestr.services.worker_stream import WorkerClient, WorkerFailed, WorkerUnreachable
 
 log = logging.getLogger(__name__)
 
@@ -33,11 +33,13 @@ class ServingClient:
         self.controller = controller_address.rstrip("/")
         # Generous read timeout: a busy CPU worker can take a while to emit its first token.
         self.timeout = httpx.Timeout(timeout_s, connect=10.0)
+        self.timeout_s = timeout_s
+        self.headers = bearer(service_secret())  # the deployment's service secret, if any
 
     def list_models(self, refresh: bool = False) -> list[str]:
         """Model names the controller knows, sorted. ``refresh`` asks it to re-poll its workers first."""
         try:
-            with httpx.Client(timeout=self.timeout) as http:
+            with httpx.Client(timeout=self.timeout, headers=self.headers) as http:
                 if refresh:
                     http.post(f"{self.controller}/refresh_all_workers").raise_for_status()
                 r = http.post(f"{self.controller}/list_models")
@@ -70,22 +72,26 @@ class ServingClient:
         """Yield the reply's text deltas. Raises BackendError with a user-facing message."""
         request = GenerateRequest(model=model, messages=messages, temperature=temperature,
                                   top_p=top_p, max_new_tokens=max_new_tokens)
-        async with httpx.AsyncClient(timeout=self.timeout) as http:
+        async with httpx.AsyncClient(timeout=self.timeout, headers=self.headers) as http:
             address = await self._worker_address(http, model)
+        workers = WorkerClient(connect_timeout=10.0, read_timeout=self.timeout_s)
+        try:
+            stream = await workers.open_stream(address, request)
             try:
-                async with http.stream("POST", f"{address}/worker_generate_stream",
-                                       json=request.model_dump()) as r:
-                    if r.status_code != 200:
-                        body = (await r.aread()).decode(errors="replace")[:300]
-                        raise BackendError(f"The worker for '{model}' answered HTTP {r.status_code}: {body}")
-                    async for line in r.aiter_lines():
-                        if not line.strip():
-                            continue
-                        chunk = GenerateChunk.model_validate(json.loads(line))
+                async for batch in stream.batches():
+                    for chunk in batch:
                         if chunk.error_code:
                             raise BackendError(f"'{model}' failed: {chunk.error or 'unknown error'} "
                                                f"(code {chunk.error_code})")
                         if chunk.text:
                             yield chunk.text
-            except httpx.HTTPError as exc:
-                raise BackendError(f"Lost the connection to the worker for '{model}' ({exc}).") from exc
+            finally:
+                await stream.aclose()
+        except WorkerFailed as exc:
+            if exc.status is not None:
+                raise BackendError(f"The worker for '{model}' failed: {exc}") from exc
+            raise BackendError(f"Lost the connection to the worker for '{model}' ({exc}).") from exc
+        except WorkerUnreachable as exc:
+            raise BackendError(f"Cannot reach the worker for '{model}' ({exc}).") from exc
+        finally:
+            await workers.aclose()

@@ -66,7 +66,6 @@ class Recorder:
 
     def arena(self, vote_type: str, convs: list[Conversation], anony: bool, request,
               flag_reason: str | None = None) -> Path:
-        line = ArenaLine(tstamp=round(time.time(), 4), type=vote_type, models=[c.model_name for c in convs],
-                         states=[self._state(c) for c in convs], ip=self._ip(request), anony=anony,
-                         flag_reason=flag_reason)
+        line = ArenaLine.vote(vote_type, [self._state(c) for c in convs], anony, tstamp=round(time.time(), 4),
+                              ip=self._ip(request), flag_reason=flag_reason)
         return self.writer.write(line)

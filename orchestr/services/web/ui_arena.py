@@ -39,6 +39,7 @@ Pick two models, ask anything, and compare their answers. Vote for the better on
 @dataclass
 class ArenaTab:
     dropdowns: list[gr.Dropdown]  # empty on the anonymous tab
+    votes: list  # the vote events: the page chains the leaderboard's refresh on them
 
 
 def _hidden_label(side: str) -> str:
@@ -184,9 +185,9 @@ def build_arena_tab(ctx: WebContext, anony: bool) -> ArenaTab:
     send.click(on_send, send_inputs, send_outputs, show_progress_on=chatbots)
     regenerate.click(on_regenerate, [*states, temperature, top_p, max_tokens],
                      [*states, *chatbots, notice, *round_controls], show_progress_on=chatbots)
-    for button, (_, vote_type, _, thanks) in zip(vote_buttons, VOTES, strict=True):
-        button.click(on_vote(vote_type, thanks), states, [notice, *labels, *round_controls, textbox, send],
-                     show_progress="hidden")
+    vote_events = [button.click(on_vote(vote_type, thanks), states, [notice, *labels, *round_controls, textbox, send],
+                                show_progress="hidden")
+                   for button, (_, vote_type, _, thanks) in zip(vote_buttons, VOTES, strict=True)]
     leak.click(on_leak, states, [notice, leak], show_progress="hidden")
     reset_outputs = [*states, *chatbots, textbox, notice, *labels, *round_controls, send]
     new_round.click(on_new_round, None, reset_outputs, show_progress="hidden")
@@ -198,4 +199,4 @@ def build_arena_tab(ctx: WebContext, anony: bool) -> ArenaTab:
         def refresh_both(a, b):
             return model_dropdown_update(ctx, a, refresh=True), model_dropdown_update(ctx, b)
         refresh.click(refresh_both, dropdowns, dropdowns)
-    return ArenaTab(dropdowns=dropdowns)
+    return ArenaTab(dropdowns=dropdowns, votes=vote_events)

@@ -1,0 +1,62 @@
+"""Errors the OpenAI API server's clients see, and how worker failures map onto them.
+
+Everything the API backend raises for a client is an ``ApiError``: OpenAI's envelope
+``{"error": {"message", "type", "param", "code"}}`` with an HTTP status.
+"""
+
+from __future__ import annotations
+
+from orchestr.protocol import ErrorCode
+from orchestr.services.http_util import error_body
+from orchestr.services.worker_stream import WorkerFailed
+
+
+class ApiError(Exception):
+    """An error the client sees as ``{"error": {...}}`` with this HTTP status."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        type_: str = "invalid_request_error",
+        param: str | None = None,
+        code: str | int | None = None,
+    ):
+        super().__init__(message)
+        self.status, self.message, self.type, self.param, self.code = status, message, type_, param, code
+
+    def body(self) -> dict:
+        return error_body(self.message, self.type, self.param, self.code).model_dump()
+
+
+def worker_error(code: int, message: str | None) -> ApiError:
+    """Map a worker's numeric error code to the HTTP error a client should get."""
+    message = message or "the model worker reported an error"
+    if code == ErrorCode.CONTEXT_OVERFLOW:
+        return ApiError(400, message, param="messages", code="context_length_exceeded")
+    if code in (ErrorCode.PARAM_OUT_OF_RANGE, ErrorCode.VALIDATION_TYPE_ERROR):
+        return ApiError(400, message, code="invalid_value")
+    if code == ErrorCode.INVALID_MODEL:
+        return ApiError(404, message, param="model", code="model_not_found")
+    if code in (ErrorCode.ENGINE_OVERLOADED, ErrorCode.RATE_LIMIT):
+        return ApiError(429, message, type_="rate_limit_error", code="engine_overloaded")
+    return ApiError(500, message, type_="server_error", code=code or "internal_error")
+
+
+def worker_failed(e: WorkerFailed) -> ApiError:
+    """A broken, malformed or HTTP-error answer of a worker: the client sees a 502."""
+    return ApiError(502, str(e), "server_error", code="worker_error")
+
+
+def unknown_model(model: str) -> ApiError:
+    return ApiError(
+        404,
+        f"The model `{model}` does not exist or you do not have access to it.",
+        param="model",
+        code="model_not_found",
+    )
+
+
+def unsupported(param: str) -> ApiError:
+    return ApiError(400, f"Unsupported parameter: '{param}' is not supported by this server.", param=param,
+                    code="unsupported_parameter")

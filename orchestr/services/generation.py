@@ -1,0 +1,189 @@
+"""Generation for the API routes: OpenAI parameters -> a worker request, run on a routed worker.
+
+Shared by chat and text completions: the prompt-fits-the-context check (skipped when a
+byte-length bound already proves the prompt fits), one answer, or one open stream per choice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from orchestr.protocol import (
+    SEED_LIMIT,
+    ChatCompletionRequest,
+    ChatMessage,
+    CompletionRequest,
+    CountTokenRequest,
+    ErrorCode,
+    GenerateChunk,
+    GenerateRequest,
+    GenerateResult,
+    ModelDetails,
+    UsageInfo,
+)
+from orchestr.services.api_errors import ApiError, worker_error
+from orchestr.services.routing import Router
+from orchestr.services.worker_stream import WorkerClient, WorkerFailed, WorkerStream
+
+logger = logging.getLogger("orchestr.api")
+
+# Upper bound of the tokens a chat template adds (system prompt, role markers): used only to
+# decide whether the exact /count_token call can be skipped.
+TEMPLATE_OVERHEAD_TOKENS = 256
+PER_MESSAGE_OVERHEAD_TOKENS = 16
+
+
+class Generation:
+    def __init__(self, router: Router, workers: WorkerClient):
+        self.router, self.workers = router, workers
+        self._details: dict[tuple[str, str], ModelDetails | None] = {}
+
+    async def _model_details(self, addr: str, model: str) -> ModelDetails | None:
+        key = (addr, model)
+        if key not in self._details:
+            try:
+                self._details[key] = await self.workers.model_details(addr, model)
+            except WorkerFailed as e:
+                logger.warning("no model details from %s: %s", addr, e)
+                self._details[key] = None
+        return self._details[key]
+
+    async def _check_length(self, addr: str, g: GenerateRequest, param: str, budget_set: bool) -> None:
+        """400 context_length_exceeded when prompt + max_new_tokens cannot fit the model's context.
+
+        ``param`` names the prompt's parameter; a max_new_tokens the client did not set
+        (``budget_set`` false: the server's default) only needs room for one token (the worker caps it).
+        """
+        details = await self._model_details(addr, g.model)
+        if details is None or not details.context_length:
+            return
+        ctx = details.context_length
+        budget = (g.max_new_tokens or 0) if budget_set else 1
+        if g.messages is not None:
+            n_bytes = sum(len(m.text().encode()) for m in g.messages)
+            bound = n_bytes + TEMPLATE_OVERHEAD_TOKENS + PER_MESSAGE_OVERHEAD_TOKENS * len(g.messages)
+        else:
+            bound = len((g.prompt or "").encode()) + 8
+        if bound + budget < ctx:  # byte-level tokenizers give at most one token per byte
+            return
+        count = (
+            await self.workers.count_tokens(addr, CountTokenRequest(model=g.model, prompt=g.prompt, messages=g.messages))
+        ).count
+        if count >= ctx or count + budget > ctx:
+            where = "messages" if g.messages is not None else "prompt"
+            raise ApiError(
+                400,
+                f"This model's maximum context length is {ctx} tokens. However, you requested "
+                f"{count + budget} tokens ({count} in the {where}, {budget} in the completion). "
+                f"Please reduce the length of the {where} or completion.",
+                param=param,
+                code="context_length_exceeded",
+            )
+
+    async def generate(self, g: GenerateRequest, param: str, budget_set: bool = True) -> GenerateResult:
+        """The whole answer. Read from the worker's stream, so a client that leaves cancels it
+        there, and nothing has reached the client yet: any worker failure is retried elsewhere."""
+
+        async def call(addr: str) -> GenerateResult:
+            await self._check_length(addr, g, param, budget_set)
+            stream = await self.workers.open_stream(addr, g)
+            parts: list[str] = []
+            last = GenerateChunk()
+            try:
+                async for batch in stream.batches():
+                    for c in batch:
+                        if c.error_code or c.finish_reason == "error":
+                            raise worker_error(c.error_code or ErrorCode.INTERNAL_ERROR, c.error)
+                        parts.append(c.text)
+                        last = c
+            finally:
+                await stream.aclose()
+            return GenerateResult(text="".join(parts), finish_reason=last.finish_reason or "stop",
+                                  usage=last.usage or UsageInfo())
+
+        return await self.router.run(g.model, call)
+
+    async def open_stream(self, index: int, g: GenerateRequest, param: str, budget_set: bool = True) -> WorkerStream:
+        """A stream whose first batch arrived; failures before it are retried on another worker."""
+
+        async def call(addr: str) -> WorkerStream:
+            await self._check_length(addr, g, param, budget_set)
+            stream = await self.workers.open_stream(addr, g, index)
+            # Early errors (bad params, context overflow, overload) get a proper HTTP status
+            # instead of a 200 + error event.
+            if stream.first and stream.first[0].error_code:
+                await stream.aclose()
+                raise worker_error(stream.first[0].error_code, stream.first[0].error)
+            stream.on_close = lambda: self.router.release(addr)  # its load lasts while it runs
+            return stream
+
+        return await self.router.run(g.model, call, hold=True)
+
+    async def open_streams(
+        self, jobs: list[tuple[int, GenerateRequest]], param: str, budget_set: bool = True
+    ) -> list[WorkerStream]:
+        """All choices' streams, or none: a failure (or a client that left) closes those opened."""
+        tasks = [asyncio.ensure_future(self.open_stream(i, g, param, budget_set)) for i, g in jobs]
+        try:
+            await asyncio.wait(tasks)
+        except asyncio.CancelledError:
+            for t in tasks:
+                t.cancel()
+            await asyncio.wait(tasks)
+            raise
+        finally:
+            failed = [t for t in tasks if t.cancelled() or t.exception() is not None]
+            if failed:
+                for t in tasks:
+                    if t not in failed:
+                        await t.result().aclose()
+        for t in failed:
+            if not t.cancelled():
+                raise t.exception()  # type: ignore[misc]
+        return [t.result() for t in tasks]
+
+
+def generate_request(
+    req: ChatCompletionRequest | CompletionRequest,
+    choice: int,
+    *,
+    messages: list[ChatMessage] | None = None,
+    prompt: str | None = None,
+    max_new: int | None,
+) -> GenerateRequest:
+    """The worker request for one choice of an OpenAI request (unset parameters: the defaults)."""
+    defaults = GenerateRequest.model_fields
+
+    def pick(name: str):
+        value = getattr(req, name)
+        return defaults[name].default if value is None else value
+
+    # n choices of one request must differ: vary the seed per choice when one is given.
+    seed = None if req.seed is None else (req.seed + choice) % SEED_LIMIT
+    return GenerateRequest(
+        model=req.model,
+        prompt=prompt,
+        messages=messages,
+        temperature=pick("temperature"),
+        top_p=pick("top_p"),
+        top_k=pick("top_k"),
+        repetition_penalty=pick("repetition_penalty"),
+        presence_penalty=pick("presence_penalty"),
+        frequency_penalty=pick("frequency_penalty"),
+        max_new_tokens=max_new,
+        stop=req.stop_list(),
+        seed=seed,
+    )
+
+
+def sum_usage(usages: list[UsageInfo | None], n: int) -> UsageInfo:
+    """Completion tokens of every choice; prompt tokens once per prompt (its n choices share it)."""
+    prompt = completion = 0
+    for i, u in enumerate(usages):
+        if u is None:
+            continue
+        completion += u.completion_tokens
+        if i % n == 0:
+            prompt += u.prompt_tokens
+    return UsageInfo(prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion)

@@ -1,0 +1,84 @@
+"""A deterministic OpenAI-compatible *test judge* on loopback that counts its requests.
+
+It is the judge, not the thing under test: the answers it judges carry their quality as `Q<n>` and
+it compares them. The first `Q<n>` in the user prompt is assistant A's (or the single answer), the
+last one assistant B's. Verdicts follow the prompt's format: a 1-10 rating, `[[A]]`/`[[B]]`/`[[C]]`,
+or arena-hard's five labels by the quality difference (>= 2 is a strong verdict). With `bias_a`,
+equal answers go to assistant A (a position-biased judge). Usage: 1000 prompt, 100 completion tokens.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+Q = re.compile(r"\bQ(\d+)\b")
+
+
+def verdict(system: str, user: str, bias_a: bool) -> str:
+    qs = [int(x) for x in Q.findall(user)]
+    if not qs:
+        return "I cannot tell."
+    a, b = qs[0], qs[-1]
+    if "A>>B" in system:
+        d = a - b
+        if d == 0 and bias_a:
+            d = 1
+        label = "A>>B" if d >= 2 else "A>B" if d == 1 else "A=B" if d == 0 else "B>A" if d == -1 else "B>>A"
+        return f"Compared both. My final verdict is [[{label}]]"
+    if "[[A]]" in system:
+        letter = "A" if a > b or (a == b and bias_a) else "B" if b > a else "C"
+        return f"Both considered. [[{letter}]]"
+    return f"Rating: [[{min(10, max(1, 2 * a))}]]"
+
+
+class JudgeServer:
+    def __init__(self, model: str = "test-judge", bias_a: bool = False):
+        self.model, self.bias_a = model, bias_a
+        self.fast = None  # with a number: requests after the first `fast` ones hang for `slow_s`
+        self.slow_s = 60.0
+        self.calls = 0
+        self.lock = threading.Lock()
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: object) -> None:
+                pass
+
+            def _json(self, body: dict) -> None:
+                data = json.dumps(body).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def do_GET(self) -> None:
+                self._json({"object": "list", "data": [{"id": outer.model, "object": "model", "created": 0,
+                                                        "owned_by": "test"}]})
+
+            def do_POST(self) -> None:
+                req = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                with outer.lock:
+                    outer.calls += 1
+                    n = outer.calls
+                if outer.fast is not None and n > outer.fast:
+                    time.sleep(outer.slow_s)
+                msgs = req["messages"]
+                system = next((m["content"] for m in msgs if m["role"] == "system"), "")
+                text = verdict(system, msgs[-1]["content"], outer.bias_a)
+                self._json({"id": "c", "object": "chat.completion", "created": 0, "model": outer.model,
+                            "choices": [{"index": 0, "finish_reason": "stop",
+                                         "message": {"role": "assistant", "content": text}}],
+                            "usage": {"prompt_tokens": 1000, "completion_tokens": 100, "total_tokens": 1100}})
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()

@@ -1,0 +1,195 @@
+"""Judge modes against a deterministic test judge on loopback that counts requests: arena-hard win
+rates and intervals against a hand computation, zero requests on re-runs (cache and resume, FastChat
+pair files included), the budget cap, and non-zero exits for unfinished steps (fast: no model)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from orchestr.config import compose
+from orchestr.eval import paths
+from orchestr.eval.judge import run_judge
+from orchestr.eval.records import JsonlAppender, answer_record, read_jsonl
+from orchestr.eval.results import run_results
+from tests.judge_server import JudgeServer
+
+QUESTIONS = range(1, 9)  # the embedded mini bench
+BASE_Q = 2
+MODEL_Q = [4, 3, 1, 1, 2, 2, 2, 0]  # the judged model's quality on questions 1..8
+
+
+@pytest.fixture
+def judge():
+    server = JudgeServer()
+    yield server
+    server.close()
+
+
+def write_answers(data: Path, model: str, qualities: list[int]) -> None:
+    with JsonlAppender(paths.answer_file(str(data), "orchestr_mini", model)) as sink:
+        for qid, q in zip(QUESTIONS, qualities, strict=True):
+            sink.append(answer_record(qid, model, [[f"{model} says Q{q}", f"{model} again Q{q}"]]))
+
+
+def cfg_for(data: Path, judge: JudgeServer, *extra: str):
+    return compose([f"eval.data_dir={data}", f"judge.endpoint={judge.url}", f"judge.model={judge.model}",
+                    "judge.backend=api", "judge.parallel=1", *extra])
+
+
+def test_arena_hard_win_rates_intervals_flip_rate_and_lc(tmp_path: Path, judge: JudgeServer, capsys) -> None:
+    write_answers(tmp_path, "base", [BASE_Q] * 8)
+    write_answers(tmp_path, "m", MODEL_Q)
+    write_answers(tmp_path, "perfect", [4] * 8)
+    judge.bias_a = True  # equal answers go to whoever is shown first
+    cfg = cfg_for(tmp_path, judge, "judge.mode=arena-hard", "judge.baseline_model=base", "eval.plot=false")
+    counts = run_judge(cfg)
+    assert (counts.done, counts.failed, counts.unparseable) == (16, 0, 0)
+    assert judge.calls == 32  # two position orders per question and model
+    rec = read_jsonl(paths.judgment_file(str(tmp_path), "orchestr_mini", judge.model, kind="arena_hard"))
+    assert {r["baseline"] for r in rec} == {"base"} and all(len(r["games"]) == 2 for r in rec)
+
+    written = run_results(cfg)
+    out = capsys.readouterr().out
+    table = __import__("pandas").read_csv(written["table"], index_col="model")
+    # By hand, the model's scores per question (game 1: baseline shown as A, game 2: model as A):
+    # Q4 vs Q2: A>>B both ways -> 3 + 3 wins; Q3: A>B -> 2 wins; Q1 twice: 2 + 2 losses;
+    # Q2 three times: biased judge gives A the tie -> one loss, one win each; Q0: >> -> 3 + 3 losses.
+    scores = [1.0] * 6 + [1.0] * 2 + [0.0] * 4 + [0.0, 1.0] * 3 + [0.0] * 6
+    assert table.loc["m", "games"] == len(scores) == 24
+    assert table.loc["m", "win_rate"] == pytest.approx(np.mean(scores))  # 11/24
+    # The interval: the 5th and 95th percentiles of 100 resampled means (seed 0), as documented.
+    rng = np.random.default_rng(0)
+    s = np.array(scores)
+    means = s[rng.integers(0, len(s), (100, len(s)))].mean(axis=1)
+    assert table.loc["m", "ci_lower"] == pytest.approx(np.quantile(means, 0.05))
+    assert table.loc["m", "ci_upper"] == pytest.approx(np.quantile(means, 0.95))
+    assert table.loc["m", "ci_lower"] < 11 / 24 < table.loc["m", "ci_upper"]
+    # Always strongly better: every score 1, a zero-width interval.
+    assert table.loc["perfect", ["win_rate", "ci_lower", "ci_upper"]].tolist() == [1.0, 1.0, 1.0]
+    # Equal answer lengths: the length-controlled win rate is the raw one.
+    assert table.loc["m", "lc_win_rate"] == pytest.approx(11 / 24, abs=1e-4)
+    # 3 of 16 records flip (the m-vs-base ties); printed with the table.
+    assert "position-flip rate: 18.8%" in out and "lc_win_rate" in out
+    cats = __import__("pandas").read_csv(written["categories"], index_col="category")
+    assert cats.loc["writing", "m"] == 1.0 and cats.loc["math", "m"] == 0.0
+
+
+@pytest.mark.parametrize("mode", ["single", "pairwise-all", "pairwise-baseline", "arena-hard"])
+def test_rerun_makes_zero_judge_requests(tmp_path: Path, judge: JudgeServer, mode: str) -> None:
+    write_answers(tmp_path, "base", [BASE_Q] * 8)
+    write_answers(tmp_path, "m", MODEL_Q)
+    cfg = cfg_for(tmp_path, judge, f"judge.mode={mode}", "judge.baseline_model=base")
+    first = run_judge(cfg)
+    assert first.done > 0 and first.failed == 0
+    n = judge.calls
+    again = run_judge(cfg)  # resume: everything is in the judgment file
+    assert (again.done, again.skipped, judge.calls) == (0, first.done, n)
+    out = paths.judgment_file(str(tmp_path), "orchestr_mini", judge.model,
+                              kind={"single": "single", "arena-hard": "arena_hard"}.get(mode, "pair"))
+    out.unlink()
+    third = run_judge(cfg)  # the judgment file is gone: the cache answers, still no request
+    assert third.done == first.done and judge.calls == n
+    assert len(read_jsonl(out)) == first.done
+
+
+def test_fastchat_pair_file_resumes_without_rejudging_or_double_counting(tmp_path: Path, judge: JudgeServer,
+                                                                         capsys) -> None:
+    write_answers(tmp_path, "a", [3] * 8)
+    write_answers(tmp_path, "b", [1] * 8)
+    out = paths.judgment_file(str(tmp_path), "orchestr_mini", judge.model, pairwise=True)
+    out.parent.mkdir(parents=True)
+    # Pair records as FastChat writes them in a pairwise-all run over (b, a): names in the other order,
+    # and, as in FastChat's older files, no `turn` (the prompt name says which turn).
+    with out.open("w") as f:
+        for qid in QUESTIONS:
+            for prompt in ("pair-v2", "pair-v2-multi-turn"):
+                if qid in (3, 4, 5):
+                    prompt = prompt.replace("pair-v2", "pair-math-v1")
+                f.write(json.dumps({"question_id": qid, "model_1": "b", "model_2": "a", "g1_winner": "model_2",
+                                    "g2_winner": "model_2", "judge": [judge.model, prompt], "g1_user_prompt": "",
+                                    "g1_judgment": "[[B]]", "g2_user_prompt": "", "g2_judgment": "[[A]]",
+                                    "tstamp": 1.0}) + "\n")
+    cfg = cfg_for(tmp_path, judge, "judge.mode=pairwise-all", "eval.plot=false")
+    counts = run_judge(cfg)
+    assert (counts.done, counts.skipped, judge.calls) == (0, 16, 0)
+    written = run_results(cfg)
+    table = __import__("pandas").read_csv(written["table"], index_col="model")
+    assert table.loc["a", ["win", "loss", "tie"]].tolist() == [16, 0, 0]
+    assert table.loc["b", ["win", "loss", "tie"]].tolist() == [0, 16, 0]
+    assert "INCOMPLETE" not in capsys.readouterr().out
+
+
+def test_results_name_the_missing_matches(tmp_path: Path, judge: JudgeServer, capsys) -> None:
+    write_answers(tmp_path, "m", MODEL_Q)
+    cfg = cfg_for(tmp_path, judge, "judge.first_n=2", "eval.plot=false")
+    run_judge(cfg)
+    cfg.judge.first_n = None
+    run_results(cfg)
+    out = capsys.readouterr().out
+    assert "INCOMPLETE: 12 of 16 matches have no judgment (question 3 turn 1 m" in out
+
+
+def test_budget_stops_the_run_cleanly_and_keeps_what_finished(tmp_path: Path, judge: JudgeServer) -> None:
+    write_answers(tmp_path, "m", MODEL_Q)
+    # 1000 prompt tokens at 1.0 + 100 completion tokens at 10.0 per million: 0.002 per request.
+    prices = ["judge.price_input_per_mtok=1.0", "judge.price_output_per_mtok=10.0"]
+    env = {**os.environ, "ORCHESTR_RUNS_DIR": str(tmp_path / "runs")}
+    cmd = [sys.executable, "-m", "orchestr", "eval", "eval.step=judge", f"eval.data_dir={tmp_path}",
+           f"judge.endpoint={judge.url}", f"judge.model={judge.model}", "judge.backend=api", "judge.parallel=1",
+           *prices]
+    out = subprocess.run([*cmd, "judge.budget=0.005"], capture_output=True, text=True, timeout=120, env=env)
+    assert out.returncode == 1, out.stdout + out.stderr
+    assert "judge.budget=0.005 reached" in out.stderr and "rerun the same command" in out.stderr
+    assert "cost 0.0060 of budget 0.005" in out.stdout  # three requests: stops at the first one past the cap
+    judged = read_jsonl(paths.judgment_file(str(tmp_path), "orchestr_mini", judge.model))
+    assert len(judged) == judge.calls == 3
+    out = subprocess.run([*cmd, "judge.budget=1.0"], capture_output=True, text=True, timeout=120, env=env)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert judge.calls == 16 and len(read_jsonl(paths.judgment_file(str(tmp_path), "orchestr_mini", judge.model))) == 16
+
+
+def test_corrupt_judgment_lines_are_named_and_can_be_moved_aside(tmp_path: Path, judge: JudgeServer) -> None:
+    write_answers(tmp_path, "m", MODEL_Q)
+    cfg = cfg_for(tmp_path, judge, "judge.first_n=2")
+    run_judge(cfg)
+    out = paths.judgment_file(str(tmp_path), "orchestr_mini", judge.model)
+    lines = out.read_text().splitlines()
+    out.write_text("\n".join([lines[0], '{"question_id": 1, "mod', *lines[1:]]) + "\n")
+    env = {**os.environ, "ORCHESTR_RUNS_DIR": str(tmp_path / "runs")}
+    base = [sys.executable, "-m", "orchestr", "eval", "eval.step=results", f"eval.data_dir={tmp_path}",
+            f"judge.model={judge.model}", "judge.first_n=2", "eval.plot=false"]
+    res = subprocess.run(base, capture_output=True, text=True, timeout=120, env=env)
+    assert res.returncode == 2 and f"1 corrupt line(s) in {out}: {out}:2" in res.stderr, res.stderr
+    res = subprocess.run([*base, "eval.quarantine_corrupt=true"], capture_output=True, text=True, timeout=120, env=env)
+    assert res.returncode == 0, res.stderr
+    assert len(read_jsonl(out)) == 4 and out.with_name(out.name + ".corrupt").read_text().startswith('{"question_id": 1')
+
+
+def test_ctrl_c_stops_within_seconds_and_keeps_finished_judgments(tmp_path: Path, judge: JudgeServer) -> None:
+    import signal
+    import time
+
+    write_answers(tmp_path, "m", MODEL_Q)
+    judge.fast = 3  # three judgments come back, then the judge hangs
+    proc = subprocess.Popen([sys.executable, "-m", "orchestr", "eval", "eval.step=judge", f"eval.data_dir={tmp_path}",
+                             f"judge.endpoint={judge.url}", f"judge.model={judge.model}", "judge.backend=api",
+                             "judge.parallel=2"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "ORCHESTR_RUNS_DIR": str(tmp_path / "runs")})
+    out = paths.judgment_file(str(tmp_path), "orchestr_mini", judge.model)
+    deadline = time.monotonic() + 60
+    while judge.calls < 5 and time.monotonic() < deadline:  # 3 answered, 2 hanging
+        time.sleep(0.1)
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGINT)
+    t0 = time.monotonic()
+    _, err = proc.communicate(timeout=30)
+    assert time.monotonic() - t0 < 5, "Ctrl-C took too long"
+    assert proc.returncode == 130 and "interrupted" in err, err
+    assert len(read_jsonl(out)) == 3  # every finished judgment kept
