@@ -306,6 +306,7 @@ def test_hostile_arguments_arrive_literally_as_a_sandboxed_user(sshd) -> None:
         assert spec.argv[:3] == [sys_py, "-m", "orchestr.services.model_worker"]
         # run the rendered argv with the interpreter printing what it received instead of serving
         spec.argv = [sys_py, "-c", "import sys, json; print(json.dumps(sys.argv[1:]))", *spec.argv[3:]]
+        spec.env_files = {}  # (no launch wrote the deployment's secret files here)
         r = SSHRunner("node-a", node)
         try:
             rec = r.start(spec, str(home / "logs" / "w.log"))
@@ -510,14 +511,14 @@ def test_stop_waits_for_a_supervisor_that_is_mid_restart(sshd, tmp_path) -> None
     try:
         os.kill(dep.state.record("front").pid, 9)
         deadline = time.time() + 20
-        while "front died; restarting" not in (tmp_path / "supervisor.log").read_text():
+        while "front died (" not in (tmp_path / "supervisor.log").read_text():
             assert time.time() < deadline, (tmp_path / "supervisor.log").read_text()
             time.sleep(0.1)
         sp = subprocess.run([*ORCHESTR, "stop"], env=env, capture_output=True, text=True, timeout=120)
         assert sp.returncode == 0, sp.stdout + sp.stderr
         assert sup.wait(10) == 0
         restarted = (tmp_path / "supervisor.log").read_text()
-        assert "front died; restarting" in restarted
+        assert "front died (" in restarted and "restarting in" in restarted
         left = servers_on([s.port for s in specs])
         assert left == [], f"left running after stop: {[p.info['cmdline'] for p in left]}"
     finally:

@@ -132,10 +132,14 @@ class SSHRunner:
             self.client = connect(self.node_name, self.node, self.timeout)
             return self.client.exec_command(command, timeout=timeout)
 
-    def run(self, script: str, timeout: float = 60.0) -> tuple[int, str, str]:
-        """Run a POSIX sh script on the node (whatever the login shell is); rc, stdout, stderr."""
+    def run(self, script: str, timeout: float = 60.0, stdin: bytes | None = None) -> tuple[int, str, str]:
+        """Run a POSIX sh script on the node (whatever the login shell is); rc, stdout, stderr.
+        `stdin` feeds the script's standard input (how secrets travel: never in the script)."""
         try:
-            _, out, err = self._exec(script, timeout)
+            inp, out, err = self._exec(script, timeout)
+            if stdin is not None:
+                inp.write(stdin)
+                inp.channel.shutdown_write()
             stdout = out.read().decode(errors="replace")
             stderr = err.read().decode(errors="replace")
             rc = out.channel.recv_exit_status()
@@ -144,35 +148,20 @@ class SSHRunner:
         return rc, stdout, stderr
 
     def place_files(self, spec: ProcessSpec) -> dict[str, str]:
-        """Copy the spec's secret files to the node over this SSH connection (SFTP), 0600 in a
-        0700 folder under ~/.cache/orchestr/secrets; returns variable -> path on the node."""
-        if not spec.env_files:
-            return {}
-        try:
-            sftp = self.client.open_sftp()
-        except (paramiko.SSHException, OSError) as e:
-            raise SSHError(f"cluster.nodes.{self.node_name}: cannot open SFTP to copy secrets: {e}") from None
+        """Copy the spec's secret files to the node over this SSH connection: each is written
+        from the channel's stdin (never the command line) as a 0600 file in a 0700 folder under
+        ~/.cache/orchestr/secrets. Returns variable -> path on the node."""
         placed = {}
-        try:
-            folder = sftp.normalize(".")
-            for part in (".cache", "orchestr", "secrets", Path(next(iter(spec.env_files.values()))).parent.name):
-                folder = f"{folder}/{part}"
-                try:
-                    sftp.mkdir(folder, mode=0o700)
-                except OSError:
-                    pass  # there already
-            sftp.chmod(folder, 0o700)
-            for var, local in spec.env_files.items():
-                remote = f"{folder}/{Path(local).name}"
-                with sftp.open(remote + ".tmp", "w") as f:
-                    sftp.chmod(remote + ".tmp", 0o600)  # before a byte is written
-                    f.write(Path(local).expanduser().read_bytes())
-                sftp.posix_rename(remote + ".tmp", remote)
-                placed[var] = remote
-        except OSError as e:
-            raise SSHError(f"cluster.nodes.{self.node_name}: cannot copy secrets to the node: {e}") from None
-        finally:
-            sftp.close()
+        for var, local in spec.env_files.items():
+            folder = f"~/.cache/orchestr/secrets/{Path(local).parent.name}"
+            remote = f"{folder}/{Path(local).name}"
+            script = (f"umask 077 && mkdir -p {_qpath(folder)} && chmod 700 {_qpath(folder)} && "
+                      f"cat > {_qpath(remote)}.tmp && mv -f {_qpath(remote)}.tmp {_qpath(remote)} && "
+                      f"cd {_qpath(folder)} && pwd")
+            rc, out, err = self.run(script, timeout=self.timeout, stdin=Path(local).expanduser().read_bytes())
+            if rc != 0 or not out.strip():
+                raise SSHError(f"cluster.nodes.{self.node_name}: cannot copy {var} to the node: {err.strip()}")
+            placed[var] = f"{out.strip().splitlines()[-1]}/{Path(local).name}"
         return placed
 
     def _env(self, spec: ProcessSpec) -> list[str]:
