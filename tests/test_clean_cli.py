@@ -56,11 +56,7 @@ def web_logs(tmp_path) -> Path:
             messages=[["user", "who are you"], ["assistant", "An assistant."]],
         ),
     ]
-    w.write(
-        ArenaLine(
-            tstamp=T0 + 60, type="leftvote", models=["strong", "weak"], states=leak, ip="9.9.9.9", anony=True
-        )
-    )
+    w.write(ArenaLine.vote("leftvote", leak, True, tstamp=T0 + 60, ip="9.9.9.9"))
     pii = ConvState(
         conv_id="p1",
         model_name="middle",
