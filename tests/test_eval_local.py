@@ -40,6 +40,8 @@ def test_eval_runs_out_of_the_box_without_a_deployment(tmp_path: Path) -> None:
         # the in-process judge answers under the verdict's JSON schema: every verdict parses
         assert json.loads(r["judgment"]) == {"rating": int(r["score"])} and 1 <= r["score"] <= 10
     assert "unparseable" not in out.stdout
+    used = re.search(r"judge requests 2 \(\+0 from cache\), tokens (\d+) in / (\d+) out", out.stdout)
+    assert used and int(used[1]) > 100 and int(used[2]) > 0, out.stdout  # the in-process judge's tokens
     table = out.stdout.split("single-answer grading by smollm2-135m")[1]
     assert re.search(r"smollm2-135m\s+\d+(\.\d+)?\s+\d+(\.\d+)?\s+\d+(\.\d+)?\s+2\b", table), table
     assert (data / "results" / "smollm2-135m_single.csv").is_file()
