@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from omegaconf import MISSING
+
+from orchestr.config.backends import KubernetesConfig, RayBackendConfig, SlurmConfig
 
 
 @dataclass
@@ -68,6 +71,8 @@ class NodeConfig:
     use_agent: bool = True
     known_hosts: str = "strict"  # strict | accept-new | ignore (explicit opt-out)
     known_hosts_file: str | None = None
+    # set from launch.<backend> when launch.backend is slurm or ray (recorded in the state file)
+    backend_options: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -262,5 +267,10 @@ class LaunchConfig:
     health_timeout_s: float = 900.0  # per service, model loading included
     state_file: str = "~/.cache/orchestr/deployment.json"
     log_dir: str | None = None  # None: <hydra run dir>/logs
+    # local | ssh | slurm | ray | kubernetes (render only); None: each node's `transport`
+    backend: str | None = None
+    slurm: SlurmConfig = field(default_factory=SlurmConfig)
+    ray: RayBackendConfig = field(default_factory=RayBackendConfig)
+    kubernetes: KubernetesConfig = field(default_factory=KubernetesConfig)
 
 

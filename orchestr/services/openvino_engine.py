@@ -25,6 +25,7 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
+from orchestr.engine.prompts import RequestError, refuse_unsupported, render_prompt
 from orchestr.protocol import (
     CountTokenRequest,
     CountTokenResult,
@@ -126,12 +127,6 @@ def finish_reason(name: str) -> str:
 
 
 # ---------------------------------------------------------------------- the engine
-
-
-class RequestError(ValueError):
-    def __init__(self, message: str, code: int = ErrorCode.PARAM_OUT_OF_RANGE) -> None:
-        super().__init__(message)
-        self.code = code
 
 
 class _Stepper(threading.Thread):
@@ -247,18 +242,8 @@ class OpenVinoEngine:
     # ------------------------------------------------------------------ prompts
     def prompt_of(self, req: GenerateRequest | CountTokenRequest) -> tuple[str, list[int], list[str], list[int]]:
         """(prompt text, token ids, extra stop strings, extra stop token ids) of a request."""
-        from orchestr.engine.templates import TemplateError
-
-        if req.messages:
-            try:
-                chat = self.formatter.format([{"role": m.role, "content": m.text()} for m in req.messages])
-            except (TemplateError, ValueError) as exc:
-                raise RequestError(str(exc), ErrorCode.VALIDATION_TYPE_ERROR) from exc
-            ids = self.tokenizer(chat.text, add_special_tokens=chat.add_special_tokens)["input_ids"]
-            return chat.text, list(ids), list(chat.stop), list(chat.stop_token_ids)
-        if req.prompt is None:
-            raise RequestError("either prompt or messages is required", ErrorCode.VALIDATION_TYPE_ERROR)
-        return req.prompt, list(self.tokenizer(req.prompt)["input_ids"]), [], []
+        prompt = render_prompt(self.formatter, self.tokenizer, req)
+        return prompt.text, prompt.ids, list(prompt.stop), list(prompt.stop_token_ids)
 
     def count_tokens(self, req: CountTokenRequest) -> CountTokenResult:
         _, ids, _, _ = self.prompt_of(req)
@@ -284,6 +269,7 @@ class OpenVinoEngine:
         from orchestr.engine.detokenizer import IncrementalDetokenizer, StopStringMatcher
 
         try:
+            refuse_unsupported(req, "openvino")
             text, ids, stops, stop_ids = self.prompt_of(req)
             stop = [*req.stop, *(s for s in stops if s not in req.stop)]
             stop_token_ids = [*req.stop_token_ids, *(t for t in [*stop_ids, *self.eos_ids] if t not in req.stop_token_ids)]
