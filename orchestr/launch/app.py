@@ -23,6 +23,7 @@ from orchestr.launch.backends import Runners
 from orchestr.launch.deploy import Deployment, check_local_ports
 from orchestr.launch.plan import Planner, build_plan, render_plan
 from orchestr.launch.secret_files import DeploymentSecrets
+from orchestr.launch.target import backend_nodes, backend_specs, scheduler_restarts
 
 log = logging.getLogger("orchestr.launch")
 
@@ -66,9 +67,17 @@ def run(cfg: DictConfig) -> int:
     # keys passed as overrides are in Hydra's record of the run: scrub them first
     secret_files.scrub([*run_dir.glob(".hydra/*"), *run_dir.glob("*.log")], secrets.values())
     specs = build_plan(cfg)  # a ConfigError reaches `orchestr`'s main: one line, exit code 2
+    nodes = backend_nodes(launch, planner.cluster.nodes)
+    if launch.backend == "kubernetes":
+        from orchestr.launch.kubernetes import launch_dry_run
+
+        return launch_dry_run(cfg, specs, launch)
+    specs = backend_specs(launch, specs)
     if launch.dry_run:
         print(render_plan(specs, planner.cluster))
         return 0
+    if scheduler_restarts(launch):
+        launch.watch = False  # the scheduler restarts failed services: no second supervisor
     state_file = state_mod.state_path(launch.state_file)
     existing = state_mod.load(state_file)
     if existing is not None:
@@ -83,10 +92,10 @@ def run(cfg: DictConfig) -> int:
             raise UserError(f"a deployment is already running ({', '.join(alive)}; state {state_file}); "
                             "stop it with `orchestr stop` or set launch.state_file to run another")
         state_mod.remove(state_file)
-    check_local_ports(specs, planner.cluster.nodes)
+    check_local_ports(specs, nodes)
     secrets.write(planner.secrets_dir)
     ep = planner.endpoints()
-    dep = Deployment(specs, planner.cluster.nodes, run_dir=run_dir, log_dir=launch.log_dir,
+    dep = Deployment(specs, nodes, run_dir=run_dir, log_dir=launch.log_dir,
                      controller=ep.controller, api=ep.api, web=ep.web, state_file=state_file,
                      health_timeout_s=launch.health_timeout_s,
                      secret_file=secret_files.secret_path(planner.secrets_dir, secret_files.SERVICE_VAR))

@@ -38,6 +38,8 @@ def register(name: str, target: str) -> None:
 
 register("local", "orchestr.launch.local.LocalRunner")
 register("ssh", "orchestr.launch.ssh.SSHRunner")
+register("slurm", "orchestr.launch.slurm.SlurmRunner")  # launch.backend=slurm
+register("ray", "orchestr.launch.ray_backend.RayRunner")  # launch.backend=ray
 
 
 def check_transport(node_name: str, node: NodeConfig) -> None:
