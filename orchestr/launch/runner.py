@@ -60,4 +60,12 @@ def runner_for(node_name: str, node: NodeConfig) -> Runner:
         from orchestr.launch.ssh import SSHRunner
 
         return SSHRunner(node_name, node)
+    if node.transport == "slurm":  # launch.backend=slurm
+        from orchestr.launch.slurm import SlurmRunner
+
+        return SlurmRunner(node_name, node)
+    if node.transport == "ray":  # launch.backend=ray
+        from orchestr.launch.ray_backend import RayRunner
+
+        return RayRunner(node_name, node)
     raise ValueError(f"cluster.nodes.{node_name}.transport: unknown transport {node.transport!r}")

@@ -1,0 +1,254 @@
+"""The Slurm backend (`launch.backend=slurm`): each process spec becomes one `sbatch` job.
+
+Slurm places, restarts and stops; orchestr only submits, waits on readiness as for any backend,
+and reads state from `squeue`/`sacct`:
+
+- the job's batch script resolves the addresses at run time through the scheduler: the
+  controller's from the node its job runs on (`squeue` by job name, then the node's `NodeAddr`),
+  the process's own from `$SLURMD_NODENAME`, so no host is hard-coded;
+- a worker's GPUs become `--gres=gpu:N` (Slurm sets CUDA_VISIBLE_DEVICES for what it grants);
+- a service that exits with an error puts its own job back in the queue (`scontrol requeue`,
+  Slurm's requeue; `SLURM_RESTART_COUNT` counts against `restart.max_restarts`), so nothing
+  else watches it;
+- the environment (the service secret, API keys) travels through `sbatch`'s exported
+  environment, never its command line;
+- logs are the jobs' output files (`--output`, appended across requeues), `stop` is `scancel`.
+
+`ProcessRecord.pid` holds the Slurm job id.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+from orchestr.config.backends import SlurmConfig
+from orchestr.config.serving import NodeConfig
+from orchestr.launch.deploy import LaunchError
+from orchestr.launch.spec import ProcessSpec
+
+ACTIVE = {"PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "REQUEUED", "REQUEUE_FED",
+          "REQUEUE_HOLD", "RESIZING", "SUSPENDED", "SIGNALING", "STAGE_OUT"}
+
+
+class SlurmError(LaunchError):
+    pass
+
+
+def _run(argv: list[str], env: dict[str, str] | None = None, timeout: float = 30.0) -> str:
+    try:
+        out = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, env=env)
+    except FileNotFoundError as e:
+        raise SlurmError(f"{argv[0]} not found: is Slurm installed here? (scripts/setup_slurm.sh)") from e
+    if out.returncode != 0:
+        raise SlurmError(f"{shlex.join(argv)} failed: {(out.stderr or out.stdout).strip()}")
+    return out.stdout
+
+
+def _options(node: NodeConfig) -> SlurmConfig:
+    opts = dict(getattr(node, "backend_options", None) or {})
+    return SlurmConfig(**opts)
+
+
+def job_name(opts: SlurmConfig, process: str) -> str:
+    return f"{opts.job_name_prefix}-{process}"
+
+
+def job_state(job_id: str) -> tuple[str, str]:
+    """(state, node list) of a job from squeue, falling back to sacct for jobs squeue forgot;
+    ("UNKNOWN", "") when neither knows it."""
+    try:
+        out = _run(["squeue", "-h", "-j", job_id, "-o", "%T|%N"]).strip()
+        if out:
+            state, nodes = out.splitlines()[0].split("|", 1)
+            return state, nodes
+    except SlurmError:
+        pass  # squeue answers "Invalid job id" once a job has left its memory
+    try:
+        out = _run(["sacct", "-n", "-X", "-P", "-j", job_id, "-o", "State,NodeList"]).strip()
+        if out:
+            state, nodes = out.splitlines()[0].split("|", 1)
+            return state.split()[0], nodes
+    except SlurmError:
+        pass  # no accounting storage configured
+    return "UNKNOWN", ""
+
+
+def node_address(slurm_node: str) -> str:
+    out = _run(["scontrol", "show", "node", "-o", slurm_node])
+    m = re.search(r"\bNodeAddr=(\S+)", out)
+    return m.group(1) if m else slurm_node
+
+
+# The batch script: resolve addresses through the scheduler, run the service, requeue on failure.
+SCRIPT = """#!/bin/bash
+# orchestr process {name} (written by `orchestr launch launch.backend=slurm`)
+trap 'exit 143' TERM INT  # scancel: stop, never requeue
+addr_of() {{ scontrol show node -o "$1" | sed -n 's/.*NodeAddr=\\([^ ]*\\).*/\\1/p'; }}
+SELF_ADDR=$(addr_of "$SLURMD_NODENAME")
+{controller_lookup}
+echo "=== $(date '+%F %T') slurm job $SLURM_JOB_ID on $SLURMD_NODENAME ($SELF_ADDR), restart ${{SLURM_RESTART_COUNT:-0}}"
+{cd}{command}
+rc=$?
+echo "=== $(date '+%F %T') exited with $rc"
+if [ "$rc" -ne 0 ] && {may_restart}; then
+  echo "=== requeue (restart $(( ${{SLURM_RESTART_COUNT:-0}} + 1 )))"
+  scontrol requeue "$SLURM_JOB_ID"
+  sleep 300  # the requeue ends this run
+fi
+exit $rc
+"""
+
+CONTROLLER_LOOKUP = """for _ in $(seq 600); do
+  CONTROLLER_NODE=$(squeue -h --me -n {job} -t RUNNING -o %N | head -n 1)
+  [ -n "$CONTROLLER_NODE" ] && break
+  sleep 1
+done
+CONTROLLER_ADDR=$(addr_of "$CONTROLLER_NODE")"""
+
+
+def _url_to_shell(url: str, var: str) -> str:
+    """http://host:port/x -> "http://${VAR}:port/x" (double-quoted, expanded by the job)."""
+    u = urlsplit(url)
+    rest = urlunsplit(("", "", u.path, u.query, u.fragment))
+    return f'"{u.scheme}://${{{var}}}:{u.port}{rest}"'
+
+
+def render_script(spec: ProcessSpec, opts: SlurmConfig) -> str:
+    words = []
+    flag = None
+    for arg in spec.argv:
+        if flag == "--controller-address" and spec.service != "controller":
+            words.append(_url_to_shell(arg, "CONTROLLER_ADDR"))
+        elif flag == "--worker-address":
+            words.append(_url_to_shell(arg, "SELF_ADDR"))
+        else:
+            words.append(shlex.quote(arg))
+        flag = arg
+    needs_controller = "--controller-address" in spec.argv and spec.service != "controller"
+    lookup = CONTROLLER_LOOKUP.format(job=shlex.quote(job_name(opts, "controller"))) if needs_controller else ""
+    r = spec.restart
+    if r.policy == "always":
+        may_restart = "true"
+    elif r.policy == "no":
+        may_restart = "false"
+    else:
+        may_restart = f'[ "${{SLURM_RESTART_COUNT:-0}}" -lt {int(r.max_restarts)} ]'
+    cd = f"cd {shlex.quote(spec.workdir)} && " if spec.workdir else ""
+    return SCRIPT.format(name=spec.name, controller_lookup=lookup, cd=cd, command=" ".join(words),
+                         may_restart=may_restart)
+
+
+def gpu_count(spec: ProcessSpec) -> int:
+    devices = spec.env.get("CUDA_VISIBLE_DEVICES", "")
+    return len([d for d in devices.split(",") if d.strip()])
+
+
+def sbatch_argv(spec: ProcessSpec, opts: SlurmConfig, node_name: str, log_path: str, script: str) -> list[str]:
+    argv = ["sbatch", "--parsable", "--job-name", job_name(opts, spec.name), "--output", log_path,
+            "--open-mode=append", "--ntasks=1", "--export=ALL"]
+    argv.append("--no-requeue" if spec.restart.policy == "no" else "--requeue")
+    for flag, value in (("--partition", opts.partition), ("--account", opts.account),
+                        ("--qos", opts.qos), ("--time", opts.time_limit),
+                        ("--cpus-per-task", opts.cpus_per_task), ("--mem", opts.mem),
+                        ("--nodelist", opts.nodelist.get(node_name))):
+        if value not in (None, ""):
+            argv += [flag, str(value)]
+    if n := gpu_count(spec):
+        argv.append(f"--gres={opts.gres.format(n=n)}")
+    return [*argv, *opts.extra_args, script]
+
+
+class SlurmRunner:
+    """A Runner whose processes are Slurm jobs (one runner per cluster node, as for the others)."""
+
+    scheduler_restarts = True  # the launcher starts no supervisor for this backend
+
+    def __init__(self, node_name: str, node: NodeConfig) -> None:
+        self.node_name = node_name
+        self.node = node
+        self.opts = _options(node)
+
+    def start(self, spec: ProcessSpec, log_path: str):
+        from orchestr.launch.runner import ProcessRecord
+
+        log = Path(log_path).expanduser().resolve()
+        log.parent.mkdir(parents=True, exist_ok=True)
+        script_path = log.with_suffix(".sbatch")
+        script_path.write_text(render_script(spec, self.opts))
+        # values travel in sbatch's environment (--export=ALL); Slurm grants the GPUs itself
+        env = {**os.environ, **self.node.env, **spec.env, "PYTHONUNBUFFERED": "1"}
+        if gpu_count(spec):
+            env.pop("CUDA_VISIBLE_DEVICES", None)
+        job_id = _run(sbatch_argv(spec, self.opts, self.node_name, str(log), str(script_path)),
+                      env=env).strip().split(";")[0]
+        rec = ProcessRecord(spec=spec, pid=int(job_id), pgid=0, log_path=str(log))
+        self._await_placement(rec)
+        return rec
+
+    def _await_placement(self, rec) -> None:
+        """Wait until Slurm runs the job, then point the health check at the node it got."""
+        deadline = time.time() + self.opts.submit_timeout_s
+        while True:
+            state, nodes = job_state(str(rec.pid))
+            if state == "RUNNING" and nodes:
+                break
+            if state not in ACTIVE:
+                raise SlurmError(f"slurm job {rec.pid} ({rec.name}) ended as {state} before running; "
+                                 f"log: {rec.log_path}")
+            if time.time() > deadline:
+                raise SlurmError(f"slurm job {rec.pid} ({rec.name}) still {state} after "
+                                 f"{self.opts.submit_timeout_s:.0f}s (launch.slurm.submit_timeout_s)")
+            time.sleep(0.5)
+        if rec.spec.health_url:
+            u = urlsplit(rec.spec.health_url)
+            host = node_address(nodes.split(",")[0])
+            rec.spec.health_url = urlunsplit((u.scheme, f"{host}:{u.port}", u.path, u.query, u.fragment))
+
+    def alive(self, record) -> bool:
+        return job_state(str(record.pid))[0] in ACTIVE
+
+    def describe(self, record) -> str:
+        state, nodes = job_state(str(record.pid))
+        return f"slurm job {record.pid}: {state}{' on ' + nodes if nodes else ''}"
+
+    def stop(self, record, timeout: float = 15.0) -> None:
+        job = str(record.pid)
+        if not self.alive(record):
+            return
+        _run(["scancel", job])
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if not self.alive(record):
+                return
+            time.sleep(0.3)
+        _run(["scancel", "--signal=KILL", "--full", job])
+        deadline = time.time() + 30
+        while self.alive(record) and time.time() < deadline:
+            time.sleep(0.3)
+
+    def read_log(self, record, lines: int = 100) -> str:
+        try:
+            text = Path(record.log_path).read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+        return "\n".join(text.splitlines()[-lines:])
+
+    def follow_log(self, record) -> Iterator[str]:
+        with open(record.log_path, errors="replace") as f:
+            f.seek(0, os.SEEK_END)
+            while True:
+                line = f.readline()
+                if line:
+                    yield line.rstrip("\n")
+                else:
+                    time.sleep(0.3)
+
+    def close(self) -> None:
+        pass
