@@ -6,8 +6,7 @@ Both expose ``stream(messages, temperature, max_new_tokens) -> Iterator[str]`` (
 from __future__ import annotations
 
 import os
-import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 
@@ -57,102 +56,31 @@ class ApiBackend:
 
 
 class LocalBackend:
-    """Load the configured model in this process and generate with transformers."""
+    """Load the configured model in this process and generate through orchestr's engine
+    (the same batching engine, sampler and stop handling as a worker)."""
 
     def __init__(self, model_cfg: Any):
         from transformers.utils import logging as hf_logging
 
-        from orchestr.engine.loader import ModelLoadError, load_model_from_config
-        from orchestr.engine.templates import ChatFormatter
+        from orchestr.engine.llm import LLM
+        from orchestr.engine.loader import ModelLoadError
 
         hf_logging.disable_progress_bar()  # the weight-loading bar would clutter the chat
 
         self.model_name = model_cfg.name
         try:
-            self.model, self.tokenizer = load_model_from_config(model_cfg)
-        except ModelLoadError as e:
+            self.llm = LLM.from_config(model_cfg)
+        except (ModelLoadError, ValueError) as e:
             raise ChatBackendError(str(e)) from e
-        self.formatter = ChatFormatter(self.tokenizer, model_cfg.conv_template)
 
     def stream(self, messages: list[dict], temperature: float, max_new_tokens: int) -> Iterator[str]:
-        import torch
-        from transformers import StoppingCriteriaList, TextIteratorStreamer
+        from orchestr.engine.prompts import RequestError
 
-        from orchestr.engine.templates import TemplateError
-
+        req = self.llm.request(messages, temperature=temperature, max_tokens=max_new_tokens)
         try:
-            prompt = self.formatter.format(messages)
-        except TemplateError as e:
+            yield from self.llm.stream(req)
+        except RequestError as e:
             raise ChatBackendError(str(e)) from e
-        input_ids = self.tokenizer(
-            prompt.text, return_tensors="pt", add_special_tokens=prompt.add_special_tokens
-        ).input_ids.to(self.model.device)
-        eos = self.model.generation_config.eos_token_id
-        eos_ids = ([eos] if isinstance(eos, int) else list(eos or [])) + list(prompt.stop_token_ids)
-        streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
-        kwargs: dict[str, Any] = {
-            "input_ids": input_ids,
-            "attention_mask": torch.ones_like(input_ids),
-            "max_new_tokens": max_new_tokens,
-            "streamer": streamer,
-            "pad_token_id": self.tokenizer.pad_token_id,
-            "eos_token_id": eos_ids or None,
-        }
-        if temperature > 1e-5:
-            kwargs.update(do_sample=True, temperature=temperature, top_p=1.0)
-        else:
-            kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
-        halt = threading.Event()
-        kwargs["stopping_criteria"] = StoppingCriteriaList([_Halt(halt)])
-        errors: list[BaseException] = []
 
-        def run() -> None:
-            try:
-                with torch.inference_mode():
-                    self.model.generate(**kwargs)
-            except BaseException as e:  # surfaced in the caller's thread below
-                errors.append(e)
-                streamer.end()
-
-        thread = threading.Thread(target=run, daemon=True)
-        thread.start()
-        try:
-            yield from cut_at_stop(streamer, prompt.stop)
-        finally:
-            # A stop string, Ctrl-C or a closed generator: make generate() return promptly.
-            # (The streamer's queue is unbounded, so the thread never blocks on it.)
-            halt.set()
-            thread.join()
-        if errors:
-            raise ChatBackendError(f"generation failed: {errors[0]!r}")
-
-
-class _Halt:
-    """A stopping criterion that ends generation when the event is set."""
-
-    def __init__(self, event: threading.Event):
-        self.event = event
-
-    def __call__(self, input_ids, scores, **kwargs) -> bool:
-        return self.event.is_set()
-
-
-def cut_at_stop(deltas: Iterable[str], stops: Iterable[str]) -> Iterator[str]:
-    """Relay text deltas up to the first stop string (excluded), holding back a possible prefix."""
-    stops = [s for s in stops if s]
-    if not stops:
-        yield from deltas
-        return
-    hold = max(len(s) for s in stops) - 1
-    buf = ""
-    for d in deltas:
-        buf += d
-        hits = [i for i in (buf.find(s) for s in stops) if i >= 0]
-        if hits:
-            yield buf[: min(hits)]
-            return
-        if len(buf) > hold:
-            yield buf[: len(buf) - hold]
-            buf = buf[len(buf) - hold :]
-    if buf:
-        yield buf
+    def close(self) -> None:
+        self.llm.close()

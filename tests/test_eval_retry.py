@@ -69,10 +69,14 @@ def _setup(tmp_path: Path, url: str, retries: int) -> tuple:
     return cfg, paths.judgment_file(str(tmp_path), "orchestr_mini", "flaky", pairwise=False)
 
 
-def test_transient_errors_are_retried(tmp_path: Path, judge_url: str) -> None:
+def test_transient_errors_are_retried(tmp_path: Path, judge_url: str, caplog) -> None:
+    import logging
+
     FlakyJudge.fail_every = 2  # every second request fails
     cfg, out = _setup(tmp_path, judge_url, retries=3)
-    counts = run_judge(cfg)
+    with caplog.at_level(logging.INFO, logger="openai"):
+        counts = run_judge(cfg)
+    assert any("Retrying request" in r.getMessage() for r in caplog.records)  # the SDK's retries, logged
     assert (counts.done, counts.failed, counts.skipped) == (6, 0, 0)
     assert FlakyJudge.calls > 6  # the failed ones were retried
     assert sorted(r["score"] for r in read_jsonl(out)) == [7.0] * 6

@@ -37,7 +37,7 @@ def _args(argv: list[str]) -> argparse.Namespace:
 def test_defaults_map_to_a_single_device_engine():
     kw = engine_kwargs(_args([]), "/models/m")
     assert kw == {"model": "/models/m", "tokenizer": "/models/m", "tensor_parallel_size": 1, "dtype": "auto",
-                  "trust_remote_code": False, "gpu_memory_utilization": 0.9, "disable_log_stats": True}
+                  "trust_remote_code": False, "gpu_memory_utilization": 0.9, "disable_log_stats": False}
 
 
 def test_every_flag_reaches_the_engine():

@@ -76,7 +76,7 @@ def ratings_plot(table: pd.DataFrame, path: Path) -> Path:
         ax.annotate(f"{r:.0f}", (xi, r), textcoords="offset points", xytext=(6, 0), fontsize=8)
     ax.set_xticks(x, table["model"], rotation=45, ha="right")
     ax.set_ylabel("Rating")
-    ax.set_title("Ratings with 95% bootstrap intervals")
+    ax.set_title("Rating, 95% CI")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
@@ -89,8 +89,8 @@ def write_plots(df: pd.DataFrame, table: pd.DataFrame, out_dir: str | os.PathLik
     out.mkdir(parents=True, exist_ok=True)
     order = list(table["model"])
     return [
-        _heatmap(pairwise_win_fraction(df, order), "Fraction of A wins over B (decisive votes)", ".2f",
+        _heatmap(pairwise_win_fraction(df, order), "Win fraction of A over B", ".2f",
                  out / "win_fraction.png", "RdBu", 0.0, 1.0),
-        _heatmap(battle_counts(df, order), "Battle count per pair", "d", out / "battle_count.png", "Blues"),
+        _heatmap(battle_counts(df, order), "Battles per pair", "d", out / "battle_count.png", "Blues"),
         ratings_plot(table, out / "rating_ci.png"),
     ]  # fmt: skip

@@ -167,19 +167,22 @@ def bootstrap_elo(df: pd.DataFrame, cfg: Any, progress: bool = True) -> pd.DataF
 # --------------------------------------------------------------------------- style control
 
 
-def _style_loss(params, n, a, b, feats, outcomes, l2):
+def _style_loss(params, n, a, b, feats, outcomes, reg):
     x, beta = params[:n], params[n:]
     logits = x[a] - x[b] + feats @ beta
     loss = -(outcomes * log_expit(logits) + (1 - outcomes) * log_expit(-logits)).sum()
     err = outcomes - expit(logits)
     grad = np.concatenate([np.bincount(b, err, n) - np.bincount(a, err, n), -(feats.T @ err)])
-    return loss + 0.5 * l2 * (params @ params), grad + l2 * params
+    return loss + 0.5 * (reg * params) @ params, grad + reg * params
 
 
-def fit_style_bt(a: np.ndarray, b: np.ndarray, feats: np.ndarray, outcomes: np.ndarray, n: int, l2: float):
-    """Contextual Bradley-Terry (FastChat's style control): strengths and style coefficients, by
-    L-BFGS on one row per battle (features differ per battle, so rows cannot be pooled)."""
-    res = minimize(_style_loss, np.zeros(n + feats.shape[1]), args=(n, a, b, feats, outcomes, l2),
+def fit_style_bt(a: np.ndarray, b: np.ndarray, feats: np.ndarray, outcomes: np.ndarray, n: int, l2: float,
+                 base: float = 10.0):  # fmt: skip
+    """Contextual Bradley-Terry (FastChat's style control): strengths (natural-log units) and style
+    coefficients, by L-BFGS on one row per battle (features differ per battle, so rows cannot be
+    pooled). The ridge `l2` weighs the strengths in log-`base` units, as FastChat's fit does."""
+    reg = np.concatenate([np.full(n, l2 / math.log(base) ** 2), np.full(feats.shape[1], l2)])
+    res = minimize(_style_loss, np.zeros(n + feats.shape[1]), args=(n, a, b, feats, outcomes, reg),
                    jac=True, method="L-BFGS-B", options={"maxiter": 500, "gtol": 1e-8})  # fmt: skip
     x = res.x[:n]
     return x - x.mean(), res.x[n:]
@@ -211,7 +214,7 @@ def style_bt_ratings(df: pd.DataFrame, cfg: Any) -> tuple[pd.Series, pd.Series]:
 
     models = _models(df)
     a, b, feats, y = _style_inputs(df, models)
-    x, beta = fit_style_bt(a, b, feats, y, len(models), cfg.style_l2)
+    x, beta = fit_style_bt(a, b, feats, y, len(models), cfg.style_l2, cfg.base)
     return (pd.Series(_to_scale(x, models, cfg), index=models).sort_values(ascending=False),
             pd.Series(beta, index=FEATURE_NAMES))  # fmt: skip
 
@@ -224,7 +227,7 @@ def bootstrap_style_bt(df: pd.DataFrame, cfg: Any, progress: bool = True) -> pd.
     for _ in tqdm(range(cfg.bootstrap_rounds), desc="bootstrap style BT",
                   disable=not progress or cfg.bootstrap_rounds < 50):  # fmt: skip
         i = rng.integers(0, len(y), len(y))
-        rows.append(fit_style_bt(a[i], b[i], feats[i], y[i], len(models), cfg.style_l2)[0])
+        rows.append(fit_style_bt(a[i], b[i], feats[i], y[i], len(models), cfg.style_l2, cfg.base)[0])
     return pd.DataFrame(_to_scale(np.array(rows).reshape(-1, len(models)), models, cfg), columns=models)
 
 

@@ -37,7 +37,8 @@ def build_parser() -> argparse.ArgumentParser:
     where = p.add_argument_group("what to measure (one --base-url, or one or more --target)")
     where.add_argument("--base-url", help="an OpenAI-compatible base URL, e.g. http://127.0.0.1:8000/v1")
     where.add_argument("--target", action="append", default=[], metavar="[NAME=]KIND[:ARGS]",
-                       help="url:URL | worker:URL | orchestr:HYDRA_OVERRIDES | vllm:VLLM_ARGS; repeat to "
+                       help="url:URL | worker:URL | orchestr:HYDRA_OVERRIDES | vllm:VLLM_ARGS | "
+                            "openvino:KEY=VALUE... (OpenVINO GenAI in process); repeat to "
                             "compare (run one after the other; ratios against the first, or --baseline)")
     where.add_argument("--baseline", help="endpoint name the ratios are taken against (default: the first)")
     where.add_argument("--direct-worker", action="store_true",
@@ -79,6 +80,9 @@ def load_counter(tokenizer: str):
 
 def discover_model(ep: Endpoint, api_key: str | None) -> str:
     import httpx
+
+    if ep.local is not None:
+        return "in-process"
 
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
     try:
@@ -184,17 +188,21 @@ def run(args: argparse.Namespace) -> int:
                 model = args.model or discover_model(ep, args.api_key)
                 results[ep.name] = {"target": server.describe(), "protocol": ep.protocol,
                                     "base_url": ep.base_url, "model": model, "levels": []}
+                if ep.local is not None:
+                    ep.local.warm_up(args.warmup)
+                    continue
                 warm_up(protocol=ep.protocol, base_url=ep.base_url, model=model, count=args.warmup,
                         api_key=args.api_key, timeout_s=args.timeout)
             # Levels outer, endpoints inner: an API and its worker measured back to back per level.
             for c in args.concurrency:
                 for ep in endpoints:
                     res = results[ep.name]
-                    level = run_level(protocol=ep.protocol, base_url=ep.base_url, model=res["model"],
-                                      concurrency=c, num_requests=max(args.num_requests, c),
-                                      max_tokens=args.max_tokens, count_tokens=count, api_key=args.api_key,
-                                      timeout_s=args.timeout, rss_pids=ep.pids, progress=not args.no_progress,
-                                      label=ep.name).to_dict()
+                    run = ep.local.run_level if ep.local is not None else run_level
+                    level = run(protocol=ep.protocol, base_url=ep.base_url, model=res["model"],
+                                concurrency=c, num_requests=max(args.num_requests, c),
+                                max_tokens=args.max_tokens, count_tokens=count, api_key=args.api_key,
+                                timeout_s=args.timeout, rss_pids=ep.pids, progress=not args.no_progress,
+                                label=ep.name).to_dict()
                     res["levels"].append(level)
                     print_level(ep.name, level)
                     _write(args.output, report)

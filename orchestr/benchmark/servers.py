@@ -9,7 +9,10 @@ A target is written ``NAME=KIND:ARGS`` (``NAME=`` optional):
   overrides, e.g. ``orchestr:engine.batching=false model.dtype=float32``; with ``--direct-worker``
   its worker is measured directly too (endpoint ``NAME/worker``), for the API + controller cost;
 * ``vllm:ARGS``: ``python -m vllm.entrypoints.openai.api_server`` from the vLLM venv on the
-  embedded model's safetensors folder (bf16, ``--max-model-len 2048``), ARGS appended.
+  embedded model's safetensors folder (bf16, ``--max-model-len 2048``), ARGS appended;
+* ``openvino:KEY=VALUE ...``: OpenVINO GenAI's ContinuousBatchingPipeline in this process, no
+  HTTP (the upper bound for the OpenVINO worker, which is ``orchestr:model=smollm2-135m-openvino``);
+  keys: threads, dtype, max_batch_size, max_num_batched_tokens, kv_cache_tokens, weight_format.
 """
 
 from __future__ import annotations
@@ -25,11 +28,12 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 
-KINDS = ("url", "worker", "orchestr", "vllm")
-WORKER_SERVICES = ("model_worker", "vllm_worker", "multi_model_worker")
+KINDS = ("url", "worker", "orchestr", "vllm", "openvino")
+WORKER_SERVICES = ("model_worker", "vllm_worker", "multi_model_worker", "openvino_worker")
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -40,9 +44,10 @@ class BenchError(RuntimeError):
 @dataclass
 class Endpoint:
     name: str
-    protocol: str  # openai | worker
+    protocol: str  # openai | worker | inprocess
     base_url: str
     pids: dict[str, int] = field(default_factory=dict)  # server processes whose RSS is sampled
+    local: Any = None  # an in-process driver (run_level, warm_up) instead of a URL
 
 
 @dataclass
@@ -201,8 +206,37 @@ class VllmServer(Server):
                 continue
 
 
+class OpenVinoInProcessServer(Server):
+    """OpenVINO GenAI's pipeline in the benchmark's own process (RSS: the benchmark process)."""
+
+    def start(self) -> list[Endpoint]:
+        from orchestr.benchmark.openvino_inprocess import OpenVinoInProcess, parse_settings
+        from orchestr.engine.loader import ModelLoadError
+        from orchestr.engine.openvino_export import resolve_openvino_model
+
+        try:
+            settings = parse_settings(self.args)
+        except ValueError as e:
+            raise BenchError(f"{self.name}: {e}") from None
+        try:
+            import openvino_genai  # noqa: F401
+        except ImportError:
+            raise BenchError(f"{self.name}: openvino-genai is not installed (scripts/setup_openvino.sh)") from None
+        try:
+            folder = resolve_openvino_model(self.opts.model_path, settings["weight_format"])
+        except ModelLoadError as e:
+            raise BenchError(f"{self.name}: {e}") from None
+        self.opts.log(f"[{self.name}] OpenVINO GenAI pipeline in process on {folder} ({self.args or 'defaults'})")
+        driver = self.driver = OpenVinoInProcess(folder, settings)
+        return [Endpoint(self.name, "inprocess", f"openvino-genai:{folder}", {"bench+openvino": driver.pid},
+                         local=driver)]
+
+    def stop(self) -> None:
+        self.driver = None  # the pipeline and its KV cache go with the last reference
+
+
 _CLASSES: dict[str, type[Server]] = {"url": UrlServer, "worker": UrlServer, "orchestr": OrchestrServer,
-                                     "vllm": VllmServer}
+                                     "vllm": VllmServer, "openvino": OpenVinoInProcessServer}
 
 
 def _slug(name: str) -> str:
@@ -225,5 +259,5 @@ def parse_target(text: str, opts: BenchOptions) -> Server:
     if kind not in KINDS:
         raise BenchError(f"target {text!r}: unknown kind {kind!r} (one of {', '.join(KINDS)}, or a URL)")
     if not name:
-        name = kind if kind in ("orchestr", "vllm") else args
+        name = kind if kind in ("orchestr", "vllm", "openvino") else args
     return _CLASSES[kind](name, kind, args.strip(), opts)

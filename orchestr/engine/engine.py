@@ -24,17 +24,22 @@ from typing import Any
 import torch
 
 from orchestr.config.serving import EngineConfig
-from orchestr.engine import flat_forward
+from orchestr.engine import flat_forward, prompts
 from orchestr.engine import paged_attention as pa
 from orchestr.engine.cpu_linear import pack_linears
 from orchestr.engine.fused_layers import fuse_layers
 from orchestr.engine.loader import context_length, load_model, model_dtype_name
-from orchestr.engine.sampling import NON_FINITE, SamplingParams, SamplingRow, sample
-from orchestr.engine.sequence import PreparedRequest, Sequence
-from orchestr.engine.templates import ChatFormatter, TemplateError
+from orchestr.engine.metrics import EngineMetrics
+from orchestr.engine.prompts import RenderedPrompt, RequestError, render_prompt
+from orchestr.engine.prompts import encode as encode_text
+from orchestr.engine.sampling import NON_FINITE, SamplingParams, SamplingRow, sample_with_logprobs
+from orchestr.engine.sequence import PreparedRequest, Sequence, token_logprobs
+from orchestr.engine.templates import ChatFormatter
 from orchestr.protocol import (
     CountTokenRequest,
     CountTokenResult,
+    DetokenizeRequest,
+    DetokenizeResponse,
     EmbeddingRequest,
     EmbeddingResult,
     ErrorCode,
@@ -42,18 +47,15 @@ from orchestr.protocol import (
     GenerateRequest,
     GenerateResult,
     ModelDetails,
-    UsageInfo,
+    TokenizeRequest,
+    TokenizeResponse,
 )
 
 log = logging.getLogger(__name__)
 
 
-class RequestError(ValueError):
-    """A request the engine refuses (bad parameters, prompt too long); goes back to the client."""
-
-    def __init__(self, message: str, code: int = ErrorCode.PARAM_OUT_OF_RANGE) -> None:
-        super().__init__(message)
-        self.code = code
+__all__ = ["Engine", "RequestError", "default_threads"]
+MAX_TOP_LOGPROBS = 20
 
 
 def default_threads() -> int:
@@ -124,6 +126,8 @@ class Engine:
         self.base_model = getattr(model, model.base_model_prefix, model)
 
         self.eos_ids = self._eos_ids()
+        self.vocab_size = int(getattr(cfg, "vocab_size", None) or len(tokenizer))
+        self._grammars = None  # GrammarCompiler, made on the first constrained request
         self._inbox: queue.SimpleQueue = queue.SimpleQueue()
         self._waiting: deque[Sequence] = deque()
         self._running: list[Sequence] = []
@@ -134,6 +138,7 @@ class Engine:
         self._stopping = False
         self.threads = threads or default_threads()
         torch.set_num_threads(self.threads)
+        self.metrics = EngineMetrics(model_name, self)
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -178,23 +183,15 @@ class Engine:
     def queue_length(self) -> int:
         return self._active
 
-    def _encode(self, text: str, add_special_tokens: bool) -> list[int]:
-        ids = self.tokenizer(text, add_special_tokens=add_special_tokens)["input_ids"]
-        if not ids:
-            fallback = self.tokenizer.bos_token_id
-            ids = [fallback if fallback is not None else next(iter(self.eos_ids), 0)]
-        return list(ids)
+    def prompt_of(self, req: GenerateRequest | CountTokenRequest) -> RenderedPrompt:
+        return render_prompt(self.formatter, self.tokenizer, req)
 
-    def prompt_of(self, req: GenerateRequest | CountTokenRequest) -> tuple[str, list[int], tuple[str, ...], tuple[int, ...]]:
-        if req.messages:
-            try:
-                chat = self.formatter.format([{"role": m.role, "content": m.text()} for m in req.messages])
-            except (TemplateError, ValueError) as exc:
-                raise RequestError(str(exc), ErrorCode.VALIDATION_TYPE_ERROR) from exc
-            return chat.text, self._encode(chat.text, chat.add_special_tokens), chat.stop, chat.stop_token_ids
-        if req.prompt is None:
-            raise RequestError("either prompt or messages is required", ErrorCode.VALIDATION_TYPE_ERROR)
-        return req.prompt, self._encode(req.prompt, True), (), ()
+    def grammar_compiler(self):
+        from orchestr.engine.grammar import GrammarCompiler
+
+        if self._grammars is None:
+            self._grammars = GrammarCompiler(self.tokenizer, self.vocab_size, sorted(self.eos_ids))
+        return self._grammars
 
     def prepare(self, req: GenerateRequest) -> PreparedRequest:
         if req.temperature < 0:
@@ -205,26 +202,40 @@ class Engine:
             raise RequestError(f"repetition_penalty must be > 0, got {req.repetition_penalty}")
         if req.max_new_tokens is not None and req.max_new_tokens < 1:
             raise RequestError(f"max_new_tokens must be >= 1, got {req.max_new_tokens}")
-        text, ids, stops, stop_ids = self.prompt_of(req)
-        room = self.max_seq_tokens - len(ids)
+        if req.logprobs is not None and not 0 <= req.logprobs <= MAX_TOP_LOGPROBS:
+            raise RequestError(f"logprobs must be in [0, {MAX_TOP_LOGPROBS}], got {req.logprobs}")
+        bad = [t for t in (req.logit_bias or {}) if not 0 <= t < self.vocab_size]
+        if bad:
+            raise RequestError(f"logit_bias has token ids outside the vocabulary [0, {self.vocab_size}): {bad[:3]}")
+        prompt = self.prompt_of(req)
+        room = self.max_seq_tokens - len(prompt.ids)
         if room < 1:
             raise RequestError(
-                f"the prompt has {len(ids)} tokens; this model's context holds {self.max_seq_tokens} "
+                f"the prompt has {len(prompt.ids)} tokens; this model's context holds {self.max_seq_tokens} "
                 "(prompt plus output)", ErrorCode.CONTEXT_OVERFLOW)
         max_new = room if req.max_new_tokens is None else min(req.max_new_tokens, room)
         params = SamplingParams(temperature=req.temperature, top_p=req.top_p, top_k=req.top_k,
                                 repetition_penalty=req.repetition_penalty, presence_penalty=req.presence_penalty,
-                                frequency_penalty=req.frequency_penalty, seed=req.seed)
-        return PreparedRequest(request_id=req.request_id, prompt_text=text, prompt_ids=ids, max_new_tokens=max_new,
-                               params=params, stop=[*req.stop, *stops],
-                               stop_token_ids={*req.stop_token_ids, *stop_ids, *self.eos_ids}, echo=req.echo)
+                                frequency_penalty=req.frequency_penalty, seed=req.seed,
+                                logit_bias=req.logit_bias or None, logprobs=req.logprobs)
+        grammar = None
+        if req.guided_json is not None:
+            grammar = self.grammar_compiler().constraint(req.guided_json)
+        return PreparedRequest(request_id=req.request_id, prompt_text=prompt.text, prompt_ids=prompt.ids,
+                               max_new_tokens=max_new, params=params, stop=[*req.stop, *prompt.stop],
+                               stop_token_ids={*req.stop_token_ids, *prompt.stop_token_ids, *self.eos_ids},
+                               echo=req.echo, grammar=grammar)
 
     # ------------------------------------------------------------------ async API
     async def generate_stream(self, req: GenerateRequest) -> AsyncIterator[GenerateChunk]:
         """Text deltas of one request; the last chunk has ``finish_reason``. Closing the
         iterator early (client gone) cancels the request and frees its slot."""
         try:
-            prep = self.prepare(req)
+            # compiling a grammar takes a while: off the caller's event loop
+            prep = await asyncio.to_thread(self.prepare, req) if req.guided_json is not None else self.prepare(req)
+            prompt_lps = None
+            if req.echo and req.prompt_logprobs:
+                prompt_lps = await self._call(self._prompt_logprobs, prep.prompt_ids, req.logprobs or 0)
         except RequestError as exc:
             yield GenerateChunk(error=str(exc), error_code=exc.code, finish_reason="error")
             return
@@ -245,13 +256,14 @@ class Engine:
                 pass
 
         seq = Sequence(prep, self.tokenizer, sink, self.max_seq_tokens, self.device)
+        seq.metrics = self.metrics
         with self._active_lock:
             self._active += 1
         self._inbox.put(("add", seq))
         done = False
         try:
             if prep.echo:
-                yield GenerateChunk(text=prep.prompt_text, usage=seq.usage())
+                yield GenerateChunk(text=prep.prompt_text, usage=seq.usage(), logprobs=prompt_lps)
             while True:
                 chunk = await chunks.get()
                 if chunk.finish_reason is not None:
@@ -264,20 +276,18 @@ class Engine:
                 self._inbox.put(("abort", seq.request_id))
 
     async def generate(self, req: GenerateRequest) -> GenerateResult:
-        parts: list[str] = []
-        last = GenerateChunk()
-        async for chunk in self.generate_stream(req):
-            parts.append(chunk.text)
-            last = chunk
-        return GenerateResult(text="".join(parts), error=last.error, error_code=last.error_code,
-                              finish_reason=last.finish_reason, usage=last.usage or UsageInfo())
+        return GenerateResult.from_chunks([chunk async for chunk in self.generate_stream(req)])
 
     async def embed(self, req: EmbeddingRequest) -> EmbeddingResult:
         """One input per turn of the engine thread, so generation steps run in between (many
         inputs cannot starve streams); an input longer than the context is refused."""
         vectors, total = [], 0
-        for i, text in enumerate(req.input):
-            ids = self._encode(text, True)
+        inputs = req.input_ids if req.input_ids is not None else req.input
+        for i, item in enumerate(inputs):
+            ids = encode_text(self.tokenizer, item, True) if isinstance(item, str) else list(item)
+            if not ids or not all(0 <= t < self.vocab_size for t in ids):
+                return EmbeddingResult(error=f"input[{i}]: token ids must be a non-empty list of ids in "
+                                             f"[0, {self.vocab_size})", error_code=ErrorCode.VALIDATION_TYPE_ERROR)
             if len(ids) > self.context_len:
                 return EmbeddingResult(error=f"input[{i}] has {len(ids)} tokens; this model's context holds "
                                              f"{self.context_len}", error_code=ErrorCode.CONTEXT_OVERFLOW)
@@ -286,12 +296,21 @@ class Engine:
         return EmbeddingResult(embedding=vectors, token_num=total)
 
     def count_tokens(self, req: CountTokenRequest) -> CountTokenResult:
-        _, ids, _, _ = self.prompt_of(req)
-        return CountTokenResult(count=len(ids), context_length=self.context_len)
+        return CountTokenResult(count=len(self.prompt_of(req).ids), context_length=self.context_len)
+
+    def tokenize(self, req: TokenizeRequest) -> TokenizeResponse:
+        return prompts.tokenize(self.formatter, self.tokenizer, req, self.context_len)
+
+    def detokenize(self, req: DetokenizeRequest) -> DetokenizeResponse:
+        return prompts.detokenize(self.tokenizer, req)
+
+    def tokenizer_info(self) -> dict:
+        return prompts.tokenizer_info(self.tokenizer, self.context_len)
 
     def model_details(self, model_name: str | None = None) -> ModelDetails:
         return ModelDetails(model=model_name or self.model_name, context_length=self.context_len,
-                            backend=self.backend, dtype=self.dtype_name, device=str(self.device))
+                            backend=self.backend, dtype=self.dtype_name, device=str(self.device),
+                            tool_parser=self.formatter.tool_family)
 
     async def _call(self, fn, *args):
         """Run ``fn`` on the engine thread between two steps (the model is not thread-safe)."""
@@ -306,6 +325,13 @@ class Engine:
         ids_t = torch.tensor([ids], device=self.device)
         hidden = self.base_model(input_ids=ids_t, use_cache=False).last_hidden_state[0]
         return torch.nn.functional.normalize(hidden.float().mean(dim=0), dim=0).tolist()
+
+    def _prompt_logprobs(self, ids: list[int], k: int) -> list:
+        """Each prompt token's logprob given the tokens before it (one forward, no cache)."""
+        pa.set_step(None, None)
+        ids_t = torch.tensor([ids[: self.context_len]], device=self.device)
+        logits = self.model(input_ids=ids_t, use_cache=False).logits[0].float().cpu()
+        return token_logprobs(self.tokenizer, ids, logits, k)
 
     # ------------------------------------------------------------------ engine thread
     def _run(self) -> None:
@@ -375,6 +401,7 @@ class Engine:
         seq.kv_len = 0
         self._waiting.appendleft(seq)
         self.preemptions += 1
+        self.metrics.preempt.inc()
         log.info("KV cache full: preempted request %s (%d tokens)", seq.request_id, seq.num_tokens)
 
     def _schedule(self) -> list[tuple[Sequence, int]]:
@@ -467,13 +494,15 @@ class Engine:
             seq.kv_len += n
         if not sampled:
             return
-        rows = [SamplingRow(s.params, s.prompt_ids, s.output_ids, s.generator) for s in sampled]
-        for seq, token in zip(sampled, sample(logits, rows), strict=True):
+        rows = [SamplingRow(s.params, s.prompt_ids, s.output_ids, s.generator, s.grammar) for s in sampled]
+        tokens, lps = sample_with_logprobs(logits, rows)
+        for seq, token, lp in zip(sampled, tokens, lps, strict=True):
             if token == NON_FINITE:
                 seq.finish("error", error="the sampling parameters turned this request's logits non-finite",
                            error_code=ErrorCode.PARAM_OUT_OF_RANGE)
             else:
-                seq.append_token(token)
+                self.metrics.on_token(seq)
+                seq.append_token(token, lp)
             if seq.finished:
                 self._running.remove(seq)
                 seq.table.release(self.cache)

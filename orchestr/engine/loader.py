@@ -282,8 +282,9 @@ def load_model(
     folder = resolve_model_path(model_path)
     device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, device)
+    compute_dtype = torch_dtype
     if load_8bit and device == "cpu":
-        # Dynamic int8 quantisation keeps fp32 activations; it needs fp32 weights to start from.
+        # int8 weights are quantized from the fp32 ones; activations then run in the asked dtype.
         torch_dtype = torch.float32
 
     kwargs: dict[str, Any] = {"dtype": torch_dtype, "trust_remote_code": trust_remote_code}
@@ -312,7 +313,7 @@ def load_model(
     if "device_map" not in kwargs and not (load_8bit and device == "cuda"):
         model.to(device)
     if load_8bit and device == "cpu":
-        model = quantize_int8_cpu(model)
+        model = quantize_int8_cpu(model, compute_dtype)
     elif load_8bit and device == "mps":
         log.warning("--load-8bit is not supported on mps; loading %s unquantised", torch_dtype)
     model.eval()
@@ -329,19 +330,13 @@ def load_model(
     return model, tok
 
 
-def quantize_int8_cpu(model: Any) -> Any:
-    """Dynamic int8 quantisation of every ``nn.Linear`` (weights int8, activations fp32)."""
-    import warnings
+def quantize_int8_cpu(model: Any, compute_dtype: Any = None) -> Any:
+    """Weight-only group-wise int8 (groups of 64) for every linear layer and the token
+    embedding, in place; the full-precision weights are freed (see engine/int8_weights.py)."""
+    from orchestr.engine.int8_weights import quantize_model
 
-    import torch
-    from torch.ao.quantization import quantize_dynamic
-
-    # Tied input/output embeddings: quantising lm_head unties it; the embedding stays fp32
-    # and lm_head becomes its own int8 copy.
-    with warnings.catch_warnings():  # torch.ao quantisation warns it is deprecated
-        warnings.simplefilter("ignore", UserWarning)
-        warnings.simplefilter("ignore", DeprecationWarning)
-        return quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8, inplace=False)
+    quantize_model(model, compute_dtype)
+    return model
 
 
 def load_model_from_config(model_cfg: Any) -> tuple[Any, Any]:
@@ -360,9 +355,13 @@ def load_model_from_config(model_cfg: Any) -> tuple[Any, Any]:
 
 
 def model_dtype_name(model: Any) -> str:
-    """A short dtype label for status output (``int8`` for a dynamically quantised model)."""
+    """A short dtype label for status output (``int8`` for an int8 model)."""
     import torch
 
+    from orchestr.engine.int8_weights import is_int8
+
+    if is_int8(model):
+        return "int8"
     for module in model.modules():
         if type(module).__module__.startswith("torch.ao.nn.quantized"):
             return "int8"

@@ -1,10 +1,12 @@
 """Per-request sampling over a batch of logit rows: greedy (temperature 0), temperature,
-top-k, top-p, repetition (HF-style) and presence/frequency (OpenAI-style) penalties, seeds."""
+top-k, top-p, repetition (HF-style) and presence/frequency (OpenAI-style) penalties, logit bias,
+grammar masks (structured outputs), seeds, and the log probabilities of what was sampled."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -23,6 +25,8 @@ class SamplingParams:
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
     seed: int | None = None
+    logit_bias: dict[int, float] | None = None
+    logprobs: int | None = None  # None: none; k: the sampled token's and the top k
 
     @property
     def greedy(self) -> bool:
@@ -31,6 +35,11 @@ class SamplingParams:
     @property
     def has_penalties(self) -> bool:
         return self.repetition_penalty != 1.0 or self.presence_penalty != 0.0 or self.frequency_penalty != 0.0
+
+    @property
+    def plain(self) -> bool:
+        """Greedy with nothing to apply to the logits: the batched fast path."""
+        return self.greedy and not self.has_penalties and not self.logit_bias and self.logprobs is None
 
 
 @dataclass
@@ -41,6 +50,19 @@ class SamplingRow:
     prompt_ids: Sequence[int]
     output_ids: Sequence[int]
     generator: torch.Generator | None
+    grammar: Any = None  # a GrammarConstraint (orchestr.engine.grammar) or None
+
+    @property
+    def plain(self) -> bool:
+        return self.params.plain and self.grammar is None
+
+
+@dataclass
+class Logprob:
+    """The sampled token's log probability and the top alternatives, (id, logprob) best first."""
+
+    logprob: float
+    top: list[tuple[int, float]]
 
 
 def _apply_penalties(logits: torch.Tensor, row: SamplingRow) -> torch.Tensor:
@@ -89,22 +111,48 @@ def greedy_pick(logits: torch.Tensor) -> torch.Tensor:
 def sample(logits: torch.Tensor, rows: Sequence[SamplingRow]) -> list[int]:
     """One next token per row of ``logits`` ([R, vocab]); ``NON_FINITE`` for a sampled row whose
     logits went NaN/inf (one request's parameters must not fail the batch)."""
-    if all(r.params.greedy and not r.params.has_penalties for r in rows):
-        return greedy_pick(logits).tolist()  # the common case: no copies (bf16 -> fp32 is exact)
+    return sample_with_logprobs(logits, rows)[0]
+
+
+def processed_logits(row_logits: torch.Tensor, row: SamplingRow) -> torch.Tensor:
+    """A row's fp32 CPU logits after penalties, logit bias and the grammar mask: what temperature,
+    top-k/top-p then act on, and what logprobs are reported from (as OpenAI and vLLM document)."""
+    if row.params.has_penalties:
+        row_logits = _apply_penalties(row_logits, row)
+    if row.params.logit_bias:
+        ids = torch.tensor(list(row.params.logit_bias), dtype=torch.long)
+        row_logits[ids] += torch.tensor(list(row.params.logit_bias.values()), dtype=row_logits.dtype)
+    if row.grammar is not None:
+        row.grammar.mask_(row_logits)
+    return row_logits
+
+
+def token_logprob(row_logits: torch.Tensor, token: int, k: int) -> Logprob:
+    logprobs = torch.log_softmax(row_logits, dim=-1)
+    top: list[tuple[int, float]] = []
+    if k > 0:
+        values, indices = torch.topk(logprobs, k)
+        top = list(zip(indices.tolist(), values.tolist(), strict=True))
+    return Logprob(float(logprobs[token]), top)
+
+
+def sample_with_logprobs(logits: torch.Tensor, rows: Sequence[SamplingRow]) -> tuple[list[int], list[Logprob | None]]:
+    """Next tokens, and for rows that asked for them their log probabilities."""
+    lps: list[Logprob | None] = [None] * len(rows)
+    if all(r.plain for r in rows):
+        return greedy_pick(logits).tolist(), lps  # the common case: no copies (bf16 -> fp32 is exact)
     logits = logits.float()
     out: list[int] = [0] * len(rows)
-    plain_greedy = [i for i, r in enumerate(rows) if r.params.greedy and not r.params.has_penalties]
+    plain_greedy = [i for i, r in enumerate(rows) if r.plain]
     if plain_greedy:
         picks = greedy_pick(logits[plain_greedy]).tolist()
         for i, tok in zip(plain_greedy, picks, strict=True):
             out[i] = tok
     for i, row in enumerate(rows):
-        if row.params.greedy and not row.params.has_penalties:
+        if row.plain:
             continue
         # per-row work on CPU: penalties build small index tensors, seeds are CPU generators
-        row_logits = logits[i].to("cpu", copy=True)
-        if row.params.has_penalties:
-            row_logits = _apply_penalties(row_logits, row)
+        row_logits = processed_logits(logits[i].to("cpu", copy=True), row)
         if torch.isnan(row_logits).any() or torch.isposinf(row_logits).any():
             out[i] = NON_FINITE
             continue
@@ -112,4 +160,6 @@ def sample(logits: torch.Tensor, rows: Sequence[SamplingRow]) -> list[int]:
             out[i] = int(greedy_pick(row_logits))
         else:
             out[i] = _sample_row(row_logits, row.params, row.generator)
-    return out
+        if row.params.logprobs is not None:
+            lps[i] = token_logprob(row_logits, out[i], row.params.logprobs)
+    return out, lps

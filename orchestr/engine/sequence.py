@@ -5,13 +5,37 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
 from orchestr.engine.detokenizer import IncrementalDetokenizer, StopStringMatcher
 from orchestr.engine.paged_attention import BlockTable
-from orchestr.engine.sampling import SamplingParams
-from orchestr.protocol import GenerateChunk, UsageInfo
+from orchestr.engine.sampling import Logprob, SamplingParams
+from orchestr.protocol import GenerateChunk, TokenLogprob, TopLogprob, UsageInfo
+
+
+def token_text(tokenizer: Any, token: int) -> str:
+    return tokenizer.decode([token], skip_special_tokens=False)
+
+
+def logprob_entry(tokenizer: Any, token: int, lp: Logprob) -> TokenLogprob:
+    return TokenLogprob(token=token_text(tokenizer, token), logprob=lp.logprob, id=token,
+                        top=[TopLogprob(token=token_text(tokenizer, t), logprob=v, id=t) for t, v in lp.top])
+
+
+def token_logprobs(tokenizer: Any, ids: list[int], logits: torch.Tensor, k: int) -> list[TokenLogprob]:
+    """Logprobs of ``ids[1:]`` under ``logits`` (row t predicts token t+1); the first token has none."""
+    logprobs = torch.log_softmax(logits, dim=-1)
+    out = [TokenLogprob(token=token_text(tokenizer, ids[0]), logprob=None, id=ids[0])]
+    for t in range(1, len(ids)):
+        row = logprobs[t - 1]
+        top = []
+        if k > 0:
+            values, indices = torch.topk(row, k)
+            top = list(zip(indices.tolist(), values.tolist(), strict=True))
+        out.append(logprob_entry(tokenizer, ids[t], Logprob(float(row[ids[t]]), top)))
+    return out
 
 
 @dataclass
@@ -26,6 +50,7 @@ class PreparedRequest:
     stop: list[str] = field(default_factory=list)
     stop_token_ids: set[int] = field(default_factory=set)
     echo: bool = False
+    grammar: Any = None  # GrammarConstraint of a structured-output request
 
 
 class Sequence:
@@ -44,7 +69,12 @@ class Sequence:
         self.text = ""
         self.emitted = 0  # characters of ``text`` already sent
         self.finished = False
+        self.grammar = prep.grammar
+        self.tokenizer = tokenizer
+        self.pending_logprobs: list[TokenLogprob] | None = [] if prep.params.logprobs is not None else None
         self.arrival = time.monotonic()
+        self.last_token_at: float | None = None
+        self.metrics: Any = None  # EngineMetrics of the engine running it
         self.generator: torch.Generator | None = None
         if prep.params.seed is not None:
             self.generator = torch.Generator().manual_seed(prep.params.seed)
@@ -78,16 +108,22 @@ class Sequence:
         p, c = len(self.prompt_ids), len(self.output_ids)
         return UsageInfo(prompt_tokens=p, completion_tokens=c, total_tokens=p + c)
 
-    def append_token(self, token: int) -> None:
+    def append_token(self, token: int, logprob: Logprob | None = None) -> None:
         """Record a sampled token, stream any new text, and finish when a stop condition holds."""
         self.output_ids.append(token)
         finish = None
         text_ids = self.output_ids
+        if self.grammar is not None:
+            self.grammar.accept(token)
         if token in self.prep.stop_token_ids:
             finish = "stop"
             text_ids = self.output_ids[:-1]
+        elif self.grammar is not None and self.grammar.terminated:
+            finish = "stop"
         elif len(self.output_ids) >= self.prep.max_new_tokens:
             finish = "length"
+        if logprob is not None and self.pending_logprobs is not None and text_ids is self.output_ids:
+            self.pending_logprobs.append(logprob_entry(self.tokenizer, token, logprob))
         self.text += self.detok.step(text_ids, final=finish is not None)
         hit = self.matcher.find(self.text, self.emitted)
         if hit != -1:
@@ -99,11 +135,21 @@ class Sequence:
         if finish:
             self.finish(finish, delta)
         elif delta:
-            self.sink(GenerateChunk(text=delta, usage=self.usage()))
+            self.sink(GenerateChunk(text=delta, usage=self.usage(), logprobs=self._take_logprobs()))
+
+    def _take_logprobs(self) -> list[TokenLogprob] | None:
+        """The logprobs of the tokens sampled since the last chunk (their text may lag: stop
+        strings and incomplete characters are held back)."""
+        if self.pending_logprobs is None:
+            return None
+        out, self.pending_logprobs = self.pending_logprobs, []
+        return out
 
     def finish(self, reason: str, delta: str = "", error: str | None = None, error_code: int = 0) -> None:
         if self.finished:
             return
         self.finished = True
+        if self.metrics is not None:
+            self.metrics.on_finish(self, reason)
         self.sink(GenerateChunk(text=delta, finish_reason=reason, usage=self.usage(), error=error,
-                                error_code=error_code))
+                                error_code=error_code, logprobs=self._take_logprobs()))

@@ -121,6 +121,24 @@ def get_template(name: str) -> ConvTemplate:
     return TEMPLATES[key]
 
 
+# tool-call syntaxes of chat templates that render tools (the API parses calls per family)
+HERMES, LLAMA3, MISTRAL = "hermes", "llama3_json", "mistral"
+
+
+def template_family(chat_template: str | None) -> str | None:
+    """Which parser fits a tokenizer chat template that renders tools (None: it renders none)."""
+    t = str(chat_template or "")
+    if "tools" not in t:
+        return None
+    if "<tool_call>" in t:
+        return HERMES
+    if "[TOOL_CALLS]" in t or "[AVAILABLE_TOOLS]" in t:
+        return MISTRAL
+    if "<|python_tag|>" in t or "ipython" in t or "<|eom_id|>" in t:
+        return LLAMA3
+    return None
+
+
 @dataclass(frozen=True)
 class ChatPrompt:
     text: str
@@ -144,17 +162,23 @@ class ChatFormatter:
     def name(self) -> str:
         return "tokenizer" if self.uses_tokenizer_template else self.template.name
 
-    def format(self, messages: Sequence[Message]) -> ChatPrompt:
+    @property
+    def tool_family(self) -> str | None:
+        """The tool-call syntax of the tokenizer's chat template; None when it renders no tools."""
+        return template_family(self.tokenizer.chat_template) if self.uses_tokenizer_template else None
+
+    def format(self, messages: Sequence[Message], tools: list[dict] | None = None) -> ChatPrompt:
         for m in messages:
             if m.get("role") not in ("system", "developer", "user", "assistant", "tool"):
                 raise TemplateError(f"unsupported message role {m.get('role')!r}")
         if self.uses_tokenizer_template:
+            kwargs = {"tools": tools} if tools else {}
             try:
                 text = self.tokenizer.apply_chat_template(
-                    [{"role": "system" if m["role"] == "developer" else m["role"], "content": m["content"]}
-                     for m in messages],
+                    [{**m, "role": "system" if m["role"] == "developer" else m["role"]} for m in messages],
                     tokenize=False,
                     add_generation_prompt=True,
+                    **kwargs,
                 )
             except Exception as exc:  # jinja raise_exception() in templates: bad role order etc.
                 raise TemplateError(f"cannot apply the model's chat template: {exc}") from exc

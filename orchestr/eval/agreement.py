@@ -15,6 +15,7 @@ from typing import Any
 import pandas as pd
 
 from orchestr.eval.errors import EvalError
+from orchestr.eval.matches import record_turn
 from orchestr.eval.records import read_jsonl
 
 Vote = tuple[int, tuple[str, str, str], str]  # turn, (question_id, model_a, model_b) sorted, winner
@@ -61,7 +62,7 @@ def load_votes(path: Path, label: str | None = None) -> dict[str, list[Vote]]:
         a, b, winner = v
         if a > b:
             a, b, winner = b, a, _flip(winner)
-        votes[label or judge_label(r.get("judge", path.stem))].append((int(r["turn"]), (str(r["question_id"]), a, b), winner))
+        votes[label or judge_label(r.get("judge", path.stem))].append((record_turn(r), (str(r["question_id"]), a, b), winner))
     return votes
 
 

@@ -10,6 +10,7 @@ and the cost meter (orchestr.eval.judge_cache).
 
 from __future__ import annotations
 
+import inspect
 import sys
 from typing import Any
 
@@ -23,7 +24,14 @@ from orchestr.eval.errors import EvalError
 from orchestr.eval.judge_cache import BudgetExhausted, MeteredJudge
 from orchestr.eval.matches import Match, build_matches, pair_key, single_key
 from orchestr.eval.parallel import run_parallel
-from orchestr.eval.parse import parse_label, parse_score, parse_verdict
+from orchestr.eval.parse import (
+    parse_label,
+    parse_score,
+    parse_structured,
+    parse_verdict,
+    schema_instruction,
+    verdict_schema,
+)
 from orchestr.eval.records import (
     JsonlAppender,
     arena_hard_record,
@@ -97,12 +105,54 @@ def render(match: Match, answer_a: list[str], answer_b: list[str] | None) -> str
         raise EvalError(f"judge prompt {match.prompt.name!r} uses a field this match does not have: {e}") from None
 
 
+STRUCTURED = ("auto", "on", "off")
+
+
+def structured_for(cfg: Any, responder: Any) -> bool:
+    """Whether verdicts are asked for as schema-constrained JSON: `auto` does it for the in-process
+    judge (whose sampler enforces the schema), `on` for every judge (endpoints get `response_format`)."""
+    mode = cfg.judge.structured
+    if mode not in STRUCTURED:
+        raise EvalError(f"judge.structured must be one of {', '.join(STRUCTURED)}, not {mode!r}")
+    if mode == "off":
+        return False
+    local = not isinstance(responder, ChatClient)
+    if mode == "auto" and not local:
+        return False
+    if local and "json_schema" not in inspect.signature(responder.chat).parameters:
+        print("warning: the in-process model cannot constrain its output here; verdicts are free text")
+        return False
+    return True
+
+
+def _kind(match: Match) -> str:
+    return "arena-hard" if "A>>B" in match.prompt.output_format + match.prompt.system_prompt else \
+        "single" if match.prompt.type == "single" else "pair"
+
+
 def _ask(client: MeteredJudge, match: Match, user_prompt: str, cfg: Any) -> str:
     messages = []
-    if match.prompt.system_prompt:
-        messages.append({"role": "system", "content": match.prompt.system_prompt})
+    system = match.prompt.system_prompt
+    schema = verdict_schema(_kind(match)) if client.structured else None
+    if schema is not None:  # the verdict's form is the schema's, not the prompt's `[[...]]`
+        system = f"{system}\n\n{schema_instruction(_kind(match))}".strip()
+    if system:
+        messages.append({"role": "system", "content": system})
     messages.append({"role": "user", "content": user_prompt})
-    return client.ask(match.prompt.name, messages, cfg.judge.temperature, cfg.judge.max_tokens)
+    return client.ask(match.prompt.name, messages, cfg.judge.temperature, cfg.judge.max_tokens, schema)
+
+
+def _score(judgment: str) -> float:
+    rating = parse_structured(judgment, "single")
+    return float(rating) if rating is not None else parse_score(judgment)
+
+
+def _verdict(judgment: str) -> str:
+    return parse_structured(judgment, "pair") or parse_verdict(judgment)
+
+
+def _label(judgment: str) -> str | None:
+    return parse_structured(judgment, "arena-hard") or parse_label(judgment)
 
 
 def _turns(answers: dict, model: str, qid: Any) -> list[str]:
@@ -119,7 +169,7 @@ def judge_single(client: MeteredJudge, match: Match, answers: dict, cfg: Any) ->
         (judge_model_of(cfg), match.prompt.name),
         user_prompt,
         judgment,
-        parse_score(judgment),
+        _score(judgment),
         match.turn,
     )
 
@@ -133,8 +183,8 @@ def judge_pair(client: MeteredJudge, match: Match, answers: dict, cfg: Any) -> d
     j1 = _ask(client, match, p1, cfg)
     p2 = render(match, a2, a1)
     j2 = _ask(client, match, p2, cfg)
-    g1 = {"A": "model_1", "B": "model_2"}.get(v := parse_verdict(j1), v)
-    g2 = {"A": "model_2", "B": "model_1"}.get(v := parse_verdict(j2), v)
+    g1 = {"A": "model_1", "B": "model_2"}.get(v := _verdict(j1), v)
+    g2 = {"A": "model_2", "B": "model_1"}.get(v := _verdict(j2), v)
     return pair_judgment_record(qid, m1, m2, g1, g2, (judge_model_of(cfg), match.prompt.name), p1, j1, p2, j2, match.turn)
 
 
@@ -147,7 +197,7 @@ def judge_arena_hard(client: MeteredJudge, match: Match, answers: dict, cfg: Any
     for first, second in ((a_base, a_model), (a_model, a_base)):
         prompt = render(match, first, second)
         judgment = _ask(client, match, prompt, cfg)
-        games.append({"user_prompt": prompt, "judgment": judgment, "score": parse_label(judgment)})
+        games.append({"user_prompt": prompt, "judgment": judgment, "score": _label(judgment)})
     return arena_hard_record(qid, match.question.get("category", "general"), model, baseline,
                              (judge_model_of(cfg), match.prompt.name), games)  # fmt: skip
 
@@ -160,8 +210,7 @@ def is_unparseable(record: dict) -> bool:
     return "error" in (record["g1_winner"], record["g2_winner"])
 
 
-def _resume_hint(cfg: Any) -> str:
-    return "rerun the same command to judge only what is missing (finished judgments are kept and cached)"
+RESUME_HINT = "rerun the same command to judge only what is missing (finished judgments are kept and cached)"
 
 
 def run_judge(cfg: Any, client: Responder | None = None) -> StepCounts:
@@ -195,7 +244,8 @@ def run_judge(cfg: Any, client: Responder | None = None) -> StepCounts:
     print(f"judge: {judge_model} ({j.mode}) on {cfg.bench.name}, models {', '.join(models)}: "
           f"{len(matches)} matches, {len(todo)} to judge -> {out}")
     if todo:
-        judge = MeteredJudge(client or make_judge_client(cfg), cfg)
+        responder = client or make_judge_client(cfg)
+        judge = MeteredJudge(responder, cfg, structured_for(cfg, responder))
         play = {"single": judge_single, "arena-hard": judge_arena_hard}.get(j.mode, judge_pair)
 
         def failed(m: Match, e: Exception) -> None:
@@ -220,7 +270,7 @@ def run_judge(cfg: Any, client: Responder | None = None) -> StepCounts:
     print(f"judge: {counts.line('judged')}")
     if counts.stopped:
         print(f"judge: stopped: {counts.stopped}; {counts.left} matches not judged. Raise judge.budget and "
-              f"{_resume_hint(cfg)}", file=sys.stderr)
+              f"{RESUME_HINT}", file=sys.stderr)
     if counts.failed:
-        print(f"judge: {counts.failed} of {len(todo)} matches failed; {_resume_hint(cfg)}", file=sys.stderr)
+        print(f"judge: {counts.failed} of {len(todo)} matches failed; {RESUME_HINT}", file=sys.stderr)
     return counts

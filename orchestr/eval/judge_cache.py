@@ -69,9 +69,10 @@ class JudgeCache:
 class MeteredJudge:
     """The judge as the judge modes see it: cached, metered, budgeted."""
 
-    def __init__(self, responder: Any, cfg: Any):
+    def __init__(self, responder: Any, cfg: Any, structured: bool = False):
         j = cfg.judge
         self.responder = responder
+        self.structured = structured  # verdicts as schema-constrained JSON
         self.model = str(j.model or cfg.model.name)
         self.cache = JudgeCache(j.cache)
         self.price_in = float(j.price_input_per_mtok or 0.0)
@@ -90,8 +91,8 @@ class MeteredJudge:
         return (self.prompt_tokens * self.price_in + self.completion_tokens * self.price_out) / 1e6
 
     def ask(self, prompt_name: str, messages: list[dict], temperature: float, max_tokens: int,
-            response_format: dict | None = None) -> str:  # fmt: skip
-        key = cache_key(self.model, prompt_name, messages, temperature, max_tokens, response_format)
+            schema: dict | None = None) -> str:  # fmt: skip
+        key = cache_key(self.model, prompt_name, messages, temperature, max_tokens, schema)
         hit = self.cache.get(key)
         if hit is not None:
             with self._lock:
@@ -100,7 +101,13 @@ class MeteredJudge:
         with self._lock:
             if self.budget is not None and self.cost >= self.budget:
                 raise BudgetExhausted(f"judge.budget={self.budget} reached (spent {self.cost:.4f})")
-        kw = {"response_format": response_format} if response_format else {}
+        kw: dict[str, Any] = {}
+        if schema is not None:  # an endpoint takes OpenAI's response_format; the in-process model the schema
+            from orchestr.eval.client import ChatClient
+
+            kw = ({"response_format": {"type": "json_schema", "json_schema": {"name": "verdict", "schema": schema,
+                                                                               "strict": True}}}
+                  if isinstance(self.responder, ChatClient) else {"json_schema": schema})  # fmt: skip
         content = self.responder.chat(messages, temperature, max_tokens, **kw)
         last = getattr(self.responder, "last_usage", None)
         p, c = last() if last is not None else (0, 0)

@@ -1,8 +1,8 @@
 """Answering with a model loaded in this process (`eval.answer.backend=local`), no deployment needed.
 
-The model is loaded by orchestr.engine's loader from the selected `model` config and prompted with
-the engine's chat formatter (the tokenizer's template, or `model.conv_template`), as a worker would.
-Generation is serialised (one sequence at a time), which is what a single CPU process does best.
+The model runs on orchestr's batching engine through its synchronous façade (``orchestr.engine.llm``),
+prompted with the engine's chat formatter (the tokenizer's template, or `model.conv_template`), as a
+worker would. Questions answered from several threads (``eval.answer.parallel``) share the batch.
 """
 
 from __future__ import annotations
@@ -10,39 +10,34 @@ from __future__ import annotations
 import threading
 from typing import Any
 
+from orchestr.eval.client import RequestFailed
 from orchestr.eval.errors import EvalError
 
 
 class LocalResponder:
     def __init__(self, cfg: Any):
-        from orchestr.engine.loader import ModelLoadError, load_model_from_config
-        from orchestr.engine.templates import ChatFormatter
+        from orchestr.engine.llm import LLM
+        from orchestr.engine.loader import ModelLoadError
 
         m = cfg.model
         try:
-            self.model, self.tokenizer = load_model_from_config(m)
-            self.formatter = ChatFormatter(self.tokenizer, m.conv_template)
+            self.llm = LLM.from_config(m)
         except (ModelLoadError, ValueError) as e:
             raise EvalError(f"model {m.name}: {e}") from None
-        self._lock = threading.Lock()
+        self._last = threading.local()
 
-    def chat(self, messages: list[dict[str, str]], temperature: float, max_tokens: int) -> str:
-        import torch
+    def chat(self, messages: list[dict[str, str]], temperature: float, max_tokens: int,
+             json_schema: dict | None = None) -> str:
+        from orchestr.engine.prompts import RequestError
 
-        prompt = self.formatter.format(messages)
-        enc = self.tokenizer(prompt.text, return_tensors="pt", add_special_tokens=prompt.add_special_tokens)
-        device = next(self.model.parameters()).device
-        inputs = {k: v.to(device) for k, v in enc.items()}
-        sample = temperature > 1e-4  # FastChat: greedy decoding at temperature ~0
-        kwargs: dict[str, Any] = {"max_new_tokens": max_tokens, "do_sample": sample}
-        if sample:
-            kwargs["temperature"] = temperature
-        eos = [self.tokenizer.eos_token_id, *prompt.stop_token_ids]
-        with self._lock, torch.inference_mode():
-            out = self.model.generate(
-                **inputs, pad_token_id=self.tokenizer.pad_token_id, eos_token_id=[e for e in eos if e is not None], **kwargs
-            )
-        text = self.tokenizer.decode(out[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
-        for stop in prompt.stop:  # template stop strings end the turn
-            text = text.split(stop)[0]
-        return text
+        try:
+            req = self.llm.request(messages, temperature=temperature, max_tokens=max_tokens, json_schema=json_schema)
+            result = self.llm.generate(req)
+        except RequestError as e:  # this request only (e.g. a prompt too long): counted as failed
+            raise RequestFailed(f"model {self.llm.model_name}: {e}") from None
+        self._last.tokens = (result.usage.prompt_tokens, result.usage.completion_tokens)
+        return result.text
+
+    def last_usage(self) -> tuple[int, int]:
+        """(prompt, completion) tokens of this thread's last request (the judge's token count)."""
+        return getattr(self._last, "tokens", (0, 0))

@@ -78,3 +78,36 @@ def parse_label(judgment: str | None) -> str | None:
     found = {_CANONICAL.get(a + op + b) for a, op, b in _LABEL.findall(judgment) if a != b}
     found.discard(None)
     return found.pop() if len(found) == 1 else None
+
+
+# Structured verdicts: the judge answers with one JSON object under a JSON-schema constraint (the
+# in-process judge's sampler is constrained to it, so every verdict parses).
+_SCHEMA_FIELD = {"single": "rating", "pair": "verdict", "arena-hard": "verdict"}
+_SCHEMA_VALUES: dict[str, list] = {"single": list(range(1, 11)), "pair": ["A", "B", "tie"], "arena-hard": list(LABELS)}
+_SCHEMA_HINT = {
+    "single": 'Reply with only a JSON object {"rating": N}, N your score from 1 to 10.',
+    "pair": 'Reply with only a JSON object {"verdict": V}, V one of "A", "B" or "tie".',
+    "arena-hard": 'Reply with only a JSON object {"verdict": V}, V one of "A>>B", "A>B", "A=B", "B>A", "B>>A".',
+}
+
+
+def verdict_schema(kind: str) -> dict:
+    field = _SCHEMA_FIELD[kind]
+    return {"type": "object", "properties": {field: {"enum": _SCHEMA_VALUES[kind]}}, "required": [field],
+            "additionalProperties": False}  # fmt: skip
+
+
+def schema_instruction(kind: str) -> str:
+    return _SCHEMA_HINT[kind]
+
+
+def parse_structured(judgment: str | None, kind: str):
+    """The verdict of a structured judgment (rating, 'A'/'B'/'tie', or a label), or None."""
+    import json
+
+    try:
+        obj = json.loads(judgment or "")
+    except json.JSONDecodeError:
+        return None
+    value = obj.get(_SCHEMA_FIELD[kind]) if isinstance(obj, dict) else None
+    return value if value in _SCHEMA_VALUES[kind] else None

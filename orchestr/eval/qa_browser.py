@@ -16,6 +16,7 @@ from orchestr.eval import paths
 from orchestr.eval.bench import load_answers, load_questions
 from orchestr.eval.errors import EvalError
 from orchestr.eval.judge import judge_name_of
+from orchestr.eval.matches import record_turn
 from orchestr.eval.records import read_jsonl
 
 
@@ -53,9 +54,9 @@ def load_browser_data(cfg: Any) -> BrowserData:
     data = BrowserData(load_questions(cfg.bench), load_answers(paths.answer_dir(data_dir, bench)))
     judge = judge_name_of(cfg)
     for r in read_jsonl(paths.judgment_file(data_dir, bench, judge, pairwise=False)):
-        data.single[(str(r["question_id"]), r["model"], int(r["turn"]))] = r
+        data.single[(str(r["question_id"]), r["model"], record_turn(r))] = r
     for r in read_jsonl(paths.judgment_file(data_dir, bench, judge, pairwise=True)):
-        data.pair[(str(r["question_id"]), r["model_1"], r["model_2"], int(r["turn"]))] = r
+        data.pair[(str(r["question_id"]), r["model_1"], r["model_2"], record_turn(r))] = r
     return data
 
 

@@ -27,6 +27,7 @@ from orchestr.launch.spec import ProcessSpec
 WORKER_MODULES = {
     "hf": "orchestr.services.model_worker",
     "vllm": "orchestr.services.vllm_worker",
+    "openvino": "orchestr.services.openvino_worker",
     "multi": "orchestr.services.multi_model_worker",
 }
 
@@ -134,7 +135,7 @@ class Planner:
         else:
             kind = backend
         if kind not in WORKER_MODULES:
-            raise PlanError(f"{key}.backend", f"unknown backend {backend!r} (hf | vllm)")
+            raise PlanError(f"{key}.backend", f"unknown backend {backend!r} (hf | vllm | openvino)")
         python = w.python or node_python(node)
         addr = f"http://{node.address}:{w.port}"
         argv = [python, "-m", WORKER_MODULES[kind]]
@@ -150,7 +151,7 @@ class Planner:
                  "--heart-beat-interval", str(self.services.worker.heart_beat_interval)]
         if kind != "multi":
             argv += [*self.model_flags(models[0], kind, w, node)]
-        if kind in ("hf", "multi"):
+        if kind in ("hf", "multi", "openvino"):
             argv += self.engine_flags()
         if kind != "multi":
             argv += models[0].extra_args
@@ -176,6 +177,15 @@ class Planner:
             flags += _opt("--quantization", m.quantization)
             flags += _opt("--max-model-len", m.context_length)
             flags += ["--gpu-memory-utilization", str(m.gpu_memory_utilization)]
+            flags += _bool_flag("--trust-remote-code", m.trust_remote_code)
+            return flags
+        if kind == "openvino":
+            # int8/int4 IR weights: `quantization: int8|int4`, or `load_8bit: true`
+            weights = m.quantization or ("int8" if m.load_8bit else None)
+            flags += _opt("--dtype", None if m.dtype == "auto" else m.dtype)
+            flags += _opt("--weight-format", weights)
+            flags += _opt("--max-model-len", m.context_length)
+            flags += _opt("--conv-template", m.conv_template)
             flags += _bool_flag("--trust-remote-code", m.trust_remote_code)
             return flags
         flags += _opt("--tokenizer", m.tokenizer)

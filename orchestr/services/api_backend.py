@@ -13,6 +13,8 @@ from orchestr.services.routing import Router
 from orchestr.services.serving_chat import ChatServing
 from orchestr.services.serving_completion import CompletionServing
 from orchestr.services.serving_embedding import EmbeddingServing
+from orchestr.services.serving_responses import ResponsesServing
+from orchestr.services.serving_tokenizer import TokenizerServing
 from orchestr.services.worker_stream import WorkerClient
 
 
@@ -42,6 +44,8 @@ class ApiBackend:
         self.chat = ChatServing(generation, default_max_tokens)
         self.completions = CompletionServing(generation)
         self.embeddings = EmbeddingServing(self.router, self.workers, max_embedding_inputs)
+        self.responses = ResponsesServing(self.chat)
+        self.tokenizer = TokenizerServing(self.router, self.workers)
 
     async def aclose(self) -> None:
         await self.router.aclose()

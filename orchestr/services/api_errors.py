@@ -44,7 +44,10 @@ def worker_error(code: int, message: str | None) -> ApiError:
 
 
 def worker_failed(e: WorkerFailed) -> ApiError:
-    """A broken, malformed or HTTP-error answer of a worker: the client sees a 502."""
+    """A broken, malformed or HTTP-error answer of a worker: the client sees a 502, unless the
+    worker refused the request's values (400/422: the client's mistake, a 400)."""
+    if e.status in (400, 422):
+        return ApiError(400, f"The model worker refused the request: {e}", code="invalid_value")
     return ApiError(502, str(e), "server_error", code="worker_error")
 
 

@@ -38,6 +38,7 @@ from orchestr.protocol import (
 )
 from orchestr.secrets import bearer, service_secret
 from orchestr.services.http_util import error_response, protect, run_app, setup_logging
+from orchestr.services.metrics import controller_metrics, mount_metrics
 
 logger = setup_logging("orchestr.controller")
 
@@ -174,6 +175,7 @@ class Controller:
                 del self.workers[name]
         for name in stale:
             logger.info("dropped worker %s: no heartbeat for %.0f s", name, self.heart_beat_expiration)
+            controller_metrics().removals.labels(name).inc()
         return stale
 
     def start_expiry_thread(self) -> None:
@@ -253,6 +255,8 @@ def create_app(controller: Controller) -> FastAPI:
         controller.stop()
 
     app = FastAPI(title="orchestr controller", lifespan=lifespan)
+    mount_metrics(app, "controller")
+    metrics = controller_metrics()
 
     # Plain `def` routes: FastAPI runs them in its thread pool, so the blocking status fetch
     # in registration never stalls heartbeats or dispatch.
@@ -261,6 +265,7 @@ def create_app(controller: Controller) -> FastAPI:
         ok = controller.register_worker(
             req.worker_name, req.check_heart_beat, req.worker_status, req.multimodal
         )
+        metrics.registrations.labels(req.worker_name, str(bool(ok)).lower()).inc()
         if not ok:
             return error_response(409, f"registration of {req.worker_name} refused: it does not answer as "
                                        "this worker, or another live worker holds that address",
@@ -278,9 +283,9 @@ def create_app(controller: Controller) -> FastAPI:
 
     @app.post("/receive_heart_beat")
     def receive_heart_beat(req: HeartBeatRequest) -> HeartBeatResponse:
-        return HeartBeatResponse(
-            exist=controller.receive_heart_beat(req.worker_name, req.queue_length, req.worker_id)
-        )
+        exist = controller.receive_heart_beat(req.worker_name, req.queue_length, req.worker_id)
+        metrics.heartbeats.labels(req.worker_name, str(exist).lower()).inc()
+        return HeartBeatResponse(exist=exist)
 
     @app.post("/list_models")
     def list_models() -> ModelListResponse:
@@ -296,7 +301,9 @@ def create_app(controller: Controller) -> FastAPI:
 
     @app.post("/get_worker_address")
     def get_worker_address(req: WorkerAddressRequest) -> WorkerAddressResponse:
-        return WorkerAddressResponse(address=controller.get_worker_address(req.model))
+        address = controller.get_worker_address(req.model)
+        metrics.dispatches.labels(req.model, address or "none", controller.dispatch_method).inc()
+        return WorkerAddressResponse(address=address)
 
     @app.post("/worker_get_status")
     def worker_get_status() -> ControllerStatus:
@@ -313,7 +320,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="python -m orchestr.services.controller", description=__doc__.split("\n")[0]
     )
-    parser.add_argument("--host", default=_D.host, help="address to bind (default: loopback only)")
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
     parser.add_argument("--port", type=int, default=21001)
     parser.add_argument("--dispatch-method", choices=DISPATCH_METHODS, default="shortest_queue")
     parser.add_argument(

@@ -7,6 +7,7 @@ byte-length bound already proves the prompt fits), one answer, or one open strea
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 
 from orchestr.protocol import (
@@ -60,16 +61,20 @@ class Generation:
             return
         ctx = details.context_length
         budget = (g.max_new_tokens or 0) if budget_set else 1
-        if g.messages is not None:
-            n_bytes = sum(len(m.text().encode()) for m in g.messages)
+        if g.prompt_token_ids is not None:
+            bound = len(g.prompt_token_ids)  # exact
+        elif g.messages is not None:
+            n_bytes = sum(len(m.text().encode()) for m in g.messages) + len(json.dumps(g.tools or []))
             bound = n_bytes + TEMPLATE_OVERHEAD_TOKENS + PER_MESSAGE_OVERHEAD_TOKENS * len(g.messages)
         else:
             bound = len((g.prompt or "").encode()) + 8
-        if bound + budget < ctx:  # byte-level tokenizers give at most one token per byte
-            return
-        count = (
-            await self.workers.count_tokens(addr, CountTokenRequest(model=g.model, prompt=g.prompt, messages=g.messages))
-        ).count
+        if bound + budget < ctx or g.prompt_token_ids is not None and bound + budget <= ctx:
+            return  # byte-level tokenizers give at most one token per byte
+        if g.prompt_token_ids is not None:
+            count = bound
+        else:
+            count = (await self.workers.count_tokens(
+                addr, CountTokenRequest(model=g.model, prompt=g.prompt, messages=g.messages, tools=g.tools))).count
         if count >= ctx or count + budget > ctx:
             where = "messages" if g.messages is not None else "prompt"
             raise ApiError(
@@ -88,21 +93,29 @@ class Generation:
         async def call(addr: str) -> GenerateResult:
             await self._check_length(addr, g, param, budget_set)
             stream = await self.workers.open_stream(addr, g)
-            parts: list[str] = []
-            last = GenerateChunk()
+            chunks: list[GenerateChunk] = []
             try:
                 async for batch in stream.batches():
                     for c in batch:
                         if c.error_code or c.finish_reason == "error":
                             raise worker_error(c.error_code or ErrorCode.INTERNAL_ERROR, c.error)
-                        parts.append(c.text)
-                        last = c
+                        chunks.append(c)
             finally:
                 await stream.aclose()
-            return GenerateResult(text="".join(parts), finish_reason=last.finish_reason or "stop",
-                                  usage=last.usage or UsageInfo())
+            result = GenerateResult.from_chunks(chunks)
+            result.finish_reason = result.finish_reason or "stop"
+            return result
 
         return await self.router.run(g.model, call)
+
+    async def tool_parser(self, model: str) -> str | None:
+        """The tool-call syntax of the model's chat template, from a worker's model details."""
+
+        async def call(addr: str) -> ModelDetails | None:
+            return await self._model_details(addr, model)
+
+        details = await self.router.run(model, call)
+        return details.tool_parser if details is not None else None
 
     async def open_stream(self, index: int, g: GenerateRequest, param: str, budget_set: bool = True) -> WorkerStream:
         """A stream whose first batch arrived; failures before it are retried on another worker."""
@@ -151,6 +164,7 @@ def generate_request(
     messages: list[ChatMessage] | None = None,
     prompt: str | None = None,
     max_new: int | None,
+    **fields,
 ) -> GenerateRequest:
     """The worker request for one choice of an OpenAI request (unset parameters: the defaults)."""
     defaults = GenerateRequest.model_fields
@@ -174,6 +188,7 @@ def generate_request(
         max_new_tokens=max_new,
         stop=req.stop_list(),
         seed=seed,
+        **fields,
     )
 
 

@@ -30,10 +30,13 @@ from orchestr.protocol import (
     ChatCompletionResponse,
     CompletionRequest,
     CompletionResponse,
+    DetokenizeRequest,
     EmbeddingsRequest,
     EmbeddingsResponse,
     ModelCard,
     ModelList,
+    ResponsesRequest,
+    TokenizeRequest,
 )
 from orchestr.services import openapi
 from orchestr.services.api_backend import ApiBackend
@@ -46,6 +49,7 @@ from orchestr.services.http_util import (
     run_app,
     setup_logging,
 )
+from orchestr.services.metrics import mount_metrics, set_model
 
 logger = setup_logging("orchestr.api")
 
@@ -189,19 +193,50 @@ def create_app(
     @v1.post("/chat/completions", **openapi.operation(ChatCompletionRequest, ChatCompletionResponse, stream=True))
     async def chat_completions(request: Request) -> Response:
         req = await parse_body(request, ChatCompletionRequest)
+        set_model(request, req.model)
         return await answer(request, backend.chat.create(req))
 
     @v1.post("/completions", **openapi.operation(CompletionRequest, CompletionResponse, stream=True))
     async def completions(request: Request) -> Response:
         req = await parse_body(request, CompletionRequest)
+        set_model(request, req.model)
         return await answer(request, backend.completions.create(req))
 
     @v1.post("/embeddings", **openapi.operation(EmbeddingsRequest, EmbeddingsResponse))
     async def embeddings(request: Request) -> Response:
         req = await parse_body(request, EmbeddingsRequest)
+        set_model(request, req.model)
         return await answer(request, backend.embeddings.create(req))
 
+    @v1.post("/responses")
+    async def responses(request: Request) -> Response:
+        req = await parse_body(request, ResponsesRequest)
+        set_model(request, req.model)
+        result = await backend.responses.create(req)
+        if isinstance(result, dict):
+            return JSONResponse(result)
+        return StreamingResponse(result, media_type="text/event-stream", headers=STREAM_HEADERS)
+
+    # vLLM's tokenizer routes (at the root, as vLLM serves them)
+    tok = APIRouter(dependencies=[Depends(make_auth(api_keys or []))])
+
+    @tok.post("/tokenize")
+    async def tokenize(request: Request) -> Response:
+        req = await parse_body(request, TokenizeRequest)
+        return JSONResponse((await backend.tokenizer.tokenize(req)).model_dump())
+
+    @tok.post("/detokenize")
+    async def detokenize(request: Request) -> Response:
+        req = await parse_body(request, DetokenizeRequest)
+        return JSONResponse((await backend.tokenizer.detokenize(req)).model_dump())
+
+    @tok.get("/tokenizer_info")
+    async def tokenizer_info(model: str | None = None) -> Response:
+        return JSONResponse(await backend.tokenizer.tokenizer_info(model))
+
     app.include_router(v1)
+    app.include_router(tok)
+    mount_metrics(app, "api")
     openapi.install(app, [ChatCompletionRequest, CompletionRequest, EmbeddingsRequest], bearer=bool(api_keys))
     return app
 

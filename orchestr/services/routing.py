@@ -59,6 +59,7 @@ class Router:
         self._missing_since: dict[str, float] = {}  # worker absent from the latest table since
         self._fetched_at: float | None = None
         self._refresh: asyncio.Future | None = None
+        self._controller_lost = False  # said once per outage
         self._seen_models: set[str] = set()  # every model ever registered: 503 (down), not 404
         self.in_flight: dict[str, int] = {}  # live load: requests of this server per worker
         self._down: dict[str, asyncio.Task] = {}  # out of rotation -> its health-check loop
@@ -109,8 +110,12 @@ class Router:
 
     def _refresh_done(self, task: asyncio.Future) -> None:
         self._refresh = None
-        if not task.cancelled() and task.exception() is not None and self._fetched_at is not None:
+        failed = task.cancelled() or task.exception() is not None
+        if failed and not self._controller_lost and self._fetched_at is not None:
             logger.warning("controller unreachable; routing from the last-known worker table")
+        elif not failed and self._controller_lost:
+            logger.info("controller answers again")
+        self._controller_lost = failed
 
     async def _ensure_table(self, force: bool = False) -> None:
         fresh = self._fetched_at is not None and time.monotonic() - self._fetched_at <= self.cache_ttl

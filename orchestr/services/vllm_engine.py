@@ -13,13 +13,21 @@ import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
+from orchestr.engine import prompts
+from orchestr.engine.prompts import RenderedPrompt, RequestError, render_prompt
 from orchestr.protocol import (
     CountTokenRequest,
     CountTokenResult,
+    DetokenizeRequest,
+    DetokenizeResponse,
     ErrorCode,
     GenerateChunk,
     GenerateRequest,
     ModelDetails,
+    TokenizeRequest,
+    TokenizeResponse,
+    TokenLogprob,
+    TopLogprob,
     UsageInfo,
 )
 
@@ -60,7 +68,8 @@ def engine_kwargs(args: argparse.Namespace, model_folder: str, tokenizer_folder:
         "dtype": args.dtype or "auto",
         "trust_remote_code": bool(args.trust_remote_code),
         "gpu_memory_utilization": float(args.gpu_memory_utilization),
-        "disable_log_stats": True,
+        # stats on: vLLM then registers its own Prometheus metrics, which the worker's /metrics serves
+        "disable_log_stats": False,
     }
     if num_gpus > 1:
         kw["distributed_executor_backend"] = "ray"
@@ -105,6 +114,47 @@ def sampling_kwargs(req: GenerateRequest, prompt_tokens: int, max_model_len: int
     return kw
 
 
+def guided_decoding(req: GenerateRequest) -> dict:
+    """``SamplingParams`` keyword arguments for structured outputs (vLLM's own guided decoding);
+    logit bias and logprobs map one to one."""
+    kw: dict[str, Any] = {}
+    if req.guided_json is not None:
+        try:  # vLLM >= 0.10.2
+            from vllm.sampling_params import StructuredOutputsParams
+
+            kw["structured_outputs"] = StructuredOutputsParams(json=req.guided_json)
+        except ImportError:
+            from vllm.sampling_params import GuidedDecodingParams
+
+            kw["guided_decoding"] = GuidedDecodingParams(json=req.guided_json)
+    if req.logit_bias:
+        kw["logit_bias"] = {int(k): float(v) for k, v in req.logit_bias.items()}
+    if req.logprobs is not None:
+        kw["logprobs"] = int(req.logprobs)
+    if req.echo and req.prompt_logprobs:
+        kw["prompt_logprobs"] = int(req.logprobs or 0)
+    return kw
+
+
+def token_logprobs(token_ids: list[int], entries: list | None, tokenizer: Any, k: int) -> list[TokenLogprob] | None:
+    """vLLM's per-token ``{token id: Logprob(logprob, rank, decoded_token)}`` (the chosen token
+    plus the top ``k``) as the wire's entries, alternatives best first."""
+    if entries is None:
+        return None
+    out = []
+    for tid, entry in zip(token_ids, entries, strict=False):
+        if entry is None:  # the first prompt token: nothing conditions it
+            out.append(TokenLogprob(token=tokenizer.decode([tid]), logprob=None, id=tid))
+            continue
+        ranked = sorted((lp.rank, t, lp) for t, lp in entry.items() if lp.rank is not None and 1 <= lp.rank <= k)
+        top = [TopLogprob(token=lp.decoded_token or tokenizer.decode([t]), logprob=lp.logprob, id=t)
+               for _, t, lp in ranked]
+        chosen = entry[tid]
+        out.append(TokenLogprob(token=chosen.decoded_token or tokenizer.decode([tid]), logprob=chosen.logprob,
+                                id=tid, top=top))
+    return out
+
+
 def finish_reason(vllm_reason: str | None) -> str | None:
     """vLLM's finish reasons (stop, length, abort) in the wire protocol's terms."""
     if vllm_reason is None:
@@ -138,29 +188,24 @@ class VllmEngine:
         self.device = str(getattr(self.engine.vllm_config.device_config, "device_type", "") or "")
 
     # ------------------------------------------------------------------ prompts
-    def prompt_of(self, req: GenerateRequest | CountTokenRequest) -> tuple[str, list[int], list[str], list[int]]:
-        """(prompt text, token ids, extra stop strings, extra stop token ids) of a request: chat
-        messages through the model's chat template (or --conv-template), a raw prompt as is."""
-        from orchestr.engine.templates import TemplateError
-
-        if req.messages:
-            try:
-                chat = self.formatter.format([{"role": m.role, "content": m.text()} for m in req.messages])
-            except (TemplateError, ValueError) as exc:
-                raise RequestError(str(exc), ErrorCode.VALIDATION_TYPE_ERROR) from exc
-            ids = self.tokenizer(chat.text, add_special_tokens=chat.add_special_tokens)["input_ids"]
-            return chat.text, list(ids), list(chat.stop), list(chat.stop_token_ids)
-        if req.prompt is None:
-            raise RequestError("either prompt or messages is required", ErrorCode.VALIDATION_TYPE_ERROR)
-        return req.prompt, list(self.tokenizer(req.prompt)["input_ids"]), [], []
+    def prompt_of(self, req: GenerateRequest | CountTokenRequest) -> RenderedPrompt:
+        return render_prompt(self.formatter, self.tokenizer, req)
 
     def count_tokens(self, req: CountTokenRequest) -> CountTokenResult:
-        _, ids, _, _ = self.prompt_of(req)
-        return CountTokenResult(count=len(ids), context_length=self.context_len)
+        return CountTokenResult(count=len(self.prompt_of(req).ids), context_length=self.context_len)
+
+    def tokenize(self, req: TokenizeRequest) -> TokenizeResponse:
+        return prompts.tokenize(self.formatter, self.tokenizer, req, self.context_len)
+
+    def detokenize(self, req: DetokenizeRequest) -> DetokenizeResponse:
+        return prompts.detokenize(self.tokenizer, req)
+
+    def tokenizer_info(self) -> dict:
+        return prompts.tokenizer_info(self.tokenizer, self.context_len)
 
     def model_details(self, name: str | None = None) -> ModelDetails:
         return ModelDetails(model=name or self.model_name, context_length=self.context_len, backend=self.backend,
-                            dtype=self.dtype, device=self.device)
+                            dtype=self.dtype, device=self.device, tool_parser=self.formatter.tool_family)
 
     # ------------------------------------------------------------------ generation
     async def generate_stream(self, req: GenerateRequest) -> AsyncIterator[GenerateChunk]:
@@ -169,8 +214,10 @@ class VllmEngine:
         from vllm.sampling_params import RequestOutputKind, SamplingParams
 
         try:
-            text, ids, stops, stop_ids = self.prompt_of(req)
+            prompt = self.prompt_of(req)
+            text, ids, stops, stop_ids = prompt.text, prompt.ids, prompt.stop, prompt.stop_token_ids
             kw = sampling_kwargs(req, len(ids), self.context_len)
+            guided = guided_decoding(req)
         except RequestError as exc:
             yield GenerateChunk(error=str(exc), error_code=exc.code, finish_reason="error")
             return
@@ -180,12 +227,11 @@ class VllmEngine:
         kw["stop"] += [s for s in stops if s not in kw["stop"]]
         kw["stop_token_ids"] += [t for t in stop_ids if t not in kw["stop_token_ids"]]
         try:
-            params = SamplingParams(**kw, output_kind=RequestOutputKind.DELTA)
+            params = SamplingParams(**kw, **guided, output_kind=RequestOutputKind.DELTA)
         except ValueError as exc:  # vLLM's own parameter checks
             yield GenerateChunk(error=str(exc), error_code=ErrorCode.PARAM_OUT_OF_RANGE, finish_reason="error")
             return
-        if req.echo:
-            yield GenerateChunk(text=text)
+        echo_pending = req.echo
         request_id = f"{req.request_id}-{uuid.uuid4().hex[:8]}"
         completion = 0
         finished = False
@@ -199,18 +245,18 @@ class VllmEngine:
                     usage = UsageInfo(prompt_tokens=len(ids), completion_tokens=completion,
                                       total_tokens=len(ids) + completion)
                     finished = True
-                if o.text or reason is not None:
-                    yield GenerateChunk(text=o.text, finish_reason=reason, usage=usage)
+                if echo_pending:
+                    echo_pending = False
+                    prompt_lps = token_logprobs(ids, out.prompt_logprobs, self.tokenizer, req.logprobs or 0) if req.prompt_logprobs \
+                        else None
+                    yield GenerateChunk(text=text, logprobs=prompt_lps)
+                lps = token_logprobs(list(o.token_ids), o.logprobs, self.tokenizer, req.logprobs or 0) \
+                    if req.logprobs is not None else None
+                if o.text or reason is not None or lps:
+                    yield GenerateChunk(text=o.text, finish_reason=reason, usage=usage, logprobs=lps)
         finally:
             if not finished:  # the client went away (or an error): free the sequence's slot
                 await self.engine.abort(request_id)
 
     def shutdown(self) -> None:
         self.engine.shutdown()
-
-
-class RequestError(ValueError):
-    def __init__(self, message: str, code: int = ErrorCode.PARAM_OUT_OF_RANGE) -> None:
-        super().__init__(message)
-        self.code = code
-

@@ -31,6 +31,7 @@ from orchestr.config.serving import WorkerServiceConfig
 from orchestr.protocol import (
     CountTokenRequest,
     CountTokenResult,
+    DetokenizeRequest,
     EmbeddingRequest,
     EmbeddingResult,
     ErrorCode,
@@ -41,11 +42,13 @@ from orchestr.protocol import (
     HeartBeatResponse,
     ModelDetails,
     RegisterWorkerRequest,
+    TokenizeRequest,
     UsageInfo,
     WorkerStatus,
 )
 from orchestr.secrets import bearer, service_secret
 from orchestr.services.http_util import ClientGone, cancel_on_disconnect
+from orchestr.services.metrics import mount_metrics
 
 log = logging.getLogger("orchestr.worker")
 _W = WorkerServiceConfig()
@@ -224,6 +227,7 @@ class WorkerBase:
             self.stop()
 
         app = FastAPI(title="orchestr model worker", lifespan=lifespan)
+        mount_metrics(app, "worker")
 
         def unknown_model(model: str) -> str:
             return f"this worker serves {self.model_names}, not {model!r}"
@@ -250,12 +254,7 @@ class WorkerBase:
                 return GenerateResult(error=unknown_model(req.model), error_code=ErrorCode.INVALID_MODEL,
                                       finish_reason="error")
             async def run() -> GenerateResult:
-                parts, last = [], GenerateChunk()
-                async for chunk in self._limited_stream(adapter, req):
-                    parts.append(chunk.text)
-                    last = chunk
-                return GenerateResult(text="".join(parts), error=last.error, error_code=last.error_code,
-                                      finish_reason=last.finish_reason, usage=last.usage or UsageInfo())
+                return GenerateResult.from_chunks([chunk async for chunk in self._limited_stream(adapter, req)])
 
             # A client that leaves cancels the request, as a stream's does.
             try:
@@ -284,6 +283,31 @@ class WorkerBase:
                 return adapter.count_tokens(req)
             except ValueError as exc:
                 return JSONResponse({"detail": str(exc)}, status_code=400)
+
+        def tokenizer_call(model: str | None, method: str, *args):
+            """A tokenizer route of the engine serving ``model`` (vLLM's shapes); 400 for bad input."""
+            adapter = self.engine_for(model) if model else next(iter(self.engines.values()))
+            if adapter is None:
+                return JSONResponse({"detail": unknown_model(model or "")}, status_code=404)
+            fn = getattr(adapter.engine, method, None)
+            if fn is None:
+                return JSONResponse({"detail": f"this worker's backend has no {method}"}, status_code=404)
+            try:
+                return fn(*args)
+            except ValueError as exc:
+                return JSONResponse({"detail": str(exc)}, status_code=400)
+
+        @app.post("/tokenize")
+        async def tokenize(req: TokenizeRequest):
+            return tokenizer_call(req.model, "tokenize", req)
+
+        @app.post("/detokenize")
+        async def detokenize(req: DetokenizeRequest):
+            return tokenizer_call(req.model, "detokenize", req)
+
+        @app.post("/tokenizer_info")
+        async def tokenizer_info(body: dict | None = Body(default=None)):
+            return tokenizer_call((body or {}).get("model"), "tokenizer_info")
 
         @app.post("/worker_get_status")
         async def worker_get_status() -> WorkerStatus:

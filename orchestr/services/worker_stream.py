@@ -19,12 +19,16 @@ from pydantic import BaseModel
 from orchestr.protocol import (
     CountTokenRequest,
     CountTokenResult,
+    DetokenizeRequest,
+    DetokenizeResponse,
     EmbeddingRequest,
     EmbeddingResult,
     GenerateChunk,
     GenerateRequest,
     GenerateResult,
     ModelDetails,
+    TokenizeRequest,
+    TokenizeResponse,
 )
 from orchestr.secrets import bearer, service_secret
 from orchestr.services.stream_client import StreamBroken, StreamClient, StreamConnectError, StreamResponse
@@ -163,6 +167,15 @@ class WorkerClient:
 
     async def count_tokens(self, addr: str, req: CountTokenRequest, timeout: float = 30.0) -> CountTokenResult:
         return await self._call(addr, "/count_token", req, CountTokenResult, timeout)
+
+    async def tokenize(self, addr: str, req: TokenizeRequest) -> TokenizeResponse:
+        return await self._call(addr, "/tokenize", req, TokenizeResponse, 30.0)
+
+    async def detokenize(self, addr: str, req: DetokenizeRequest) -> DetokenizeResponse:
+        return await self._call(addr, "/detokenize", req, DetokenizeResponse, 30.0)
+
+    async def tokenizer_info(self, addr: str, model: str) -> dict:
+        return await self.post_json(addr, "/tokenizer_info", _ModelQuery(model=model), 30.0)
 
     async def model_details(self, addr: str, model: str, timeout: float = 10.0) -> ModelDetails:
         return await self._call(addr, "/model_details", _ModelQuery(model=model), ModelDetails, timeout)

@@ -1,0 +1,148 @@
+"""Weight-only, group-wise int8 for CPU (``load_8bit`` on CPU), as FastChat's 8-bit compression:
+each row of a weight is cut into groups of 64 inputs, each group stored as int8 with its own
+scale (symmetric, absmax / 127). Activations stay in the model's dtype. A decode-sized product
+runs in orchestr's C kernel (``orchestr_int8_linear``: each group dequantized in registers, fp32
+math); a larger one (prefill) dequantizes the weight for a regular matmul.
+
+Why not torch's dynamic int8: it also quantizes activations (per tensor), which doubled the
+embedded model's perplexity, and it kept the fp32 weights beside the int8 copy. Here the
+full-precision weights are dropped: linear layers and the token embedding (tied to the LM head
+or not) keep only int8 values and scales, ~27 % of fp32's bytes.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+log = logging.getLogger(__name__)
+
+GROUP_SIZE = 64
+# Up to this many rows a product goes through the C kernel (orchestr_int8_linear); more rows
+# (prefill chunks) amortise a dequantized weight over a oneDNN matmul better.
+KERNEL_MAX_ROWS = 64
+
+
+def quantize_groupwise(weight: torch.Tensor, group: int = GROUP_SIZE) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(q, scales)``: int8 ``[rows, cols_padded]`` and fp32 ``[rows, cols_padded // group]``.
+    Columns are zero-padded to a multiple of ``group``."""
+    w = weight.detach().float()
+    rows, cols = w.shape
+    pad = -cols % group
+    if pad:
+        w = F.pad(w, (0, pad))
+    groups = w.view(rows, -1, group)
+    scales = groups.abs().amax(dim=-1).clamp_min(1e-12) / 127.0
+    q = torch.round(groups / scales.unsqueeze(-1)).clamp_(-127, 127).to(torch.int8)
+    return q.view(rows, -1).contiguous(), scales.contiguous()
+
+
+def dequantize(q: torch.Tensor, scales: torch.Tensor, cols: int, dtype: torch.dtype) -> torch.Tensor:
+    rows = q.shape[0]
+    w = q.view(rows, scales.shape[1], -1).to(dtype) * scales.to(dtype).unsqueeze(-1)
+    return w.view(rows, -1)[:, :cols]
+
+
+class Int8Weight(nn.Module):
+    """An int8 weight and its group scales; shared by a tied embedding and LM head."""
+
+    def __init__(self, weight: torch.Tensor, group: int = GROUP_SIZE) -> None:
+        super().__init__()
+        self.rows, self.cols = weight.shape
+        q, scales = quantize_groupwise(weight, group)
+        self.register_buffer("qweight", q)
+        self.register_buffer("scales", scales)
+
+    def full(self, dtype: torch.dtype) -> torch.Tensor:
+        return dequantize(self.qweight, self.scales, self.cols, dtype)
+
+    def rows_of(self, ids: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        flat = ids.reshape(-1)
+        w = dequantize(self.qweight.index_select(0, flat), self.scales.index_select(0, flat), self.cols, dtype)
+        return w.view(*ids.shape, self.cols)
+
+
+class Int8Linear(nn.Module):
+    def __init__(self, linear: nn.Linear, weight: Int8Weight, compute_dtype: torch.dtype) -> None:
+        super().__init__()
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+        self.int8 = weight
+        self.bias = linear.bias
+        self.compute_dtype = compute_dtype
+
+    @property
+    def weight(self) -> torch.Tensor:
+        """dtype/shape probes only (the engine sizes its KV cache from the embedding's dtype): a
+        meta tensor, so any real use of it fails loudly instead of costing a dequantization."""
+        return torch.empty(self.int8.rows, self.int8.cols, dtype=self.compute_dtype, device="meta")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        rows = x.reshape(-1, x.shape[-1])
+        if rows.shape[0] <= KERNEL_MAX_ROWS:  # decode-sized: the int8 kernel, weights never dequantized in full
+            from orchestr.engine import native
+
+            out = native.int8_linear(rows.float(), self.int8.qweight, self.int8.scales)
+            if out is not None:
+                if self.bias is not None:
+                    out += self.bias
+                return out.to(x.dtype).view(*x.shape[:-1], self.out_features)
+        bias = None if self.bias is None else self.bias.to(x.dtype)
+        return F.linear(x, self.int8.full(x.dtype), bias)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, int8 groups of {GROUP_SIZE}"
+
+
+class Int8Embedding(nn.Module):
+    def __init__(self, embedding: nn.Embedding, weight: Int8Weight, compute_dtype: torch.dtype) -> None:
+        super().__init__()
+        self.num_embeddings, self.embedding_dim = embedding.num_embeddings, embedding.embedding_dim
+        self.padding_idx = embedding.padding_idx
+        self.int8 = weight
+        self.compute_dtype = compute_dtype
+
+    @property
+    def weight(self) -> torch.Tensor:
+        """dtype/shape probes only (the engine sizes its KV cache from the embedding's dtype): a
+        meta tensor, so any real use of it fails loudly instead of costing a dequantization."""
+        return torch.empty(self.int8.rows, self.int8.cols, dtype=self.compute_dtype, device="meta")
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.int8.rows_of(ids, self.compute_dtype)
+
+
+def quantize_model(model: nn.Module, compute_dtype: torch.dtype | None = None, group: int = GROUP_SIZE) -> int:
+    """Swap every ``nn.Linear`` and ``nn.Embedding`` for its int8 form, in place, dropping the
+    full-precision weights (quantized from the precision they were loaded in: load fp32 for the
+    best int8). The remaining parameters (norms, biases) are cast to ``compute_dtype``, the
+    activations' dtype; scales stay fp32. Tied weights stay tied (one int8 copy). Returns the
+    number of layers swapped."""
+    shared: dict[int, Int8Weight] = {}  # id of the original Parameter -> its int8 form
+
+    def int8_of(param: torch.Tensor) -> Int8Weight:
+        key = id(param)
+        if key not in shared:
+            shared[key] = Int8Weight(param, group)
+        return shared[key]
+
+    swaps = [(parent, name, child) for parent in model.modules() for name, child in parent.named_children()
+             if type(child) in (nn.Linear, nn.Embedding) and child.weight.dim() == 2]
+    for parent, name, child in swaps:
+        dtype = compute_dtype or child.weight.dtype
+        if type(child) is nn.Linear:
+            setattr(parent, name, Int8Linear(child, int8_of(child.weight), dtype))
+        else:
+            setattr(parent, name, Int8Embedding(child, int8_of(child.weight), dtype))
+    if compute_dtype is not None:
+        for param in model.parameters():
+            if param.is_floating_point():
+                param.data = param.data.to(compute_dtype)
+    log.info("int8 weights (groups of %d) for %d layers, %d distinct tensors", group, len(swaps), len(shared))
+    return len(swaps)
+
+
+def is_int8(model: nn.Module) -> bool:
+    return any(isinstance(m, Int8Weight) for m in model.modules())

@@ -1,0 +1,1 @@
+"""`orchestr train`: SFT / LoRA / DPO on transformers + TRL + PEFT, from the `train` config."""

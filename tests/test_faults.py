@@ -1,0 +1,456 @@
+"""The service plane under faults and hostile input (issue 14), on real processes of the embedded
+model: a controller, two twin workers of one model and the OpenAI API server, started directly
+(``python -m orchestr.services.*``) on loopback with a service secret and an API key from the
+environment. Load is bounded and answers short (2 CPU cores in CI).
+
+Kept in this order: the kill tests replace processes, so they run last.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import json
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import threading
+import time
+import zlib
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.conftest import REPO, free_port
+
+pytestmark = pytest.mark.slow
+
+MODEL = "smollm2-twin"
+SECRET = secrets.token_urlsafe(24)
+API_KEY = "sk-" + secrets.token_urlsafe(16)
+
+
+def _wait(url: str, proc: subprocess.Popen, log: Path, timeout: float = 240) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{proc.args} exited:\n{log.read_text()[-3000:]}")
+        try:
+            if httpx.get(url, timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    raise TimeoutError(f"{url} not healthy:\n{log.read_text()[-3000:]}")
+
+
+@dataclass
+class Plane:
+    root: Path
+    env: dict[str, str]
+    controller: str
+    api: str
+    workers: list[str]
+    procs: dict[str, subprocess.Popen] = field(default_factory=dict)
+    argv: dict[str, list[str]] = field(default_factory=dict)
+
+    def start(self, name: str, argv: list[str] | None = None) -> subprocess.Popen:
+        argv = argv or self.argv[name]
+        self.argv[name] = argv
+        log = self.root / f"{name}.log"
+        proc = subprocess.Popen([sys.executable, "-m", *argv], cwd=REPO, env=self.env,
+                                stdout=log.open("a"), stderr=subprocess.STDOUT, start_new_session=True)
+        self.procs[name] = proc
+        return proc
+
+    def wait(self, name: str, url: str) -> None:
+        _wait(url + "/health", self.procs[name], self.root / f"{name}.log")
+
+    def registered(self) -> set[str]:
+        r = httpx.post(self.controller + "/worker_get_status", headers=self.secret_header(), timeout=5)
+        return {w["worker_name"] for w in r.json()["workers"]}
+
+    def secret_header(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {SECRET}"}
+
+    def key_header(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {API_KEY}"}
+
+    def queue(self, worker: str) -> int:
+        r = httpx.post(worker + "/worker_get_status", headers=self.secret_header(), timeout=5)
+        return r.json()["queue_length"]
+
+    def stop(self) -> None:
+        for p in self.procs.values():
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        for p in self.procs.values():
+            try:
+                p.wait(15)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+
+
+@pytest.fixture(scope="module")
+def plane(tmp_path_factory) -> Plane:
+    root = tmp_path_factory.mktemp("plane")
+    key_file = root / "api-keys"
+    key_file.write_text(API_KEY + "\n")
+    key_file.chmod(0o600)
+    env = dict(os.environ, PYTHONPATH=str(REPO), ORCHESTR_SECRET=SECRET, ORCHESTR_API_KEYS_FILE=str(key_file),
+               ORCHESTR_LOG_LEVEL="INFO")
+    cport, aport, w0, w1 = (free_port() for _ in range(4))
+    p = Plane(root, env, f"http://127.0.0.1:{cport}", f"http://127.0.0.1:{aport}",
+              [f"http://127.0.0.1:{w0}", f"http://127.0.0.1:{w1}"])
+    try:
+        p.start("controller", ["orchestr.services.controller", "--port", str(cport)])
+        p.wait("controller", p.controller)
+        for i, port in enumerate((w0, w1)):
+            p.start(f"worker-{i}", ["orchestr.services.model_worker", "--port", str(port),
+                                    "--worker-address", p.workers[i], "--controller-address", p.controller,
+                                    "--model-names", MODEL, "--limit-worker-concurrency", "16",
+                                    "--kv-cache-tokens", "8192"])
+        p.start("api", ["orchestr.services.openai_api_server", "--port", str(aport),
+                        "--controller-address", p.controller])
+        p.wait("api", p.api)
+        for i in range(2):
+            p.wait(f"worker-{i}", p.workers[i])
+        deadline = time.monotonic() + 30
+        while p.registered() != set(p.workers):
+            assert time.monotonic() < deadline, "workers did not register"
+            time.sleep(0.2)
+        yield p
+    finally:
+        p.stop()
+
+
+def _chat(max_tokens: int = 8, **kw) -> dict:
+    return {"model": MODEL, "messages": [{"role": "user", "content": "Tell me about the sea."}],
+            "max_tokens": max_tokens, "temperature": 0, **kw}
+
+
+@dataclass
+class Outcome:
+    ok: bool
+    tokens: int  # content deltas received before the end (or the failure)
+    error: str = ""
+
+
+async def _request(http: httpx.AsyncClient, url: str, body: dict) -> Outcome:
+    """One chat completion; never raises. Counts the tokens a stream delivered before failing."""
+    tokens = 0
+    try:
+        if not body.get("stream"):
+            r = await http.post(url, json=body)
+            if r.status_code != 200:
+                return Outcome(False, 0, f"HTTP {r.status_code}: {r.text[:200]}")
+            return Outcome(bool(r.json()["choices"][0]["message"]["content"]), 1)
+        async with http.stream("POST", url, json=body) as r:
+            if r.status_code != 200:
+                return Outcome(False, 0, f"HTTP {r.status_code}: {(await r.aread())[:200]!r}")
+            async for line in r.aiter_lines():
+                if not line.startswith("data: ") or line == "data: [DONE]":
+                    continue
+                data = json.loads(line[6:])
+                if "error" in data:
+                    return Outcome(False, tokens, data["error"]["message"])
+                for choice in data.get("choices", []):
+                    tokens += bool(choice["delta"].get("content"))
+        return Outcome(tokens > 0, tokens)
+    except (httpx.HTTPError, ValueError) as e:
+        return Outcome(False, tokens, repr(e))
+
+
+async def _load(plane: Plane, bodies: list[dict], concurrency: int, during=None) -> list[Outcome]:
+    """Send ``bodies`` with ``concurrency`` in flight; ``during(done_count)`` runs as answers come."""
+    sem = asyncio.Semaphore(concurrency)
+    done = 0
+    async with httpx.AsyncClient(timeout=120, headers=plane.key_header()) as http:
+        async def one(body: dict) -> Outcome:
+            nonlocal done
+            async with sem:
+                out = await _request(http, plane.api + "/v1/chat/completions", body)
+            done += 1
+            if during is not None:
+                await during(done)
+            return out
+
+        return await asyncio.gather(*(one(b) for b in bodies))
+
+
+# --------------------------------------------------------------------------- secrets
+
+
+class _Rogue(BaseHTTPRequestHandler):
+    hits: list[str] = []
+
+    def do_POST(self):  # noqa: N802 (http.server's naming)
+        _Rogue.hits.append(self.path)
+        body = json.dumps({"model_names": [MODEL, "gpt-4"], "speed": 100, "queue_length": 0}).encode()
+        self.send_response(200)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    do_GET = do_POST  # noqa: N815
+
+    def log_message(self, *args):
+        pass
+
+
+def test_rogue_without_the_secret_is_refused_and_never_reached(plane):
+    rogue = ThreadingHTTPServer(("127.0.0.1", 0), _Rogue)
+    threading.Thread(target=rogue.serve_forever, daemon=True).start()
+    rogue_url = f"http://127.0.0.1:{rogue.server_address[1]}"
+    try:
+        status = {"model_names": [MODEL, "gpt-4"], "speed": 100, "queue_length": 0}
+        for url, body in (
+            (plane.controller + "/register_worker", {"worker_name": rogue_url, "worker_status": status}),
+            (plane.controller + "/register_worker", {"worker_name": rogue_url}),
+            (plane.controller + "/receive_heart_beat", {"worker_name": rogue_url, "queue_length": 0}),
+            (plane.controller + "/worker_get_status", {}),
+            (plane.workers[0] + "/worker_generate", {"model": MODEL, "prompt": "hi", "max_new_tokens": 2}),
+            (plane.workers[0] + "/worker_generate_stream", {"model": MODEL, "prompt": "hi"}),
+        ):
+            for headers in ({}, {"Authorization": "Bearer wrong-secret"}):
+                r = httpx.post(url, json=body, headers=headers, timeout=10)
+                assert r.status_code == 401, (url, headers, r.text)
+                assert r.json()["error"]["type"] == "authentication_error"
+        # Even with the secret, nobody takes over a live worker's address.
+        r = httpx.post(plane.controller + "/register_worker", headers=plane.secret_header(), timeout=10,
+                       json={"worker_name": plane.workers[0],
+                             "worker_status": {**status, "worker_id": "impostor"}})
+        assert r.status_code == 409
+        assert plane.registered() == set(plane.workers)
+        models = httpx.get(plane.api + "/v1/models", headers=plane.key_header()).json()["data"]
+        assert [m["id"] for m in models] == [MODEL]  # no fake gpt-4
+        outs = asyncio.run(_load(plane, [_chat(2) for _ in range(7)], 4))
+        assert all(o.ok for o in outs), outs
+        assert _Rogue.hits == []  # the controller never called it, no user request reached it
+    finally:
+        rogue.shutdown()
+
+
+def test_api_key_comes_from_a_file_never_argv_or_logs(plane):
+    for name, proc in plane.procs.items():
+        cmdline = Path(f"/proc/{proc.pid}/cmdline").read_bytes().decode(errors="replace")
+        assert API_KEY not in cmdline and SECRET not in cmdline, name
+        log = (plane.root / f"{name}.log").read_text(errors="replace")
+        assert API_KEY not in log and SECRET not in log, name
+    assert httpx.get(plane.api + "/v1/models").status_code == 401
+    assert httpx.get(plane.api + "/v1/models", headers=plane.key_header()).status_code == 200
+
+
+# --------------------------------------------------------------------------- load sharing and input
+
+
+def test_twins_share_load(plane):
+    async def run() -> list[int]:
+        seen: list[list[int]] = []
+        started = asyncio.Event()
+
+        async def watch():
+            await started.wait()
+            for _ in range(10):
+                seen.append([plane.queue(w) for w in plane.workers])
+                await asyncio.sleep(0.2)
+
+        async def during(done: int):
+            pass
+
+        body = _chat(48, stream=True)
+        watcher = asyncio.create_task(watch())
+        loop = asyncio.get_running_loop()
+        loop.call_later(1.5, started.set)
+        outs = await _load(plane, [body] * 16, 16, during)
+        await watcher
+        assert all(o.ok for o in outs)
+        return max(seen, key=sum)
+
+    busiest = asyncio.run(run())
+    # 16 in flight: neither twin holds less than a third of them.
+    assert sum(busiest) >= 12 and min(busiest) >= sum(busiest) / 3, busiest
+
+
+BAD_INPUTS = [
+    ({"repetition_penalty": 1e-40}, "repetition_penalty"),
+    ({"seed": 2**64}, "seed"),
+    ({"temperature": 1e9}, "temperature"),
+    ({"top_k": 10**30}, "top_k"),
+    ({"max_tokens": 10**12}, "max_tokens"),
+    ({"presence_penalty": float("inf")}, "presence_penalty"),
+    ({"logit_bias": {"1": 100}}, "logit_bias"),
+    ({"tools": []}, "tools"),
+    ({"stream_options": {"foo": True}}, "stream_options.foo"),
+]
+
+
+def test_bad_inputs_get_4xx_and_leave_other_requests_unharmed(plane):
+    async def run():
+        async with httpx.AsyncClient(timeout=120, headers=plane.key_header()) as http:
+            url = plane.api + "/v1/chat/completions"
+            good = [asyncio.create_task(_request(http, url, _chat(40, stream=i % 2 == 0))) for i in range(6)]
+            await asyncio.sleep(1.0)
+            for extra, param in BAD_INPUTS:
+                body = json.dumps({**_chat(4), **extra}).replace("Infinity", "1e999")
+                r = await http.post(url, content=body, headers={"content-type": "application/json"})
+                assert r.status_code == 400, (extra, r.text)
+                assert r.json()["error"]["param"] == param, r.text
+            big = await http.post(url, content=b'{"model": "x", "messages": [' + b" " * (20 << 20) + b"]}",
+                                  headers={"content-type": "application/json"})
+            assert big.status_code == 413 and big.json()["error"]["code"] == "request_too_large"
+            emb = await http.post(plane.api + "/v1/embeddings", json={"model": MODEL, "input": ["x"] * 2000})
+            assert emb.status_code == 400 and emb.json()["error"]["param"] == "input"
+            long = await http.post(plane.api + "/v1/embeddings", json={"model": MODEL, "input": "word " * 9000})
+            assert long.status_code == 400, long.text
+            return await asyncio.gather(*good)
+
+    outs = asyncio.run(run())
+    assert all(o.ok for o in outs), outs
+
+
+def test_sampler_fails_a_non_finite_row_alone():
+    import torch
+
+    from orchestr.engine.sampling import NON_FINITE, SamplingParams, SamplingRow, sample
+
+    logits = torch.randn(3, 50)
+    logits[1, 7] = float("nan")
+    rows = [SamplingRow(SamplingParams(temperature=0.8, seed=1), [1, 2], [], torch.Generator().manual_seed(1))
+            for _ in range(3)]
+    picks = sample(logits, rows)
+    assert picks[1] == NON_FINITE and all(0 <= t < 50 for t in (picks[0], picks[2]))
+
+
+def test_non_streaming_client_that_leaves_is_cancelled(plane):
+    body = {**_chat(1500), "messages": [{"role": "user", "content": "Write a very long story."}]}
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(plane.api + "/v1/chat/completions", json=body, headers=plane.key_header(), timeout=2.0)
+    deadline = time.monotonic() + 10
+    while sum(plane.queue(w) for w in plane.workers):
+        assert time.monotonic() < deadline, "the abandoned request still runs on a worker"
+        time.sleep(0.2)
+
+
+def test_openapi_schema_is_fuzzed_without_5xx(plane):
+    import hypothesis
+    import schemathesis
+    from schemathesis.checks import not_a_server_error
+
+    doc = httpx.get(plane.api + "/openapi.json").json()
+    body = doc["paths"]["/v1/chat/completions"]["post"]["requestBody"]
+    assert body["content"]["application/json"]["schema"]["$ref"].endswith("/ChatCompletionRequest")
+    assert "ChatCompletionResponse" in json.dumps(doc["paths"]["/v1/chat/completions"]["post"]["responses"])
+    schema = schemathesis.openapi.from_dict(doc)
+    failures: list[str] = []
+    calls = collections.Counter()
+    # Valid-by-schema requests (25 per operation) and schema-violating ones (10 per operation).
+    # Only the POST routes have anything to violate.
+    runs = [(op, mode, n) for op in (r.ok() for r in schema.get_all_operations())
+            for mode, n in ((schemathesis.GenerationMode.POSITIVE, 25), (schemathesis.GenerationMode.NEGATIVE, 10))
+            if mode == schemathesis.GenerationMode.POSITIVE or op.method.upper() == "POST"]
+    for op, mode, examples in runs:
+
+        @hypothesis.settings(max_examples=examples, deadline=None, database=None, derandomize=True,
+                             suppress_health_check=list(hypothesis.HealthCheck))
+        @hypothesis.given(case=op.as_strategy(generation_mode=mode))
+        def fuzz(case):
+            if isinstance(case.body, dict):  # keep generation cheap; reach the model often
+                if "max_tokens" in case.body or "prompt" in case.body or "messages" in case.body:
+                    case.body["max_tokens"] = 2
+                    case.body.pop("max_completion_tokens", None)
+                    case.body["n"] = 1
+                    if isinstance(case.body.get("prompt"), list):
+                        case.body["prompt"] = case.body["prompt"][:2]
+                if zlib.crc32(json.dumps(case.body, sort_keys=True, default=str).encode()) % 2:
+                    case.body["model"] = MODEL
+            response = case.call(base_url=plane.api, headers=plane.key_header(), timeout=60)
+            calls[response.status_code // 100] += 1
+            if response.status_code >= 500:
+                failures.append(f"{case.method} {case.formatted_path} {case.body!r} -> "
+                                f"{response.status_code} {response.text[:300]}")
+            case.validate_response(response, checks=[not_a_server_error])
+
+        fuzz()
+    assert not failures, failures
+    assert calls[2] >= 20 and calls[4] >= 20, calls  # both answers and refusals were exercised
+
+
+# --------------------------------------------------------------------------- faults (last: they kill processes)
+
+
+def test_worker_kill_fails_only_streams_already_answering(plane):
+    victim = plane.procs["worker-1"]
+    bodies = [_chat(24, stream=i % 2 == 0) for i in range(100)]
+
+    async def during(done: int):
+        if done == 20 and victim.poll() is None:
+            victim.send_signal(signal.SIGKILL)
+
+    outs = asyncio.run(_load(plane, bodies, 16, during))
+    assert victim.poll() is not None
+    failed = [o for o in outs if not o.ok]
+    # The only failures allowed: streams the dead worker had already sent tokens of.
+    assert all(o.tokens > 0 for o in failed), failed
+    assert len(failed) <= 16 and len(outs) - len(failed) >= 84
+    # The controller was told: the dead worker leaves its table at once, not at heartbeat expiry.
+    deadline = time.monotonic() + 5
+    while plane.workers[1] in plane.registered():
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    # Restarted, it is back in rotation (registration and the API's health check).
+    plane.start("worker-1")
+    plane.wait("worker-1", plane.workers[1])
+    deadline = time.monotonic() + 15
+    while plane.registered() != set(plane.workers):
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+
+
+def test_controller_kill_under_a_steady_prober(plane):
+    async def run() -> tuple[list[Outcome], float, float]:
+        outs: list[Outcome] = []
+        answered_at = relearned_at = 0.0
+        async with httpx.AsyncClient(timeout=60, headers=plane.key_header()) as http:
+            async def probe():
+                outs.append(await _request(http, plane.api + "/v1/chat/completions", _chat(2)))
+
+            tasks = []
+            t0 = time.monotonic()
+            killed = restarted = False
+            while time.monotonic() - t0 < 20:
+                tasks.append(asyncio.create_task(probe()))  # 2 requests a second
+                elapsed = time.monotonic() - t0
+                if elapsed > 3 and not killed:
+                    plane.procs["controller"].send_signal(signal.SIGKILL)
+                    killed = True
+                if elapsed > 7 and not restarted:
+                    plane.start("controller")
+                    restarted = True
+                try:
+                    if restarted and not answered_at:
+                        r = await http.get(plane.controller + "/health", timeout=0.3)
+                        answered_at = time.monotonic() if r.status_code == 200 else 0.0
+                    if answered_at and not relearned_at:
+                        r = await http.post(plane.controller + "/worker_get_status", timeout=0.3,
+                                            headers=plane.secret_header())
+                        if {w["worker_name"] for w in r.json()["workers"]} == set(plane.workers):
+                            relearned_at = time.monotonic()
+                except httpx.HTTPError:
+                    pass
+                await asyncio.sleep(0.5)
+            await asyncio.gather(*tasks)
+        return outs, answered_at, relearned_at
+
+    outs, answered_at, relearned_at = asyncio.run(run())
+    assert answered_at, "the restarted controller never answered"
+    assert relearned_at and relearned_at - answered_at <= 10, "a worker did not re-register within 10 s"
+    failed = [o for o in outs if not o.ok]
+    assert len(outs) >= 35 and len(failed) <= 3, failed
