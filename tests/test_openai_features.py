@@ -13,8 +13,6 @@ import openai
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from orchestr.secrets import bearer, service_secret
-
 pytestmark = pytest.mark.slow
 MODEL = "smollm2-135m"
 PERSON = {
@@ -235,8 +233,8 @@ def test_responses_api(client):
     jsonschema.validate(json.loads(structured.output_text), PERSON)
 
 
-def _scrape(url: str) -> dict[str, float]:
-    r = httpx.get(url + "/metrics", headers=bearer(service_secret()), timeout=30)
+def _scrape(url: str, headers: dict[str, str]) -> dict[str, float]:
+    r = httpx.get(url + "/metrics", headers=headers, timeout=30)
     assert r.status_code == 200
     out: dict[str, float] = {}
     for family in text_string_to_metric_families(r.text):
@@ -249,18 +247,18 @@ def _scrape(url: str) -> dict[str, float]:
 def test_metrics_parse_and_count_what_the_api_reported(deployment, client):
     worker = f"http://127.0.0.1:{deployment.ports['worker-0']}"
     for url in (deployment.controller_url, worker, deployment.api_base.removesuffix("/v1")):
-        assert _scrape(url)  # parses with prometheus_client's own parser
-    before = _scrape(worker)
+        assert _scrape(url, deployment.secret_header())  # parses with prometheus_client's own parser
+    before = _scrape(worker, deployment.secret_header())
     prompt = completion = 0
     for i in range(3):
         r = client.chat.completions.create(model=MODEL, messages=ask(f"Count to {i + 2}."), max_tokens=6,
                                            temperature=0)
         prompt += r.usage.prompt_tokens
         completion += r.usage.completion_tokens
-    after = _scrape(worker)
+    after = _scrape(worker, deployment.secret_header())
     assert after["vllm:prompt_tokens_total"] - before["vllm:prompt_tokens_total"] == prompt
     assert after["vllm:generation_tokens_total"] - before["vllm:generation_tokens_total"] == completion
     ttft = "vllm:time_to_first_token_seconds_count"
     assert after[ttft] - before[ttft] == 3
-    api = _scrape(deployment.api_base.removesuffix("/v1"))
+    api = _scrape(deployment.api_base.removesuffix("/v1"), deployment.secret_header())
     assert any(k.startswith("orchestr:http_requests") for k in api)
