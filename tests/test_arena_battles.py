@@ -40,7 +40,7 @@ def state(
 def vote(ts, type_, a, b, reply_a="Light refracts in droplets.", reply_b="Sunlight splits into colours.",
          anony=True, ip="10.0.0.7", question="Explain rainbows briefly.", conv_ids=(None, None), **kw):  # fmt: skip
     states = [state(a, reply_a, question, conv_ids[0]), state(b, reply_b, question, conv_ids[1])]
-    return ArenaLine(tstamp=ts, type=type_, models=[a, b], states=states, ip=ip, anony=anony, **kw)
+    return ArenaLine.vote(type_, states, anony, tstamp=ts, ip=ip, **kw)  # as the web UI writes it
 
 
 @pytest.fixture
@@ -66,16 +66,15 @@ def logs(tmp_path):
     # Lines that are not arena votes are ignored by the battles step.
     w.write(ChatLine(tstamp=t + 13, model="alpha", start=t, finish=t + 13, state=state("alpha", "Hi")))
     w.write(ChatVoteLine(tstamp=t + 14, type="upvote", model="alpha", state=state("alpha", "Hi")))
-    # Day 2: a FastChat-style line without `anony` (hidden names mean blind) and one with names.
-    fastchat = vote(
+    # Day 2: an older orchestr line (real names in `models`, "anony": true), still read as blind,
+    # and a named (side-by-side) vote.
+    legacy = vote(
         DAY2, "rightvote", "gamma", "beta", question="¿Qué es un arcoíris? Explícalo, por favor."
     ).model_dump()
-    del fastchat["anony"], fastchat["flag_reason"]
-    fastchat["models"] = ["", ""]
-    w.write(fastchat)
-    named = vote(DAY2 + 1, "leftvote", "gamma", "beta", reply_a="Ok.").model_dump()
-    del named["anony"]
-    w.write(named)
+    legacy.update(models=["gamma", "beta"], anony=True)
+    del legacy["flag_reason"]
+    w.write(legacy)
+    w.write(vote(DAY2 + 1, "leftvote", "gamma", "beta", reply_a="Ok.", anony=False))
     # A line torn by a crash mid-write.
     with open(conv_log_path(w.log_dir, dt.datetime.fromtimestamp(DAY2)), "a") as f:
         f.write('{"tstamp": 1, "type": "leftv')
@@ -164,7 +163,7 @@ def test_writer_lines_are_fastchat_shaped_and_durable(tmp_path):
     path = w.write(original)
     assert path.name == "2024-05-01-conv.json"
     line = json.loads(path.read_text())
-    assert set(line) >= {"tstamp", "type", "models", "states", "ip", "anony"}
+    assert set(line) == {"tstamp", "type", "models", "states", "ip"} and line["models"] == ["", ""]
     assert set(line["states"][0]) >= {"conv_id", "model_name", "messages", "offset"}
     assert ArenaLine.model_validate(line) == original
     chat = json.loads(

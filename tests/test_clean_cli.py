@@ -56,11 +56,7 @@ def web_logs(tmp_path) -> Path:
             messages=[["user", "who are you"], ["assistant", "An assistant."]],
         ),
     ]
-    w.write(
-        ArenaLine(
-            tstamp=T0 + 60, type="leftvote", models=["strong", "weak"], states=leak, ip="9.9.9.9", anony=True
-        )
-    )
+    w.write(ArenaLine.vote("leftvote", leak, True, tstamp=T0 + 60, ip="9.9.9.9"))
     pii = ConvState(
         conv_id="p1",
         model_name="middle",
@@ -105,6 +101,12 @@ def test_logs_to_leaderboard_files_via_cli(tmp_path, web_logs):
         data = (out / png).read_bytes()
         assert data.startswith(PNG_MAGIC) and len(data) > 5000, png
     assert "| 1 | strong |" in stdout  # the table is printed too
+
+    # Per-category leaderboards beside the main one; style control as a switch on the same battles.
+    assert (out / "leaderboard_turns_single.csv").is_file() and not (out / "leaderboard_turns_multi.csv").exists()
+    styled = orchestr_clean(tmp_path, "step=ratings", f"output_dir={out}", "ratings.bootstrap_rounds=5",
+                            "ratings.style_control=true", "ratings.plots=false")
+    assert "style coefficients (logit per standardised feature): length " in styled.stdout
 
     # The web UI's leaderboard tab computes the same numbers from the same folder.
     web = leaderboard_from_logs(web_logs, ratings_cfg=RatingsConfig(bootstrap_rounds=30))

@@ -63,7 +63,7 @@ def test_gather_chats_keeps_last_turn_of_each_conversation(tmp_path):
     w.write(ChatVoteLine(tstamp=T0 + 8, type="upvote", model="beta", state=sys_offset))
     pair = [ConvState(conv_id="a1", model_name="alpha", messages=[["user", "q"], ["assistant", "a"]]),
             ConvState(conv_id="b1", model_name="beta", messages=[["user", "q"], ["assistant", "b"]])]  # fmt: skip
-    w.write(ArenaLine(tstamp=T0 + 9, type="leftvote", models=["alpha", "beta"], states=pair, anony=True))
+    w.write(ArenaLine.vote("leftvote", pair, True, tstamp=T0 + 9))
 
     chats, report = gather_chats(replace(ChatsConfig(), log_dirs=[str(tmp_path)]))
     assert [c["conversation_id"] for c in chats] == ["c1", "c3"]

@@ -262,3 +262,23 @@ def test_app_builds_and_answers_health_without_a_controller(tmp_path: Path, mode
         present = {c.get("props", {}).get("elem_id") for c in config["components"]}
         assert set(ids) <= present
         assert ("anony_input" in present) == (mode == "multi")
+
+
+def test_login_is_required_when_web_auth_is_set(tmp_path: Path):
+    from fastapi.testclient import TestClient
+
+    from orchestr.services.web.app import create_app
+    from orchestr.services.web.client import ServingClient
+    from orchestr.services.web.context import WebContext
+
+    cfg = WebServiceConfig(mode="single", log_dir=str(tmp_path))
+    client = ServingClient(f"http://127.0.0.1:{free_port()}")
+    ctx = WebContext(cfg=cfg, client=client, recorder=Recorder(str(tmp_path)),
+                     moderator=Moderator(cfg.moderation), models=[])
+    with TestClient(create_app(ctx, auth=[("ann", "s3cret")])) as http:
+        assert http.get("/health").status_code == 200  # the launcher's health check stays open
+        r = http.get("/config")
+        assert r.status_code == 401 and "components" not in r.text  # nothing shown before login
+        assert http.post("/login", data={"username": "ann", "password": "wrong"}).status_code == 400
+        assert http.post("/login", data={"username": "ann", "password": "s3cret"}).status_code == 200
+        assert any(c.get("props", {}).get("elem_id") == "chat_input" for c in http.get("/config").json()["components"])

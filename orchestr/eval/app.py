@@ -12,6 +12,7 @@ pick up each other's files (and resume where a killed run stopped).
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from typing import Any
 
@@ -97,7 +98,12 @@ def run_or_exit(cfg: Any) -> None:
         sys.exit(2)
     except KeyboardInterrupt:
         print("orchestr eval: interrupted; finished work is saved, rerun to resume", file=sys.stderr)
-        sys.exit(130)
+        # Every finished record is fsynced already. Requests or an in-process generation may still run
+        # on worker threads (native code): exit now rather than wait for them or tear them down mid-call.
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(130)
 
 
 register_configs()

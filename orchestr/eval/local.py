@@ -7,6 +7,7 @@ worker would. Questions answered from several threads (``eval.answer.parallel``)
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 from orchestr.eval.client import RequestFailed
@@ -23,12 +24,20 @@ class LocalResponder:
             self.llm = LLM.from_config(m)
         except (ModelLoadError, ValueError) as e:
             raise EvalError(f"model {m.name}: {e}") from None
+        self._last = threading.local()
 
     def chat(self, messages: list[dict[str, str]], temperature: float, max_tokens: int,
              json_schema: dict | None = None) -> str:
         from orchestr.engine.prompts import RequestError
 
         try:
-            return self.llm.chat(messages, temperature=temperature, max_tokens=max_tokens, json_schema=json_schema)
+            req = self.llm.request(messages, temperature=temperature, max_tokens=max_tokens, json_schema=json_schema)
+            result = self.llm.generate(req)
         except RequestError as e:  # this request only (e.g. a prompt too long): counted as failed
             raise RequestFailed(f"model {self.llm.model_name}: {e}") from None
+        self._last.tokens = (result.usage.prompt_tokens, result.usage.completion_tokens)
+        return result.text
+
+    def last_usage(self) -> tuple[int, int]:
+        """(prompt, completion) tokens of this thread's last request (the judge's token count)."""
+        return getattr(self._last, "tokens", (0, 0))

@@ -30,7 +30,7 @@ SECRET_ENV = {  # env var -> which processes read it
     "ORCHESTR_WEB_AUTH": {"web"},
 }
 SECRET_KEYS = re.compile(r"(secret|password|passwd|token|api_keys?|auth)$", re.I)
-WORKERS = {"model_worker", "vllm_worker", "multi_model_worker"}
+WORKERS = {"model_worker", "vllm_worker", "multi_model_worker", "openvino_worker"}
 CONFIG_MOUNT = "/etc/orchestr"
 
 

@@ -25,14 +25,19 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
-from orchestr.engine.prompts import RequestError, refuse_unsupported, render_prompt
+from orchestr.engine import prompts
+from orchestr.engine.prompts import RenderedPrompt, RequestError, refuse_unsupported, render_prompt
 from orchestr.protocol import (
     CountTokenRequest,
     CountTokenResult,
+    DetokenizeRequest,
+    DetokenizeResponse,
     ErrorCode,
     GenerateChunk,
     GenerateRequest,
     ModelDetails,
+    TokenizeRequest,
+    TokenizeResponse,
     UsageInfo,
 )
 
@@ -44,6 +49,9 @@ GREEDY_EPS = 1e-5
 # KV-cache block size of OpenVINO's CPU plugin: --kv-cache-tokens becomes a number of blocks.
 CPU_KV_BLOCK_TOKENS = 32
 _PRECISIONS = {"float32": "f32", "bfloat16": "bf16", "float16": "f16"}
+# of prompts.OPTIONAL_FEATURES: JSON-schema constrained output maps to OpenVINO's
+# StructuredOutputConfig; logprobs and logit_bias have no OpenVINO counterpart (refused, 400)
+SUPPORTED_FEATURES = frozenset({"guided_json"})
 
 
 class OpenVinoMissing(SystemExit):
@@ -240,25 +248,33 @@ class OpenVinoEngine:
         self.stepper.start()
 
     # ------------------------------------------------------------------ prompts
-    def prompt_of(self, req: GenerateRequest | CountTokenRequest) -> tuple[str, list[int], list[str], list[int]]:
-        """(prompt text, token ids, extra stop strings, extra stop token ids) of a request."""
-        prompt = render_prompt(self.formatter, self.tokenizer, req)
-        return prompt.text, prompt.ids, list(prompt.stop), list(prompt.stop_token_ids)
+    def prompt_of(self, req: GenerateRequest | CountTokenRequest) -> RenderedPrompt:
+        return render_prompt(self.formatter, self.tokenizer, req)
 
     def count_tokens(self, req: CountTokenRequest) -> CountTokenResult:
-        _, ids, _, _ = self.prompt_of(req)
-        return CountTokenResult(count=len(ids), context_length=self.context_len)
+        return CountTokenResult(count=len(self.prompt_of(req).ids), context_length=self.context_len)
+
+    def tokenize(self, req: TokenizeRequest) -> TokenizeResponse:
+        return prompts.tokenize(self.formatter, self.tokenizer, req, self.context_len)
+
+    def detokenize(self, req: DetokenizeRequest) -> DetokenizeResponse:
+        return prompts.detokenize(self.tokenizer, req)
+
+    def tokenizer_info(self) -> dict:
+        return prompts.tokenizer_info(self.tokenizer, self.context_len)
 
     def model_details(self, name: str | None = None) -> ModelDetails:
         return ModelDetails(model=name or self.model_name, context_length=self.context_len, backend=self.backend,
-                            dtype=self.dtype, device=self.device)
+                            dtype=self.dtype, device=self.device, tool_parser=self.formatter.tool_family)
 
-    def generation_config(self, settings: dict[str, Any]) -> Any:
+    def generation_config(self, settings: dict[str, Any], guided_json: dict | None = None) -> Any:
         config = self._ov.GenerationConfig()
         if self.eos_ids:
             config.eos_token_id = self.eos_ids[0]
         for key, value in settings.items():
             setattr(config, key, value)
+        if guided_json is not None:  # OpenVINO GenAI's own structured output (xgrammar inside)
+            config.structured_output_config = self._ov.StructuredOutputConfig(json_schema=json.dumps(guided_json))
         config.validate()
         return config
 
@@ -269,8 +285,9 @@ class OpenVinoEngine:
         from orchestr.engine.detokenizer import IncrementalDetokenizer, StopStringMatcher
 
         try:
-            refuse_unsupported(req, "openvino")
-            text, ids, stops, stop_ids = self.prompt_of(req)
+            refuse_unsupported(req, self.backend, SUPPORTED_FEATURES)
+            prompt = self.prompt_of(req)
+            text, ids, stops, stop_ids = prompt.text, prompt.ids, list(prompt.stop), list(prompt.stop_token_ids)
             stop = [*req.stop, *(s for s in stops if s not in req.stop)]
             stop_token_ids = [*req.stop_token_ids, *(t for t in [*stop_ids, *self.eos_ids] if t not in req.stop_token_ids)]
             settings = generation_settings(req, len(ids), self.context_len, stop, stop_token_ids)
@@ -281,7 +298,7 @@ class OpenVinoEngine:
             yield GenerateChunk(error=str(exc), error_code=ErrorCode.CONTEXT_OVERFLOW, finish_reason="error")
             return
         try:
-            config = self.generation_config(settings)
+            config = self.generation_config(settings, req.guided_json)
         except Exception as exc:  # noqa: BLE001 - OpenVINO's validate() of the parameters
             yield GenerateChunk(error=ov_message(exc), error_code=ErrorCode.PARAM_OUT_OF_RANGE, finish_reason="error")
             return
