@@ -245,6 +245,19 @@ class Planner:
                            depends_on=["controller", *worker_names], workdir=node.workdir,
                            restart=s.restart)
 
+    def prometheus_spec(self, specs: list[ProcessSpec]) -> ProcessSpec:
+        """A local Prometheus scraping the /metrics of every service in ``specs``."""
+        p = self.services.prometheus
+        node = self.node(p.node, "services.prometheus.node")
+        argv = [node_python(node), "-m", "orchestr.services.prometheus", "--host", p.host, "--port", str(p.port),
+                "--scrape-interval", f"{p.scrape_interval_s:g}", "--data-dir", p.data_dir, "--binary", p.binary]
+        for s in specs:
+            if s.port is not None and s.service != "ray" and s.service != "web":
+                argv += ["--target", f"{s.service}={self.node(s.node, 'cluster.nodes').address}:{s.port}"]
+        return ProcessSpec(name="prometheus", service="prometheus", node=p.node, argv=argv, port=p.port,
+                           health_url=f"http://{node.address}:{p.port}/-/ready", workdir=node.workdir,
+                           restart=p.restart)
+
     def build(self) -> list[ProcessSpec]:
         if not self.cluster.workers:
             raise PlanError("cluster.workers", "the cluster defines no workers")
@@ -262,6 +275,8 @@ class Planner:
             specs.append(self.api_spec(names))
         if self.services.web.enabled:
             specs.append(self.web_spec(names))
+        if self.services.prometheus.enabled:
+            specs.append(self.prometheus_spec(specs))
         return specs
 
     def endpoints(self) -> Endpoints:

@@ -10,7 +10,7 @@ if TYPE_CHECKING:
     from orchestr.launch.plan import Planner
 
 _SERVICE_KEYS = {"controller": "services.controller.port", "api": "services.api.port",
-                 "web": "services.web.port"}
+                 "web": "services.web.port", "prometheus": "services.prometheus.port"}
 
 
 def _port_key(spec: ProcessSpec) -> str:
