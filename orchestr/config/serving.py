@@ -327,6 +327,8 @@ class WebServiceConfig:
 class PrometheusServiceConfig:
     """A local Prometheus scraping every service of the deployment (needs the `prometheus` binary)."""
 
+    LAUNCHER_ONLY: ClassVar[tuple[str, ...]] = ("enabled", "node", "restart")
+
     enabled: bool = field(default=False, metadata={"help": "run a Prometheus that scrapes every service's /metrics"})
     node: str = "local"
     host: str = "127.0.0.1"

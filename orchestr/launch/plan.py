@@ -241,8 +241,7 @@ class Planner:
         """A local Prometheus scraping the /metrics of every service in ``specs``."""
         p = self.services.prometheus
         node = self.node(p.node, "services.prometheus.node")
-        argv = [node_python(node), "-m", "orchestr.services.prometheus", "--host", p.host, "--port", str(p.port),
-                "--scrape-interval", f"{p.scrape_interval_s:g}", "--data-dir", p.data_dir, "--binary", p.binary]
+        argv = [node_python(node), "-m", "orchestr.services.prometheus", *to_argv(p)]
         for s in specs:
             if s.port is not None and s.service != "ray" and s.service != "web":
                 argv += ["--target", f"{s.service}={self.node(s.node, 'cluster.nodes').address}:{s.port}"]

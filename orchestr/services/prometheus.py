@@ -17,6 +17,8 @@ import shutil
 import sys
 from pathlib import Path
 
+from orchestr.config.flags import add_flags
+from orchestr.config.serving import PrometheusServiceConfig
 from orchestr.secrets import service_secret
 
 
@@ -44,12 +46,8 @@ def _target(value: str) -> tuple[str, str]:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m orchestr.services.prometheus", description=__doc__.split("\n")[0])
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=9090)
+    add_flags(parser, PrometheusServiceConfig)  # services.prometheus: one declaration of each flag
     parser.add_argument("--target", type=_target, action="append", default=[], help="JOB=HOST:PORT (repeat)")
-    parser.add_argument("--scrape-interval", type=float, default=5.0, help="seconds between scrapes")
-    parser.add_argument("--data-dir", default="~/.cache/orchestr/prometheus", help="config and time series")
-    parser.add_argument("--binary", default="prometheus", help="the prometheus executable (Debian: prometheus)")
     args = parser.parse_args(argv)
     binary = shutil.which(args.binary)
     if binary is None:
@@ -68,7 +66,7 @@ def main(argv: list[str] | None = None) -> None:
         secret_file = str(path)
     config = data / "prometheus.yml"
     # JSON is YAML: Prometheus reads it as is
-    config.write_text(json.dumps(scrape_config(args.target, args.scrape_interval, secret_file), indent=2))
+    config.write_text(json.dumps(scrape_config(args.target, args.scrape_interval_s, secret_file), indent=2))
     os.execv(binary, [binary, f"--config.file={config}", f"--storage.tsdb.path={data / 'tsdb'}",
                       f"--web.listen-address={args.host}:{args.port}"])
 
