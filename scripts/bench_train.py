@@ -24,7 +24,8 @@ REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "fastchat" / "dummy_conversation.json"
 
 
-def bench(method: str, data: Path, steps: int, warmup: int, max_length: int, batch: int, precision: str) -> dict:
+def bench(method: str, data: Path, steps: int, warmup: int, max_length: int, batch: int, precision: str,
+          threads: int | None) -> dict:
     from transformers import TrainerCallback
 
     from orchestr.config import compose
@@ -34,7 +35,7 @@ def bench(method: str, data: Path, steps: int, warmup: int, max_length: int, bat
         cfg = compose([f"train={method}", f"train.data={data}", f"train.max_steps={steps}",
                        f"train.output_dir={out}", f"train.max_length={max_length}", f"train.batch_size={batch}",
                        f"train.precision={precision}", "train.save_steps=100000", "train.data_opts.eval_fraction=0",
-                       "train.progress_bar=false"])  # fmt: skip
+                       "train.progress_bar=false", f"train.num_threads={threads or 'null'}"])  # fmt: skip
         prep = build(cfg)
         marks: dict[int, tuple[float, int]] = {}
 
@@ -71,6 +72,7 @@ def main() -> int:
     ap.add_argument("--max-length", type=int, default=256)
     ap.add_argument("--batch-size", type=int, default=4)
     ap.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
+    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     args = ap.parse_args()
     if not args.data.is_file():
         print(f"bench_train: no data file {args.data}", file=sys.stderr)
@@ -80,7 +82,8 @@ def main() -> int:
         return 2
     rows = []
     for method in args.methods:
-        row = bench(method, args.data, args.steps, args.warmup, args.max_length, args.batch_size, args.precision)
+        row = bench(method, args.data, args.steps, args.warmup, args.max_length, args.batch_size, args.precision,
+                    args.threads)
         print(json.dumps(row), flush=True)
         rows.append(row)
     print("\n| method | precision | batch x max_length | tokens/s | s/step |\n|---|---|---|---|---|")

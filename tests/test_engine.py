@@ -6,6 +6,7 @@ import asyncio
 import time
 
 import pytest
+from pydantic import ValidationError
 
 from orchestr.config.serving import EngineConfig
 from orchestr.engine.engine import Engine
@@ -193,8 +194,9 @@ def test_sampling_seed_and_penalties(batched):
 
 
 def test_errors_and_echo(batched):
-    res = asyncio.run(batched.generate(chat("hi", temperature=-1)))
-    assert res.finish_reason == "error" and "temperature" in res.error
+    # out-of-range sampling values are refused by the shared protocol before any engine sees them
+    with pytest.raises(ValidationError, match="temperature"):
+        chat("hi", temperature=-1)
     huge = "word " * 9000
     res = asyncio.run(batched.generate(GenerateRequest(model="m", prompt=huge)))
     assert res.finish_reason == "error" and "context" in res.error

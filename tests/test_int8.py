@@ -14,7 +14,14 @@ from torch import nn
 
 from orchestr.config.serving import EngineConfig
 from orchestr.engine.engine import Engine
-from orchestr.engine.int8_weights import GROUP_SIZE, Int8Embedding, Int8Linear, dequantize, quantize_groupwise
+from orchestr.engine.int8_weights import (
+    GROUP_SIZE,
+    Int8Embedding,
+    Int8Linear,
+    Int8Weight,
+    dequantize,
+    quantize_groupwise,
+)
 from orchestr.engine.loader import load_model, quantize_int8_cpu
 from orchestr.protocol import ChatMessage, GenerateRequest
 
@@ -63,6 +70,31 @@ def test_groupwise_round_trip_is_within_half_a_step(cols):
     assert back.shape == w.shape and bool(((back - w).abs() <= step / 2 + 1e-6).all())
     # per group, not per tensor: the small-range columns keep their precision
     assert float((back[:, :GROUP_SIZE] - w[:, :GROUP_SIZE]).abs().max()) < 0.05 * 0.01 * 4 / 2
+
+
+@pytest.mark.parametrize("rows", [1, 5, 64, 65])  # 65: past the kernel's limit, the dequantized matmul
+def test_int8_linear_matches_its_dequantized_weight(rows):
+    torch.manual_seed(1)
+    lin = nn.Linear(192, 80, bias=True)
+    layer = Int8Linear(lin, Int8Weight(lin.weight), torch.float32)
+    x = torch.randn(rows, 192)
+    want = torch.nn.functional.linear(x, layer.int8.full(torch.float32), lin.bias)
+    got = layer(x)
+    assert got.shape == (rows, 80) and torch.allclose(got, want, rtol=1e-4, atol=1e-4)
+    # bf16 activations go through the same path and come back in bf16
+    assert layer(x.to(torch.bfloat16)).dtype == torch.bfloat16
+
+
+def test_the_kernel_takes_decode_sized_products():
+    from orchestr.engine import native
+
+    if native.library() is None:
+        pytest.skip("no C compiler: the dequantized matmul path serves every size")
+    q, scales = quantize_groupwise(torch.randn(32, 128))
+    x = torch.randn(3, 128)
+    out = native.int8_linear(x, q, scales)
+    assert out is not None and torch.allclose(out, x @ dequantize(q, scales, 128, torch.float32).T, atol=1e-4)
+    assert native.int8_linear(x.to(torch.bfloat16), q, scales) is None  # fp32 only: the caller converts
 
 
 # --------------------------------------------------------------------------- the real model

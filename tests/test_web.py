@@ -19,6 +19,7 @@ from fastapi import FastAPI
 from orchestr.arena.battles import clean_battles
 from orchestr.arena.logs import conv_log_path, hash_ip
 from orchestr.config.clean import BattlesConfig
+from orchestr.config.flags import to_argv
 from orchestr.config.serving import WebModerationConfig, WebServiceConfig
 from orchestr.services.web.__main__ import build_parser, config_from_args
 from orchestr.services.web.conversation import Conversation
@@ -220,7 +221,7 @@ def test_cli_flags_round_trip_through_the_parser():
                            arena_excluded_pairs=[["a", "b"]], concurrency_count=4,
                            moderation=WebModerationConfig(enabled=True, url="http://m/v1",
                                                           blocked_words=["x y"]))
-    back = config_from_args(build_parser().parse_args(["--port", "1", *cfg.cli_flags()]))
+    back = config_from_args(build_parser().parse_args(["--port", "1", *to_argv(cfg)]))
     for key in ("mode", "log_dir", "ip_logging", "max_turns", "max_input_chars", "max_new_tokens",
                 "arena_sampling_weights", "arena_excluded_pairs", "concurrency_count", "moderation"):
         assert getattr(back, key) == getattr(cfg, key), key
@@ -233,7 +234,8 @@ def test_bad_flags_fail_with_a_clear_message():
     assert "Traceback" not in out.stderr
     out = subprocess.run([sys.executable, "-m", "orchestr.services.web", "--arena-excluded-pairs", '[["a"]]'],
                          capture_output=True, text=True, timeout=60)
-    assert out.returncode == 1 and "exactly two models" in out.stderr and "Traceback" not in out.stderr
+    assert out.returncode == 1 and "--arena-excluded-pairs: each pair must name exactly two models" in out.stderr
+    assert "Traceback" not in out.stderr
 
 
 # --------------------------------------------------------------------------- app
@@ -262,3 +264,23 @@ def test_app_builds_and_answers_health_without_a_controller(tmp_path: Path, mode
         present = {c.get("props", {}).get("elem_id") for c in config["components"]}
         assert set(ids) <= present
         assert ("anony_input" in present) == (mode == "multi")
+
+
+def test_login_is_required_when_web_auth_is_set(tmp_path: Path):
+    from fastapi.testclient import TestClient
+
+    from orchestr.services.web.app import create_app
+    from orchestr.services.web.client import ServingClient
+    from orchestr.services.web.context import WebContext
+
+    cfg = WebServiceConfig(mode="single", log_dir=str(tmp_path))
+    client = ServingClient(f"http://127.0.0.1:{free_port()}")
+    ctx = WebContext(cfg=cfg, client=client, recorder=Recorder(str(tmp_path)),
+                     moderator=Moderator(cfg.moderation), models=[])
+    with TestClient(create_app(ctx, auth=[("ann", "s3cret")])) as http:
+        assert http.get("/health").status_code == 200  # the launcher's health check stays open
+        r = http.get("/config")
+        assert r.status_code == 401 and "components" not in r.text  # nothing shown before login
+        assert http.post("/login", data={"username": "ann", "password": "wrong"}).status_code == 400
+        assert http.post("/login", data={"username": "ann", "password": "s3cret"}).status_code == 200
+        assert any(c.get("props", {}).get("elem_id") == "chat_input" for c in http.get("/config").json()["components"])

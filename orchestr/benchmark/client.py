@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import httpx
 
 from orchestr.protocol import ChatMessage, GenerateRequest
+from orchestr.secrets import bearer, service_secret
 from orchestr.services.worker_stream import decode_line
 
 PROTOCOLS = ("openai", "worker")
@@ -72,8 +73,9 @@ async def stream_request(client: httpx.AsyncClient, spec: RequestSpec, index: in
     base = spec.base_url.rstrip("/")
     if spec.protocol == "openai":
         url, body = f"{base}/chat/completions", _openai_body(spec)
-    else:
+    else:  # a worker wants the deployment's service secret (env ORCHESTR_SECRET / _FILE)
         url, body = f"{base}/worker_generate_stream", _worker_body(spec)
+        headers = bearer(service_secret())
     parts: list[str] = []
     try:
         async with client.stream("POST", url, json=body, headers=headers) as resp:

@@ -82,6 +82,9 @@ class TrainConfig:
     grad_accum: int = 1
     max_length: int = 512  # tokens per sequence; 0: the model's context length
     gradient_checkpointing: bool = False
+    # CPU threads for torch; None: torch's default. On a busy machine 1 can be several times
+    # faster than 2 (threads of one op wait for each other while the other is descheduled).
+    num_threads: int | None = None
     seed: int = 42
     beta: float = 0.1  # dpo: strength of the KL pull to the reference model
     # precision: auto = bf16 on GPUs that support it (else fp16), fp32 on CPU

@@ -1,7 +1,8 @@
 """Weight-only, group-wise int8 for CPU (``load_8bit`` on CPU), as FastChat's 8-bit compression:
 each row of a weight is cut into groups of 64 inputs, each group stored as int8 with its own
-scale (symmetric, absmax / 127). Activations stay in the model's dtype; a layer dequantizes its
-weight right before the product.
+scale (symmetric, absmax / 127). Activations stay in the model's dtype. A decode-sized product
+runs in orchestr's C kernel (``orchestr_int8_linear``: each group dequantized in registers, fp32
+math); a larger one (prefill) dequantizes the weight for a regular matmul.
 
 Why not torch's dynamic int8: it also quantizes activations (per tensor), which doubled the
 embedded model's perplexity, and it kept the fp32 weights beside the int8 copy. Here the
@@ -20,6 +21,9 @@ from torch import nn
 log = logging.getLogger(__name__)
 
 GROUP_SIZE = 64
+# Up to this many rows a product goes through the C kernel (orchestr_int8_linear); more rows
+# (prefill chunks) amortise a dequantized weight over a oneDNN matmul better.
+KERNEL_MAX_ROWS = 64
 
 
 def quantize_groupwise(weight: torch.Tensor, group: int = GROUP_SIZE) -> tuple[torch.Tensor, torch.Tensor]:
@@ -76,7 +80,17 @@ class Int8Linear(nn.Module):
         return torch.empty(self.int8.rows, self.int8.cols, dtype=self.compute_dtype, device="meta")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, self.int8.full(x.dtype), self.bias)
+        rows = x.reshape(-1, x.shape[-1])
+        if rows.shape[0] <= KERNEL_MAX_ROWS:  # decode-sized: the int8 kernel, weights never dequantized in full
+            from orchestr.engine import native
+
+            out = native.int8_linear(rows.float(), self.int8.qweight, self.int8.scales)
+            if out is not None:
+                if self.bias is not None:
+                    out += self.bias
+                return out.to(x.dtype).view(*x.shape[:-1], self.out_features)
+        bias = None if self.bias is None else self.bias.to(x.dtype)
+        return F.linear(x, self.int8.full(x.dtype), bias)
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, int8 groups of {GROUP_SIZE}"

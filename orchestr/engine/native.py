@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from orchestr.engine.loader import cache_dir
+from orchestr.engine.cache import cache_dir
 
 log = logging.getLogger(__name__)
 
@@ -113,6 +113,8 @@ def library() -> ctypes.CDLL | None:
         lib.orchestr_argmax_rows.restype = None
         lib.orchestr_argmax_rows.argtypes = [ctypes.c_int, _ptr, _i64, _i64, _i64, _ptr]
         lib.orchestr_rotary.argtypes = [ctypes.c_int, _ptr, _i64, _i64, _ptr, _ptr, _i64, _i64, _i64, _i64]
+        lib.orchestr_int8_linear.restype = None
+        lib.orchestr_int8_linear.argtypes = [_ptr, _i64, _ptr, _ptr, _ptr, _i64, _i64, _i64, _i64]
         _lib = lib
         return _lib
 
@@ -201,3 +203,16 @@ def argmax_rows(x: torch.Tensor) -> torch.Tensor | None:
     lib.orchestr_argmax_rows(int(x.dtype == torch.bfloat16), x.data_ptr(), x.stride(0), x.shape[0], x.shape[1],
                              idx.data_ptr())
     return idx
+
+
+def int8_linear(x: torch.Tensor, q: torch.Tensor, scales: torch.Tensor) -> torch.Tensor | None:
+    """``x @ dequant(q, scales).T`` for x [M, K] fp32 (last dim contiguous), q int8 [N, K] and
+    scales fp32 [N, K / 64], both contiguous; None when the kernel cannot take it."""
+    lib = library()
+    if (lib is None or x.dim() != 2 or x.dtype != torch.float32 or x.device.type != "cpu" or x.stride(-1) != 1
+            or q.shape[1] != x.shape[1] or x.shape[1] % 64 or scales.shape[1] * 64 != q.shape[1]):
+        return None
+    out = torch.empty((x.shape[0], q.shape[0]), dtype=torch.float32)
+    lib.orchestr_int8_linear(x.data_ptr(), x.stride(0), q.data_ptr(), scales.data_ptr(), out.data_ptr(), out.stride(0),
+                             x.shape[0], q.shape[0], x.shape[1])
+    return out

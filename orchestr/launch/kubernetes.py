@@ -30,7 +30,7 @@ SECRET_ENV = {  # env var -> which processes read it
     "ORCHESTR_WEB_AUTH": {"web"},
 }
 SECRET_KEYS = re.compile(r"(secret|password|passwd|token|api_keys?|auth)$", re.I)
-WORKERS = {"model_worker", "vllm_worker", "multi_model_worker"}
+WORKERS = {"model_worker", "vllm_worker", "multi_model_worker", "openvino_worker"}
 CONFIG_MOUNT = "/etc/orchestr"
 
 
@@ -169,7 +169,7 @@ def manifests(cfg: DictConfig, specs: list[ProcessSpec], opts: KubernetesConfig)
     runnable = [s for s in specs if s.service != "ray"]
     gpus = gpu_requests(specs)
     names = {s.name: dns_name(s.name) for s in runnable}
-    composed = redact(OmegaConf.to_container(cfg, resolve=True))
+    composed = redact(OmegaConf.to_container(cfg, resolve=True, enum_to_str=True))
     objs: list[dict] = [
         {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": opts.namespace}},
         {"apiVersion": "v1", "kind": "ConfigMap",

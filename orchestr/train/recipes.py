@@ -172,6 +172,10 @@ def build(cfg: Any) -> Prepared:
     if not train.data:
         raise DataError("train.data is not set: give a conversations file (sft) or arena logs / pairs (dpo)")
     device = resolve_device(cfg.model.device)
+    if train.num_threads:
+        import torch
+
+        torch.set_num_threads(int(train.num_threads))
     model, tokenizer, base = _load_base(cfg.model, train, device)
     max_length = int(train.max_length or 0)
     if max_length <= 0:

@@ -413,3 +413,53 @@ void orchestr_argmax_rows(int is_bf16, const void *x, int64_t x_row, int64_t row
 #pragma omp parallel for schedule(static)
     for (int64_t r = 0; r < rows; r++) idx[r] = argmax_row(is_bf16, (const char *)x + r * x_row * esz, n);
 }
+
+/* 6. orchestr_int8_linear: out[m, n] = sum_k x[m, k] * q[n, k] * s[n, k / 64] for weight-only
+ *    group-wise int8 (groups of 64 inputs, one fp32 scale each; engine/int8_weights.py). fp32
+ *    activations and output. Each weight group is dequantized once per block of 8 rows of x and
+ *    used from registers, so the weights are read as int8 (a quarter of fp32's bytes) and never
+ *    materialised in full precision. Meant for decode-sized M; the caller takes large M
+ *    (prefill) through a dequantized matmul. K is a multiple of 64. */
+#define I8_ROWS 8
+void orchestr_int8_linear(const float *x, int64_t x_row, const int8_t *q, const float *s, float *out,
+                          int64_t o_row, int64_t M, int64_t N, int64_t K) {
+    const int64_t groups = K / 64;
+#pragma omp parallel for schedule(static)
+    for (int64_t n = 0; n < N; n++) {
+        const int8_t *qr = q + n * K;
+        const float *sr = s + n * groups;
+        for (int64_t m0 = 0; m0 < M; m0 += I8_ROWS) {
+            const int64_t mb = M - m0 < I8_ROWS ? M - m0 : I8_ROWS;
+#if defined(__AVX512F__)
+            __m512 acc[I8_ROWS];
+            for (int i = 0; i < I8_ROWS; i++) acc[i] = _mm512_setzero_ps();
+            for (int64_t g = 0; g < groups; g++) {
+                const __m512 sc = _mm512_set1_ps(sr[g]);
+                const int8_t *qg = qr + g * 64;
+                __m512 w[4];
+                for (int j = 0; j < 4; j++)
+                    w[j] = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(
+                                             _mm_loadu_si128((const __m128i *)(qg + 16 * j)))), sc);
+                for (int64_t i = 0; i < mb; i++) {
+                    const float *xr = x + (m0 + i) * x_row + g * 64;
+                    __m512 a = acc[i];
+                    for (int j = 0; j < 4; j++) a = _mm512_fmadd_ps(w[j], _mm512_loadu_ps(xr + 16 * j), a);
+                    acc[i] = a;
+                }
+            }
+            for (int64_t i = 0; i < mb; i++) out[(m0 + i) * o_row + n] = _mm512_reduce_add_ps(acc[i]);
+#else
+            for (int64_t i = 0; i < mb; i++) {
+                const float *xr = x + (m0 + i) * x_row;
+                float total = 0.0f;
+                for (int64_t g = 0; g < groups; g++) {
+                    float part = 0.0f;
+                    for (int k = 0; k < 64; k++) part += xr[g * 64 + k] * (float)qr[g * 64 + k];
+                    total += part * sr[g];
+                }
+                out[(m0 + i) * o_row + n] = total;
+            }
+#endif
+        }
+    }
+}
