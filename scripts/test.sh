@@ -18,4 +18,5 @@ fi
 bash scripts/setup_slurm.sh || echo "WARNING: scripts/setup_slurm.sh failed; Slurm tests will be skipped" >&2
 bash scripts/setup_ray.sh || echo "WARNING: scripts/setup_ray.sh failed; Ray tests will be skipped" >&2
 .venv/bin/python -m ruff check orchestr tests
+.venv/bin/lint-imports --no-cache  # the layer contract in pyproject.toml
 .venv/bin/python -m pytest "$@"

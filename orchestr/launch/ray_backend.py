@@ -24,8 +24,8 @@ from pathlib import Path
 
 from orchestr.config.backends import RayBackendConfig
 from orchestr.config.serving import NodeConfig
-from orchestr.launch.deploy import LaunchError
-from orchestr.launch.spec import ProcessSpec
+from orchestr.errors import LaunchError
+from orchestr.launch.spec import ProcessRecord, ProcessSpec
 
 SECRET_VARS = ("ORCHESTR_SECRET", "ORCHESTR_API_KEYS", "ORCHESTR_WEB_AUTH")
 # what the launcher's environment lends the services (the Ray workers' own env is the raylet's)
@@ -147,7 +147,6 @@ class RayRunner:
         return opts
 
     def start(self, spec: ProcessSpec, log_path: str):
-        from orchestr.launch.runner import ProcessRecord
 
         ray = self._ray()
         import ray.cloudpickle as cloudpickle
