@@ -14,4 +14,5 @@ if [ "${ORCHESTR_SKIP_OPENVINO:-0}" != 1 ]; then
   bash scripts/setup_openvino.sh || echo "WARNING: scripts/setup_openvino.sh failed; OpenVINO tests will be skipped" >&2
 fi
 .venv/bin/python -m ruff check orchestr tests
+.venv/bin/lint-imports --no-cache  # the layer contract in pyproject.toml
 .venv/bin/python -m pytest "$@"

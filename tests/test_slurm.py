@@ -113,7 +113,7 @@ def test_status_comes_from_squeue_and_logs_from_the_job_output(slurm) -> None:
     job_ids = {name.removeprefix(slurm.prefix + "-"): job for job, name, _ in squeue(slurm.prefix)}
     for name, job in job_ids.items():
         line = next(ln for ln in out.stdout.splitlines() if f" {name} " in ln)
-        assert f" {job} " in line and " yes " in line
+        assert f" {job} " in line and " running " in line
     logs = slurm.orchestr("logs", "worker-0", "-n", "400")
     assert logs.returncode == 0
     assert f"slurm job {job_ids['worker-0']} on " in logs.stdout

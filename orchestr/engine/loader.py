@@ -26,6 +26,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from orchestr.engine.cache import cache_dir
+
 log = logging.getLogger(__name__)
 
 EMBEDDED_SCHEME = "embedded://"
@@ -44,12 +46,6 @@ class ModelLoadError(RuntimeError):
 
 
 # --------------------------------------------------------------------------- paths
-
-
-def cache_dir() -> Path:
-    """Root of orchestr's cache (``ORCHESTR_CACHE_DIR`` or ``~/.cache/orchestr``)."""
-    root = os.environ.get("ORCHESTR_CACHE_DIR") or "~/.cache/orchestr"
-    return Path(root).expanduser()
 
 
 def models_cache_dir() -> Path:

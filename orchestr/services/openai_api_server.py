@@ -10,7 +10,6 @@ Run: ``python -m orchestr.services.openai_api_server --port 8000 --controller-ad
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import hmac
 from collections.abc import AsyncIterator, Awaitable
 from contextlib import asynccontextmanager
@@ -24,6 +23,7 @@ from pydantic import BaseModel, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from orchestr import __version__, secrets
+from orchestr.config.flags import add_flags, from_args
 from orchestr.config.serving import ApiServiceConfig
 from orchestr.protocol import (
     ChatCompletionRequest,
@@ -246,28 +246,18 @@ def _csv(value: str | None) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    d = ApiServiceConfig()
     parser = argparse.ArgumentParser(
         prog="python -m orchestr.services.openai_api_server", description=__doc__.split("\n")[0]
     )
-    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
-    parser.add_argument("--port", type=int, default=d.port)
+    add_flags(parser, ApiServiceConfig)  # services.api: one declaration of each flag (config/serving.py)
     parser.add_argument("--controller-address", default="http://localhost:21001")
     # Deprecated: a key on the command line shows in `ps`; use env ORCHESTR_API_KEYS(_FILE).
     parser.add_argument("--api-keys", type=_csv, default=None, help=argparse.SUPPRESS)
-    parser.add_argument("--allowed-origins", type=_csv, default=["*"], help="CORS origins (comma-separated)")
-    parser.add_argument("--allowed-methods", type=_csv, default=["*"])
-    parser.add_argument("--allowed-headers", type=_csv, default=["*"])
-    parser.add_argument("--allow-credentials", action="store_true")
-    for name in ("worker_connect_timeout_s", "worker_timeout_s", "controller_timeout_s",
-                 "controller_cache_ttl_s", "health_check_interval_s"):
-        parser.add_argument("--" + name.removesuffix("_s").replace("_", "-"), dest=name, type=float,
-                            default=getattr(d, name), help=_help(ApiServiceConfig, name))
-    for name in ("worker_retries", "default_max_tokens", "max_body_bytes", "max_embedding_inputs"):
-        parser.add_argument("--" + name.replace("_", "-"), dest=name, type=int, default=getattr(d, name),
-                            help=_help(ApiServiceConfig, name))
-    parser.add_argument("--ssl", action="store_true", help="serve HTTPS (SSL_KEYFILE / SSL_CERTFILE env)")
     args = parser.parse_args(argv)
+    try:
+        from_args(ApiServiceConfig, args)  # the schema's range checks
+    except ValueError as e:
+        parser.error(str(e))
     try:
         api_keys = secrets.api_keys()
     except secrets.SecretError as e:
@@ -307,10 +297,6 @@ def main(argv: list[str] | None = None) -> None:
         f"{len(api_keys)} API key(s)" if api_keys else "no API keys",
     )
     run_app(BodyLimit(app, args.max_body_bytes), args.host, args.port, ssl=args.ssl)
-
-
-def _help(schema: type, name: str) -> str | None:
-    return {f.name: f for f in dataclasses.fields(schema)}[name].metadata.get("help")
 
 
 if __name__ == "__main__":

@@ -27,7 +27,8 @@ import httpx
 from fastapi import Body, FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from orchestr.config.serving import WorkerServiceConfig
+from orchestr.config.flags import add_flags
+from orchestr.config.serving import WorkerConfig, WorkerServiceConfig
 from orchestr.protocol import (
     CountTokenRequest,
     CountTokenResult,
@@ -333,23 +334,16 @@ class WorkerBase:
 
 
 def add_worker_args(parser: argparse.ArgumentParser, default_port: int = 21002) -> None:
-    """Flags every worker has (FastChat's names)."""
-    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
-    parser.add_argument("--port", type=int, default=default_port)
+    """Flags every worker has (FastChat's names): services.worker and the worker's own section
+    declare them (config/serving.py); the addresses are the launcher's wiring."""
+    add_flags(parser, WorkerServiceConfig)
+    add_flags(parser, WorkerConfig)
+    parser.set_defaults(port=default_port)
     parser.add_argument("--worker-address", default=None,
                         help="URL the controller and API server use to reach this worker "
                              "(default: http://localhost:PORT)")
     parser.add_argument("--controller-address", default="http://localhost:21001")
-    parser.add_argument("--limit-worker-concurrency", type=int, default=5,
-                        help="requests served at once; more wait (FastChat's default: 5)")
     parser.add_argument("--no-register", action="store_true", help="do not register with a controller")
-    parser.add_argument("--heart-beat-interval", type=float, default=float(_W.heart_beat_interval),
-                        help="seconds between heartbeats to the controller")
-    parser.add_argument("--controller-timeout", type=float, default=_W.controller_timeout_s,
-                        help="seconds to wait on the controller (registration, heartbeats)")
-    parser.add_argument("--max-body-bytes", type=int, default=_W.max_body_bytes,
-                        help="largest request body accepted (413 above)")
-    parser.add_argument("--ssl", action="store_true", help="serve HTTPS (SSL_KEYFILE / SSL_CERTFILE)")
 
 
 def worker_address(args: argparse.Namespace) -> str:
@@ -360,7 +354,7 @@ def serve_engines(engines: Mapping[str, Any], args: argparse.Namespace) -> None:
     """Serve ``engines`` (model name -> engine) behind a worker set up from the common flags."""
     worker = WorkerBase(engines, controller_address=args.controller_address, worker_address=worker_address(args),
                         limit_worker_concurrency=args.limit_worker_concurrency, register=not args.no_register,
-                        heart_beat_interval=args.heart_beat_interval, controller_timeout=args.controller_timeout)
+                        heart_beat_interval=args.heart_beat_interval, controller_timeout=args.controller_timeout_s)
     serve(worker, args)
 
 
