@@ -67,15 +67,6 @@ class Deployment:
     model_names: list[str] = field(default_factory=lambda: ["smollm2-135m", "smollm2-135m-int8"])
     launch_output: str = ""
 
-    def secret_header(self) -> dict[str, str]:
-        """The deployment's service secret as a header (internal routes answer 401 without it)."""
-        import json
-
-        from orchestr.launch.secret_files import read_service_secret
-        from orchestr.secrets import bearer
-
-        return bearer(read_service_secret(json.loads(self.state_file.read_text()).get("secret_file")))
-
     def orchestr(self, *args: str, timeout: float = 120, check: bool = False) -> subprocess.CompletedProcess:
         env = {**os.environ, "ORCHESTR_STATE_FILE": str(self.state_file)}
         return subprocess.run([*ORCHESTR, *args], env=env, capture_output=True, text=True,
