@@ -44,7 +44,6 @@ from orchestr.protocol import (
     ModelDetails,
     RegisterWorkerRequest,
     TokenizeRequest,
-    UsageInfo,
     WorkerStatus,
 )
 from orchestr.secrets import bearer, service_secret
@@ -66,16 +65,6 @@ class EngineAdapter:
 
     def generate_stream(self, req: GenerateRequest) -> AsyncIterator[GenerateChunk]:
         return self.engine.generate_stream(req)
-
-    async def generate(self, req: GenerateRequest) -> GenerateResult:
-        if hasattr(self.engine, "generate"):
-            return await self.engine.generate(req)
-        parts, last = [], GenerateChunk()
-        async for chunk in self.engine.generate_stream(req):
-            parts.append(chunk.text)
-            last = chunk
-        return GenerateResult(text="".join(parts), error=last.error, error_code=last.error_code,
-                              finish_reason=last.finish_reason, usage=last.usage or UsageInfo())
 
     async def embed(self, req: EmbeddingRequest) -> EmbeddingResult:
         if not hasattr(self.engine, "embed"):
