@@ -199,6 +199,7 @@ def test_multi_turn_battle_prompt_is_the_shared_history() -> None:
     assert p2["prompt"] == a[:3] and p2["chosen"] == a[3:] and p2["rejected"] == same_start[3:]
 
 
+@pytest.mark.slow
 def test_dpo_on_arena_votes_grows_the_reward_margin(arena_logs: Path, tmp_path: Path) -> None:
     out = tmp_path / "dpo"
     proc = subprocess.run([*ORCHESTR, "train", "train=dpo", f"train.data={arena_logs}", "train.max_steps=8",
@@ -248,6 +249,7 @@ def lora_run(shared_data: Path, tmp_path_factory: pytest.TempPathFactory) -> dic
     return {"out": out, "root": root, "killed_at": killed_at, "output": second.stdout + second.stderr}
 
 
+@pytest.mark.slow
 def test_lora_run_resumes_from_its_last_checkpoint_after_kill(lora_run: dict) -> None:
     out = lora_run["out"]
     assert f"resuming from {out / 'checkpoint-'}" in lora_run["output"]
@@ -260,6 +262,7 @@ def test_lora_run_resumes_from_its_last_checkpoint_after_kill(lora_run: dict) ->
     assert min(second_steps) == results["resumed_from_step"] + 1 and max(second_steps) == 16
 
 
+@pytest.mark.slow
 def test_lora_loss_falls_and_held_out_loss_beats_the_base(lora_run: dict) -> None:
     out = lora_run["out"]
     losses = dict(_series(_log_rows(out), "loss"))  # the resumed run's value wins on repeated steps
@@ -274,6 +277,7 @@ def test_lora_loss_falls_and_held_out_loss_beats_the_base(lora_run: dict) -> Non
     assert f"path: {out.resolve()}" in (out / "orchestr_model.yaml").read_text()
 
 
+@pytest.mark.slow
 def test_trained_model_serves_through_the_api_and_answers_the_bench(lora_run: dict) -> None:
     out, root = lora_run["out"], lora_run["root"]
     c, a, w = free_ports(3)

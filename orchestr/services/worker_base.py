@@ -3,8 +3,9 @@ heartbeats, the concurrency limit, and the worker HTTP API (FastChat's routes).
 
 A backend hands :class:`WorkerBase` one engine per served model name. An engine needs
 ``async generate_stream(GenerateRequest) -> AsyncIterator[GenerateChunk]`` and
-``count_tokens(req)`` (a ``CountTokenResult`` or a plain int); ``generate``, ``embed``,
-``model_details`` and ``shutdown`` are used when present (see :class:`EngineAdapter`).
+``count_tokens(req)`` (a ``CountTokenResult`` or a plain int); ``embed``, ``model_details``,
+``tokenize``/``detokenize``/``tokenizer_info`` and ``shutdown`` are used when present (see
+:class:`EngineAdapter`).
 
 Every route but ``/health`` needs the deployment's service secret, and the worker sends it to
 the controller. A heartbeat that finds the controller gone or not knowing this worker makes the
