@@ -1,5 +1,6 @@
 """What the web UI logs, read by FastChat 0.2.36's own monitor code (clean_battle_data, elo_analysis),
-and style control against FastChat's own fit. Runs with the interpreter of a FastChat analysis venv
+FastChat's show_result on our judgment files (a resumed FastChat pair file included), and style
+control against FastChat's own fit. Runs with the interpreter of a FastChat analysis venv
 (scripts/setup_fastchat_monitor.sh; ORCHESTR_FASTCHAT_PYTHON, or a .venv-fastchat that has the analysis
 dependencies); skipped otherwise. Without it, tests/test_web.py and tests/test_arena_battles.py hold
 the logs to FastChat's documented shape."""
@@ -98,3 +99,62 @@ def test_style_control_matches_fastchats(tmp_path: Path) -> None:
     for model, rating in ours.items():
         assert abs(rating - theirs["ratings"][model]) < 0.1, (ours, theirs)
     assert np.allclose(coef.to_numpy(), theirs["coef"], atol=1e-3)
+
+
+SHOW_RESULT = """
+import argparse, json, sys
+import pandas as pd
+import fastchat.llm_judge.show_result as sr
+frames = []
+sr.print = lambda *a, **k: frames.extend(x for x in a if isinstance(x, pd.DataFrame))  # keep its tables
+mode, path, baseline = sys.argv[1], sys.argv[2], sys.argv[3] or None
+args = argparse.Namespace(bench_name="mt_bench", input_file=path, judge_model=None, baseline_model=baseline,
+                          model_list=None, mode=mode)
+(sr.display_result_single if mode == "single" else sr.display_result_pairwise)(args)
+print(json.dumps([f.reset_index().to_dict("records") for f in frames]))
+"""
+
+
+@pytest.mark.skipif(FASTCHAT_PY is None, reason="FastChat 0.2.36 venv not built")
+@pytest.mark.parametrize("mode", ["single", "pairwise-baseline", "pairwise-all"])
+def test_fastchat_show_result_agrees_with_our_results(tmp_path: Path, mode: str) -> None:
+    import pandas as pd
+
+    from orchestr.eval import paths
+    from orchestr.eval.judge import run_judge
+    from orchestr.eval.results import run_results
+    from tests.judge_server import JudgeServer
+    from tests.test_eval_judge_modes import cfg_for, write_answers
+
+    write_answers(tmp_path, "base", [2] * 8)
+    write_answers(tmp_path, "m", [4, 3, 1, 1, 2, 2, 2, 0])
+    write_answers(tmp_path, "n", [1, 2, 3, 4, 1, 2, 3, 4])
+    judge = JudgeServer(bias_a=True)
+    try:
+        cfg = cfg_for(tmp_path, judge, f"judge.mode={mode}", "judge.baseline_model=base", "eval.plot=false")
+        if mode == "pairwise-all":  # start from a FastChat pair file: (n, m) in FastChat's order, no `turn`
+            out = paths.judgment_file(str(tmp_path), "orchestr_mini", judge.model, pairwise=True)
+            out.parent.mkdir(parents=True)
+            out.write_text("".join(json.dumps(
+                {"question_id": q, "model_1": "n", "model_2": "m", "g1_winner": "model_1", "g2_winner": "model_2",
+                 "judge": [judge.model, "pair-math-v1" if q in (3, 4, 5) else "pair-v2"], "g1_user_prompt": "",
+                 "g1_judgment": "", "g2_user_prompt": "", "g2_judgment": "", "tstamp": 1.0}) + "\n"
+                for q in (1, 2, 3)))
+        assert run_judge(cfg).failed == 0
+        ours = pd.read_csv(run_results(cfg)["table"], index_col="model")
+    finally:
+        judge.close()
+    kind = "single" if mode == "single" else "pair"
+    src = paths.judgment_file(str(tmp_path), "orchestr_mini", judge.model, kind=kind)
+    out = subprocess.run([str(FASTCHAT_PY), "-c", SHOW_RESULT, mode, str(src), "base" if mode != "pairwise-all" else ""],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    frames = json.loads(out.stdout.strip().splitlines()[-1])
+    if mode == "single":
+        turn1, turn2, average = (pd.DataFrame(f).set_index("model")["score"] for f in frames)
+        for col, theirs in (("turn1", turn1), ("turn2", turn2), ("average", average)):
+            assert ours[col].round(6).to_dict() == theirs.round(6).to_dict()
+    else:
+        theirs = pd.DataFrame(frames[0]).set_index("model")
+        cols = ["win", "loss", "tie", "win_rate", "loss_rate", "win_rate_adjusted"]
+        pd.testing.assert_frame_equal(ours[cols].sort_index(), theirs[cols].sort_index(), check_dtype=False)
