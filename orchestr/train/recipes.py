@@ -193,10 +193,14 @@ def build(cfg: Any) -> Prepared:
         from trl import SFTConfig, SFTTrainer
 
         convs = load_conversations(train.data, report)
-        examples = sft_examples(tokenizer, convs, max_length, opts.long_conversations, report, opts.system_prompt)
+        # held out by conversation, before splitting: no piece of a held-out conversation is trained on
+        train_convs, eval_convs = held_out_split(convs, opts.eval_fraction, opts.eval_max_examples, opts.seed)
         if opts.max_examples is not None:
-            examples = examples[: opts.max_examples]
-        train_ex, eval_ex = held_out_split(examples, opts.eval_fraction, opts.eval_max_examples, opts.seed)
+            train_convs = train_convs[: opts.max_examples]
+        train_ex = sft_examples(tokenizer, train_convs, max_length, opts.long_conversations, report, opts.system_prompt)
+        eval_ex = sft_examples(tokenizer, eval_convs, max_length, opts.long_conversations, DataReport(),
+                               opts.system_prompt)  # fmt: skip
+        report.kept = len(train_ex) + len(eval_ex)
         args = SFTConfig(max_length=max_length, dataset_num_proc=None, **_common_args(train, device, bool(eval_ex)))
         trainer = SFTTrainer(
             model=model,
@@ -218,9 +222,9 @@ def build(cfg: Any) -> Prepared:
             out.parent.mkdir(parents=True, exist_ok=True)
             out.write_text(json.dumps(pairs, indent=2, ensure_ascii=False))
         rows = [{k: p[k] for k in ("prompt", "chosen", "rejected")} for p in pairs]
-        if opts.max_examples is not None:
-            rows = rows[: opts.max_examples]
         train_ex, eval_ex = held_out_split(rows, opts.eval_fraction, opts.eval_max_examples, opts.seed)
+        if opts.max_examples is not None:
+            train_ex = train_ex[: opts.max_examples]
         args = DPOConfig(max_length=max_length, beta=train.beta, dataset_num_proc=None,
                          **_common_args(train, device, bool(eval_ex)))  # fmt: skip
         trainer = DPOTrainer(
