@@ -11,6 +11,8 @@ from __future__ import annotations
 import importlib
 import sys
 
+from orchestr.errors import OrchestrError
+
 # subcommand -> (module, function, one-line help)
 COMMANDS: dict[str, tuple[str, str, str]] = {
     "launch": ("orchestr.launch.app", "main", "start the deployment the config describes"),
@@ -55,7 +57,15 @@ def main(argv: list[str] | None = None) -> int:
     module = importlib.import_module(module_name)
     # Hydra and argparse both read sys.argv: present the subcommand as the program.
     sys.argv = [f"orchestr {name}", *rest]
-    result = getattr(module, func_name)()
+    try:
+        result = getattr(module, func_name)()
+    except OrchestrError as e:
+        # a user mistake (exit 2) or a failure doing the work (exit 1): one line, no traceback
+        first = str(e).strip().splitlines() or [type(e).__name__]
+        print(f"orchestr {name}: {first[0]}", file=sys.stderr)
+        for line in first[1:]:  # e.g. a failed service's last log lines
+            print(f"  {line}", file=sys.stderr)
+        return e.exit_code
     return int(result or 0)
 
 

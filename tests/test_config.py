@@ -11,7 +11,8 @@ import pytest
 from omegaconf import OmegaConf
 
 from orchestr.config import compose
-from orchestr.launch.plan import PlanError, Planner, build_plan, render_plan
+from orchestr.errors import ConfigError
+from orchestr.launch.plan import Planner, build_plan, render_plan
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -82,13 +83,13 @@ def test_dry_run_prints_command_lines_and_starts_nothing(tmp_path: Path) -> None
 
 
 def test_plan_errors_name_the_key() -> None:
-    with pytest.raises(PlanError, match=r"cluster\.workers\.worker-0\.node"):
+    with pytest.raises(ConfigError, match=r"cluster\.workers\.worker-0\.node"):
         build_plan(compose(["cluster.workers.worker-0.node=elsewhere"]))
-    with pytest.raises(PlanError, match=r"cluster\.workers\.worker-1\.port"):
+    with pytest.raises(ConfigError, match=r"cluster\.workers\.worker-1\.port"):
         build_plan(compose(["cluster=local_arena", "cluster.workers.worker-1.port=21002"]))
-    with pytest.raises(PlanError, match=r"cluster\.workers\.worker-0\.model"):
+    with pytest.raises(ConfigError, match=r"cluster\.workers\.worker-0\.model"):
         build_plan(compose(["cluster.workers.worker-0.model=ghost"]))
-    with pytest.raises(PlanError, match=r"services\.api\.port"):
+    with pytest.raises(ConfigError, match=r"services\.api\.port"):
         build_plan(compose(["services.api.port=21001"]))
 
 

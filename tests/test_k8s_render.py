@@ -135,6 +135,6 @@ def test_kubernetes_backend_renders_on_dry_run_and_refuses_to_deploy(tmp_path) -
 def test_unknown_backend_is_a_config_error(tmp_path) -> None:
     r = _orchestr("launch", "launch.backend=nomad", "launch.dry_run=true", f"hydra.run.dir={tmp_path}")
     assert r.returncode == 2
-    assert "launch.backend" in r.stdout and "slurm" in r.stdout and "Traceback" not in r.stderr
+    assert "launch.backend" in r.stderr and "slurm" in r.stderr and "Traceback" not in r.stderr
     r = _orchestr("render", "k8s", "cluster=no_such_cluster")
     assert r.returncode == 2 and "Traceback" not in r.stderr

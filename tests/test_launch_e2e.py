@@ -58,7 +58,8 @@ def test_status_shows_every_process_registered(deployment) -> None:
     for name in ("controller", "worker-0", "worker-1", "api", "web"):
         assert name in out.stdout
     assert "smollm2-135m-int8" in out.stdout
-    assert " NO " not in out.stdout and "no " not in out.stdout.split("registered")[-1].split("\n")[0]
+    assert "DEAD" not in out.stdout and "UNREACHABLE" not in out.stdout
+    assert "no " not in out.stdout.split("registered")[-1].split("\n")[0]
 
 
 def test_logs_command_prints_a_worker_log(deployment) -> None:
@@ -74,7 +75,7 @@ def test_second_launch_on_the_same_state_is_refused(deployment) -> None:
                          capture_output=True, text=True, timeout=120,
                          env={**os.environ, "ORCHESTR_RUNS_DIR": str(deployment.root / "runs")})
     assert out.returncode == 2
-    assert "already running" in out.stdout
+    assert "already running" in out.stderr and "Traceback" not in out.stderr
 
 
 def _deployment_pids(root: Path) -> list[int]:
@@ -87,13 +88,21 @@ def _deployment_pids(root: Path) -> list[int]:
     return pids
 
 
+API_KEY = "sk-lifecycle-Zq8y2"
+
+
+def _files_holding(root: Path, text: str) -> list[Path]:
+    return [p for p in root.rglob("*") if p.is_file() and text in p.read_text(errors="replace")]
+
+
 def test_lifecycle_restart_and_stop_leave_nothing_behind(tmp_path: Path) -> None:
-    """A second, small deployment: detach, kill a worker (restarted), stop (no process left)."""
+    """A second, small deployment: detach (state file from ORCHESTR_STATE_FILE, an API key as a
+    command-line override), kill a worker (restarted), stop (no process, no secret left)."""
     ctrl, api, worker = free_ports(3)
     state = tmp_path / "state.json"
     env = {**os.environ, "ORCHESTR_RUNS_DIR": str(tmp_path / "runs"), "ORCHESTR_STATE_FILE": str(state)}
     launch = subprocess.run(
-        [*ORCHESTR, "launch", "launch.detach=true", f"launch.state_file={state}",
+        [*ORCHESTR, "launch", "launch.detach=true", f"services.api.api_keys=[{API_KEY}]",
          f"launch.log_dir={tmp_path / 'logs'}", "services.web.enabled=false",
          f"services.controller.port={ctrl}", f"services.api.port={api}",
          f"cluster.workers.worker-0.port={worker}", "services.worker.heart_beat_interval=3",
@@ -103,6 +112,26 @@ def test_lifecycle_restart_and_stop_leave_nothing_behind(tmp_path: Path) -> None
     try:
         assert "api" in launch.stdout and f":{api}/v1" in launch.stdout
         import json
+
+        # the key and the service secret: never on a command line, in the output, the run
+        # folder (Hydra's record of the overrides included), the logs or the state file (0600)
+        assert state.stat().st_mode & 0o077 == 0
+        secret_file = Path(json.loads(state.read_text())["secret_file"])
+        assert secret_file.stat().st_mode & 0o077 == 0 and secret_file.parent.stat().st_mode & 0o077 == 0
+        secret = secret_file.read_text().strip()
+        assert len(secret) >= 32
+        for value in (API_KEY, secret):
+            assert value not in launch.stdout + launch.stderr
+            assert _files_holding(tmp_path / "runs", value) == []
+            assert _files_holding(tmp_path / "logs", value) == []
+            assert value not in state.read_text()
+            for p in psutil.process_iter(["cmdline"]):
+                assert value not in " ".join(p.info["cmdline"] or [])
+        assert _files_holding(tmp_path / "runs", "services.api.api_keys")  # the override, scrubbed
+        # internal services want the deployment's secret; the API its key
+        assert httpx.post(f"http://127.0.0.1:{ctrl}/list_models", timeout=5).status_code == 401
+        with pytest.raises(openai.AuthenticationError):
+            openai.OpenAI(base_url=f"http://127.0.0.1:{api}/v1", api_key="wrong", max_retries=0).models.list()
 
         recorded = json.loads(state.read_text())
         worker_rec = next(p for p in recorded["processes"] if p["spec"]["name"] == "worker-0")
@@ -115,10 +144,11 @@ def test_lifecycle_restart_and_stop_leave_nothing_behind(tmp_path: Path) -> None
             rec = next(p for p in now["processes"] if p["spec"]["name"] == "worker-0")
             if rec["restarts"] >= 1 and psutil.pid_exists(rec["pid"]):
                 restarted = rec
-                r = httpx.post(f"http://127.0.0.1:{ctrl}/list_models", timeout=5)
+                r = httpx.post(f"http://127.0.0.1:{ctrl}/list_models", timeout=5,
+                               headers={"Authorization": f"Bearer {secret}"})
                 if "smollm2-135m" in r.json()["models"]:
                     try:
-                        chat = openai.OpenAI(base_url=f"http://127.0.0.1:{api}/v1", api_key="x").chat.completions.create(
+                        chat = openai.OpenAI(base_url=f"http://127.0.0.1:{api}/v1", api_key=API_KEY).chat.completions.create(
                             model="smollm2-135m", messages=[{"role": "user", "content": "Hi"}], max_tokens=4)
                         if chat.choices[0].message.content:
                             break
@@ -131,7 +161,7 @@ def test_lifecycle_restart_and_stop_leave_nothing_behind(tmp_path: Path) -> None
     finally:
         stop = subprocess.run([*ORCHESTR, "stop"], capture_output=True, text=True, timeout=180, env=env)
     assert stop.returncode == 0, stop.stdout + stop.stderr
-    assert not state.exists()
+    assert not state.exists() and not secret_file.exists()
     time.sleep(0.5)
     assert _deployment_pids(tmp_path) == []
     for port in (ctrl, api, worker):
@@ -150,7 +180,7 @@ def test_launch_reports_a_port_already_in_use(tmp_path: Path) -> None:
                              capture_output=True, text=True, timeout=120,
                              env={**os.environ, "ORCHESTR_RUNS_DIR": str(tmp_path)})
     assert out.returncode == 2
-    assert "services.api.port" in out.stdout and "already in use" in out.stdout
+    assert "services.api.port" in out.stderr and "already in use" in out.stderr
 
 
 def test_hub_model_fails_fast_with_a_clear_message(tmp_path: Path) -> None:

@@ -63,7 +63,7 @@ def test_attached_launch_restarts_a_remote_worker_and_ctrl_c_stops_all(tmp_path)
             return False
 
         wait_for(restarted, 120, "the restart", output)
-        assert "worker-a died; restarting" in output()
+        assert "worker-a died (found dead" in output() and "restarted worker-a on node-a" in output()
         new = next(p for p in json.loads(state_file.read_text())["processes"] if p["spec"]["name"] == "worker-a")
         assert new["restarts"] == 1 and live_in_group(new["pgid"])
         launcher.send_signal(signal.SIGINT)

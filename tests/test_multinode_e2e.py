@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import httpx
 import openai
@@ -79,8 +80,14 @@ class Cluster:
     def record(self, name: str) -> dict:
         return next(p for p in self.state()["processes"] if p["spec"]["name"] == name)
 
+    def auth(self) -> dict[str, str]:
+        """The deployment's service secret, which every internal service now asks for."""
+        secret = Path(self.state()["secret_file"]).read_text().strip()
+        return {"Authorization": f"Bearer {secret}"}
+
     def registered(self) -> dict[str, list[str]]:
-        st = httpx.post(f"{self.controller}/worker_get_status", timeout=5, trust_env=False).json()
+        st = httpx.post(f"{self.controller}/worker_get_status", timeout=5, trust_env=False,
+                        headers=self.auth()).json()
         return {w["worker_name"]: w["model_names"] for w in st["workers"]}
 
     def logs(self) -> str:
@@ -170,8 +177,20 @@ def test_openai_endpoint_answers_through_the_workers(cluster) -> None:
     # each worker answers on its own, so whichever the controller picks can serve
     for w in ("worker-a", "worker-b"):
         r = httpx.post(f"http://127.0.0.1:{cluster.ports[w]}/worker_generate", timeout=120, trust_env=False,
-                       json={"model": MODEL, "prompt": "Hello", "max_new_tokens": 4, "temperature": 0})
+                       headers=cluster.auth(), json={"model": MODEL, "prompt": "Hello", "max_new_tokens": 4, "temperature": 0})
         assert r.status_code == 200, r.text
+
+
+def test_the_service_secret_reaches_each_node_as_a_private_file(cluster) -> None:
+    secret = cluster.auth()["Authorization"].split()[1]
+    assert httpx.post(f"{cluster.controller}/list_models", timeout=5, trust_env=False).status_code == 401
+    for name in ("worker-a", "worker-b", "api", "controller"):
+        proc = psutil.Process(cluster.record(name)["pid"])
+        assert secret not in " ".join(proc.cmdline())
+        placed = Path(proc.environ()["ORCHESTR_SECRET_FILE"])  # copied over SSH, not the launcher's file
+        assert placed != Path(cluster.state()["secret_file"]) and "/.cache/orchestr/secrets/" in str(placed)
+        assert placed.read_text().strip() == secret
+        assert placed.stat().st_mode & 0o077 == 0 and placed.parent.stat().st_mode & 0o077 == 0
 
 
 def test_status_shows_them(cluster) -> None:
@@ -179,10 +198,10 @@ def test_status_shows_them(cluster) -> None:
     assert out.returncode == 0, out.stdout + out.stderr
     rows = {line.split("│")[1].strip(): line for line in out.stdout.splitlines() if line.count("│") > 5}
     for name, node in (("controller", "node-a"), ("worker-a", "node-a"), ("worker-b", "node-b"), ("api", "node-b")):
-        assert node in rows[name] and " yes " in rows[name], out.stdout
+        assert node in rows[name] and " running " in rows[name], out.stdout
     for w in ("worker-a", "worker-b"):
         cells = [c.strip() for c in rows[w].split("│")]
-        assert cells[5:7] == ["yes", "yes"] and cells[7] == MODEL, rows[w]  # alive, registered, models
+        assert cells[5:7] == ["running", "yes"] and cells[7] == MODEL, rows[w]  # state, registered, models
 
 
 def test_logs_come_from_the_node(cluster) -> None:
@@ -211,7 +230,7 @@ def test_a_killed_worker_is_restarted(cluster) -> None:
     answered = False
     while time.time() < deadline and not answered:
         try:
-            r = httpx.post(f"{addr}/worker_generate", timeout=120, trust_env=False,
+            r = httpx.post(f"{addr}/worker_generate", timeout=120, trust_env=False, headers=cluster.auth(),
                            json={"model": MODEL, "prompt": "Hello", "max_new_tokens": 4, "temperature": 0})
             answered = r.status_code == 200
         except httpx.HTTPError:

@@ -17,7 +17,8 @@ from pathlib import PurePosixPath
 import pytest
 
 from orchestr.config import compose
-from orchestr.launch.plan import PlanError, build_plan
+from orchestr.errors import ConfigError
+from orchestr.launch.plan import build_plan
 
 ORCHESTR = [sys.executable, "-m", "orchestr"]
 
@@ -147,7 +148,8 @@ def test_each_worker_matches_the_seed_command(dry_run, place) -> None:
     assert ours["models"] == seed["models"]
     assert ours["controller"] == seed["controller"] == ["http://node-01:10002"]
     assert ours["worker_address"] == seed["worker_address"]
-    assert ours["host"] == seed["host"]
+    # the seed binds 0.0.0.0; orchestr binds the node's own address unless told otherwise
+    assert seed["host"] == ["0.0.0.0"] and ours["host"] == [place[0]]
     assert ours["num_gpus"] == seed["num_gpus"]
     assert ours["tokenizer"] == seed["tokenizer"]
     if seed["limit"]:
@@ -159,7 +161,8 @@ def test_controller_and_ray_head_match_the_seed(dry_run) -> None:
     ctl = [d for k, d in ours if k == "controller"]
     assert len(ctl) == 1
     seed_ctl = next(d for k, d in seed if k == "controller")
-    assert (ctl[0]["node"], ctl[0]["port"], ctl[0]["host"]) == (seed_ctl["node"], 10002, ["0.0.0.0"])
+    assert (ctl[0]["node"], ctl[0]["port"], ctl[0]["host"]) == (seed_ctl["node"], 10002, ["node-01"])
+    assert seed_ctl["host"] == ["0.0.0.0"]
     rays = [d for k, d in ours if k == "ray"]
     assert rays == [d for k, d in seed if k == "ray"]  # node-01, GPUs 2,3, `start --head`
     # and nothing beyond the seed except the API server and web UI on node-01
@@ -191,8 +194,8 @@ def test_local_dry_run_is_unchanged_by_multinode_rules() -> None:
 
 
 # ---------------------------------------------------------------- validation before anything starts
-def plan_error(*overrides: str) -> PlanError:
-    with pytest.raises(PlanError) as e:
+def plan_error(*overrides: str) -> ConfigError:
+    with pytest.raises(ConfigError) as e:
         build_plan(compose(["cluster=multi_node", *overrides]))
     return e.value
 
@@ -279,12 +282,17 @@ def test_loopback_address_in_a_multi_host_cluster() -> None:
 
 
 def test_bad_restart_policy_and_known_hosts_policy() -> None:
-    e = plan_error("cluster.workers.wizardlm-13b.restart.policy=sometimes")
-    assert e.key == "cluster.workers.wizardlm-13b.restart.policy"
-    e = plan_error("cluster.nodes.node-02.known_hosts=trust-me")
-    assert e.key == "cluster.nodes.node-02.known_hosts"
+    # allowed values are Enums: refused while composing, naming the key
+    with pytest.raises(ConfigError) as e:
+        compose(["cluster=multi_node", "cluster.workers.wizardlm-13b.restart.policy=sometimes"])
+    assert e.value.key == "cluster.workers.wizardlm-13b.restart.policy"
+    with pytest.raises(ConfigError) as e:
+        compose(["cluster=multi_node", "cluster.nodes.node-02.known_hosts=trust-me"])
+    assert e.value.key == "cluster.nodes.node-02.known_hosts"
     e = plan_error("cluster.nodes.node-02.transport=telnet")
     assert e.key == "cluster.nodes.node-02.transport"
+    e = plan_error("cluster.workers.wizardlm-13b.restart.max_restarts=-1")
+    assert e.key == "cluster.workers.wizardlm-13b.restart.max_restarts"
 
 
 def test_the_cli_reports_the_key_without_a_traceback() -> None:
@@ -292,7 +300,7 @@ def test_the_cli_reports_the_key_without_a_traceback() -> None:
                            "launch.dry_run=true"], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
     out = proc.stdout + proc.stderr
-    assert "config error: cluster.workers.vicuna-13b-1.gpus: GPU 0 on node 'node-01'" in out
+    assert "orchestr launch: cluster.workers.vicuna-13b-1.gpus: GPU 0 on node 'node-01'" in out
     assert "Traceback" not in out
 
 

@@ -19,10 +19,11 @@ import psutil
 import pytest
 
 from orchestr.config.serving import NodeConfig, RestartPolicy
+from orchestr.errors import LaunchError
 from orchestr.launch import state as state_mod
-from orchestr.launch.deploy import Deployment, LaunchError
-from orchestr.launch.runner import runner_for
-from orchestr.launch.spec import ProcessSpec
+from orchestr.launch.backends import runner_for
+from orchestr.launch.deploy import Deployment
+from orchestr.launch.spec import ProcessRecord, ProcessSpec
 from orchestr.launch.ssh import SSHError, SSHRunner
 from tests.ssh_server import drop_sandbox_user, sandbox_user, start_sshd, world_readable_tmpdir
 
@@ -105,6 +106,7 @@ def test_strict_refuses_an_unknown_host(sshd, tmp_path) -> None:
         SSHRunner("node-a", NodeConfig(**sshd.node(known_hosts_file=str(empty))))
     msg = str(e.value)
     assert "cluster.nodes.node-a" in msg and "known_hosts" in msg and "accept-new" in msg
+    assert "cluster.nodes.node-a.known_hosts_file" in msg and str(empty) in msg  # where to add it
 
 
 def test_strict_is_the_default_policy() -> None:
@@ -136,8 +138,26 @@ def test_a_changed_host_key_is_refused_unless_ignored(sshd, tmp_path) -> None:
 
 
 def test_an_unauthorised_key_is_refused(sshd) -> None:
-    with pytest.raises(SSHError, match="cluster.nodes.node-a: cannot connect"):
+    with pytest.raises(SSHError, match="cluster.nodes.node-a: cannot connect") as e:
         SSHRunner("node-a", NodeConfig(**sshd.node(key_file=str(sshd.other_key_file))))
+    # the next step: which user and key were tried, and the keys to change
+    msg = str(e.value)
+    assert f"user {sshd.user}" in msg and str(sshd.other_key_file) in msg
+    assert "cluster.nodes.node-a.user" in msg and "cluster.nodes.node-a.key_file" in msg
+
+
+def test_a_node_python_without_orchestr_says_to_set_the_nodes_python(sshd, tmp_path) -> None:
+    # the node's default `python3` has no orchestr: launch says which key to set
+    node = NodeConfig(**sshd.node(python="/usr/bin/python3"))
+    spec = ProcessSpec(name="w", service="model_worker", node="node-a", port=free_port(),
+                       argv=["/usr/bin/python3", "-m", "orchestr.services.model_worker"])
+    dep = Deployment([spec], {"node-a": node}, run_dir=tmp_path, log_dir=str(tmp_path / "logs"),
+                     controller="http://127.0.0.1:9", api=None, web=None, state_file=tmp_path / "s.json",
+                     health_timeout_s=30)
+    with pytest.raises(LaunchError) as e:
+        dep.start_all(lambda _: None)
+    first = str(e.value).splitlines()[0]
+    assert "No module named" in str(e.value) and "cluster.nodes.node-a.python" in first, str(e.value)
 
 
 def test_agent_authentication(sshd, tmp_path) -> None:
@@ -295,8 +315,9 @@ def test_hostile_arguments_arrive_literally_as_a_sandboxed_user(sshd) -> None:
         cfg = OmegaConf.merge(OmegaConf.structured(OrchestrConfig), {
             "cluster": {"nodes": {"node-a": sshd.node(user=user, python=sys_py, workdir=str(home))},
                         "workers": {"w": {"node": "node-a", "port": 31000, "model": "bad"}}},
-            "models": {"bad": {"name": HOSTILE[0], "path": HOSTILE[1], "tokenizer": HOSTILE[2],
-                               "conv_template": HOSTILE[3], "extra_args": HOSTILE[4:]}},
+            # (a model name is checked for separators; the other values reach argv as they are)
+            "models": {"bad": {"name": "bad", "path": HOSTILE[1], "tokenizer": HOSTILE[2],
+                               "conv_template": HOSTILE[3], "extra_args": [HOSTILE[0], *HOSTILE[4:]]}},
             "services": {"controller": {"node": "node-a"}, "api": {"node": "node-a"}, "web": {"node": "node-a"}},
         })
         planner = Planner(cfg)
@@ -304,6 +325,7 @@ def test_hostile_arguments_arrive_literally_as_a_sandboxed_user(sshd) -> None:
         assert spec.argv[:3] == [sys_py, "-m", "orchestr.services.model_worker"]
         # run the rendered argv with the interpreter printing what it received instead of serving
         spec.argv = [sys_py, "-c", "import sys, json; print(json.dumps(sys.argv[1:]))", *spec.argv[3:]]
+        spec.env_files = {}  # (no launch wrote the deployment's secret files here)
         r = SSHRunner("node-a", node)
         try:
             rec = r.start(spec, str(home / "logs" / "w.log"))
@@ -340,17 +362,74 @@ def test_deployment_restarts_a_killed_remote_process_and_stops_everything(sshd, 
         assert back is not None and state_mod.load(state_file).record("back").pid == back.pid
         os.kill(back.pid, 9)
         time.sleep(0.3)
-        dep.watch_once(events.append)
+        for _ in range(20):  # found dead, then restarted once its backoff (0.1 s) has passed
+            dep.watch_once(events.append)
+            if dep.state.record("back").pid != back.pid:
+                break
+            time.sleep(0.1)
         new = dep.state.record("back")
         assert new.pid != back.pid and new.restarts == 1
         assert state_mod.load(state_file).record("back").pid == new.pid
         wait_http(new.spec.health_url)
-        assert any("back died; restarting" in e for e in events)
+        assert any(e.startswith("back died (found dead") and "restarting in" in e for e in events), events
     finally:
         pgids = [p.pgid for p in dep.state.processes]
         dep.stop_all(events.append)
     assert all(live_group(g) == [] for g in pgids)
     assert not state_file.exists()
+
+
+def test_an_unreachable_host_never_delays_recovery_on_the_others(sshd, tmp_path) -> None:
+    """node-b's "sshd" accepts connections and never says a word (a host cut off mid-path):
+    a process killed on node-a is still restarted on the next passes, node-b's process is
+    reported unreachable (not dead), and `orchestr status` says so without waiting on it."""
+    import socket
+
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(8)  # never accepted: the SSH banner never comes
+    try:
+        nodes = {"node-a": NodeConfig(**sshd.node(python=PY)),
+                 "node-b": NodeConfig(**{**sshd.node(python=PY), "ssh_port": silent.getsockname()[1]})}
+        fast = RestartPolicy(policy="on-failure", max_restarts=2, backoff_s=0.1, backoff_max_s=0.5)
+        state_file = tmp_path / "state.json"
+        dep = Deployment([http_server_spec("front", free_port(), node="node-a", restart=fast)], nodes,
+                         run_dir=tmp_path, log_dir=str(tmp_path / "logs"), controller="http://127.0.0.1:9",
+                         api=None, web=None, state_file=state_file, health_timeout_s=30)
+        dep.probe_deadline_s = 2.0
+        events: list[str] = []
+        dep.start_all(events.append)
+        ghost = ProcessRecord(spec=http_server_spec("ghost", free_port(), node="node-b"), pid=2**22 - 3,
+                              pgid=2**22 - 3, log_path="/tmp/ghost.log")
+        dep.state.processes.append(ghost)
+        state_mod.save(dep.state, state_file)
+        try:
+            front = dep.state.record("front")
+            os.kill(front.pid, 9)
+            time.sleep(0.3)
+            passes = 0
+            while dep.state.record("front").pid == front.pid and passes < 6:
+                dep.watch_once(events.append)
+                passes += 1
+            assert dep.state.record("front").pid != front.pid, events
+            assert passes <= 3, events  # found dead on the first pass, restarted on the next ones
+            assert any("node node-b does not answer" in e for e in events), events
+            assert dep.state.record("ghost").restarts == 0  # unreachable is not dead
+            wait_http(dep.state.record("front").spec.health_url)
+            st = subprocess.run([*ORCHESTR, "status"], capture_output=True, text=True, timeout=60,
+                                env={**os.environ, "ORCHESTR_STATE_FILE": str(state_file)})
+            rows = {x.split("│")[1].strip(): x for x in st.stdout.splitlines() if x.count("│") > 5}
+            assert st.returncode == 3, st.stdout + st.stderr
+            assert "UNREACHABLE" in rows["ghost"] and "DEAD" not in rows["ghost"], st.stdout
+            assert " running " in rows["front"] and "found dead" in rows["front"], st.stdout  # last exit
+            assert "node node-b does not answer" in st.stderr
+        finally:
+            dep.state.processes.remove(ghost)
+            pgids = [p.pgid for p in dep.state.processes]
+            dep.stop_all(events.append)
+        assert all(live_group(g) == [] for g in pgids)
+    finally:
+        silent.close()
 
 
 def test_day2_commands_over_ssh(sshd, tmp_path) -> None:
@@ -368,7 +447,7 @@ def test_day2_commands_over_ssh(sshd, tmp_path) -> None:
         assert st.returncode == 0, st.stdout + st.stderr
         for name, node in (("front", "node-a"), ("back", "node-b")):
             line = next(x for x in st.stdout.splitlines() if f" {name} " in x)
-            assert node in line and "yes" in line
+            assert node in line and "running" in line
         httpx.get(dep.state.record("back").spec.health_url, trust_env=False)
         lg = subprocess.run([*ORCHESTR, "logs", "back", "-n", "5"], env=env, capture_output=True, text=True, timeout=60)
         assert lg.returncode == 0 and "GET / HTTP" in lg.stdout
@@ -414,6 +493,7 @@ def test_a_port_already_in_use_on_the_node_is_refused(runner, tmp_path) -> None:
         busy.listen()
         port = busy.getsockname()[1]
         spec = http_server_spec("worker-x", port)
+        spec.key = "cluster.workers.worker-x"
         with pytest.raises(SSHError, match=rf"cluster.workers.worker-x.port: port {port} on node 'node-a'"):
             runner.start(spec, str(tmp_path / "x.log"))
     assert not (tmp_path / "x.log").exists()  # nothing was started
@@ -450,14 +530,14 @@ def test_stop_waits_for_a_supervisor_that_is_mid_restart(sshd, tmp_path) -> None
     try:
         os.kill(dep.state.record("front").pid, 9)
         deadline = time.time() + 20
-        while "front died; restarting" not in (tmp_path / "supervisor.log").read_text():
+        while "front died (" not in (tmp_path / "supervisor.log").read_text():
             assert time.time() < deadline, (tmp_path / "supervisor.log").read_text()
             time.sleep(0.1)
         sp = subprocess.run([*ORCHESTR, "stop"], env=env, capture_output=True, text=True, timeout=120)
         assert sp.returncode == 0, sp.stdout + sp.stderr
         assert sup.wait(10) == 0
         restarted = (tmp_path / "supervisor.log").read_text()
-        assert "front died; restarting" in restarted
+        assert "front died (" in restarted and "restarting in" in restarted
         left = servers_on([s.port for s in specs])
         assert left == [], f"left running after stop: {[p.info['cmdline'] for p in left]}"
     finally:

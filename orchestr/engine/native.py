@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from orchestr.engine.loader import cache_dir
+from orchestr.engine.cache import cache_dir
 
 log = logging.getLogger(__name__)
 

@@ -14,11 +14,15 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from orchestr.config import CONF_DIR, register_configs
+from orchestr.config import CONF_DIR, check_composes, register_configs
 from orchestr.config.serving import LaunchConfig
+from orchestr.errors import LaunchError, OrchestrError, UserError
+from orchestr.launch import secret_files
 from orchestr.launch import state as state_mod
-from orchestr.launch.deploy import Deployment, LaunchError, check_local_ports
-from orchestr.launch.plan import PlanError, Planner, build_plan, render_plan
+from orchestr.launch.backends import Runners
+from orchestr.launch.deploy import Deployment, check_local_ports
+from orchestr.launch.plan import Planner, build_plan, render_plan
+from orchestr.launch.secret_files import DeploymentSecrets
 from orchestr.launch.target import backend_nodes, backend_specs, scheduler_restarts
 
 log = logging.getLogger("orchestr.launch")
@@ -57,17 +61,13 @@ def run(cfg: DictConfig) -> int:
     # health polls are the launcher's business, not the user's: keep httpx's per-request lines out
     logging.getLogger("httpx").setLevel(logging.WARNING)
     launch: LaunchConfig = OmegaConf.to_object(cfg.launch)
-    try:
-        specs = build_plan(cfg)
-    except PlanError as e:
-        _say(f"config error: {e}")
-        return 2
+    run_dir = Path(HydraConfig.get().runtime.output_dir) if HydraConfig.initialized() else Path("outputs")
     planner = Planner(cfg)
-    try:
-        nodes = backend_nodes(launch, planner.cluster.nodes)
-    except PlanError as e:
-        _say(f"config error: {e}")
-        return 2
+    secrets = DeploymentSecrets.from_config(launch, planner.services)
+    # keys passed as overrides are in Hydra's record of the run: scrub them first
+    secret_files.scrub([*run_dir.glob(".hydra/*"), *run_dir.glob("*.log")], secrets.values())
+    specs = build_plan(cfg)  # a ConfigError reaches `orchestr`'s main: one line, exit code 2
+    nodes = backend_nodes(launch, planner.cluster.nodes)
     if launch.backend == "kubernetes":
         from orchestr.launch.kubernetes import launch_dry_run
 
@@ -81,8 +81,6 @@ def run(cfg: DictConfig) -> int:
     state_file = state_mod.state_path(launch.state_file)
     existing = state_mod.load(state_file)
     if existing is not None:
-        from orchestr.launch.deploy import Runners
-
         runners = Runners(existing.nodes)
         try:
             alive = [p.name for p in existing.processes if runners[p.node].alive(p)]
@@ -91,20 +89,16 @@ def run(cfg: DictConfig) -> int:
         finally:
             runners.close()
         if alive:
-            _say(f"a deployment is already running ({', '.join(alive)}; state {state_file}). "
-                 "Stop it with `orchestr stop` or set launch.state_file to run another.")
-            return 2
+            raise UserError(f"a deployment is already running ({', '.join(alive)}; state {state_file}); "
+                            "stop it with `orchestr stop` or set launch.state_file to run another")
         state_mod.remove(state_file)
-    try:
-        check_local_ports(specs, nodes)
-    except LaunchError as e:
-        _say(str(e))
-        return 2
-    run_dir = Path(HydraConfig.get().runtime.output_dir) if HydraConfig.initialized() else Path("outputs")
+    check_local_ports(specs, nodes)
+    secrets.write(planner.secrets_dir)
     ep = planner.endpoints()
     dep = Deployment(specs, nodes, run_dir=run_dir, log_dir=launch.log_dir,
                      controller=ep.controller, api=ep.api, web=ep.web, state_file=state_file,
-                     health_timeout_s=launch.health_timeout_s)
+                     health_timeout_s=launch.health_timeout_s,
+                     secret_file=secret_files.secret_path(planner.secrets_dir, secret_files.SERVICE_VAR))
     stopping = False
 
     def _on_signal(signum, _frame):
@@ -129,7 +123,7 @@ def run(cfg: DictConfig) -> int:
         if launch.watch:
             dep.state.supervisor_pid = _spawn_supervisor(state_file, run_dir / "logs")
         state_mod.save(dep.state, state_file)
-        dep.runners.close()
+        dep.close()
         _say(f"detached; `orchestr status`, `orchestr logs NAME`, `orchestr stop` (state: {state_file})")
         return 0
     _say("running; Ctrl-C stops everything")
@@ -149,18 +143,23 @@ register_configs()
 
 
 _exit_codes: list[int] = []
+_errors: list[OrchestrError] = []
 
 
 @hydra.main(config_path=CONF_DIR, config_name="config", version_base="1.3")
 def _hydra_main(cfg: DictConfig) -> None:
-    # hydra.main drops the task's return value: keep it for the process exit code
-    _exit_codes.append(run(cfg))
+    # hydra.main drops the task's return value and reports exceptions its own way (a stack
+    # trace, exit 1): keep both for `orchestr`'s main
+    try:
+        _exit_codes.append(run(cfg))
+    except OrchestrError as e:
+        _errors.append(e)
 
 
 def main() -> int:
-    from orchestr.config import user_search_path_overrides
-
-    sys.argv += user_search_path_overrides()
     os.environ.setdefault("HYDRA_FULL_ERROR", "0")
+    check_composes(sys.argv[1:])
     _hydra_main()
+    if _errors:
+        raise _errors[0]
     return max(_exit_codes, default=0)

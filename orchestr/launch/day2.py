@@ -7,8 +7,11 @@ import sys
 
 import httpx
 
+from orchestr.launch import secret_files
 from orchestr.launch import state as state_mod
-from orchestr.launch.deploy import Runners, stop_processes
+from orchestr.launch.backends import Runners
+from orchestr.launch.deploy import service_client, stop_processes
+from orchestr.launch.probe import Liveness, Probe
 from orchestr.protocol import ControllerStatus
 
 
@@ -24,11 +27,11 @@ def _load(path_arg: str | None) -> tuple[state_mod.DeploymentState | None, str]:
     return state_mod.load(path), str(path)
 
 
-def registered_workers(controller: str) -> dict[str, list[str]] | None:
+def registered_workers(state: state_mod.DeploymentState) -> dict[str, list[str]] | None:
     """worker address -> model names, as the controller sees it; None when it does not answer."""
     try:
-        with httpx.Client(timeout=3.0, trust_env=False) as http:
-            st = ControllerStatus.model_validate(http.post(f"{controller}/worker_get_status").json())
+        with service_client(state, timeout=3.0) as http:
+            st = ControllerStatus.model_validate(http.post(f"{state.controller}/worker_get_status").json())
         return {w.worker_name: w.model_names for w in st.workers}
     except (httpx.HTTPError, ValueError):
         return None
@@ -43,21 +46,19 @@ def status_main() -> int:
     from rich.console import Console
     from rich.table import Table
 
-    workers = registered_workers(state.controller)
+    workers = registered_workers(state)
     runners = Runners(state.nodes)
+    probe = Probe(runners)  # every node at once, with a deadline: an unreachable one never stalls
     table = Table(title=f"deployment {state.run_dir}")
-    for col in ("process", "service", "node", "pid", "alive", "registered", "models", "restarts", "endpoint"):
+    for col in ("process", "service", "node", "pid", "state", "registered", "models", "restarts", "last exit",
+                "endpoint"):
         table.add_column(col)
-    all_alive = True
     try:
+        live = probe.check(state.processes)
+        for node, why in probe.errors.items():
+            print(f"node {node} does not answer: {why}", file=sys.stderr)
         for rec in state.processes:
             node = state.nodes[rec.node]
-            try:
-                alive = runners[rec.node].alive(rec)
-            except Exception as e:
-                alive = False
-                print(f"cannot reach node {rec.node}: {e}", file=sys.stderr)
-            all_alive &= alive
             endpoint = f"http://{node.address}:{rec.spec.port}" if rec.spec.port else "-"
             if rec.spec.models:
                 if workers is None:
@@ -66,11 +67,16 @@ def status_main() -> int:
                     reg = "yes" if endpoint in workers else "no"
             else:
                 reg = "-"
-            table.add_row(rec.name, rec.spec.service, rec.node, str(rec.pid), "yes" if alive else "NO", reg,
-                          ",".join(rec.spec.models) or "-", str(rec.restarts), endpoint)
+            shown = live[rec.name] if live[rec.name] == Liveness.running else live[rec.name].upper()
+            recent = f" ({len(rec.failures)} failures in window)" if rec.failures else ""
+            table.add_row(rec.name, rec.spec.service, rec.node, str(rec.pid), shown, reg,
+                          ",".join(rec.spec.models) or "-", f"{rec.restarts}{recent}", rec.last_exit or "-",
+                          endpoint)
     finally:
+        probe.close()
         runners.close()
-    Console(width=200).print(table)
+    all_alive = all(v == Liveness.running for v in live.values())
+    Console(width=240).print(table)
     if state.api:
         print(f"OpenAI API: {state.api}")
     if state.web:
@@ -152,5 +158,6 @@ def stop_main() -> int:
         print(f"still running: {', '.join(still)}; state kept in {path}", file=sys.stderr)
         return 1
     state_mod.remove(state_mod.state_path(args.state_file))
+    secret_files.remove(secret_files.secrets_dir(state_mod.state_path(args.state_file)))
     print("deployment stopped")
     return 0

@@ -11,34 +11,16 @@ from pathlib import Path
 import httpx
 
 from orchestr.config.serving import NodeConfig
+from orchestr.errors import LaunchError, UserError
+from orchestr.launch import secret_files
 from orchestr.launch import state as state_mod
-from orchestr.launch.runner import ProcessRecord, Runner, runner_for
-from orchestr.launch.spec import ProcessSpec
+from orchestr.launch.backends import Runners
+from orchestr.launch.probe import Liveness, Probe
+from orchestr.launch.secret_files import read_service_secret
+from orchestr.launch.spec import ProcessRecord, ProcessSpec
 from orchestr.protocol import GenerateRequest, ModelListResponse
 
 log = logging.getLogger("orchestr.launch")
-
-
-class LaunchError(RuntimeError):
-    pass
-
-
-class Runners:
-    """One runner per node, opened lazily (an SSH connection is opened once per node)."""
-
-    def __init__(self, nodes: dict[str, NodeConfig]) -> None:
-        self.nodes = nodes
-        self._open: dict[str, Runner] = {}
-
-    def __getitem__(self, node: str) -> Runner:
-        if node not in self._open:
-            self._open[node] = runner_for(node, self.nodes[node])
-        return self._open[node]
-
-    def close(self) -> None:
-        for r in self._open.values():
-            r.close()
-        self._open.clear()
 
 
 def port_in_use(host: str, port: int) -> bool:
@@ -48,19 +30,17 @@ def port_in_use(host: str, port: int) -> bool:
 
 
 def check_local_ports(specs: list[ProcessSpec], nodes: dict[str, NodeConfig]) -> None:
-    from orchestr.launch.validate import _port_key
-
     for s in specs:
         node = nodes[s.node]
         if node.transport == "local" and s.port and port_in_use("127.0.0.1", s.port):
-            raise LaunchError(f"{_port_key(s)}: port {s.port} is already in use on this machine "
+            raise UserError(f"{s.key}.port: port {s.port} is already in use on this machine "
                               f"(another deployment? `orchestr status` / `orchestr stop`, or pick another port)")
 
 
 class Deployment:
     def __init__(self, specs: list[ProcessSpec], nodes: dict[str, NodeConfig], *, run_dir: Path,
                  log_dir: str | None, controller: str, api: str | None, web: str | None,
-                 state_file: Path, health_timeout_s: float) -> None:
+                 state_file: Path, health_timeout_s: float, secret_file: str | None = None) -> None:
         self.specs = specs
         self.runners = Runners(nodes)
         self.run_dir = run_dir
@@ -68,7 +48,11 @@ class Deployment:
         self.health_timeout_s = health_timeout_s
         self.state_file = state_file
         self.state = state_mod.DeploymentState(run_dir=str(run_dir), controller=controller, api=api,
-                                               web=web, nodes=nodes)
+                                               web=web, nodes=nodes, secret_file=secret_file)
+        self.probe: Probe | None = None
+        self.probe_deadline_s = 5.0
+        self._due: dict[str, float] = {}  # process -> when to restart it (inf: never)
+        self._unreachable: set[str] = set()
 
     # ------------------------------------------------------------------ start
     def log_path(self, spec: ProcessSpec) -> str:
@@ -96,12 +80,12 @@ class Deployment:
         runner = self.runners[spec.node]
         deadline = time.time() + self.health_timeout_s
         t0 = time.time()
-        with httpx.Client(timeout=5.0, trust_env=False) as http:
+        with service_client(self.state) as http:
             while True:
                 if not runner.alive(rec):
                     tail = runner.read_log(rec, 25)
-                    raise LaunchError(f"{spec.name} exited during start-up; last log lines "
-                                      f"({rec.log_path}):\n{tail}")
+                    raise LaunchError(f"{spec.name} exited during start-up{self._start_hint(spec, tail)}; "
+                                      f"last log lines ({rec.log_path}):\n{tail}")
                 if self._is_up(http, spec):
                     on_event(f"{spec.name} is up ({time.time() - t0:.1f}s)")
                     return
@@ -109,6 +93,16 @@ class Deployment:
                     raise LaunchError(f"{spec.name} not healthy after {self.health_timeout_s:.0f}s "
                                       f"(launch.health_timeout_s); log: {rec.log_path}")
                 time.sleep(0.5)
+
+    def _start_hint(self, spec: ProcessSpec, log_tail: str) -> str:
+        """A next step for the start-up failures a node's set-up causes."""
+        key = f"cluster.nodes.{spec.node}.python"
+        if "No module named 'orchestr'" in log_tail or "No module named orchestr" in log_tail:
+            return (f" ({spec.argv[0]} on node {spec.node!r} has no orchestr: set {key} to the "
+                    "interpreter of a venv with orchestr installed, e.g. ~/venv/bin/python)")
+        if "not found" in log_tail and spec.argv[0] in log_tail:
+            return f" ({spec.argv[0]} is not on node {spec.node!r}: set {key})"
+        return ""
 
     def _is_up(self, http: httpx.Client, spec: ProcessSpec) -> bool:
         try:
@@ -137,47 +131,85 @@ class Deployment:
 
     # ------------------------------------------------------------------ watch
     def watch_once(self, on_event: Callable[[str], None] = print) -> None:
-        """Restart processes that died, per their restart policy (called in a loop).
+        """Restart processes that died, per their restart policy (called in a loop; never blocks
+        on a backoff or on a node that does not answer).
 
-        Services never exit on their own, so any exit counts as a failure: `on-failure`
-        restarts up to `max_restarts` times with exponential backoff, `always` without a limit.
-        A node that cannot be reached is reported and skipped, never fatal to the watch loop.
+        Services never exit on their own, so any exit counts as a failure: `on-failure` restarts
+        up to `max_restarts` times within `window_s` (older failures are forgotten, so healthy
+        uptime earns the budget back), with exponential backoff; `always` without a limit.
+        Nodes are asked at once with a deadline: one that does not answer is reported as
+        unreachable and skipped, never mistaken for dead processes.
         """
+        if self.probe is None:
+            self.probe = Probe(self.runners, self.probe_deadline_s)
+        live = self.probe.check(self.state.processes)
+        for node, why in self.probe.errors.items():
+            if node not in self._unreachable:
+                on_event(f"node {node} does not answer ({why}); its processes are left as they are")
+        self._unreachable = set(self.probe.errors)
+        now = time.time()
         for i, rec in enumerate(self.state.processes):
-            runner = self.runners[rec.node]
-            try:
-                if runner.alive(rec):
-                    continue
-            except Exception as e:
-                on_event(f"cannot check {rec.name} on {rec.node}: {e}")
+            if live.get(rec.name) != Liveness.dead:
                 continue
             policy = rec.spec.restart
-            exhausted = policy.policy != "always" and rec.restarts >= policy.max_restarts
-            if policy.policy == "no" or exhausted:
-                if not getattr(rec, "_reported", False):
-                    on_event(f"{rec.name} is down (restart policy: {policy.policy}, "
-                             f"restarts used {rec.restarts}/{policy.max_restarts})")
-                    rec._reported = True  # type: ignore[attr-defined]
+            if rec.name not in self._due:  # just found dead
+                rec.failures = [t for t in rec.failures if now - t < policy.window_s] + [now]
+                rec.last_exit = self._exit_reason(rec, now)
+                backoff = min(policy.backoff_s * 2 ** (len(rec.failures) - 1), policy.backoff_max_s)
+                self._due[rec.name] = now + backoff
+                state_mod.save(self.state, self.state_file)
+                if policy.policy == "no" or (policy.policy != "always" and len(rec.failures) > policy.max_restarts):
+                    on_event(f"{rec.name} is down: {rec.last_exit} (restart policy {policy.policy}, "
+                             f"{len(rec.failures) - 1} restarts within {policy.window_s:.0f}s of "
+                             f"{policy.max_restarts} allowed)")
+                    self._due[rec.name] = float("inf")
+                    continue
+                on_event(f"{rec.name} died ({rec.last_exit}); restarting in {backoff:.1f}s "
+                         f"(failure {len(rec.failures)} within {policy.window_s:.0f}s)")
+            if now < self._due[rec.name]:
                 continue
-            backoff = min(policy.backoff_s * (2 ** rec.restarts), policy.backoff_max_s)
-            on_event(f"{rec.name} died; restarting in {backoff:.1f}s "
-                     f"(restart {rec.restarts + 1}/{policy.max_restarts})")
-            time.sleep(backoff)
+            runner = self.runners[rec.node]
             try:
                 runner.stop(rec, timeout=5.0)  # leftovers of its group (children of the dead leader)
                 new = runner.start(rec.spec, rec.log_path)
             except Exception as e:
                 on_event(f"could not restart {rec.name} on {rec.node}: {e}")
+                self._due[rec.name] = now + policy.backoff_max_s
                 continue
-            new.restarts = rec.restarts + 1
+            del self._due[rec.name]
+            new.restarts, new.failures, new.last_exit = rec.restarts + 1, rec.failures, rec.last_exit
             self.state.processes[i] = new
             state_mod.save(self.state, self.state_file)
+            on_event(f"restarted {rec.name} on {rec.node} (pid {new.pid})")
+
+    def _exit_reason(self, rec: ProcessRecord, now: float) -> str:
+        """When it was found dead, after how long, and the last line it logged."""
+        try:
+            lines = [x for x in self.runners[rec.node].read_log(rec, 20).splitlines() if x.strip()]
+        except Exception:
+            lines = []
+        last = lines[-1].strip()[:160] if lines else "no log output"
+        return (f"found dead at {time.strftime('%H:%M:%S', time.localtime(now))} after "
+                f"{now - rec.started_at:.0f}s up; last log line: {last}")
 
     # ------------------------------------------------------------------ stop
     def stop_all(self, on_event: Callable[[str], None] = print) -> None:
         stop_processes(self.state, self.runners, on_event)
         state_mod.remove(self.state_file)
+        secret_files.remove(secret_files.secrets_dir(self.state_file))
+        self.close()
+
+    def close(self) -> None:
+        if self.probe is not None:
+            self.probe.close()
         self.runners.close()
+
+
+def service_client(state: state_mod.DeploymentState, timeout: float = 5.0) -> httpx.Client:
+    """An HTTP client that carries the deployment's service secret to its internal services."""
+    secret = read_service_secret(state.secret_file)
+    headers = {"Authorization": f"Bearer {secret}"} if secret else {}
+    return httpx.Client(timeout=timeout, trust_env=False, headers=headers)
 
 
 def stop_processes(state: state_mod.DeploymentState, runners: Runners,

@@ -169,7 +169,7 @@ def manifests(cfg: DictConfig, specs: list[ProcessSpec], opts: KubernetesConfig)
     runnable = [s for s in specs if s.service != "ray"]
     gpus = gpu_requests(specs)
     names = {s.name: dns_name(s.name) for s in runnable}
-    composed = redact(OmegaConf.to_container(cfg, resolve=True))
+    composed = redact(OmegaConf.to_container(cfg, resolve=True, enum_to_str=True))
     objs: list[dict] = [
         {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": opts.namespace}},
         {"apiVersion": "v1", "kind": "ConfigMap",

@@ -12,8 +12,7 @@ from pathlib import Path
 import psutil
 
 from orchestr.config.serving import NodeConfig
-from orchestr.launch.runner import ProcessRecord
-from orchestr.launch.spec import ProcessSpec
+from orchestr.launch.spec import ProcessRecord, ProcessSpec
 
 
 class LocalRunner:
@@ -23,7 +22,7 @@ class LocalRunner:
 
     def start(self, spec: ProcessSpec, log_path: str) -> ProcessRecord:
         Path(log_path).parent.mkdir(parents=True, exist_ok=True)
-        env = {**os.environ, **self.node.env, **spec.env, "PYTHONUNBUFFERED": "1"}
+        env = {**os.environ, **self.node.env, **spec.env, **spec.env_files, "PYTHONUNBUFFERED": "1"}
         with open(log_path, "ab") as log:
             log.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} start: {spec.command_line()}\n".encode())
             log.flush()

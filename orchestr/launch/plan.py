@@ -9,20 +9,26 @@ from __future__ import annotations
 
 import shlex
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from omegaconf import DictConfig, OmegaConf
 
+from orchestr.config import to_typed
+from orchestr.config.flags import to_argv
 from orchestr.config.serving import (
     ClusterConfig,
     EngineConfig,
+    LaunchConfig,
     ModelConfig,
     NodeConfig,
-    RestartPolicy,
     ServicesConfig,
     WorkerConfig,
 )
+from orchestr.errors import ConfigError
+from orchestr.launch import secret_files
 from orchestr.launch.spec import ProcessSpec
+from orchestr.launch.state import state_path
+from orchestr.launch.validate import validate_plan
 
 WORKER_MODULES = {
     "hf": "orchestr.services.model_worker",
@@ -30,14 +36,6 @@ WORKER_MODULES = {
     "openvino": "orchestr.services.openvino_worker",
     "multi": "orchestr.services.multi_model_worker",
 }
-
-
-class PlanError(ValueError):
-    """A config that cannot be turned into a deployment; the message names the config key."""
-
-    def __init__(self, key: str, message: str) -> None:
-        super().__init__(f"{key}: {message}")
-        self.key = key
 
 
 @dataclass
@@ -49,7 +47,7 @@ class Endpoints:
 
 def _typed(cfg: DictConfig, key: str, schema: type):
     node = OmegaConf.select(cfg, key)
-    return OmegaConf.to_object(node) if node is not None else schema()
+    return to_typed(node, key) if node is not None else schema()
 
 
 def node_python(node: NodeConfig) -> str:
@@ -71,32 +69,38 @@ class Planner:
         self.cluster: ClusterConfig = _typed(cfg, "cluster", ClusterConfig)
         self.services: ServicesConfig = _typed(cfg, "services", ServicesConfig)
         self.engine: EngineConfig = _typed(cfg, "engine", EngineConfig)
+        launch: LaunchConfig = _typed(cfg, "launch", LaunchConfig)
+        self.secrets_dir = secret_files.secrets_dir(state_path(launch.state_file))
         self.default_model: ModelConfig | None = (
-            OmegaConf.to_object(cfg.model) if OmegaConf.select(cfg, "model") is not None else None
+            to_typed(cfg.model, "model") if OmegaConf.select(cfg, "model") is not None else None
         )
         self.models: dict[str, ModelConfig] = {
-            k: OmegaConf.to_object(v) for k, v in (cfg.get("models") or {}).items()
+            k: to_typed(v, f"models.{k}") for k, v in (cfg.get("models") or {}).items()
         }
 
     # ------------------------------------------------------------------ lookups
     def node(self, name: str, key: str) -> NodeConfig:
         if name not in self.cluster.nodes:
             known = ", ".join(sorted(self.cluster.nodes)) or "none"
-            raise PlanError(key, f"unknown node {name!r} (cluster.nodes has: {known})")
+            raise ConfigError(key, f"unknown node {name!r} (cluster.nodes has: {known})")
         return self.cluster.nodes[name]
 
     def model(self, name: str | None, key: str) -> ModelConfig:
         if name is None:
             if self.default_model is None:
-                raise PlanError(key, "no model named and no top-level `model` selected")
+                raise ConfigError(key, "no model named and no top-level `model` selected")
             return self.default_model
         if name in self.models:
             return self.models[name]
         if self.default_model is not None and name == self.default_model.name:
             return self.default_model
         known = sorted(self.models) + ([self.default_model.name] if self.default_model else [])
-        raise PlanError(key, f"unknown model {name!r} (known: {', '.join(known) or 'none'}); "
+        raise ConfigError(key, f"unknown model {name!r} (known: {', '.join(known) or 'none'}); "
                              f"add it with a defaults entry `/model@models.{name}: {name}`")
+
+    def secret_env(self, *extra: str) -> dict[str, str]:
+        """The secret files a service reads (the service secret, plus `extra` variables)."""
+        return {v: secret_files.secret_path(self.secrets_dir, v) for v in (secret_files.SERVICE_VAR, *extra)}
 
     def controller_address(self) -> str:
         c = self.services.controller
@@ -108,18 +112,16 @@ class Planner:
         c = self.services.controller
         node = self.node(c.node, "services.controller.node")
         argv = [node_python(node), "-m", "orchestr.services.controller",
-                "--host", c.host, "--port", str(c.port),
-                "--dispatch-method", c.dispatch_method,
-                "--heart-beat-expiration", str(c.heart_beat_expiration), *c.extra_args]
+                *to_argv(replace(c, host=c.host or node.address)), *c.extra_args]
         return ProcessSpec(name="controller", service="controller", node=c.node, argv=argv,
-                           port=c.port, health_url=f"http://{node.address}:{c.port}/health",
-                           workdir=node.workdir, restart=c.restart)
+                           env_files=self.secret_env(), port=c.port, health_url=f"http://{node.address}:{c.port}/health",
+                           workdir=node.workdir, restart=c.restart, key="services.controller")
 
     def worker_models(self, name: str, w: WorkerConfig) -> list[ModelConfig]:
         key = f"cluster.workers.{name}"
         if w.models:
             if w.model is not None:
-                raise PlanError(f"{key}.models", "set either `model` or `models`, not both")
+                raise ConfigError(f"{key}.models", "set either `model` or `models`, not both")
             return [self.model(m, f"{key}.models") for m in w.models]
         return [self.model(w.model, f"{key}.model")]
 
@@ -131,11 +133,11 @@ class Planner:
         if len(models) > 1:
             kind = "multi"
             if backend != "hf":
-                raise PlanError(f"{key}.backend", "a multi-model worker serves `hf` models only")
+                raise ConfigError(f"{key}.backend", "a multi-model worker serves `hf` models only")
         else:
             kind = backend
         if kind not in WORKER_MODULES:
-            raise PlanError(f"{key}.backend", f"unknown backend {backend!r} (hf | vllm | openvino)")
+            raise ConfigError(f"{key}.backend", f"unknown backend {backend!r} (hf | vllm | openvino)")
         python = w.python or node_python(node)
         addr = f"http://{node.address}:{w.port}"
         argv = [python, "-m", WORKER_MODULES[kind]]
@@ -145,14 +147,13 @@ class Planner:
                 # the multi-model worker reads the model options after a --model-path as that
                 # model's own (its template, dtype, remote code ...)
                 argv += [*self.model_flags(m, kind, w, node), *m.extra_args]
+        shared = self.services.worker
         argv += ["--controller-address", self.controller_address(), "--worker-address", addr,
-                 "--host", self.services.worker.host, "--port", str(w.port),
-                 "--limit-worker-concurrency", str(w.limit_worker_concurrency),
-                 "--heart-beat-interval", str(self.services.worker.heart_beat_interval)]
+                 *to_argv(replace(shared, host=shared.host or node.address)), *to_argv(w)]
         if kind != "multi":
             argv += [*self.model_flags(models[0], kind, w, node)]
         if kind in ("hf", "multi", "openvino"):
-            argv += self.engine_flags()
+            argv += to_argv(self.engine)
         if kind != "multi":
             argv += models[0].extra_args
         argv += w.extra_args
@@ -160,9 +161,9 @@ class Planner:
         if w.gpus is not None:
             env["CUDA_VISIBLE_DEVICES"] = ",".join(str(g) for g in w.gpus)
         return ProcessSpec(name=name, service=WORKER_MODULES[kind].rsplit(".", 1)[1], node=w.node,
-                           argv=argv, env=env, port=w.port, health_url=f"{addr}/health",
+                           argv=argv, env=env, env_files=self.secret_env(), port=w.port, health_url=f"{addr}/health",
                            models=[m.name for m in models], depends_on=["controller"],
-                           workdir=node.workdir, restart=w.restart)
+                           workdir=node.workdir, restart=w.restart, key=key)
 
     def model_flags(self, m: ModelConfig, kind: str, w: WorkerConfig, node: NodeConfig) -> list[str]:
         num_gpus = len(w.gpus) if w.gpus else (m.num_gpus if node.gpus > 0 else 0)
@@ -199,15 +200,6 @@ class Planner:
         flags += _bool_flag("--trust-remote-code", m.trust_remote_code)
         return flags
 
-    def engine_flags(self) -> list[str]:
-        e = self.engine
-        threads = _opt("--num-threads", e.num_threads)
-        if not e.batching:
-            return ["--no-batching", *threads]
-        return ["--max-batch-size", str(e.max_batch_size),
-                "--max-num-batched-tokens", str(e.max_num_batched_tokens),
-                "--kv-cache-tokens", str(e.kv_cache_tokens), *threads]
-
     def ray_specs(self) -> list[ProcessSpec]:
         specs = []
         for name, r in self.cluster.ray_heads.items():
@@ -217,37 +209,51 @@ class Planner:
             if r.gpus:
                 argv += ["--num-gpus", str(len(r.gpus))]
             specs.append(ProcessSpec(name=name, service="ray", node=r.node, argv=argv, env=env,
-                                     port=r.port, workdir=node.workdir))
+                                     port=r.port, workdir=node.workdir, key=f"cluster.ray_heads.{name}"))
         return specs
 
-    def api_spec(self, worker_names: list[str]) -> ProcessSpec:
+    def api_spec(self) -> ProcessSpec:
         a = self.services.api
         node = self.node(a.node, "services.api.node")
         argv = [node_python(node), "-m", "orchestr.services.openai_api_server",
-                "--host", a.host, "--port", str(a.port),
-                "--controller-address", self.controller_address()]
-        if a.api_keys:
-            argv += ["--api-keys", ",".join(a.api_keys)]
-        argv += a.extra_args
-        return ProcessSpec(name="api", service="openai_api_server", node=a.node, argv=argv, port=a.port,
+                "--controller-address", self.controller_address(),
+                *to_argv(replace(a, host=a.host or node.address)), *a.extra_args]
+        keys = self.secret_env(secret_files.API_KEYS_VAR) if a.api_keys else self.secret_env()
+        return ProcessSpec(name="api", service="openai_api_server", node=a.node, argv=argv,
+                           env_files=keys, port=a.port,
                            health_url=f"http://{node.address}:{a.port}/health",
-                           depends_on=["controller"], workdir=node.workdir, restart=a.restart)
+                           depends_on=["controller"], workdir=node.workdir, restart=a.restart,
+                           key="services.api")
 
     def web_spec(self, worker_names: list[str]) -> ProcessSpec:
         s = self.services.web
         node = self.node(s.node, "services.web.node")
         argv = [node_python(node), "-m", "orchestr.services.web",
-                "--host", s.host, "--port", str(s.port),
                 "--controller-address", self.controller_address(),
-                *s.cli_flags(), *s.extra_args]  # --mode, --log-dir and the rest of services.web
-        return ProcessSpec(name="web", service="web", node=s.node, argv=argv, port=s.port,
+                *to_argv(replace(s, host=s.host or node.address)), *s.extra_args]
+        auth = self.secret_env(secret_files.WEB_AUTH_VAR) if s.auth else self.secret_env()
+        return ProcessSpec(name="web", service="web", node=s.node, argv=argv, env_files=auth, port=s.port,
                            health_url=f"http://{node.address}:{s.port}/",
                            depends_on=["controller", *worker_names], workdir=node.workdir,
-                           restart=s.restart)
+                           restart=s.restart, key="services.web")
+
+    def prometheus_spec(self, specs: list[ProcessSpec]) -> ProcessSpec:
+        """A local Prometheus scraping the /metrics of every service in ``specs``."""
+        p = self.services.prometheus
+        node = self.node(p.node, "services.prometheus.node")
+        argv = [node_python(node), "-m", "orchestr.services.prometheus", *to_argv(p)]
+        for s in specs:
+            if s.port is not None and s.service != "ray" and s.service != "web":
+                argv += ["--target", f"{s.service}={self.node(s.node, 'cluster.nodes').address}:{s.port}"]
+        # the service secret (for the scrapes) reaches it as every service's does, never on argv
+        return ProcessSpec(name="prometheus", service="prometheus", node=p.node, argv=argv,
+                           env_files=self.secret_env(), port=p.port,
+                           health_url=f"http://{node.address}:{p.port}/-/ready", workdir=node.workdir,
+                           restart=p.restart, key="services.prometheus")
 
     def build(self) -> list[ProcessSpec]:
         if not self.cluster.workers:
-            raise PlanError("cluster.workers", "the cluster defines no workers")
+            raise ConfigError("cluster.workers", "the cluster defines no workers")
         specs: list[ProcessSpec] = []
         if self.services.controller.enabled:
             specs.append(self.controller_spec())
@@ -259,9 +265,14 @@ class Planner:
         specs += workers
         names = [w.name for w in workers]
         if self.services.api.enabled:
-            specs.append(self.api_spec(names))
+            specs.append(self.api_spec())
         if self.services.web.enabled:
             specs.append(self.web_spec(names))
+        if not self.services.controller.enabled:  # one already runs at the configured address
+            for s in specs:
+                s.depends_on = [d for d in s.depends_on if d != "controller"]
+        if self.services.prometheus.enabled:
+            specs.append(self.prometheus_spec(specs))
         return specs
 
     def endpoints(self) -> Endpoints:
@@ -278,11 +289,10 @@ class Planner:
 
 def build_plan(cfg: DictConfig) -> list[ProcessSpec]:
     """The deployment's processes in start order (dependencies first)."""
-    from orchestr.launch.validate import validate_plan
-
     planner = Planner(cfg)
     specs = planner.build()
-    validate_plan(planner, specs)
+    models = {n: planner.worker_models(n, w) for n, w in planner.cluster.workers.items()}
+    validate_plan(planner.cluster, models, specs)
     return specs
 
 
@@ -303,4 +313,4 @@ def render_plan(specs: list[ProcessSpec], cluster: ClusterConfig) -> str:
     return "\n".join(out)
 
 
-__all__ = ["build_plan", "render_plan", "Planner", "PlanError", "Endpoints", "RestartPolicy"]
+__all__ = ["build_plan", "render_plan", "Planner", "Endpoints"]

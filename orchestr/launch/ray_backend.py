@@ -5,7 +5,8 @@ child exits, so Ray's own actor restarts (`max_restarts`) bring a failed service
 of the actor's process does the same. Placement is Ray's: the actor asks for
 `num_cpus`, `num_gpus` (the worker's GPU count; Ray sets CUDA_VISIBLE_DEVICES) and a custom
 resource named after the process's cluster node (`launch.ray.node_resource`), which pins it to
-the Ray node that advertises it. Status and stop go through Ray's state API and `ray.kill`,
+the Ray node that advertises it, so the node's `address` in the YAML
+stays where the process listens. Status and stop go through Ray's state API and `ray.kill`,
 logs through Ray's log API (the actor's stdout, which the service writes to).
 
 Secrets never go in the runtime env (Ray's dashboard shows it): ORCHESTR_SECRET, ORCHESTR_API_KEYS
@@ -20,12 +21,11 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
 from orchestr.config.backends import RayBackendConfig
 from orchestr.config.serving import NodeConfig
-from orchestr.launch.deploy import LaunchError
-from orchestr.launch.spec import ProcessSpec
+from orchestr.errors import LaunchError
+from orchestr.launch.spec import ProcessRecord, ProcessSpec
 
 SECRET_VARS = ("ORCHESTR_SECRET", "ORCHESTR_API_KEYS", "ORCHESTR_WEB_AUTH")
 # what the launcher's environment lends the services (the Ray workers' own env is the raylet's)
@@ -58,7 +58,8 @@ class ServiceActor:
         print(f"=== start: {shlex.join(argv)}", flush=True)
         self.proc = subprocess.Popen(argv, env={**os.environ, **env}, cwd=workdir or None,
                                      stdin=subprocess.DEVNULL, stdout=sys.stdout.fileno(),
-                                     stderr=sys.stderr.fileno(), preexec_fn=die_with_actor)
+                                     stderr=subprocess.STDOUT,  # one log, as the other backends
+                                     preexec_fn=die_with_actor)
         threading.Thread(target=self._watch, daemon=True).start()
 
     def _watch(self) -> None:
@@ -72,8 +73,7 @@ class ServiceActor:
     def info(self) -> dict:
         import ray
 
-        return {"pid": self.proc.pid, "node_id": ray.get_runtime_context().get_node_id(),
-                "node_ip": ray.util.get_node_ip_address()}
+        return {"pid": self.proc.pid, "node_id": ray.get_runtime_context().get_node_id()}
 
     def shutdown(self, timeout: float) -> None:
         import subprocess
@@ -147,7 +147,6 @@ class RayRunner:
         return opts
 
     def start(self, spec: ProcessSpec, log_path: str):
-        from orchestr.launch.runner import ProcessRecord
 
         ray = self._ray()
         import ray.cloudpickle as cloudpickle
@@ -169,9 +168,6 @@ class RayRunner:
             raise RayBackendError(f"{spec.name}: Ray did not place it within 600 s; does a Ray node "
                                   f"advertise the resource {res!r} (launch.ray.node_resource) and have "
                                   f"{self.opts.num_cpus} CPU(s) / {gpu_count(spec)} GPU(s) free?") from e
-        if spec.health_url:
-            u = urlsplit(spec.health_url)
-            spec.health_url = urlunsplit((u.scheme, f"{info['node_ip']}:{u.port}", u.path, u.query, u.fragment))
         return ProcessRecord(spec=spec, pid=int(info["pid"]), pgid=0, log_path=f"ray actor {spec.name}")
 
     # ------------------------------------------------------------------ state API

@@ -20,13 +20,14 @@ def main() -> int:
     from hydra.errors import HydraException
 
     from orchestr.config import compose
+    from orchestr.errors import ConfigError
     from orchestr.launch.kubernetes import manifests, write
-    from orchestr.launch.plan import PlanError, build_plan
+    from orchestr.launch.plan import build_plan
 
     try:
         cfg = compose(args.overrides)
         specs = build_plan(cfg)
-    except (PlanError, HydraException) as e:
+    except (ConfigError, HydraException) as e:
         cause = f" ({str(e.__cause__).splitlines()[0]})" if e.__cause__ else ""
         print(f"orchestr render: {str(e).splitlines()[0]}{cause}", file=sys.stderr)
         return 2

@@ -30,8 +30,8 @@ from urllib.parse import urlsplit, urlunsplit
 
 from orchestr.config.backends import SlurmConfig
 from orchestr.config.serving import NodeConfig
-from orchestr.launch.deploy import LaunchError
-from orchestr.launch.spec import ProcessSpec
+from orchestr.errors import LaunchError
+from orchestr.launch.spec import ProcessRecord, ProcessSpec
 
 ACTIVE = {"PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "REQUEUED", "REQUEUE_FED",
           "REQUEUE_HOLD", "RESIZING", "SUSPENDED", "SIGNALING", "STAGE_OUT"}
@@ -176,14 +176,13 @@ class SlurmRunner:
         self.opts = _options(node)
 
     def start(self, spec: ProcessSpec, log_path: str):
-        from orchestr.launch.runner import ProcessRecord
-
         log = Path(log_path).expanduser().resolve()
         log.parent.mkdir(parents=True, exist_ok=True)
         script_path = log.with_suffix(".sbatch")
         script_path.write_text(render_script(spec, self.opts))
         # values travel in sbatch's environment (--export=ALL); Slurm grants the GPUs itself
-        env = {**os.environ, **self.node.env, **spec.env, "PYTHONUNBUFFERED": "1"}
+        # (secret files by path: Slurm's nodes share this filesystem)
+        env = {**os.environ, **self.node.env, **spec.env, **spec.env_files, "PYTHONUNBUFFERED": "1"}
         if gpu_count(spec):
             env.pop("CUDA_VISIBLE_DEVICES", None)
         job_id = _run(sbatch_argv(spec, self.opts, self.node_name, str(log), str(script_path)),

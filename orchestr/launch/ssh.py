@@ -21,15 +21,10 @@ from pathlib import Path
 import paramiko
 
 from orchestr.config.serving import NodeConfig
-from orchestr.launch.deploy import LaunchError
-from orchestr.launch.runner import ProcessRecord
-from orchestr.launch.spec import ProcessSpec
+from orchestr.errors import NodeError as SSHError
+from orchestr.launch.spec import ProcessRecord, ProcessSpec
 
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
-
-
-class SSHError(LaunchError):
-    """A node that cannot be reached or a remote command that failed; names the node's key."""
 
 
 def _qpath(path: str) -> str:
@@ -100,11 +95,7 @@ def connect(node_name: str, node: NodeConfig, timeout: float = 15.0) -> paramiko
                        "check the host, or fix the known_hosts entry") from None
     except paramiko.SSHException as e:
         client.close()
-        hint = ""
-        if "not found in known_hosts" in str(e):
-            hint = (f"; add it (`ssh-keyscan -p {node.ssh_port} {host} >> ~/.ssh/known_hosts`) "
-                    f"or set {key}.known_hosts=accept-new")
-        raise SSHError(f"{key}: cannot connect to {who}: {e}{hint}") from None
+        raise SSHError(f"{key}: cannot connect to {who}: {e}{_connect_hint(key, node, host, e)}") from None
     except (TimeoutError, OSError) as e:
         client.close()
         raise SSHError(f"{key}: cannot connect to {who}: {e}") from None
@@ -112,6 +103,24 @@ def connect(node_name: str, node: NodeConfig, timeout: float = 15.0) -> paramiko
     if transport is not None:
         transport.set_keepalive(30)
     return client
+
+
+def _connect_hint(key: str, node: NodeConfig, host: str, e: Exception) -> str:
+    """What to change when a connection is refused: the keys at fault and a next step."""
+    text = str(e)
+    if "not found in known_hosts" in text:
+        target = node.known_hosts_file or "~/.ssh/known_hosts"
+        return (f"; add its key (`ssh-keyscan -p {node.ssh_port} {host} >> {target}`), point "
+                f"{key}.known_hosts_file at a file that has it, or set {key}.known_hosts=accept-new")
+    if isinstance(e, paramiko.AuthenticationException) or "authentication methods" in text.lower():
+        user = node.user or "(your local user name)"
+        if node.key_file:
+            tried = f"key {key}.key_file={node.key_file}"
+        else:
+            tried = "the SSH agent and ~/.ssh/id_*" if node.use_agent else "~/.ssh/id_* (agent off)"
+        return (f"; logged in as user {user} ({key}.user) with {tried}: set {key}.user and "
+                f"{key}.key_file to a key the node accepts (its ~/.ssh/authorized_keys)")
+    return ""
 
 
 class SSHRunner:
@@ -137,10 +146,14 @@ class SSHRunner:
             self.client = connect(self.node_name, self.node, self.timeout)
             return self.client.exec_command(command, timeout=timeout)
 
-    def run(self, script: str, timeout: float = 60.0) -> tuple[int, str, str]:
-        """Run a POSIX sh script on the node (whatever the login shell is); rc, stdout, stderr."""
+    def run(self, script: str, timeout: float = 60.0, stdin: bytes | None = None) -> tuple[int, str, str]:
+        """Run a POSIX sh script on the node (whatever the login shell is); rc, stdout, stderr.
+        `stdin` feeds the script's standard input (how secrets travel: never in the script)."""
         try:
-            _, out, err = self._exec(script, timeout)
+            inp, out, err = self._exec(script, timeout)
+            if stdin is not None:
+                inp.write(stdin)
+                inp.channel.shutdown_write()
             stdout = out.read().decode(errors="replace")
             stderr = err.read().decode(errors="replace")
             rc = out.channel.recv_exit_status()
@@ -148,8 +161,25 @@ class SSHRunner:
             raise SSHError(f"cluster.nodes.{self.node_name}: remote command failed: {e}") from None
         return rc, stdout, stderr
 
+    def place_files(self, spec: ProcessSpec) -> dict[str, str]:
+        """Copy the spec's secret files to the node over this SSH connection: each is written
+        from the channel's stdin (never the command line) as a 0600 file in a 0700 folder under
+        ~/.cache/orchestr/secrets. Returns variable -> path on the node."""
+        placed = {}
+        for var, local in spec.env_files.items():
+            folder = f"~/.cache/orchestr/secrets/{Path(local).parent.name}"
+            remote = f"{folder}/{Path(local).name}"
+            script = (f"umask 077 && mkdir -p {_qpath(folder)} && chmod 700 {_qpath(folder)} && "
+                      f"cat > {_qpath(remote)}.tmp && mv -f {_qpath(remote)}.tmp {_qpath(remote)} && "
+                      f"cd {_qpath(folder)} && pwd")
+            rc, out, err = self.run(script, timeout=self.timeout, stdin=Path(local).expanduser().read_bytes())
+            if rc != 0 or not out.strip():
+                raise SSHError(f"cluster.nodes.{self.node_name}: cannot copy {var} to the node: {err.strip()}")
+            placed[var] = f"{out.strip().splitlines()[-1]}/{Path(local).name}"
+        return placed
+
     def _env(self, spec: ProcessSpec) -> list[str]:
-        env = {**self.node.env, **spec.env, "PYTHONUNBUFFERED": "1"}
+        env = {**self.node.env, **spec.env, **self.place_files(spec), "PYTHONUNBUFFERED": "1"}
         for k in env:
             if not _ENV_NAME.match(k):
                 raise SSHError(f"cluster.nodes.{self.node_name}.env: {k!r} is not a valid variable name")
@@ -165,9 +195,7 @@ class SSHRunner:
     def start(self, spec: ProcessSpec, log_path: str) -> ProcessRecord:
         if spec.port and _port_open(self.node.address, spec.port):
             # a stale service there would answer the health checks in place of the new one
-            from orchestr.launch.validate import _port_key
-
-            raise SSHError(f"{_port_key(spec)}: port {spec.port} on node {self.node_name!r} "
+            raise SSHError(f"{spec.key or spec.name}.port: port {spec.port} on node {self.node_name!r} "
                            f"({self.node.address}) is already in use (another deployment? "
                            "`orchestr status` / `orchestr stop`, or pick another port)")
         log_dir = str(Path(log_path).parent)

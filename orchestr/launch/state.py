@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from orchestr.config.serving import NodeConfig
-from orchestr.launch.runner import ProcessRecord
+from orchestr.launch.spec import ProcessRecord
 
 
 @dataclass
@@ -22,6 +22,7 @@ class DeploymentState:
     processes: list[ProcessRecord] = field(default_factory=list)
     supervisor_pid: int | None = None
     created: float = field(default_factory=time.time)
+    secret_file: str | None = None  # where the service secret is (the file, never the value)
 
     def record(self, name: str) -> ProcessRecord | None:
         return next((p for p in self.processes if p.name == name), None)
@@ -31,7 +32,7 @@ class DeploymentState:
             "run_dir": self.run_dir, "controller": self.controller, "api": self.api, "web": self.web,
             "nodes": {k: asdict(v) for k, v in self.nodes.items()},
             "processes": [p.to_dict() for p in self.processes],
-            "supervisor_pid": self.supervisor_pid, "created": self.created,
+            "supervisor_pid": self.supervisor_pid, "created": self.created, "secret_file": self.secret_file,
         }
 
     @classmethod
@@ -39,7 +40,8 @@ class DeploymentState:
         return cls(run_dir=d["run_dir"], controller=d["controller"], api=d.get("api"), web=d.get("web"),
                    nodes={k: NodeConfig(**v) for k, v in d["nodes"].items()},
                    processes=[ProcessRecord.from_dict(p) for p in d["processes"]],
-                   supervisor_pid=d.get("supervisor_pid"), created=d.get("created", 0.0))
+                   supervisor_pid=d.get("supervisor_pid"), created=d.get("created", 0.0),
+                   secret_file=d.get("secret_file"))
 
 
 def state_path(configured: str | None = None) -> Path:
@@ -50,7 +52,10 @@ def state_path(configured: str | None = None) -> Path:
 def save(state: DeploymentState, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(state.to_dict(), indent=2))
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # only its owner reads it
+    with os.fdopen(fd, "w") as f:
+        os.fchmod(fd, 0o600)
+        f.write(json.dumps(state.to_dict(), indent=2))
     os.replace(tmp, path)  # atomic: a reader never sees half a file
 
 

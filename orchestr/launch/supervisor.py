@@ -34,7 +34,7 @@ def main() -> int:
     while running and path.exists():  # `orchestr stop` removes the state file
         dep.watch_once(on_event=logging.info)
         time.sleep(args.interval)
-    dep.runners.close()
+    dep.close()
     return 0
 
 

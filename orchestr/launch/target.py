@@ -12,7 +12,7 @@ from dataclasses import asdict, replace
 
 from orchestr.config.backends import BACKEND_NAMES
 from orchestr.config.serving import LaunchConfig, NodeConfig
-from orchestr.launch.plan import PlanError
+from orchestr.errors import ConfigError
 from orchestr.launch.spec import ProcessSpec
 
 SCHEDULERS = ("slurm", "ray")
@@ -20,7 +20,7 @@ SCHEDULERS = ("slurm", "ray")
 
 def check_backend(launch: LaunchConfig) -> str | None:
     if launch.backend is not None and launch.backend not in BACKEND_NAMES:
-        raise PlanError("launch.backend", f"unknown backend {launch.backend!r} ({' | '.join(BACKEND_NAMES)})")
+        raise ConfigError("launch.backend", f"unknown backend {launch.backend!r} ({' | '.join(BACKEND_NAMES)})")
     return launch.backend
 
 

@@ -23,7 +23,8 @@ from dataclasses import dataclass
 import httpx
 from fastapi import FastAPI
 
-from orchestr.config.serving import ControllerServiceConfig
+from orchestr.config.flags import add_flags, from_args
+from orchestr.config.serving import ControllerServiceConfig, DispatchMethod
 from orchestr.protocol import (
     ControllerStatus,
     HeartBeatRequest,
@@ -42,8 +43,7 @@ from orchestr.services.metrics import controller_metrics, mount_metrics
 
 logger = setup_logging("orchestr.controller")
 
-DISPATCH_METHODS = ("shortest_queue", "lottery")
-_D = ControllerServiceConfig()
+DISPATCH_METHODS = tuple(m.value for m in DispatchMethod)
 STATUS_TIMEOUT_S = 5.0
 
 
@@ -320,19 +320,12 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="python -m orchestr.services.controller", description=__doc__.split("\n")[0]
     )
-    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
-    parser.add_argument("--port", type=int, default=21001)
-    parser.add_argument("--dispatch-method", choices=DISPATCH_METHODS, default="shortest_queue")
-    parser.add_argument(
-        "--heart-beat-expiration",
-        type=float,
-        default=float(_D.heart_beat_expiration),
-        help="seconds without a heartbeat before a worker is dropped",
-    )
-    parser.add_argument("--ssl", action="store_true", help="serve HTTPS (SSL_KEYFILE / SSL_CERTFILE env)")
+    add_flags(parser, ControllerServiceConfig)  # one declaration of each flag (config/serving.py)
     args = parser.parse_args(argv)
-    if args.heart_beat_expiration <= 0:
-        parser.error("--heart-beat-expiration must be positive")
+    try:
+        from_args(ControllerServiceConfig, args)  # the schema's range checks
+    except ValueError as e:
+        parser.error(str(e))
     controller = Controller(args.dispatch_method, args.heart_beat_expiration)
     logger.info("controller on %s:%d, dispatch %s", args.host, args.port, args.dispatch_method)
     run_app(protect(create_app(controller), logger), args.host, args.port, ssl=args.ssl)

@@ -63,7 +63,7 @@ def run_app(app, host: str, port: int, ssl: bool = False, log_level: str = "info
             sys.exit("--ssl needs the SSL_KEYFILE and SSL_CERTFILE environment variables")
         kwargs.update(ssl_keyfile=keyfile, ssl_certfile=certfile)
     # access logs per request cost CPU on the hot path; keep them off unless debugging.
-    uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=False, **kwargs)
+    uvicorn.run(app, host=host or "127.0.0.1", port=port, log_level=log_level, access_log=False, **kwargs)
 
 
 # --------------------------------------------------------------------------- service plane

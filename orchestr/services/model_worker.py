@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from orchestr.config.flags import add_flags, from_args
 from orchestr.config.serving import EngineConfig
 from orchestr.services.worker_base import add_worker_args, serve_engines
 
@@ -39,21 +40,11 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
 
 
 def add_engine_args(parser: argparse.ArgumentParser) -> None:
-    d = EngineConfig()
-    parser.add_argument("--batching", action=argparse.BooleanOptionalAction, default=d.batching,
-                        help="continuous batching (--no-batching: one request at a time)")
-    parser.add_argument("--max-batch-size", type=int, default=d.max_batch_size)
-    parser.add_argument("--max-num-batched-tokens", type=int, default=d.max_num_batched_tokens,
-                        help="token budget of one forward (decodes + prefill chunks)")
-    parser.add_argument("--kv-cache-tokens", type=int, default=d.kv_cache_tokens,
-                        help="KV-cache capacity shared by all running sequences, in tokens")
-    parser.add_argument("--num-threads", type=int, default=None,
-                        help="CPU threads for the model (default: all cores but one)")
+    add_flags(parser, EngineConfig)  # the `engine` section: one declaration of each flag
 
 
 def engine_config(args: argparse.Namespace) -> EngineConfig:
-    return EngineConfig(batching=args.batching, max_batch_size=args.max_batch_size,
-                        max_num_batched_tokens=args.max_num_batched_tokens, kv_cache_tokens=args.kv_cache_tokens)
+    return from_args(EngineConfig, args)
 
 
 def build_engine(args: argparse.Namespace, model_name: str):

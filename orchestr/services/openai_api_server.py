@@ -10,7 +10,6 @@ Run: ``python -m orchestr.services.openai_api_server --port 8000 --controller-ad
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import hmac
 from collections.abc import AsyncIterator, Awaitable
 from contextlib import asynccontextmanager
@@ -24,6 +23,7 @@ from pydantic import BaseModel, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from orchestr import __version__, secrets
+from orchestr.config.flags import add_flags, from_args
 from orchestr.config.serving import ApiServiceConfig
 from orchestr.protocol import (
     ChatCompletionRequest,
@@ -31,12 +31,14 @@ from orchestr.protocol import (
     CompletionRequest,
     CompletionResponse,
     DetokenizeRequest,
+    DetokenizeResponse,
     EmbeddingsRequest,
     EmbeddingsResponse,
     ModelCard,
     ModelList,
     ResponsesRequest,
     TokenizeRequest,
+    TokenizeResponse,
 )
 from orchestr.services import openapi
 from orchestr.services.api_backend import ApiBackend
@@ -208,7 +210,7 @@ def create_app(
         set_model(request, req.model)
         return await answer(request, backend.embeddings.create(req))
 
-    @v1.post("/responses")
+    @v1.post("/responses", **openapi.operation(ResponsesRequest, None, stream=True))
     async def responses(request: Request) -> Response:
         req = await parse_body(request, ResponsesRequest)
         set_model(request, req.model)
@@ -220,12 +222,12 @@ def create_app(
     # vLLM's tokenizer routes (at the root, as vLLM serves them)
     tok = APIRouter(dependencies=[Depends(make_auth(api_keys or []))])
 
-    @tok.post("/tokenize")
+    @tok.post("/tokenize", **openapi.operation(TokenizeRequest, TokenizeResponse))
     async def tokenize(request: Request) -> Response:
         req = await parse_body(request, TokenizeRequest)
         return JSONResponse((await backend.tokenizer.tokenize(req)).model_dump())
 
-    @tok.post("/detokenize")
+    @tok.post("/detokenize", **openapi.operation(DetokenizeRequest, DetokenizeResponse))
     async def detokenize(request: Request) -> Response:
         req = await parse_body(request, DetokenizeRequest)
         return JSONResponse((await backend.tokenizer.detokenize(req)).model_dump())
@@ -237,7 +239,8 @@ def create_app(
     app.include_router(v1)
     app.include_router(tok)
     mount_metrics(app, "api")
-    openapi.install(app, [ChatCompletionRequest, CompletionRequest, EmbeddingsRequest], bearer=bool(api_keys))
+    openapi.install(app, [ChatCompletionRequest, CompletionRequest, EmbeddingsRequest, ResponsesRequest,
+                          TokenizeRequest, DetokenizeRequest], bearer=bool(api_keys))
     return app
 
 
@@ -246,28 +249,18 @@ def _csv(value: str | None) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    d = ApiServiceConfig()
     parser = argparse.ArgumentParser(
         prog="python -m orchestr.services.openai_api_server", description=__doc__.split("\n")[0]
     )
-    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
-    parser.add_argument("--port", type=int, default=d.port)
+    add_flags(parser, ApiServiceConfig)  # services.api: one declaration of each flag (config/serving.py)
     parser.add_argument("--controller-address", default="http://localhost:21001")
     # Deprecated: a key on the command line shows in `ps`; use env ORCHESTR_API_KEYS(_FILE).
     parser.add_argument("--api-keys", type=_csv, default=None, help=argparse.SUPPRESS)
-    parser.add_argument("--allowed-origins", type=_csv, default=["*"], help="CORS origins (comma-separated)")
-    parser.add_argument("--allowed-methods", type=_csv, default=["*"])
-    parser.add_argument("--allowed-headers", type=_csv, default=["*"])
-    parser.add_argument("--allow-credentials", action="store_true")
-    for name in ("worker_connect_timeout_s", "worker_timeout_s", "controller_timeout_s",
-                 "controller_cache_ttl_s", "health_check_interval_s"):
-        parser.add_argument("--" + name.removesuffix("_s").replace("_", "-"), dest=name, type=float,
-                            default=getattr(d, name), help=_help(ApiServiceConfig, name))
-    for name in ("worker_retries", "default_max_tokens", "max_body_bytes", "max_embedding_inputs"):
-        parser.add_argument("--" + name.replace("_", "-"), dest=name, type=int, default=getattr(d, name),
-                            help=_help(ApiServiceConfig, name))
-    parser.add_argument("--ssl", action="store_true", help="serve HTTPS (SSL_KEYFILE / SSL_CERTFILE env)")
     args = parser.parse_args(argv)
+    try:
+        from_args(ApiServiceConfig, args)  # the schema's range checks
+    except ValueError as e:
+        parser.error(str(e))
     try:
         api_keys = secrets.api_keys()
     except secrets.SecretError as e:
@@ -307,10 +300,6 @@ def main(argv: list[str] | None = None) -> None:
         f"{len(api_keys)} API key(s)" if api_keys else "no API keys",
     )
     run_app(BodyLimit(app, args.max_body_bytes), args.host, args.port, ssl=args.ssl)
-
-
-def _help(schema: type, name: str) -> str | None:
-    return {f.name: f for f in dataclasses.fields(schema)}[name].metadata.get("help")
 
 
 if __name__ == "__main__":

@@ -1,11 +1,12 @@
 """OpenVINO GenAI as an orchestr engine: worker arguments -> pipeline settings, GenerateRequest ->
 GenerationConfig, and a streaming adapter over ``ContinuousBatchingPipeline``.
 
-The pipeline is driven by one thread that owns it: it adds queued requests, runs ``step()``
-(one batched forward of every running sequence) and hands each request's new token ids to its
-asyncio consumer, which detokenizes, applies stop strings and counts tokens with orchestr's own
-helpers (the same as the transformers engine). A consumer that goes away (client disconnect)
-queues a cancel, which frees the sequence's KV blocks before the next step.
+The pipeline lives in a child process that owns it (``step()`` holds the GIL for a whole
+batched forward): it adds requests, runs ``step()`` and sends each step's new token ids back in
+one message; the worker hands them to each request's asyncio consumer, which detokenizes,
+applies stop strings and counts tokens with orchestr's own helpers (the same as the
+transformers engine). A consumer that goes away (client disconnect) sends a cancel, which frees
+the sequence's KV blocks before the next step.
 
 openvino-genai is optional: nothing here imports it at module import time; the mapping
 functions are plain dicts, tested without it.
@@ -18,7 +19,6 @@ import asyncio
 import itertools
 import json
 import logging
-import queue
 import random
 import threading
 from collections.abc import AsyncIterator, Callable
@@ -137,84 +137,161 @@ def finish_reason(name: str) -> str:
 # ---------------------------------------------------------------------- the engine
 
 
-class _Stepper(threading.Thread):
-    """Owns the pipeline: adds and cancels requests between steps, steps while any run, and
-    sends each request's outputs to its sink as ``(token_ids, finish_name | None, error)``."""
+def build_generation_config(ov_genai: Any, settings: dict[str, Any], eos_id: int | None,
+                            guided_json: dict | None = None) -> Any:
+    config = ov_genai.GenerationConfig()
+    if eos_id is not None:
+        config.eos_token_id = eos_id
+    for key, value in settings.items():
+        setattr(config, key, value)
+    if guided_json is not None:  # OpenVINO GenAI's own structured output (xgrammar inside)
+        config.structured_output_config = ov_genai.StructuredOutputConfig(json_schema=json.dumps(guided_json))
+    config.validate()
+    return config
 
-    def __init__(self, pipe: Any) -> None:
-        super().__init__(name="orchestr-openvino-steps", daemon=True)
-        self.pipe = pipe
-        self.inbox: queue.Queue = queue.Queue()
-        self.active: dict[int, tuple[Any, Callable]] = {}
-        self.stopping = False
 
-    def submit(self, item: tuple) -> None:
-        self.inbox.put(item)
+def _pipeline_main(conn: Any, ir_folder: str, sched_settings: dict, properties: dict, eos_id: int | None) -> None:
+    """The pipeline process: owns ``ContinuousBatchingPipeline``, adds and cancels requests
+    between steps, steps while any run, and after each step sends one batch of
+    ``(request id, new token ids, finish name | None, error | None)`` back.
 
-    def _drain(self) -> None:
-        import numpy as np
-        import openvino as ov
+    Why a process: ``step()`` holds the GIL for the whole batched forward (measured: a thread
+    sleeping 1 ms got one turn per step), which would stall the worker's HTTP side for a step at
+    a time and make every hand-over between the two cost a GIL switch interval.
+    """
+    import numpy as np
+    import openvino as ov
+    import openvino_genai as ov_genai
 
-        block = not self.active
-        while True:
-            try:
-                item = self.inbox.get(timeout=0.5) if block else self.inbox.get_nowait()
-            except queue.Empty:
-                return
-            block = False
-            if item[0] == "add":
-                _, rid, ids, config, sink = item
-                try:
-                    handle = self.pipe.add_request(rid, ov.Tensor(np.array([ids], dtype=np.int64)), config)
-                except Exception as exc:  # noqa: BLE001 - OpenVINO's own checks of the request
-                    sink(([], None, ov_message(exc)))
-                    continue
-                self.active[rid] = (handle, sink)
-            elif item[0] == "cancel":
-                entry = self.active.pop(item[1], None)
-                if entry is not None:
-                    entry[0].cancel()
-                    log.info("cancelled request %d before its end (client gone or stop string); %d running",
-                             item[1], len(self.active))
-            elif item[0] == "quit":
-                self.stopping = True
-                return
+    from orchestr.services.http_util import setup_logging
 
-    def _collect(self) -> None:
-        done = []
-        for rid, (handle, sink) in self.active.items():
+    plog = setup_logging("orchestr.openvino_pipeline")
+    try:
+        sched = ov_genai.SchedulerConfig()
+        for key, value in sched_settings.items():
+            setattr(sched, key, value)
+        pipe = ov_genai.ContinuousBatchingPipeline(ir_folder, sched, "CPU", properties)
+    except Exception as exc:  # noqa: BLE001 - reported to the worker, which exits with it
+        conn.send(("failed", ov_message(exc)))
+        return
+    conn.send(("ready", None))
+    active: dict[int, Any] = {}
+    while True:
+        try:
+            if not active and not conn.poll(0.5):
+                continue
+            while conn.poll():
+                msg = conn.recv()
+                if msg[0] == "add":
+                    _, rid, ids, settings, guided = msg
+                    try:
+                        config = build_generation_config(ov_genai, settings, eos_id, guided)
+                        tensor = ov.Tensor(np.array([ids], dtype=np.int64))
+                        active[rid] = pipe.add_request(rid, tensor, config)
+                    except Exception as exc:  # noqa: BLE001 - OpenVINO's own checks of the request
+                        conn.send([(rid, [], None, ov_message(exc))])
+                elif msg[0] == "cancel":
+                    handle = active.pop(msg[1], None)
+                    if handle is not None:
+                        handle.cancel()
+                        plog.info("cancelled request %d before its end (client gone or stop string); %d running",
+                                  msg[1], len(active))
+                elif msg[0] == "quit":
+                    return
+        except (EOFError, OSError):  # the worker is gone
+            return
+        if not active:
+            continue
+        batch = []
+        try:
+            pipe.step()
+        except Exception as exc:  # noqa: BLE001 - fail the running requests, keep serving
+            plog.exception("OpenVINO step failed")
+            for rid, handle in active.items():
+                handle.cancel()
+                batch.append((rid, [], None, f"OpenVINO step failed: {ov_message(exc)}"))
+            active.clear()
+        for rid, handle in list(active.items()):
             while handle.can_read():
                 for out in handle.read().values():
                     reason = out.finish_reason.name
-                    sink((list(out.generated_ids), None if reason == "NONE" else reason, None))
+                    batch.append((rid, list(out.generated_ids), None if reason == "NONE" else reason, None))
             status = handle.get_status().name
             if status != "RUNNING":
-                done.append(rid)
+                del active[rid]
                 if status == "IGNORED":
-                    sink(([], None, "the request does not fit the KV cache (raise engine.kv_cache_tokens)"))
+                    batch.append((rid, [], None, "the request does not fit the KV cache (raise engine.kv_cache_tokens)"))
                 else:
-                    sink(([], "END", None))
-        for rid in done:
-            self.active.pop(rid, None)
-
-    def run(self) -> None:
-        while not self.stopping:
-            self._drain()
-            if self.stopping or not self.active:
-                continue
+                    batch.append((rid, [], "END", None))
+        if batch:
             try:
-                self.pipe.step()
-            except Exception as exc:  # noqa: BLE001 - fail the running requests, keep serving
-                log.exception("OpenVINO step failed")
-                for handle, sink in self.active.values():
-                    handle.cancel()
-                    sink(([], None, f"OpenVINO step failed: {exc}"))
-                self.active.clear()
-                continue
-            self._collect()
-        for handle, sink in self.active.values():
-            handle.cancel()
-            sink(([], None, "the worker is shutting down"))
+                conn.send(batch)
+            except (EOFError, OSError):
+                return
+
+
+class _PipelineProcess:
+    """The worker's side of the pipeline process: sends requests and cancels, and a reader thread
+    hands each request's outputs to its sink."""
+
+    def __init__(self, ir_folder: str, sched_settings: dict, properties: dict, eos_id: int | None) -> None:
+        import multiprocessing
+
+        ctx = multiprocessing.get_context("spawn")
+        self.conn, child = ctx.Pipe()
+        self.proc = ctx.Process(target=_pipeline_main, name="orchestr-openvino-pipeline", daemon=True,
+                                args=(child, ir_folder, sched_settings, properties, eos_id))
+        self.proc.start()
+        child.close()
+        try:
+            kind, detail = self.conn.recv()
+        except EOFError:
+            kind, detail = "failed", f"the pipeline process exited (code {self.proc.exitcode})"
+        if kind != "ready":
+            self.proc.join(timeout=10)
+            raise RuntimeError(f"cannot start OpenVINO's pipeline on {ir_folder}: {detail}")
+        self.sinks: dict[int, Callable] = {}
+        self.send_lock = threading.Lock()
+        self.reader = threading.Thread(target=self._read, name="orchestr-openvino-reader", daemon=True)
+        self.reader.start()
+
+    def _read(self) -> None:
+        while True:
+            try:
+                batch = self.conn.recv()
+            except (EOFError, OSError):
+                for sink in list(self.sinks.values()):
+                    sink(([], None, "OpenVINO's pipeline process exited"))
+                self.sinks.clear()
+                return
+            for rid, ids, reason, error in batch:
+                sink = self.sinks.get(rid)
+                if sink is None:
+                    continue
+                if reason == "END" or error is not None:
+                    del self.sinks[rid]
+                sink((ids, reason, error))
+
+    def send(self, msg: tuple) -> None:
+        with self.send_lock:
+            self.conn.send(msg)
+
+    def add(self, rid: int, ids: list[int], settings: dict, guided: dict | None, sink: Callable) -> None:
+        self.sinks[rid] = sink
+        self.send(("add", rid, ids, settings, guided))
+
+    def cancel(self, rid: int) -> None:
+        self.sinks.pop(rid, None)
+        self.send(("cancel", rid))
+
+    def close(self) -> None:
+        try:
+            self.send(("quit",))
+        except (OSError, ValueError):
+            pass
+        self.proc.join(timeout=30)
+        if self.proc.is_alive():
+            self.proc.kill()
 
 
 class OpenVinoEngine:
@@ -231,11 +308,7 @@ class OpenVinoEngine:
 
         self.ir_folder = str(ir_folder)
         self.model_name = model_name or Path(self.ir_folder).name
-        sched = ov_genai.SchedulerConfig()
-        for key, value in scheduler_settings(args).items():
-            setattr(sched, key, value)
         self.properties = plugin_properties(args)
-        self.pipe = ov_genai.ContinuousBatchingPipeline(self.ir_folder, sched, "CPU", self.properties)
         self.tokenizer = AutoTokenizer.from_pretrained(self.ir_folder, trust_remote_code=args.trust_remote_code)
         self.formatter = ChatFormatter(self.tokenizer, getattr(args, "conv_template", None))
         self.context_len = int(args.max_model_len or _model_context(self.ir_folder))
@@ -244,8 +317,8 @@ class OpenVinoEngine:
         self.eos_ids = [t for t in _as_list(self.tokenizer.eos_token_id) if t is not None]
         self._ids = itertools.count(1)
         self._ov = ov_genai
-        self.stepper = _Stepper(self.pipe)
-        self.stepper.start()
+        self.pipeline = _PipelineProcess(self.ir_folder, scheduler_settings(args), self.properties,
+                                         self.eos_ids[0] if self.eos_ids else None)
 
     # ------------------------------------------------------------------ prompts
     def prompt_of(self, req: GenerateRequest | CountTokenRequest) -> RenderedPrompt:
@@ -268,15 +341,9 @@ class OpenVinoEngine:
                             dtype=self.dtype, device=self.device, tool_parser=self.formatter.tool_family)
 
     def generation_config(self, settings: dict[str, Any], guided_json: dict | None = None) -> Any:
-        config = self._ov.GenerationConfig()
-        if self.eos_ids:
-            config.eos_token_id = self.eos_ids[0]
-        for key, value in settings.items():
-            setattr(config, key, value)
-        if guided_json is not None:  # OpenVINO GenAI's own structured output (xgrammar inside)
-            config.structured_output_config = self._ov.StructuredOutputConfig(json_schema=json.dumps(guided_json))
-        config.validate()
-        return config
+        """Checked here (a bad parameter is the client's 400 before anything streams); the
+        pipeline process builds its own copy from the same settings."""
+        return build_generation_config(self._ov, settings, self.eos_ids[0] if self.eos_ids else None, guided_json)
 
     # ------------------------------------------------------------------ generation
     async def generate_stream(self, req: GenerateRequest) -> AsyncIterator[GenerateChunk]:
@@ -298,7 +365,7 @@ class OpenVinoEngine:
             yield GenerateChunk(error=str(exc), error_code=ErrorCode.CONTEXT_OVERFLOW, finish_reason="error")
             return
         try:
-            config = self.generation_config(settings, req.guided_json)
+            self.generation_config(settings, req.guided_json)
         except Exception as exc:  # noqa: BLE001 - OpenVINO's validate() of the parameters
             yield GenerateChunk(error=ov_message(exc), error_code=ErrorCode.PARAM_OUT_OF_RANGE, finish_reason="error")
             return
@@ -308,7 +375,8 @@ class OpenVinoEngine:
         loop = asyncio.get_running_loop()
         inbox: asyncio.Queue = asyncio.Queue()
         rid = next(self._ids)
-        self.stepper.submit(("add", rid, ids, config, lambda item: loop.call_soon_threadsafe(inbox.put_nowait, item)))
+        self.pipeline.add(rid, ids, settings, req.guided_json,
+                          lambda item: loop.call_soon_threadsafe(inbox.put_nowait, item))
         detok = IncrementalDetokenizer(self.tokenizer)
         matcher = StopStringMatcher(stop)
         stop_set = set(stop_token_ids)
@@ -342,11 +410,10 @@ class OpenVinoEngine:
                     yield GenerateChunk(text=delta)
         finally:
             if not ended:  # client gone, stop string, or error: free the sequence's slot
-                self.stepper.submit(("cancel", rid))
+                self.pipeline.cancel(rid)
 
     def shutdown(self) -> None:
-        self.stepper.submit(("quit",))
-        self.stepper.join(timeout=30)
+        self.pipeline.close()
 
 
 def ov_message(exc: BaseException) -> str:

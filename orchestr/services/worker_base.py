@@ -3,8 +3,9 @@ heartbeats, the concurrency limit, and the worker HTTP API (FastChat's routes).
 
 A backend hands :class:`WorkerBase` one engine per served model name. An engine needs
 ``async generate_stream(GenerateRequest) -> AsyncIterator[GenerateChunk]`` and
-``count_tokens(req)`` (a ``CountTokenResult`` or a plain int); ``generate``, ``embed``,
-``model_details`` and ``shutdown`` are used when present (see :class:`EngineAdapter`).
+``count_tokens(req)`` (a ``CountTokenResult`` or a plain int); ``embed``, ``model_details``,
+``tokenize``/``detokenize``/``tokenizer_info`` and ``shutdown`` are used when present (see
+:class:`EngineAdapter`).
 
 Every route but ``/health`` needs the deployment's service secret, and the worker sends it to
 the controller. A heartbeat that finds the controller gone or not knowing this worker makes the
@@ -27,7 +28,8 @@ import httpx
 from fastapi import Body, FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from orchestr.config.serving import WorkerServiceConfig
+from orchestr.config.flags import add_flags
+from orchestr.config.serving import WorkerConfig, WorkerServiceConfig
 from orchestr.protocol import (
     CountTokenRequest,
     CountTokenResult,
@@ -43,7 +45,6 @@ from orchestr.protocol import (
     ModelDetails,
     RegisterWorkerRequest,
     TokenizeRequest,
-    UsageInfo,
     WorkerStatus,
 )
 from orchestr.secrets import bearer, service_secret
@@ -65,16 +66,6 @@ class EngineAdapter:
 
     def generate_stream(self, req: GenerateRequest) -> AsyncIterator[GenerateChunk]:
         return self.engine.generate_stream(req)
-
-    async def generate(self, req: GenerateRequest) -> GenerateResult:
-        if hasattr(self.engine, "generate"):
-            return await self.engine.generate(req)
-        parts, last = [], GenerateChunk()
-        async for chunk in self.engine.generate_stream(req):
-            parts.append(chunk.text)
-            last = chunk
-        return GenerateResult(text="".join(parts), error=last.error, error_code=last.error_code,
-                              finish_reason=last.finish_reason, usage=last.usage or UsageInfo())
 
     async def embed(self, req: EmbeddingRequest) -> EmbeddingResult:
         if not hasattr(self.engine, "embed"):
@@ -333,23 +324,16 @@ class WorkerBase:
 
 
 def add_worker_args(parser: argparse.ArgumentParser, default_port: int = 21002) -> None:
-    """Flags every worker has (FastChat's names)."""
-    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
-    parser.add_argument("--port", type=int, default=default_port)
+    """Flags every worker has (FastChat's names): services.worker and the worker's own section
+    declare them (config/serving.py); the addresses are the launcher's wiring."""
+    add_flags(parser, WorkerServiceConfig)
+    add_flags(parser, WorkerConfig)
+    parser.set_defaults(port=default_port)
     parser.add_argument("--worker-address", default=None,
                         help="URL the controller and API server use to reach this worker "
                              "(default: http://localhost:PORT)")
     parser.add_argument("--controller-address", default="http://localhost:21001")
-    parser.add_argument("--limit-worker-concurrency", type=int, default=5,
-                        help="requests served at once; more wait (FastChat's default: 5)")
     parser.add_argument("--no-register", action="store_true", help="do not register with a controller")
-    parser.add_argument("--heart-beat-interval", type=float, default=float(_W.heart_beat_interval),
-                        help="seconds between heartbeats to the controller")
-    parser.add_argument("--controller-timeout", type=float, default=_W.controller_timeout_s,
-                        help="seconds to wait on the controller (registration, heartbeats)")
-    parser.add_argument("--max-body-bytes", type=int, default=_W.max_body_bytes,
-                        help="largest request body accepted (413 above)")
-    parser.add_argument("--ssl", action="store_true", help="serve HTTPS (SSL_KEYFILE / SSL_CERTFILE)")
 
 
 def worker_address(args: argparse.Namespace) -> str:
@@ -360,7 +344,7 @@ def serve_engines(engines: Mapping[str, Any], args: argparse.Namespace) -> None:
     """Serve ``engines`` (model name -> engine) behind a worker set up from the common flags."""
     worker = WorkerBase(engines, controller_address=args.controller_address, worker_address=worker_address(args),
                         limit_worker_concurrency=args.limit_worker_concurrency, register=not args.no_register,
-                        heart_beat_interval=args.heart_beat_interval, controller_timeout=args.controller_timeout)
+                        heart_beat_interval=args.heart_beat_interval, controller_timeout=args.controller_timeout_s)
     serve(worker, args)
 
 
