@@ -28,16 +28,21 @@ KERNEL_MAX_ROWS = 64
 
 def quantize_groupwise(weight: torch.Tensor, group: int = GROUP_SIZE) -> tuple[torch.Tensor, torch.Tensor]:
     """``(q, scales)``: int8 ``[rows, cols_padded]`` and fp32 ``[rows, cols_padded // group]``.
-    Columns are zero-padded to a multiple of ``group``."""
-    w = weight.detach().float()
-    rows, cols = w.shape
+    Columns are zero-padded to a multiple of ``group``. Done in blocks of rows, so the fp32
+    temporaries stay small next to the weight itself."""
+    rows, cols = weight.shape
     pad = -cols % group
-    if pad:
-        w = F.pad(w, (0, pad))
-    groups = w.view(rows, -1, group)
-    scales = groups.abs().amax(dim=-1).clamp_min(1e-12) / 127.0
-    q = torch.round(groups / scales.unsqueeze(-1)).clamp_(-127, 127).to(torch.int8)
-    return q.view(rows, -1).contiguous(), scales.contiguous()
+    q = torch.empty(rows, cols + pad, dtype=torch.int8)
+    scales = torch.empty(rows, (cols + pad) // group, dtype=torch.float32)
+    for r0 in range(0, rows, 1024):
+        w = weight[r0 : r0 + 1024].detach().float()
+        if pad:
+            w = F.pad(w, (0, pad))
+        groups = w.view(w.shape[0], -1, group)
+        s = groups.abs().amax(dim=-1).clamp_min(1e-12) / 127.0
+        q[r0 : r0 + 1024] = torch.round(groups / s.unsqueeze(-1)).clamp_(-127, 127).view(w.shape[0], -1)
+        scales[r0 : r0 + 1024] = s
+    return q, scales
 
 
 def dequantize(q: torch.Tensor, scales: torch.Tensor, cols: int, dtype: torch.dtype) -> torch.Tensor:
@@ -136,12 +141,30 @@ def quantize_model(model: nn.Module, compute_dtype: torch.dtype | None = None, g
             setattr(parent, name, Int8Linear(child, int8_of(child.weight), dtype))
         else:
             setattr(parent, name, Int8Embedding(child, int8_of(child.weight), dtype))
-    if compute_dtype is not None:
-        for param in model.parameters():
-            if param.is_floating_point():
-                param.data = param.data.to(compute_dtype)
-    log.info("int8 weights (groups of %d) for %d layers, %d distinct tensors", group, len(swaps), len(shared))
-    return len(swaps)
+    # The remaining parameters get storage of their own: loaded tensors can be views of one
+    # memory-mapped checkpoint, which any survivor would keep resident in full.
+    for param in model.parameters():
+        if param.is_floating_point():
+            param.data = param.data.to(compute_dtype or param.dtype, copy=True)
+    swapped, distinct = len(swaps), len(shared)
+    parent = child = swaps = None  # the last references to the full-precision modules
+    release_freed_memory()
+    log.info("int8 weights (groups of %d) for %d layers, %d distinct tensors", group, swapped, distinct)
+    return swapped
+
+
+def release_freed_memory() -> None:
+    """Give the freed fp32 weights' pages back to the OS: glibc keeps freed heap memory for reuse
+    (its mmap threshold grows after large frees), so without this the process's RSS would not
+    shrink. No-op where there is no glibc."""
+    import ctypes
+    import gc
+
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
 
 
 def is_int8(model: nn.Module) -> bool:
