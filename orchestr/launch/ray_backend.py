@@ -214,12 +214,6 @@ class RayRunner:
         a = self.actor_state(record.name)
         return a is not None and a["state"] in LIVE
 
-    def describe(self, record) -> str:
-        a = self.actor_state(record.name)
-        if a is None:
-            return "no ray actor"
-        return f"ray actor {a['state']} pid {a.get('pid')} node {str(a.get('node_id'))[:12]}"
-
     def stop(self, record, timeout: float = 15.0) -> None:
         ray = self._ray()
         try:
