@@ -25,9 +25,13 @@ pytestmark = [pytest.mark.slow, pytest.mark.ray]
 RAY_ADDRESS = f"127.0.0.1:{os.environ.get('ORCHESTR_RAY_PORT', '6379')}"
 
 
+def setup_ray(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["bash", str(REPO / "scripts" / "setup_ray.sh"), *args], capture_output=True,
+                          text=True, timeout=600)
+
+
 def ray_up() -> str | None:
-    r = subprocess.run(["bash", str(REPO / "scripts" / "setup_ray.sh")], capture_output=True, text=True,
-                       timeout=600)
+    r = setup_ray()
     return None if r.returncode == 0 else f"setup_ray.sh failed: {(r.stdout + r.stderr)[-800:]}"
 
 
@@ -63,6 +67,7 @@ class RayDeployment:
 
 @pytest.fixture(scope="module")
 def ray_dep(tmp_path_factory) -> RayDeployment:
+    started_here = setup_ray("--check").returncode != 0
     why = ray_up()
     if why:
         pytest.skip(why)
@@ -85,6 +90,8 @@ def ray_dep(tmp_path_factory) -> RayDeployment:
         pytest.fail(f"launch on ray failed (rc={proc.returncode}):\n{proc.stdout}\n{proc.stderr[-3000:]}")
     yield dep
     dep.orchestr("stop")
+    if started_here:  # a cluster that was up before the tests stays up
+        setup_ray("--stop")
 
 
 def test_each_worker_runs_on_the_ray_node_its_yaml_names(ray_dep) -> None:
