@@ -450,7 +450,7 @@ class ResponsesRequest(BaseModel):
     previous_response_id: str | None = None
     max_output_tokens: int | None = Field(default=None, ge=1, le=MAX_TOKENS_LIMIT)
     temperature: float | None = Field(default=None, ge=0.0, le=2.0)
-    top_p: float | None = Field(default=None, gt=0.0, le=1.0)
+    top_p: float | None = Field(default=None, ge=MIN_TOP_P, le=1.0)
     seed: int | None = Field(default=None, ge=0, lt=SEED_LIMIT)
     stream: bool | None = False
     tools: list[dict[str, Any]] | None = None

@@ -41,6 +41,8 @@ if [ "$WITH_TEST" = 1 ]; then
   command -v ssh >/dev/null || need+=(openssh-client)
   # emoji in the web UI's labels render as boxes in screenshots without it
   dpkg -s fonts-noto-color-emoji >/dev/null 2>&1 || need+=(fonts-noto-color-emoji)
+  # services.prometheus.enabled runs Debian's prometheus; its test starts the real one
+  command -v prometheus >/dev/null || need+=(prometheus)
 fi
 if [ ${#need[@]} -gt 0 ]; then
   SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"

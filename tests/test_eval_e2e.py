@@ -96,6 +96,7 @@ def test_single_judgments_and_results(answered: Eval) -> None:
     out = answered("eval.step=judge", "judge.mode=single")
     expected = N_QUESTIONS * 2 * len(MODELS)  # two turns, two models
     assert f"judged {expected}" in out.stdout and "failed 0" in out.stdout
+    assert "unparseable" not in out.stdout  # the deployment judges under the verdict's JSON schema
     records = read_jsonl(answered.data("model_judgment", "smollm2-135m_single.jsonl"))
     assert len(records) == expected
     assert len({single_key(r) for r in records}) == expected

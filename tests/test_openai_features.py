@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import threading
+from pathlib import Path
 
 import httpx
 import jsonschema
@@ -235,8 +236,14 @@ def test_responses_api(client):
     jsonschema.validate(json.loads(structured.output_text), PERSON)
 
 
-def _scrape(url: str) -> dict[str, float]:
-    r = httpx.get(url + "/metrics", headers=bearer(service_secret()), timeout=30)
+def _secret(deployment) -> str | None:
+    """The deployment's service secret (internal services' /metrics want it), from launch's state."""
+    path = json.loads(deployment.state_file.read_text()).get("secret_file")
+    return Path(path).read_text().strip() if path else service_secret()
+
+
+def _scrape(url: str, secret: str | None) -> dict[str, float]:
+    r = httpx.get(url + "/metrics", headers=bearer(secret), timeout=30)
     assert r.status_code == 200
     out: dict[str, float] = {}
     for family in text_string_to_metric_families(r.text):
@@ -248,19 +255,20 @@ def _scrape(url: str) -> dict[str, float]:
 
 def test_metrics_parse_and_count_what_the_api_reported(deployment, client):
     worker = f"http://127.0.0.1:{deployment.ports['worker-0']}"
+    secret = _secret(deployment)
     for url in (deployment.controller_url, worker, deployment.api_base.removesuffix("/v1")):
-        assert _scrape(url)  # parses with prometheus_client's own parser
-    before = _scrape(worker)
+        assert _scrape(url, secret)  # parses with prometheus_client's own parser
+    before = _scrape(worker, secret)
     prompt = completion = 0
     for i in range(3):
         r = client.chat.completions.create(model=MODEL, messages=ask(f"Count to {i + 2}."), max_tokens=6,
                                            temperature=0)
         prompt += r.usage.prompt_tokens
         completion += r.usage.completion_tokens
-    after = _scrape(worker)
+    after = _scrape(worker, secret)
     assert after["vllm:prompt_tokens_total"] - before["vllm:prompt_tokens_total"] == prompt
     assert after["vllm:generation_tokens_total"] - before["vllm:generation_tokens_total"] == completion
     ttft = "vllm:time_to_first_token_seconds_count"
     assert after[ttft] - before[ttft] == 3
-    api = _scrape(deployment.api_base.removesuffix("/v1"))
+    api = _scrape(deployment.api_base.removesuffix("/v1"), None)  # the API's /metrics is open
     assert any(k.startswith("orchestr:http_requests") for k in api)

@@ -168,3 +168,41 @@ def test_stop_cancels_every_job_and_leaves_no_process(slurm) -> None:
             and "orchestr" in " ".join(p.info["cmdline"] or [])]
     assert left == []
     assert not (slurm.root / "state.json").exists()
+
+
+def _sweep(cwd: Path, *extra: str) -> subprocess.CompletedProcess:
+    cmd = [*ORCHESTR, "eval", "-m", "model=smollm2-135m", *extra,
+           f"services.api.port={free_ports(1)[0]}",  # nothing listens: the model loads in-process
+           "eval.answer.question_end=1", "eval.answer.max_tokens=8", "judge.first_n=1"]
+    return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=900,
+                          env={**os.environ, "ORCHESTR_RUNS_DIR": str(cwd / "runs")})
+
+
+def _files(root: Path) -> dict[str, set[str]]:
+    """relative path -> the keys of its first JSON record ({} for other files)."""
+    import json
+
+    out = {}
+    for f in sorted((root / "data").rglob("*")):
+        if f.is_file() and f.name != "judge_cache.jsonl":
+            keys = set(json.loads(f.read_text().splitlines()[0])) if f.suffix == ".jsonl" else set()
+            out[str(f.relative_to(root))] = keys
+    return out
+
+
+def test_eval_sweep_runs_as_slurm_jobs_via_submitit_and_writes_what_a_local_sweep_writes(tmp_path) -> None:
+    if why := slurm_up():
+        pytest.skip(why)
+    on_slurm, local = tmp_path / "slurm", tmp_path / "local"
+    on_slurm.mkdir()
+    local.mkdir()
+    r = _sweep(on_slurm, "hydra/launcher=submitit_slurm", "hydra.launcher.name=orchtest-eval")
+    assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
+    # the job ran under Slurm: submitit's folder holds the Slurm job's own output
+    (log,) = on_slurm.glob("runs/*/*/.submitit/*/*_0_log.out")
+    assert "Job completed successfully" in log.read_text()
+    assert "#SBATCH --job-name=orchtest-eval" in next(log.parent.glob("*_submission.sh")).read_text()
+    r = _sweep(local)
+    assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
+    got, want = _files(on_slurm), _files(local)
+    assert got == want and any(p.endswith("model_judgment/smollm2-135m_single.jsonl") for p in got)

@@ -106,6 +106,7 @@ def test_strict_refuses_an_unknown_host(sshd, tmp_path) -> None:
         SSHRunner("node-a", NodeConfig(**sshd.node(known_hosts_file=str(empty))))
     msg = str(e.value)
     assert "cluster.nodes.node-a" in msg and "known_hosts" in msg and "accept-new" in msg
+    assert "cluster.nodes.node-a.known_hosts_file" in msg and str(empty) in msg  # where to add it
 
 
 def test_strict_is_the_default_policy() -> None:
@@ -137,8 +138,26 @@ def test_a_changed_host_key_is_refused_unless_ignored(sshd, tmp_path) -> None:
 
 
 def test_an_unauthorised_key_is_refused(sshd) -> None:
-    with pytest.raises(SSHError, match="cluster.nodes.node-a: cannot connect"):
+    with pytest.raises(SSHError, match="cluster.nodes.node-a: cannot connect") as e:
         SSHRunner("node-a", NodeConfig(**sshd.node(key_file=str(sshd.other_key_file))))
+    # the next step: which user and key were tried, and the keys to change
+    msg = str(e.value)
+    assert f"user {sshd.user}" in msg and str(sshd.other_key_file) in msg
+    assert "cluster.nodes.node-a.user" in msg and "cluster.nodes.node-a.key_file" in msg
+
+
+def test_a_node_python_without_orchestr_says_to_set_the_nodes_python(sshd, tmp_path) -> None:
+    # the node's default `python3` has no orchestr: launch says which key to set
+    node = NodeConfig(**sshd.node(python="/usr/bin/python3"))
+    spec = ProcessSpec(name="w", service="model_worker", node="node-a", port=free_port(),
+                       argv=["/usr/bin/python3", "-m", "orchestr.services.model_worker"])
+    dep = Deployment([spec], {"node-a": node}, run_dir=tmp_path, log_dir=str(tmp_path / "logs"),
+                     controller="http://127.0.0.1:9", api=None, web=None, state_file=tmp_path / "s.json",
+                     health_timeout_s=30)
+    with pytest.raises(LaunchError) as e:
+        dep.start_all(lambda _: None)
+    first = str(e.value).splitlines()[0]
+    assert "No module named" in str(e.value) and "cluster.nodes.node-a.python" in first, str(e.value)
 
 
 def test_agent_authentication(sshd, tmp_path) -> None:

@@ -83,3 +83,32 @@ def test_stream_shaper_holds_back_calls_and_streams_text():
     plain = ChatStreamShaper(plan)
     out = plain.feed(GenerateChunk(text="Hello")) + plain.feed(GenerateChunk(text=" there", finish_reason="stop"))
     assert [d for d, _, _ in out] == [{"content": "Hello"}, {"content": " there"}, {}]
+
+
+def test_a_template_with_tools_renders_them_and_names_its_parser():
+    from transformers import AutoTokenizer
+
+    from orchestr.engine.loader import resolve_model_path
+    from orchestr.engine.prompts import render_prompt
+    from orchestr.engine.templates import ChatFormatter
+    from orchestr.protocol import ChatMessage, GenerateRequest, ToolCall, ToolCallFunction
+
+    tok = AutoTokenizer.from_pretrained(resolve_model_path("embedded://SmolLM2-135M-Instruct"))
+    assert ChatFormatter(tok).tool_family is None  # SmolLM2's own template renders no tools
+    # a Hermes-style template (as Qwen2.5 / Hermes models ship): tools in the system turn, calls in tags
+    tok.chat_template = (
+        "{% if tools %}<|im_start|>system\n<tools>{% for t in tools %}{{ t | tojson }}{% endfor %}</tools>"
+        "<|im_end|>\n{% endif %}{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}"
+        "{% for c in m.tool_calls or [] %}<tool_call>{{ c.function | tojson }}</tool_call>{% endfor %}"
+        "<|im_end|>\n{% endfor %}<|im_start|>assistant\n")
+    formatter = ChatFormatter(tok)
+    assert formatter.tool_family == HERMES
+    call = ToolCall(id="c1", function=ToolCallFunction(name="get_weather", arguments='{"city": "Oslo"}'))
+    req = GenerateRequest(model="m", tools=[WEATHER], messages=[
+        ChatMessage(role="user", content="Weather in Oslo?"),
+        ChatMessage(role="assistant", content=None, tool_calls=[call]),
+        ChatMessage(role="tool", tool_call_id="c1", content='{"temp": 3}')])
+    text = render_prompt(formatter, tok, req).text
+    assert '"name": "get_weather"' in text and "<tools>" in text
+    # the call's arguments reach the template as an object, not a JSON string inside JSON
+    assert '<tool_call>{"name": "get_weather", "arguments": {"city": "Oslo"}}</tool_call>' in text

@@ -10,6 +10,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from hydra.utils import get_method
+
 from orchestr.arena.records import StepReport, read_records, write_records
 
 
@@ -70,10 +72,7 @@ def _records_step(section: str, fn_path: str) -> Callable[[Any], StepReport]:
     """A step that reads `clean.<section>.input`, transforms records, writes `.output`."""
 
     def run(clean: Any) -> StepReport:
-        import importlib
-
-        module_name, fn_name = fn_path.split(":")
-        fn = getattr(importlib.import_module(module_name), fn_name)
+        fn = get_method(fn_path.replace(":", "."))  # Hydra's importer (as `_target_` uses)
         cfg = clean[section]
         records, report = fn(read_records(cfg.input), cfg)
         report.outputs.append(str(write_records(cfg.output, records)))

@@ -82,7 +82,7 @@ class JudgeConfig:
     price_output_per_mtok: float = 0.0  # cost per million completion tokens
     budget: float | None = None  # stop the run cleanly once it has cost this much (null: no cap)
     # Verdicts as JSON under a JSON-schema constraint, so every verdict parses: auto (the in-process
-    # judge, whose sampler enforces it) | on (also endpoints, via response_format) | off (free text)
+    # judge and orchestr's own deployment) | on (any endpoint, via response_format) | off (free text)
     structured: str = "auto"
     # MT-bench's reference categories without reference answers: error (false) or warn and judge
     allow_missing_reference: bool = False

@@ -324,11 +324,28 @@ class WebServiceConfig:
 
 
 @dataclass
+class PrometheusServiceConfig:
+    """A local Prometheus scraping every service of the deployment (needs the `prometheus` binary)."""
+
+    LAUNCHER_ONLY: ClassVar[tuple[str, ...]] = ("enabled", "node", "restart")
+
+    enabled: bool = field(default=False, metadata={"help": "run a Prometheus that scrapes every service's /metrics"})
+    node: str = "local"
+    host: str = "127.0.0.1"
+    port: int = 9090
+    scrape_interval_s: float = field(default=5.0, metadata={"help": "seconds between scrapes"})
+    data_dir: str = field(default="~/.cache/orchestr/prometheus", metadata={"help": "its config and time series"})
+    binary: str = field(default="prometheus", metadata={"help": "the prometheus executable (Debian: prometheus)"})
+    restart: RestartPolicy = field(default_factory=RestartPolicy)
+
+
+@dataclass
 class ServicesConfig:
     controller: ControllerServiceConfig = field(default_factory=ControllerServiceConfig)
     worker: WorkerServiceConfig = field(default_factory=WorkerServiceConfig)
     api: ApiServiceConfig = field(default_factory=ApiServiceConfig)
     web: WebServiceConfig = field(default_factory=WebServiceConfig)
+    prometheus: PrometheusServiceConfig = field(default_factory=PrometheusServiceConfig)
 
 
 @dataclass

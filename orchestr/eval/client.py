@@ -71,9 +71,11 @@ class Usage:
 
 
 class ChatClient:
-    def __init__(self, base_url: str, api_key: str, model: str, timeout_s: float, max_retries: int):
+    def __init__(self, base_url: str, api_key: str, model: str, timeout_s: float, max_retries: int,
+                 own_deployment: bool = False):  # fmt: skip
         self.base_url = base_url
         self.model = model
+        self.own_deployment = own_deployment  # orchestr's own API server (structured outputs supported)
         self.usage = Usage()
         self._last = threading.local()  # this thread's last request's (prompt, completion) tokens
         self._client = openai.OpenAI(base_url=base_url, api_key=api_key, timeout=timeout_s, max_retries=max_retries)

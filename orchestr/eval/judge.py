@@ -71,6 +71,7 @@ def make_judge_client(cfg: Any) -> Responder:
         judge_model_of(cfg),
         j.timeout_s,
         j.max_retries,
+        own_deployment=use_deployment,
     )
     # In-process judging is possible only for the model this config loads (`self`).
     is_self = use_deployment and judge_model_of(cfg) == cfg.model.name
@@ -110,14 +111,15 @@ STRUCTURED = ("auto", "on", "off")
 
 def structured_for(cfg: Any, responder: Any) -> bool:
     """Whether verdicts are asked for as schema-constrained JSON: `auto` does it for the in-process
-    judge (whose sampler enforces the schema), `on` for every judge (endpoints get `response_format`)."""
+    judge (whose sampler enforces the schema) and for orchestr's own deployment (whose API takes
+    `response_format`), `on` for every judge endpoint."""
     mode = cfg.judge.structured
     if mode not in STRUCTURED:
         raise EvalError(f"judge.structured must be one of {', '.join(STRUCTURED)}, not {mode!r}")
     if mode == "off":
         return False
     local = not isinstance(responder, ChatClient)
-    if mode == "auto" and not local:
+    if mode == "auto" and not (local or responder.own_deployment):
         return False
     if local and "json_schema" not in inspect.signature(responder.chat).parameters:
         print("warning: the in-process model cannot constrain its output here; verdicts are free text")

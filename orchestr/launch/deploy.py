@@ -84,8 +84,8 @@ class Deployment:
             while True:
                 if not runner.alive(rec):
                     tail = runner.read_log(rec, 25)
-                    raise LaunchError(f"{spec.name} exited during start-up; last log lines "
-                                      f"({rec.log_path}):\n{tail}")
+                    raise LaunchError(f"{spec.name} exited during start-up{self._start_hint(spec, tail)}; "
+                                      f"last log lines ({rec.log_path}):\n{tail}")
                 if self._is_up(http, spec):
                     on_event(f"{spec.name} is up ({time.time() - t0:.1f}s)")
                     return
@@ -93,6 +93,16 @@ class Deployment:
                     raise LaunchError(f"{spec.name} not healthy after {self.health_timeout_s:.0f}s "
                                       f"(launch.health_timeout_s); log: {rec.log_path}")
                 time.sleep(0.5)
+
+    def _start_hint(self, spec: ProcessSpec, log_tail: str) -> str:
+        """A next step for the start-up failures a node's set-up causes."""
+        key = f"cluster.nodes.{spec.node}.python"
+        if "No module named 'orchestr'" in log_tail or "No module named orchestr" in log_tail:
+            return (f" ({spec.argv[0]} on node {spec.node!r} has no orchestr: set {key} to the "
+                    "interpreter of a venv with orchestr installed, e.g. ~/venv/bin/python)")
+        if "not found" in log_tail and spec.argv[0] in log_tail:
+            return f" ({spec.argv[0]} is not on node {spec.node!r}: set {key})"
+        return ""
 
     def _is_up(self, http: httpx.Client, spec: ProcessSpec) -> bool:
         try:

@@ -237,6 +237,20 @@ class Planner:
                            depends_on=["controller", *worker_names], workdir=node.workdir,
                            restart=s.restart, key="services.web")
 
+    def prometheus_spec(self, specs: list[ProcessSpec]) -> ProcessSpec:
+        """A local Prometheus scraping the /metrics of every service in ``specs``."""
+        p = self.services.prometheus
+        node = self.node(p.node, "services.prometheus.node")
+        argv = [node_python(node), "-m", "orchestr.services.prometheus", *to_argv(p)]
+        for s in specs:
+            if s.port is not None and s.service != "ray" and s.service != "web":
+                argv += ["--target", f"{s.service}={self.node(s.node, 'cluster.nodes').address}:{s.port}"]
+        # the service secret (for the scrapes) reaches it as every service's does, never on argv
+        return ProcessSpec(name="prometheus", service="prometheus", node=p.node, argv=argv,
+                           env_files=self.secret_env(), port=p.port,
+                           health_url=f"http://{node.address}:{p.port}/-/ready", workdir=node.workdir,
+                           restart=p.restart, key="services.prometheus")
+
     def build(self) -> list[ProcessSpec]:
         if not self.cluster.workers:
             raise ConfigError("cluster.workers", "the cluster defines no workers")
@@ -257,6 +271,8 @@ class Planner:
         if not self.services.controller.enabled:  # one already runs at the configured address
             for s in specs:
                 s.depends_on = [d for d in s.depends_on if d != "controller"]
+        if self.services.prometheus.enabled:
+            specs.append(self.prometheus_spec(specs))
         return specs
 
     def endpoints(self) -> Endpoints:

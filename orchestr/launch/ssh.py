@@ -95,11 +95,7 @@ def connect(node_name: str, node: NodeConfig, timeout: float = 15.0) -> paramiko
                        "check the host, or fix the known_hosts entry") from None
     except paramiko.SSHException as e:
         client.close()
-        hint = ""
-        if "not found in known_hosts" in str(e):
-            hint = (f"; add it (`ssh-keyscan -p {node.ssh_port} {host} >> ~/.ssh/known_hosts`) "
-                    f"or set {key}.known_hosts=accept-new")
-        raise SSHError(f"{key}: cannot connect to {who}: {e}{hint}") from None
+        raise SSHError(f"{key}: cannot connect to {who}: {e}{_connect_hint(key, node, host, e)}") from None
     except (TimeoutError, OSError) as e:
         client.close()
         raise SSHError(f"{key}: cannot connect to {who}: {e}") from None
@@ -107,6 +103,24 @@ def connect(node_name: str, node: NodeConfig, timeout: float = 15.0) -> paramiko
     if transport is not None:
         transport.set_keepalive(30)
     return client
+
+
+def _connect_hint(key: str, node: NodeConfig, host: str, e: Exception) -> str:
+    """What to change when a connection is refused: the keys at fault and a next step."""
+    text = str(e)
+    if "not found in known_hosts" in text:
+        target = node.known_hosts_file or "~/.ssh/known_hosts"
+        return (f"; add its key (`ssh-keyscan -p {node.ssh_port} {host} >> {target}`), point "
+                f"{key}.known_hosts_file at a file that has it, or set {key}.known_hosts=accept-new")
+    if isinstance(e, paramiko.AuthenticationException) or "authentication methods" in text.lower():
+        user = node.user or "(your local user name)"
+        if node.key_file:
+            tried = f"key {key}.key_file={node.key_file}"
+        else:
+            tried = "the SSH agent and ~/.ssh/id_*" if node.use_agent else "~/.ssh/id_* (agent off)"
+        return (f"; logged in as user {user} ({key}.user) with {tried}: set {key}.user and "
+                f"{key}.key_file to a key the node accepts (its ~/.ssh/authorized_keys)")
+    return ""
 
 
 class SSHRunner:

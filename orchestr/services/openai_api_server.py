@@ -31,12 +31,14 @@ from orchestr.protocol import (
     CompletionRequest,
     CompletionResponse,
     DetokenizeRequest,
+    DetokenizeResponse,
     EmbeddingsRequest,
     EmbeddingsResponse,
     ModelCard,
     ModelList,
     ResponsesRequest,
     TokenizeRequest,
+    TokenizeResponse,
 )
 from orchestr.services import openapi
 from orchestr.services.api_backend import ApiBackend
@@ -208,7 +210,7 @@ def create_app(
         set_model(request, req.model)
         return await answer(request, backend.embeddings.create(req))
 
-    @v1.post("/responses")
+    @v1.post("/responses", **openapi.operation(ResponsesRequest, None, stream=True))
     async def responses(request: Request) -> Response:
         req = await parse_body(request, ResponsesRequest)
         set_model(request, req.model)
@@ -220,12 +222,12 @@ def create_app(
     # vLLM's tokenizer routes (at the root, as vLLM serves them)
     tok = APIRouter(dependencies=[Depends(make_auth(api_keys or []))])
 
-    @tok.post("/tokenize")
+    @tok.post("/tokenize", **openapi.operation(TokenizeRequest, TokenizeResponse))
     async def tokenize(request: Request) -> Response:
         req = await parse_body(request, TokenizeRequest)
         return JSONResponse((await backend.tokenizer.tokenize(req)).model_dump())
 
-    @tok.post("/detokenize")
+    @tok.post("/detokenize", **openapi.operation(DetokenizeRequest, DetokenizeResponse))
     async def detokenize(request: Request) -> Response:
         req = await parse_body(request, DetokenizeRequest)
         return JSONResponse((await backend.tokenizer.detokenize(req)).model_dump())
@@ -237,7 +239,8 @@ def create_app(
     app.include_router(v1)
     app.include_router(tok)
     mount_metrics(app, "api")
-    openapi.install(app, [ChatCompletionRequest, CompletionRequest, EmbeddingsRequest], bearer=bool(api_keys))
+    openapi.install(app, [ChatCompletionRequest, CompletionRequest, EmbeddingsRequest, ResponsesRequest,
+                          TokenizeRequest, DetokenizeRequest], bearer=bool(api_keys))
     return app
 
 

@@ -33,9 +33,14 @@ def errors(*codes: int) -> dict[int | str, dict[str, Any]]:
     return {c: {"model": ErrorResponse, "description": _ERROR_TEXT[c]} for c in codes}
 
 
-def operation(request: type[BaseModel], response: type[BaseModel], stream: bool = False) -> dict[str, Any]:
-    """Keyword arguments of a POST route: its request body, its answers."""
-    ok: dict[str, Any] = {"model": response, "description": "The answer"}
+def operation(request: type[BaseModel], response: type[BaseModel] | None, stream: bool = False) -> dict[str, Any]:
+    """Keyword arguments of a POST route: its request body, its answers (``response`` None: a
+    JSON object of no declared shape)."""
+    ok: dict[str, Any] = {"description": "The answer"}
+    if response is not None:
+        ok["model"] = response
+    else:
+        ok["content"] = {"application/json": {"schema": {"type": "object"}}}
     if stream:
         ok["description"] = "The answer; with `stream: true` Server-Sent Events of the chunk shapes"
         ok["content"] = {"text/event-stream": {"schema": {"type": "string"}}}

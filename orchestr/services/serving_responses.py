@@ -12,6 +12,8 @@ from collections import OrderedDict
 from collections.abc import AsyncIterator
 from typing import Any
 
+from pydantic import ValidationError
+
 from orchestr.protocol import ChatCompletionRequest, ChatCompletionResponse, ResponsesRequest, StreamOptions
 from orchestr.services.api_errors import ApiError
 from orchestr.services.serving_chat import ChatServing
@@ -113,12 +115,19 @@ class ResponsesServing:
         messages = history + input_messages(req.input)
         system = [{"role": "system", "content": req.instructions}] if req.instructions else []
         tools, choice = chat_tools(req)
-        chat = ChatCompletionRequest.model_validate({
-            "model": req.model, "messages": system + messages, "temperature": req.temperature,
-            "top_p": req.top_p, "max_completion_tokens": req.max_output_tokens, "stream": stream,
-            "tools": tools, "tool_choice": choice, "parallel_tool_calls": req.parallel_tool_calls,
-            "response_format": response_format(req), "seed": req.seed,
-            "stream_options": StreamOptions(include_usage=True) if stream else None})
+        try:
+            chat = ChatCompletionRequest.model_validate({
+                "model": req.model, "messages": system + messages, "temperature": req.temperature,
+                "top_p": req.top_p, "max_completion_tokens": req.max_output_tokens, "stream": stream,
+                "tools": tools, "tool_choice": choice, "parallel_tool_calls": req.parallel_tool_calls,
+                "response_format": response_format(req), "seed": req.seed,
+                "stream_options": StreamOptions(include_usage=True) if stream else None})
+        except ValidationError as e:  # e.g. an empty input: the client's mistake, a 400
+            err = e.errors(include_url=False)[0]
+            loc = ".".join(str(p) for p in err.get("loc", ()))
+            param = "input" if loc.startswith("messages") or not loc else loc
+            raise ApiError(400, f"Invalid value for '{param}': {err.get('msg', '')}", param=param,
+                           code="invalid_value") from None
         return chat, messages
 
     def _response(self, req: ResponsesRequest, rid: str, status: str, output: list[dict], usage: dict | None,

@@ -3,8 +3,9 @@ heartbeats, the concurrency limit, and the worker HTTP API (FastChat's routes).
 
 A backend hands :class:`WorkerBase` one engine per served model name. An engine needs
 ``async generate_stream(GenerateRequest) -> AsyncIterator[GenerateChunk]`` and
-``count_tokens(req)`` (a ``CountTokenResult`` or a plain int); ``generate``, ``embed``,
-``model_details`` and ``shutdown`` are used when present (see :class:`EngineAdapter`).
+``count_tokens(req)`` (a ``CountTokenResult`` or a plain int); ``embed``, ``model_details``,
+``tokenize``/``detokenize``/``tokenizer_info`` and ``shutdown`` are used when present (see
+:class:`EngineAdapter`).
 
 Every route but ``/health`` needs the deployment's service secret, and the worker sends it to
 the controller. A heartbeat that finds the controller gone or not knowing this worker makes the
@@ -44,7 +45,6 @@ from orchestr.protocol import (
     ModelDetails,
     RegisterWorkerRequest,
     TokenizeRequest,
-    UsageInfo,
     WorkerStatus,
 )
 from orchestr.secrets import bearer, service_secret
@@ -66,16 +66,6 @@ class EngineAdapter:
 
     def generate_stream(self, req: GenerateRequest) -> AsyncIterator[GenerateChunk]:
         return self.engine.generate_stream(req)
-
-    async def generate(self, req: GenerateRequest) -> GenerateResult:
-        if hasattr(self.engine, "generate"):
-            return await self.engine.generate(req)
-        parts, last = [], GenerateChunk()
-        async for chunk in self.engine.generate_stream(req):
-            parts.append(chunk.text)
-            last = chunk
-        return GenerateResult(text="".join(parts), error=last.error, error_code=last.error_code,
-                              finish_reason=last.finish_reason, usage=last.usage or UsageInfo())
 
     async def embed(self, req: EmbeddingRequest) -> EmbeddingResult:
         if not hasattr(self.engine, "embed"):

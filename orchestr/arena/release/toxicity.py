@@ -7,11 +7,11 @@ The built-in `lexicon_score` is a crude insult/profanity density, good enough as
 
 from __future__ import annotations
 
-import importlib
 import re
 from collections.abc import Callable
 from typing import Any
 
+from hydra.utils import get_method
 from tqdm import tqdm
 
 from orchestr.arena.records import StepReport, record_text
@@ -37,13 +37,10 @@ def load_scorer(path: str) -> Callable[..., float]:
     if not sep or not module_name or not attr:
         raise ValueError(f"clean.toxicity.scorer={path!r}: expected 'package.module:function'")
     try:
-        module = importlib.import_module(module_name)
-    except ImportError as e:
-        raise ValueError(f"clean.toxicity.scorer={path!r}: cannot import {module_name!r} ({e})") from None
-    fn = getattr(module, attr, None)
-    if not callable(fn):
-        raise ValueError(f"clean.toxicity.scorer={path!r}: {attr!r} is not a function of {module_name}")
-    return fn
+        return get_method(f"{module_name}.{attr}")  # Hydra's importer (as `_target_` uses)
+    except Exception as e:
+        cause = e.__cause__ or e
+        raise ValueError(f"clean.toxicity.scorer={path!r}: cannot import it ({type(cause).__name__}: {cause})") from None
 
 
 def tag_records(records: list[dict[str, Any]], cfg: Any) -> tuple[list[dict[str, Any]], StepReport]:
