@@ -91,7 +91,9 @@ def discover_model(ep: Endpoint, api_key: str | None) -> str:
             r.raise_for_status()
             names = [m["id"] for m in r.json().get("data", [])]
         else:
-            r = httpx.post(f"{ep.base_url}/worker_get_status", timeout=30)
+            from orchestr.secrets import bearer, service_secret
+
+            r = httpx.post(f"{ep.base_url}/worker_get_status", headers=bearer(service_secret()), timeout=30)
             r.raise_for_status()
             names = list(r.json().get("model_names", []))
     except (httpx.HTTPError, ValueError, KeyError) as e:

@@ -32,12 +32,14 @@ from typing import Any
 
 import httpx
 
+from orchestr.errors import OrchestrError
+
 KINDS = ("url", "worker", "orchestr", "vllm", "openvino")
 WORKER_SERVICES = ("model_worker", "vllm_worker", "multi_model_worker", "openvino_worker")
 REPO = Path(__file__).resolve().parents[2]
 
 
-class BenchError(RuntimeError):
+class BenchError(OrchestrError, RuntimeError):
     """A target that cannot be parsed, started or reached; the message is for the user."""
 
 
@@ -133,6 +135,9 @@ class OrchestrServer(Server):
                 raise BenchError(f"{self.name}: --direct-worker needs exactly one worker, found {len(workers)}")
             w = workers[0]
             addr = state.nodes[w.node].address
+            if state.secret_file:  # the worker asks for the deployment's service secret
+                os.environ["ORCHESTR_SECRET_FILE"] = state.secret_file
+                os.environ.pop("ORCHESTR_SECRET", None)
             endpoints.append(Endpoint(f"{self.name}/worker", "worker", f"http://{addr}:{w.spec.port}",
                                       {w.name: w.pid}))
         return endpoints
