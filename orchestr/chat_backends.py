@@ -9,8 +9,10 @@ import os
 from collections.abc import Iterator
 from typing import Any
 
+from orchestr.errors import OrchestrError
 
-class ChatBackendError(Exception):
+
+class ChatBackendError(OrchestrError):
     """A failure to report to the user in one line (bad address, unknown model, ...)."""
 
 

@@ -18,8 +18,10 @@ import os
 import stat
 from pathlib import Path
 
+from orchestr.errors import UserError
 
-class SecretError(ValueError):
+
+class SecretError(UserError, ValueError):
     """A secret file is missing, unreadable or readable by others."""
 
 

@@ -6,6 +6,8 @@
 # answer it only says so.
 #
 #   scripts/setup_ray.sh          start (installs ray[default] into .venv when missing)
+#   scripts/setup_ray.sh --install  only install ray[default] when missing (what scripts/test.sh
+#                                   runs: tests/test_ray.py starts the cluster and stops it after)
 #   scripts/setup_ray.sh --check  exit 1 unless both nodes are up; change nothing
 #   scripts/setup_ray.sh --stop   stop this machine's Ray processes (`ray stop`)
 #
@@ -43,6 +45,7 @@ if ! "$PY" -c "import ray, aiohttp" 2>/dev/null; then
   # [default]: the dashboard, which serves the state API (`orchestr status`, placement checks)
   "$PY" -m pip install --quiet --disable-pip-version-check "ray[default]>=2.60"
 fi
+[[ "${1:-}" == "--install" ]] && exit 0
 
 n=$(nodes_up)
 if [[ $n -ge 2 ]]; then

@@ -134,3 +134,71 @@ def test_conf_tree_travels_with_a_non_editable_install(tmp_path: Path) -> None:
     probe = subprocess.run([sys.executable, "-c", "import orchestr.config as c; print(c.CONF_DIR)"],
                            cwd=elsewhere, capture_output=True, text=True, env=env)
     assert probe.stdout.strip().startswith(str(target))
+
+
+# --------------------------------------------------------------------------- user mistakes
+
+
+@pytest.mark.parametrize("override, key", [
+    ("services.controller.dispatch_method=foo", "services.controller.dispatch_method"),
+    ("model.dtype=fp16", "model.dtype"),
+    ("services.web.mode=both", "services.web.mode"),
+    ("cluster.workers.worker-0.restart.policy=sometimes", "cluster.workers.worker-0.restart.policy"),
+    ("engine.max_batch_size=-3", "engine.max_batch_size"),
+    ("model.name=", "model.name"),
+    ("model.name=a\\,b", "model.name"),
+    ("cluster.nodes.local.address=0.0.0.0", "cluster.nodes.local.address"),
+    ("+cluster.workers.w1.port=21010", "cluster.workers"),
+])
+def test_each_user_mistake_is_one_line_naming_the_key_with_exit_code_2(override: str, key: str,
+                                                                      tmp_path: Path) -> None:
+    out = run_orchestr("launch", override, "launch.dry_run=true", env={"ORCHESTR_RUNS_DIR": str(tmp_path)})
+    assert out.returncode == 2, out.stdout + out.stderr
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"orchestr launch: {key}: "), out.stderr
+    assert out.stdout == ""  # no plan printed
+
+
+def test_a_range_mistake_stops_a_real_launch_before_anything_starts(tmp_path: Path) -> None:
+    state = tmp_path / "state.json"
+    out = run_orchestr("launch", "engine.max_batch_size=-3", env={"ORCHESTR_RUNS_DIR": str(tmp_path / "runs"),
+                                                                  "ORCHESTR_STATE_FILE": str(state)})
+    assert out.returncode == 2 and "engine.max_batch_size: must be at least 1, got -3" in out.stderr
+    assert "starting" not in out.stdout and not state.exists()
+
+
+def test_a_worker_added_from_the_command_line(tmp_path: Path) -> None:
+    out = run_orchestr("launch", "+worker@cluster.workers.w1=default", "cluster.workers.w1.port=21010",
+                       "launch.dry_run=true", env={"ORCHESTR_RUNS_DIR": str(tmp_path)})
+    assert out.returncode == 0, out.stderr
+    w1 = next(line for line in out.stdout.splitlines() if "--port 21010" in line)
+    assert "orchestr.services.model_worker" in w1 and "--worker-address http://127.0.0.1:21010" in w1
+    assert "--port 21002" in out.stdout  # worker-0 is still there
+
+
+def test_the_controller_can_be_one_already_running(tmp_path: Path) -> None:
+    cfg = compose(["services.controller.enabled=false", "services.controller.port=31001"])
+    specs = {s.name: s for s in build_plan(cfg)}
+    assert "controller" not in specs
+    worker = specs["worker-0"].argv
+    assert worker[worker.index("--controller-address") + 1] == "http://127.0.0.1:31001"
+    assert all("controller" not in s.depends_on for s in specs.values())
+
+
+def test_services_bind_the_nodes_own_address_by_default() -> None:
+    specs = build_plan(compose())
+    for s in specs:
+        assert s.argv[s.argv.index("--host") + 1] == "127.0.0.1", s.name
+    api = next(s for s in build_plan(compose(["services.api.host=0.0.0.0"])) if s.name == "api")
+    assert api.argv[api.argv.index("--host") + 1] == "0.0.0.0"
+
+
+@pytest.mark.parametrize("command", ["launch", "eval", "clean"])
+def test_a_user_config_folder_serves_every_hydra_command(command: str, tmp_path: Path) -> None:
+    # the override after the user's arguments once broke `--cfg job`; eval ignored the variable
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "my-model.yaml").write_text("name: my-model\npath: /models/my-model\n")
+    out = run_orchestr(command, "model=my-model", "--cfg", "job",
+                       env={"ORCHESTR_CONFIG_PATH": str(tmp_path), "ORCHESTR_RUNS_DIR": str(tmp_path / "runs")})
+    assert out.returncode == 0, out.stderr
+    assert OmegaConf.create(out.stdout).model.path == "/models/my-model"

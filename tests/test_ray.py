@@ -25,9 +25,13 @@ pytestmark = [pytest.mark.slow, pytest.mark.ray]
 RAY_ADDRESS = f"127.0.0.1:{os.environ.get('ORCHESTR_RAY_PORT', '6379')}"
 
 
+def setup_ray(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["bash", str(REPO / "scripts" / "setup_ray.sh"), *args], capture_output=True,
+                          text=True, timeout=600)
+
+
 def ray_up() -> str | None:
-    r = subprocess.run(["bash", str(REPO / "scripts" / "setup_ray.sh")], capture_output=True, text=True,
-                       timeout=600)
+    r = setup_ray()
     return None if r.returncode == 0 else f"setup_ray.sh failed: {(r.stdout + r.stderr)[-800:]}"
 
 
@@ -63,6 +67,7 @@ class RayDeployment:
 
 @pytest.fixture(scope="module")
 def ray_dep(tmp_path_factory) -> RayDeployment:
+    started_here = setup_ray("--check").returncode != 0
     why = ray_up()
     if why:
         pytest.skip(why)
@@ -85,6 +90,8 @@ def ray_dep(tmp_path_factory) -> RayDeployment:
         pytest.fail(f"launch on ray failed (rc={proc.returncode}):\n{proc.stdout}\n{proc.stderr[-3000:]}")
     yield dep
     dep.orchestr("stop")
+    if started_here:  # a cluster that was up before the tests stays up
+        setup_ray("--stop")
 
 
 def test_each_worker_runs_on_the_ray_node_its_yaml_names(ray_dep) -> None:
@@ -104,7 +111,24 @@ def test_serves_through_the_api_and_status_comes_from_ray(ray_dep) -> None:
     assert out.returncode == 0, out.stdout + out.stderr
     for name in ("controller", "worker-0", "worker-1", "api"):
         line = next(ln for ln in out.stdout.splitlines() if f" {name} " in ln)
-        assert " yes " in line
+        assert " running " in line
+
+
+def test_the_service_secret_reaches_the_actors_but_not_ray_views_or_argv(ray_dep) -> None:
+    secret = (ray_dep.root / "state.secrets" / "service_secret").read_text().strip()
+    assert len(secret) > 16
+    for a in actors(ray_dep.namespace, "ALIVE"):
+        assert secret not in str(a.serialized_runtime_env)
+    listed = subprocess.run([str(Path(ORCHESTR[0]).parent / "ray"), "list", "actors", "--detail",
+                             "--address", RAY_ADDRESS], capture_output=True, text=True, timeout=120).stdout
+    assert "ServiceActor" in listed and secret not in listed
+    for p in psutil.process_iter(["cmdline"]):
+        assert secret not in " ".join(p.info["cmdline"] or [])
+    # the controller demands it: without it 401, with it the workers registered through it
+    url = f"http://127.0.0.1:{ray_dep.ports['controller']}/list_models"
+    assert httpx.post(url, trust_env=False).status_code == 401
+    r = httpx.post(url, headers={"Authorization": f"Bearer {secret}"}, trust_env=False)
+    assert r.status_code == 200 and "smollm2-135m" in r.text
 
 
 def test_logs_come_through_ray(ray_dep) -> None:

@@ -107,6 +107,21 @@ def test_workers_find_the_controller_through_the_scheduler(slurm) -> None:
         assert "ORCHESTR_" not in show.split("Command=")[-1].splitlines()[0]
 
 
+def test_the_service_secret_reaches_the_jobs_but_no_command_line(slurm) -> None:
+    secret = (slurm.root / "state.secrets" / "service_secret").read_text().strip()
+    assert len(secret) > 16
+    for f in (slurm.root / "logs").glob("*.sbatch"):
+        assert secret not in f.read_text()
+    for job, _, _ in squeue(slurm.prefix):
+        assert secret not in subprocess.run(["scontrol", "show", "job", job], capture_output=True, text=True).stdout
+    for p in psutil.process_iter(["cmdline"]):
+        assert secret not in " ".join(p.info["cmdline"] or [])
+    url = f"http://127.0.0.1:{slurm.ports['controller']}/list_models"
+    assert httpx.post(url, trust_env=False).status_code == 401
+    r = httpx.post(url, headers={"Authorization": f"Bearer {secret}"}, trust_env=False)
+    assert r.status_code == 200 and "smollm2-135m" in r.text
+
+
 def test_status_comes_from_squeue_and_logs_from_the_job_output(slurm) -> None:
     out = slurm.orchestr("status")
     assert out.returncode == 0, out.stdout + out.stderr

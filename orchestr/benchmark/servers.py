@@ -32,12 +32,14 @@ from typing import Any
 
 import httpx
 
+from orchestr.errors import OrchestrError
+
 KINDS = ("url", "worker", "orchestr", "vllm", "openvino")
 WORKER_SERVICES = ("model_worker", "vllm_worker", "multi_model_worker", "openvino_worker")
 REPO = Path(__file__).resolve().parents[2]
 
 
-class BenchError(RuntimeError):
+class BenchError(OrchestrError, RuntimeError):
     """A target that cannot be parsed, started or reached; the message is for the user."""
 
 

@@ -14,9 +14,9 @@ from dataclasses import dataclass, field
 class TrainDataConfig:
     """How the examples of `train.data` become token sequences and preference pairs."""
 
-    eval_fraction: float = 0.1  # held-out share of the examples (0: no held-out split)
+    eval_fraction: float = 0.1  # held-out share of the conversations / pairs (0: no held-out split)
     eval_max_examples: int | None = 64  # cap on the held-out split (eval cost)
-    max_examples: int | None = None  # use only the first N examples (after splitting long ones)
+    max_examples: int | None = None  # train on only the first N conversations / pairs (after the split)
     seed: int = 42  # shuffle before the held-out split
     # Long conversations: `split` cuts them at turn boundaries into pieces that fit max_length
     # (FastChat's split_long_conversation); `truncate` keeps the start of each.

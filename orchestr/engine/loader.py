@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from orchestr.engine.cache import cache_dir
+from orchestr.errors import OrchestrError
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +42,7 @@ _CACHE_FORMAT = "v1"
 _COMPLETE_MARKER = ".orchestr-complete"
 
 
-class ModelLoadError(RuntimeError):
+class ModelLoadError(OrchestrError, RuntimeError):
     """A model path cannot be resolved or loaded; the message is meant for the user."""
 
 

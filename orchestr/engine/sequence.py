@@ -122,7 +122,9 @@ class Sequence:
             finish = "stop"
         elif len(self.output_ids) >= self.prep.max_new_tokens:
             finish = "length"
-        if logprob is not None and self.pending_logprobs is not None and text_ids is self.output_ids:
+        if logprob is not None and self.pending_logprobs is not None:
+            # a stop token too (its text is not in the answer): one entry per sampled token, as
+            # vLLM reports them; harnesses slice logprobs by token count
             self.pending_logprobs.append(logprob_entry(self.tokenizer, token, logprob))
         self.text += self.detok.step(text_ids, final=finish is not None)
         hit = self.matcher.find(self.text, self.emitted)

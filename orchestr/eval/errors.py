@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from orchestr.errors import UserError
 
-class EvalError(Exception):
+
+class EvalError(UserError):
     """A user-fixable problem: missing file, unreachable endpoint, bad key. The message says what to set."""

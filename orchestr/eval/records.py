@@ -15,6 +15,8 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from orchestr.errors import UserError
+
 _ALPHABET = "23456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz"  # shortuuid's 57 symbols
 
 
@@ -81,7 +83,7 @@ def pair_judgment_record(
     }
 
 
-class CorruptLines(ValueError):
+class CorruptLines(UserError, ValueError):
     """Lines that are not JSON records, by location (file:line)."""
 
     def __init__(self, path: Path, where: list[int]):

@@ -25,8 +25,6 @@ from orchestr.launch.plan import Planner, build_plan, render_plan
 from orchestr.launch.secret_files import DeploymentSecrets
 from orchestr.launch.target import backend_nodes, backend_specs, scheduler_restarts
 
-log = logging.getLogger("orchestr.launch")
-
 
 def _say(msg: str) -> None:
     print(f"[orchestr] {msg}", flush=True)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import socket
 import time
 from collections.abc import Callable
@@ -19,8 +18,6 @@ from orchestr.launch.probe import Liveness, Probe
 from orchestr.launch.secret_files import read_service_secret
 from orchestr.launch.spec import ProcessRecord, ProcessSpec
 from orchestr.protocol import GenerateRequest, ModelListResponse
-
-log = logging.getLogger("orchestr.launch")
 
 
 def port_in_use(host: str, port: int) -> bool:

@@ -9,8 +9,9 @@ the Ray node that advertises it, so the node's `address` in the YAML
 stays where the process listens. Status and stop go through Ray's state API and `ray.kill`,
 logs through Ray's log API (the actor's stdout, which the service writes to).
 
-Secrets never go in the runtime env (Ray's dashboard shows it): ORCHESTR_SECRET, ORCHESTR_API_KEYS
-and ORCHESTR_WEB_AUTH become 0600 files next to the logs, passed as *_FILE variables.
+Secrets never go in the runtime env (Ray's dashboard shows it): the plan's secret files travel as
+the actor's arguments and the actor writes them to 0600 files on its node, named by the same
+*_FILE variables as on the other backends.
 `ProcessRecord.pid` holds the service's pid at start (Ray may restart it under another pid).
 """
 
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -30,6 +32,7 @@ from orchestr.launch.spec import ProcessRecord, ProcessSpec
 SECRET_VARS = ("ORCHESTR_SECRET", "ORCHESTR_API_KEYS", "ORCHESTR_WEB_AUTH")
 # what the launcher's environment lends the services (the Ray workers' own env is the raylet's)
 FORWARD_PREFIXES = ("ORCHESTR_", "HF_", "TRANSFORMERS_", "OMP_", "XDG_", "PYTHONPATH", "TORCH")
+_INIT_LOCK = threading.Lock()
 LIVE = {"ALIVE", "RESTARTING", "PENDING_CREATION", "DEPENDENCIES_UNREADY"}
 
 
@@ -40,14 +43,30 @@ class RayBackendError(LaunchError):
 class ServiceActor:
     """Runs one service's command line; stdlib only (pickled by value into Ray's workers)."""
 
-    def __init__(self, argv: list[str], env: dict[str, str], workdir: str | None) -> None:
+    def __init__(self, argv: list[str], env: dict[str, str], workdir: str | None,
+                 files: dict[str, str], key: str) -> None:
         import ctypes
         import os
         import shlex
         import signal
         import subprocess
         import sys
+        import tempfile
         import threading
+
+        env = dict(env)
+        self.secrets_dir = None
+        if files:  # secrets: 0600 files in a 0700 folder on this node, named by *_FILE variables
+            folder = os.path.join(tempfile.gettempdir(), f"orchestr-secrets-{key}")
+            os.makedirs(folder, mode=0o700, exist_ok=True)
+            os.chmod(folder, 0o700)
+            self.secrets_dir = folder  # one per actor: a restart rewrites it, shutdown removes it
+            for var, text in files.items():
+                path = os.path.join(folder, var.lower())
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+                with os.fdopen(fd, "w") as f:
+                    f.write(text)
+                env[var] = path
 
         libc = ctypes.CDLL("libc.so.6", use_errno=True)
 
@@ -76,6 +95,7 @@ class ServiceActor:
         return {"pid": self.proc.pid, "node_id": ray.get_runtime_context().get_node_id()}
 
     def shutdown(self, timeout: float) -> None:
+        import shutil
         import subprocess
 
         self.stopping = True
@@ -85,28 +105,24 @@ class ServiceActor:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
+        if self.secrets_dir:
+            shutil.rmtree(self.secrets_dir, ignore_errors=True)
 
 
 def _options(node: NodeConfig) -> RayBackendConfig:
     return RayBackendConfig(**dict(getattr(node, "backend_options", None) or {}))
 
 
-def secret_files(env: dict[str, str], folder: Path) -> dict[str, str]:
-    """Move secret values of `env` into 0600 files under `folder`; the env keeps *_FILE paths."""
-    out = dict(env)
-    for var in SECRET_VARS:
-        if var in out:
-            folder.mkdir(mode=0o700, parents=True, exist_ok=True)
-            path = folder / var.lower()
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            with os.fdopen(fd, "w") as f:
-                f.write(out.pop(var))
-            out[f"{var}_FILE"] = str(path)
-    return out
-
-
 def gpu_count(spec: ProcessSpec) -> int:
     return len([d for d in spec.env.get("CUDA_VISIBLE_DEVICES", "").split(",") if d.strip()])
+
+
+def actor_gpus(spec: ProcessSpec) -> int:
+    """GPUs the actor holds. A tensor-parallel vLLM worker holds none: vLLM places its own Ray
+    workers, one GPU each, on the same cluster (RAY_ADDRESS), and would wait forever for GPUs
+    its own actor held."""
+    n = gpu_count(spec)
+    return 0 if spec.service == "vllm_worker" and n > 1 else n
 
 
 def max_restarts(spec: ProcessSpec, opts: RayBackendConfig) -> int:
@@ -125,9 +141,12 @@ class RayRunner:
         self.opts = _options(node)
 
     def _ray(self):
+        """This process as a Ray driver (start and stop need one; the state API does not)."""
         import ray
 
-        if not ray.is_initialized():
+        with _INIT_LOCK:  # status probes every node's runner from its own thread
+            if ray.is_initialized():
+                return ray
             try:
                 ray.init(address=self.opts.address, namespace=self.opts.namespace, log_to_driver=False,
                          logging_level="ERROR", configure_logging=False)
@@ -141,7 +160,7 @@ class RayRunner:
         resources = {self.opts.node_resource.format(node=spec.node): 0.001, **self.opts.resources}
         opts = {"name": spec.name, "namespace": self.opts.namespace, "lifetime": "detached",
                 "max_restarts": max_restarts(spec, self.opts), "num_cpus": self.opts.num_cpus,
-                "num_gpus": gpu_count(spec), "resources": resources}
+                "num_gpus": actor_gpus(spec), "resources": resources}
         if self.opts.runtime_env:
             opts["runtime_env"] = dict(self.opts.runtime_env)
         return opts
@@ -152,14 +171,17 @@ class RayRunner:
         import ray.cloudpickle as cloudpickle
 
         cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the actor runs this file's code
-        log = Path(log_path).expanduser().resolve()
-        forwarded = {k: v for k, v in os.environ.items() if k.startswith(FORWARD_PREFIXES)}
+        forwarded = {k: v for k, v in os.environ.items()
+                     if k.startswith(FORWARD_PREFIXES) and k.removesuffix("_FILE") not in SECRET_VARS}
         env = {**forwarded, **self.node.env, **spec.env, "PYTHONUNBUFFERED": "1"}
         if gpu_count(spec):
             env.pop("CUDA_VISIBLE_DEVICES")  # Ray grants the GPUs and sets it
-        env = secret_files(env, log.parent / ".secrets")
+        # the secret files' contents travel as actor arguments (not in the runtime env, which
+        # Ray's dashboard shows) and the actor writes them to 0600 files on its node
+        files = {var: Path(path).read_text() for var, path in spec.env_files.items()}
         actor_cls = ray.remote(ServiceActor)
-        actor = actor_cls.options(**self._actor_options(spec)).remote(list(spec.argv), env, spec.workdir)
+        actor = actor_cls.options(**self._actor_options(spec)).remote(list(spec.argv), env, spec.workdir, files,
+                                                                 f"{self.opts.namespace}-{spec.name}")
         try:
             info = ray.get(actor.info.remote(), timeout=600)
         except ray.exceptions.GetTimeoutError as e:
@@ -171,13 +193,19 @@ class RayRunner:
         return ProcessRecord(spec=spec, pid=int(info["pid"]), pgid=0, log_path=f"ray actor {spec.name}")
 
     # ------------------------------------------------------------------ state API
+    def _state_address(self) -> str | None:
+        return None if self.opts.address == "auto" else self.opts.address
+
     def actor_state(self, name: str) -> dict | None:
         """The live actor of this name in our namespace (Ray's state API), else the last dead one."""
-        self._ray()
         from ray.util.state import list_actors
 
-        actors = list_actors(filters=[("name", "=", name), ("ray_namespace", "=", self.opts.namespace)],
-                             detail=True, raise_on_missing_output=False)
+        try:
+            actors = list_actors(address=self._state_address(), detail=True, raise_on_missing_output=False,
+                                 filters=[("name", "=", name), ("ray_namespace", "=", self.opts.namespace)])
+        except Exception as e:  # the state API raises its own kinds for an absent cluster
+            raise RayBackendError(f"launch.ray.address: Ray's state API at {self.opts.address!r} "
+                                  f"does not answer ({e})") from e
         live = [a for a in actors if a.state in LIVE]
         chosen = live or actors
         return chosen[0].__dict__ if chosen else None
@@ -185,12 +213,6 @@ class RayRunner:
     def alive(self, record) -> bool:
         a = self.actor_state(record.name)
         return a is not None and a["state"] in LIVE
-
-    def describe(self, record) -> str:
-        a = self.actor_state(record.name)
-        if a is None:
-            return "no ray actor"
-        return f"ray actor {a['state']} pid {a.get('pid')} node {str(a.get('node_id'))[:12]}"
 
     def stop(self, record, timeout: float = 15.0) -> None:
         ray = self._ray()
@@ -214,7 +236,8 @@ class RayRunner:
         from ray.util.state import get_log
 
         try:
-            return "".join(get_log(actor_id=a["actor_id"], tail=lines, suffix="out"))
+            return "".join(get_log(address=self._state_address(), actor_id=a["actor_id"], tail=lines,
+                                   suffix="out"))
         except Exception as e:  # the actor's node or log may be gone
             return f"(no log from Ray: {e})"
 
@@ -224,7 +247,8 @@ class RayRunner:
             return
         from ray.util.state import get_log
 
-        for chunk in get_log(actor_id=a["actor_id"], tail=0, follow=True, suffix="out"):
+        for chunk in get_log(address=self._state_address(), actor_id=a["actor_id"], tail=0, follow=True,
+                             suffix="out"):
             yield from chunk.splitlines()
 
     def close(self) -> None:

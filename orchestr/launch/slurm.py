@@ -37,6 +37,9 @@ ACTIVE = {"PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "REQUEUED", "REQUEU
           "REQUEUE_HOLD", "RESIZING", "SUSPENDED", "SIGNALING", "STAGE_OUT"}
 
 
+LOCAL_BINDS = ("0.0.0.0", "::", "127.0.0.1", "localhost", "::1")
+
+
 class SlurmError(LaunchError):
     pass
 
@@ -128,6 +131,8 @@ def render_script(spec: ProcessSpec, opts: SlurmConfig) -> str:
             words.append(_url_to_shell(arg, "CONTROLLER_ADDR"))
         elif flag == "--worker-address":
             words.append(_url_to_shell(arg, "SELF_ADDR"))
+        elif flag == "--host" and arg not in LOCAL_BINDS:  # the YAML node's address: the job's node's
+            words.append('"${SELF_ADDR}"')
         else:
             words.append(shlex.quote(arg))
         flag = arg
@@ -212,10 +217,6 @@ class SlurmRunner:
 
     def alive(self, record) -> bool:
         return job_state(str(record.pid))[0] in ACTIVE
-
-    def describe(self, record) -> str:
-        state, nodes = job_state(str(record.pid))
-        return f"slurm job {record.pid}: {state}{' on ' + nodes if nodes else ''}"
 
     def stop(self, record, timeout: float = 15.0) -> None:
         job = str(record.pid)

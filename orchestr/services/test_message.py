@@ -11,6 +11,7 @@ import sys
 
 import httpx
 
+from orchestr.errors import OrchestrError
 from orchestr.protocol import (
     ChatMessage,
     GenerateRequest,
@@ -21,7 +22,7 @@ from orchestr.secrets import SecretError, bearer, service_secret
 from orchestr.services.worker_stream import WorkerClient, WorkerFailed, WorkerUnreachable
 
 
-class RoundTripError(Exception):
+class RoundTripError(OrchestrError):
     pass
 
 

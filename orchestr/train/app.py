@@ -18,7 +18,7 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
-from orchestr.config import CONF_DIR, register_configs, user_search_path_overrides
+from orchestr.config import CONF_DIR, check_composes, register_configs
 
 _exit_codes: list[int] = []
 
@@ -80,8 +80,8 @@ def _hydra_main(cfg: DictConfig) -> None:
 
 def main() -> int:
     register_configs()
-    sys.argv += user_search_path_overrides()
     os.environ.setdefault("HYDRA_FULL_ERROR", "0")
+    check_composes(sys.argv[1:])  # a bad override: one line naming the key, exit 2
     _hydra_main()
     return max(_exit_codes, default=0)
 

@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from orchestr.errors import UserError
+
 IGNORE_INDEX = -100
 # ShareGPT speaker -> OpenAI role (FastChat maps human/gpt; other chat-bot names are replies too)
 SHAREGPT_ROLES = {
@@ -29,7 +31,7 @@ SHAREGPT_ROLES = {
 }  # fmt: skip
 
 
-class DataError(ValueError):
+class DataError(UserError, ValueError):
     """A training data file or key is unusable; the message names it."""
 
 

@@ -13,13 +13,15 @@ import shlex
 from dataclasses import dataclass
 from typing import Any
 
+from orchestr.errors import UserError
+
 LAUNCHERS = ("torchrun", "accelerate")
 STRATEGIES = ("ddp", "fsdp", "deepspeed_zero2", "deepspeed_zero3")
 # overrides that only concern the rendering process, not the per-node training processes
 _LOCAL_ONLY = ("launch.dry_run", "hydra.")
 
 
-class DistError(ValueError):
+class DistError(UserError, ValueError):
     """A distributed-training key is wrong; the message names it."""
 
 

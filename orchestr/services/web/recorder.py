@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import time
 from pathlib import Path
 
@@ -15,8 +14,6 @@ from orchestr.arena.logs import (
     hash_ip,
 )
 from orchestr.services.web.conversation import Conversation
-
-log = logging.getLogger(__name__)
 
 IP_MODES = ("hash", "drop", "raw")
 
