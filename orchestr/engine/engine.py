@@ -24,31 +24,24 @@ from typing import Any
 import torch
 
 from orchestr.config.serving import EngineConfig
-from orchestr.engine import flat_forward, prompts
+from orchestr.engine import flat_forward
 from orchestr.engine import paged_attention as pa
 from orchestr.engine.cpu_linear import pack_linears
 from orchestr.engine.fused_layers import fuse_layers
 from orchestr.engine.loader import context_length, load_model, model_dtype_name
 from orchestr.engine.metrics import EngineMetrics
-from orchestr.engine.prompts import RenderedPrompt, RequestError, render_prompt
+from orchestr.engine.prompts import PromptEndpoints, RequestError
 from orchestr.engine.prompts import encode as encode_text
 from orchestr.engine.sampling import NON_FINITE, SamplingParams, SamplingRow, sample_with_logprobs
 from orchestr.engine.sequence import PreparedRequest, Sequence, token_logprobs
 from orchestr.engine.templates import ChatFormatter
 from orchestr.protocol import (
-    CountTokenRequest,
-    CountTokenResult,
-    DetokenizeRequest,
-    DetokenizeResponse,
     EmbeddingRequest,
     EmbeddingResult,
     ErrorCode,
     GenerateChunk,
     GenerateRequest,
     GenerateResult,
-    ModelDetails,
-    TokenizeRequest,
-    TokenizeResponse,
 )
 
 log = logging.getLogger(__name__)
@@ -70,7 +63,7 @@ def default_threads() -> int:
     return max(1, cores - 1)
 
 
-class Engine:
+class Engine(PromptEndpoints):
     """Owns one model. Thread-safe entry points: ``generate_stream``/``generate``/``embed``
     (async), ``count_tokens``, ``model_details``, ``queue_length``."""
 
@@ -183,9 +176,6 @@ class Engine:
     def queue_length(self) -> int:
         return self._active
 
-    def prompt_of(self, req: GenerateRequest | CountTokenRequest) -> RenderedPrompt:
-        return render_prompt(self.formatter, self.tokenizer, req)
-
     def grammar_compiler(self):
         from orchestr.engine.grammar import GrammarCompiler
 
@@ -294,23 +284,6 @@ class Engine:
             vectors.append(await self._call(self._embed_ids, ids))
             total += len(ids)
         return EmbeddingResult(embedding=vectors, token_num=total)
-
-    def count_tokens(self, req: CountTokenRequest) -> CountTokenResult:
-        return CountTokenResult(count=len(self.prompt_of(req).ids), context_length=self.context_len)
-
-    def tokenize(self, req: TokenizeRequest) -> TokenizeResponse:
-        return prompts.tokenize(self.formatter, self.tokenizer, req, self.context_len)
-
-    def detokenize(self, req: DetokenizeRequest) -> DetokenizeResponse:
-        return prompts.detokenize(self.tokenizer, req)
-
-    def tokenizer_info(self) -> dict:
-        return prompts.tokenizer_info(self.tokenizer, self.context_len)
-
-    def model_details(self, model_name: str | None = None) -> ModelDetails:
-        return ModelDetails(model=model_name or self.model_name, context_length=self.context_len,
-                            backend=self.backend, dtype=self.dtype_name, device=str(self.device),
-                            tool_parser=self.formatter.tool_family)
 
     async def _call(self, fn, *args):
         """Run ``fn`` on the engine thread between two steps (the model is not thread-safe)."""

@@ -9,10 +9,12 @@ from typing import Any
 from orchestr.engine.templates import ChatFormatter, TemplateError
 from orchestr.protocol import (
     CountTokenRequest,
+    CountTokenResult,
     DetokenizeRequest,
     DetokenizeResponse,
     ErrorCode,
     GenerateRequest,
+    ModelDetails,
     TokenizeRequest,
     TokenizeResponse,
 )
@@ -109,3 +111,37 @@ def tokenizer_info(tokenizer: Any, context_len: int) -> dict[str, Any]:
         info[f"{name}_token_id"] = getattr(tokenizer, f"{name}_token_id", None)
     info["add_bos_token"] = bool(getattr(tokenizer, "add_bos_token", False))
     return info
+
+
+class PromptEndpoints:
+    """The per-model calls every engine (transformers, vLLM, OpenVINO) answers the same way, from
+    its tokenizer and chat template: prompt rendering, token counts, ``/tokenize``,
+    ``/detokenize``, ``/tokenizer_info`` and the model's details. The engine sets ``formatter``,
+    ``tokenizer``, ``context_len``, ``model_name``, ``backend``, ``dtype_name`` and ``device``."""
+
+    formatter: ChatFormatter
+    tokenizer: Any
+    context_len: int
+    model_name: str
+    backend: str
+    dtype_name: str
+    device: Any
+
+    def prompt_of(self, req: GenerateRequest | CountTokenRequest) -> RenderedPrompt:
+        return render_prompt(self.formatter, self.tokenizer, req)
+
+    def count_tokens(self, req: CountTokenRequest) -> CountTokenResult:
+        return CountTokenResult(count=len(self.prompt_of(req).ids), context_length=self.context_len)
+
+    def tokenize(self, req: TokenizeRequest) -> TokenizeResponse:
+        return tokenize(self.formatter, self.tokenizer, req, self.context_len)
+
+    def detokenize(self, req: DetokenizeRequest) -> DetokenizeResponse:
+        return detokenize(self.tokenizer, req)
+
+    def tokenizer_info(self) -> dict:
+        return tokenizer_info(self.tokenizer, self.context_len)
+
+    def model_details(self, name: str | None = None) -> ModelDetails:
+        return ModelDetails(model=name or self.model_name, context_length=self.context_len, backend=self.backend,
+                            dtype=self.dtype_name, device=str(self.device), tool_parser=self.formatter.tool_family)

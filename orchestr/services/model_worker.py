@@ -11,11 +11,7 @@ import sys
 
 from orchestr.config.flags import add_flags, from_args
 from orchestr.config.serving import EngineConfig
-from orchestr.services.worker_base import add_worker_args, serve_engines
-
-
-def default_model_name(model_path: str) -> str:
-    return model_path.rstrip("/").split("/")[-1].removesuffix(".gguf")
+from orchestr.services.worker_base import add_worker_args, serve_engines, served_names
 
 
 def add_model_args(parser: argparse.ArgumentParser) -> None:
@@ -68,8 +64,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     log = setup_logging("orchestr.model_worker")
 
-    names = [n.strip() for n in (args.model_names or "").split(",") if n.strip()]
-    names = names or [default_model_name(args.model_path)]
+    names = served_names(args)
     from orchestr.engine.loader import ModelLoadError
     from orchestr.engine.templates import get_template
 

@@ -22,8 +22,8 @@ import argparse
 import sys
 from dataclasses import dataclass
 
-from orchestr.services.model_worker import add_engine_args, add_model_args, default_model_name
-from orchestr.services.worker_base import add_worker_args, serve_engines
+from orchestr.services.model_worker import add_engine_args, add_model_args
+from orchestr.services.worker_base import add_worker_args, default_model_name, serve_engines
 
 
 class ArgsError(ValueError):

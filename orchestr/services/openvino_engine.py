@@ -25,21 +25,14 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
-from orchestr.engine import prompts
-from orchestr.engine.prompts import RenderedPrompt, RequestError, refuse_unsupported, render_prompt
+from orchestr.engine.prompts import PromptEndpoints, RequestError, refuse_unsupported
 from orchestr.protocol import (
-    CountTokenRequest,
-    CountTokenResult,
-    DetokenizeRequest,
-    DetokenizeResponse,
     ErrorCode,
     GenerateChunk,
     GenerateRequest,
-    ModelDetails,
-    TokenizeRequest,
-    TokenizeResponse,
     UsageInfo,
 )
+from orchestr.services.worker_base import import_backend
 
 log = logging.getLogger("orchestr.openvino_worker")
 
@@ -54,17 +47,8 @@ _PRECISIONS = {"float32": "f32", "bfloat16": "bf16", "float16": "f16"}
 SUPPORTED_FEATURES = frozenset({"guided_json"})
 
 
-class OpenVinoMissing(SystemExit):
-    """openvino-genai cannot be imported; a SystemExit whose message is the one line to print."""
-
-
 def import_openvino_genai() -> Any:
-    try:
-        import openvino_genai
-    except ImportError as e:
-        detail = "" if isinstance(e, ModuleNotFoundError) and e.name == "openvino_genai" else f" ({e})"
-        raise OpenVinoMissing(INSTALL_HINT + detail) from None
-    return openvino_genai
+    return import_backend("openvino_genai", INSTALL_HINT)
 
 
 # ---------------------------------------------------------------------- pure mappings
@@ -294,7 +278,7 @@ class _PipelineProcess:
             self.proc.kill()
 
 
-class OpenVinoEngine:
+class OpenVinoEngine(PromptEndpoints):
     """One model in OpenVINO GenAI's continuous-batching pipeline, with the interface
     worker_base expects: ``generate_stream``, ``count_tokens``, ``model_details``, ``shutdown``."""
 
@@ -312,7 +296,7 @@ class OpenVinoEngine:
         self.tokenizer = AutoTokenizer.from_pretrained(self.ir_folder, trust_remote_code=args.trust_remote_code)
         self.formatter = ChatFormatter(self.tokenizer, getattr(args, "conv_template", None))
         self.context_len = int(args.max_model_len or _model_context(self.ir_folder))
-        self.dtype = args.dtype if args.dtype in _PRECISIONS else "auto"
+        self.dtype_name = args.dtype if args.dtype in _PRECISIONS else "auto"
         self.device = "cpu"
         self.eos_ids = [t for t in _as_list(self.tokenizer.eos_token_id) if t is not None]
         self._ids = itertools.count(1)
@@ -320,26 +304,7 @@ class OpenVinoEngine:
         self.pipeline = _PipelineProcess(self.ir_folder, scheduler_settings(args), self.properties,
                                          self.eos_ids[0] if self.eos_ids else None)
 
-    # ------------------------------------------------------------------ prompts
-    def prompt_of(self, req: GenerateRequest | CountTokenRequest) -> RenderedPrompt:
-        return render_prompt(self.formatter, self.tokenizer, req)
-
-    def count_tokens(self, req: CountTokenRequest) -> CountTokenResult:
-        return CountTokenResult(count=len(self.prompt_of(req).ids), context_length=self.context_len)
-
-    def tokenize(self, req: TokenizeRequest) -> TokenizeResponse:
-        return prompts.tokenize(self.formatter, self.tokenizer, req, self.context_len)
-
-    def detokenize(self, req: DetokenizeRequest) -> DetokenizeResponse:
-        return prompts.detokenize(self.tokenizer, req)
-
-    def tokenizer_info(self) -> dict:
-        return prompts.tokenizer_info(self.tokenizer, self.context_len)
-
-    def model_details(self, name: str | None = None) -> ModelDetails:
-        return ModelDetails(model=name or self.model_name, context_length=self.context_len, backend=self.backend,
-                            dtype=self.dtype, device=self.device, tool_parser=self.formatter.tool_family)
-
+    # ------------------------------------------------------------------ pipeline
     def generation_config(self, settings: dict[str, Any], guided_json: dict | None = None) -> Any:
         """Checked here (a bad parameter is the client's 400 before anything streams); the
         pipeline process builds its own copy from the same settings."""

@@ -14,9 +14,8 @@ import argparse
 import sys
 
 from orchestr.engine.openvino_export import WEIGHT_FORMATS
-from orchestr.services.model_worker import add_engine_args, default_model_name
-from orchestr.services.openvino_engine import OpenVinoMissing
-from orchestr.services.worker_base import add_worker_args, serve_engines
+from orchestr.services.model_worker import add_engine_args
+from orchestr.services.worker_base import add_worker_args, require_backend, serve_engines, served_names
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -57,16 +56,11 @@ def main(argv: list[str] | None = None) -> None:
     from orchestr.services.http_util import setup_logging
 
     log = setup_logging("orchestr.openvino_worker")
-    names = [n.strip() for n in (args.model_names or "").split(",") if n.strip()]
-    names = names or [default_model_name(args.model_path)]
+    names = served_names(args)
 
     from orchestr.services.openvino_engine import OpenVinoEngine, import_openvino_genai
 
-    try:
-        import_openvino_genai()  # before the (slow) export: fail in a second, not after it
-    except OpenVinoMissing as e:
-        print(f"error: {e.code}", file=sys.stderr)
-        sys.exit(1)
+    require_backend(import_openvino_genai)  # before the (slow) export
     from orchestr.engine.loader import ModelLoadError
     from orchestr.engine.openvino_export import resolve_openvino_model
 
@@ -75,7 +69,7 @@ def main(argv: list[str] | None = None) -> None:
     except ModelLoadError as e:
         sys.exit(f"error: {e}")
     engine = OpenVinoEngine(args, folder, model_name=names[0])
-    log.info("serving %s with OpenVINO GenAI from %s (%s, context %d, %s)", names, folder, engine.dtype,
+    log.info("serving %s with OpenVINO GenAI from %s (%s, context %d, %s)", names, folder, engine.dtype_name,
              engine.context_len, engine.properties or "default properties")
     serve_engines({n: engine for n in names}, args)
 

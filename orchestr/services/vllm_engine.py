@@ -13,23 +13,16 @@ import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
-from orchestr.engine import prompts
-from orchestr.engine.prompts import RenderedPrompt, RequestError, render_prompt
+from orchestr.engine.prompts import PromptEndpoints, RequestError
 from orchestr.protocol import (
-    CountTokenRequest,
-    CountTokenResult,
-    DetokenizeRequest,
-    DetokenizeResponse,
     ErrorCode,
     GenerateChunk,
     GenerateRequest,
-    ModelDetails,
-    TokenizeRequest,
-    TokenizeResponse,
     TokenLogprob,
     TopLogprob,
     UsageInfo,
 )
+from orchestr.services.worker_base import import_backend
 
 INSTALL_HINT = (
     "the vLLM worker needs vLLM: pip install 'orchestr[vllm]' "
@@ -39,19 +32,9 @@ INSTALL_HINT = (
 GREEDY_EPS = 1e-5
 
 
-class VllmMissing(SystemExit):
-    """vLLM cannot be imported; a SystemExit whose message is the one line to print."""
-
-
 def import_vllm() -> Any:
     """Import vLLM, or exit with the one-line install hint (no stack trace)."""
-    try:
-        import vllm  # noqa: F401
-    except ImportError as e:
-        # A broken install (e.g. CUDA torchvision next to CPU torch) also lands here: say why.
-        detail = "" if isinstance(e, ModuleNotFoundError) and e.name == "vllm" else f" ({e})"
-        raise VllmMissing(INSTALL_HINT + detail) from None
-    return vllm
+    return import_backend("vllm", INSTALL_HINT)
 
 
 def engine_kwargs(args: argparse.Namespace, model_folder: str, tokenizer_folder: str | None = None) -> dict:
@@ -162,7 +145,7 @@ def finish_reason(vllm_reason: str | None) -> str | None:
     return {"stop": "stop", "length": "length"}.get(vllm_reason, "error" if vllm_reason == "abort" else "stop")
 
 
-class VllmEngine:
+class VllmEngine(PromptEndpoints):
     """One model served by vLLM's async engine, with the interface worker_base expects:
     ``generate_stream`` (GenerateChunk deltas), ``count_tokens``, ``model_details``, ``shutdown``."""
 
@@ -184,28 +167,8 @@ class VllmEngine:
                                                        trust_remote_code=kwargs["trust_remote_code"])
         self.formatter = ChatFormatter(self.tokenizer, getattr(args, "conv_template", None))
         self.context_len = int(self.engine.model_config.max_model_len)
-        self.dtype = str(self.engine.model_config.dtype).replace("torch.", "")
+        self.dtype_name = str(self.engine.model_config.dtype).replace("torch.", "")
         self.device = str(getattr(self.engine.vllm_config.device_config, "device_type", "") or "")
-
-    # ------------------------------------------------------------------ prompts
-    def prompt_of(self, req: GenerateRequest | CountTokenRequest) -> RenderedPrompt:
-        return render_prompt(self.formatter, self.tokenizer, req)
-
-    def count_tokens(self, req: CountTokenRequest) -> CountTokenResult:
-        return CountTokenResult(count=len(self.prompt_of(req).ids), context_length=self.context_len)
-
-    def tokenize(self, req: TokenizeRequest) -> TokenizeResponse:
-        return prompts.tokenize(self.formatter, self.tokenizer, req, self.context_len)
-
-    def detokenize(self, req: DetokenizeRequest) -> DetokenizeResponse:
-        return prompts.detokenize(self.tokenizer, req)
-
-    def tokenizer_info(self) -> dict:
-        return prompts.tokenizer_info(self.tokenizer, self.context_len)
-
-    def model_details(self, name: str | None = None) -> ModelDetails:
-        return ModelDetails(model=name or self.model_name, context_length=self.context_len, backend=self.backend,
-                            dtype=self.dtype, device=self.device, tool_parser=self.formatter.tool_family)
 
     # ------------------------------------------------------------------ generation
     async def generate_stream(self, req: GenerateRequest) -> AsyncIterator[GenerateChunk]:

@@ -14,12 +14,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from orchestr.services.vllm_engine import VllmMissing
-from orchestr.services.worker_base import add_worker_args, serve_engines
-
-
-def default_model_name(model_path: str) -> str:
-    return model_path.rstrip("/").split("/")[-1].removesuffix(".gguf")
+from orchestr.services.worker_base import add_worker_args, require_backend, serve_engines, served_names
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -64,16 +59,11 @@ def main(argv: list[str] | None = None) -> None:
     from orchestr.services.http_util import setup_logging
 
     log = setup_logging("orchestr.vllm_worker")
-    names = [n.strip() for n in (args.model_names or "").split(",") if n.strip()]
-    names = names or [default_model_name(args.model_path)]
+    names = served_names(args)
 
     from orchestr.services.vllm_engine import VllmEngine, import_vllm
 
-    try:
-        import_vllm()  # before the (slow) model conversion: fail in a second, not after it
-    except VllmMissing as e:
-        print(f"error: {e.code}", file=sys.stderr)
-        sys.exit(1)
+    require_backend(import_vllm)  # before the (slow) model conversion
     from orchestr.engine.loader import ModelLoadError, resolve_model_path
 
     try:
@@ -83,7 +73,7 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(f"error: {e}")
     log.info("starting vLLM on %s (first start compiles the model: minutes on CPU)", folder)
     engine = VllmEngine(args, folder, tokenizer, model_name=names[0])
-    log.info("serving %s with vLLM (%s, %s, context %d)", names, engine.dtype, engine.device, engine.context_len)
+    log.info("serving %s with vLLM (%s, %s, context %d)", names, engine.dtype_name, engine.device, engine.context_len)
     serve_engines({n: engine for n in names}, args)
 
 

@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib
 import logging
+import sys
 import threading
 import uuid
 from collections.abc import AsyncIterator, Callable, Mapping
@@ -338,6 +340,40 @@ def add_worker_args(parser: argparse.ArgumentParser, default_port: int = 21002) 
 
 def worker_address(args: argparse.Namespace) -> str:
     return args.worker_address or f"http://localhost:{args.port}"
+
+
+def default_model_name(model_path: str) -> str:
+    return model_path.rstrip("/").split("/")[-1].removesuffix(".gguf")
+
+
+def served_names(args: argparse.Namespace) -> list[str]:
+    """The names ``--model-names`` gives (comma-separated), else the model path's last part."""
+    names = [n.strip() for n in (args.model_names or "").split(",") if n.strip()]
+    return names or [default_model_name(args.model_path)]
+
+
+class BackendMissing(SystemExit):
+    """An optional backend cannot be imported; a SystemExit whose message is the one line to print."""
+
+
+def import_backend(module: str, install_hint: str) -> Any:
+    """Import an optional backend's package, or raise :class:`BackendMissing` with the install
+    hint. A broken install (e.g. CUDA torchvision next to CPU torch) also lands here: say why."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as e:
+        detail = "" if isinstance(e, ModuleNotFoundError) and e.name == module else f" ({e})"
+        raise BackendMissing(install_hint + detail) from None
+
+
+def require_backend(import_fn: Callable[[], Any]) -> None:
+    """A worker's early check that its backend imports: if not, ``error: <install hint>`` and
+    exit code 1, in a second rather than after a slow model conversion."""
+    try:
+        import_fn()
+    except BackendMissing as e:
+        print(f"error: {e.code}", file=sys.stderr)
+        sys.exit(1)
 
 
 def serve_engines(engines: Mapping[str, Any], args: argparse.Namespace) -> None:
