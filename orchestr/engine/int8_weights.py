@@ -70,12 +70,12 @@ class Int8Weight(nn.Module):
         return w.view(*ids.shape, self.cols)
 
 
-class Int8Linear(nn.Module):
-    def __init__(self, linear: nn.Linear, weight: Int8Weight, compute_dtype: torch.dtype) -> None:
+class _Int8Module(nn.Module):
+    """A layer whose weight is held as an :class:`Int8Weight`, computing in ``compute_dtype``."""
+
+    def __init__(self, weight: Int8Weight, compute_dtype: torch.dtype) -> None:
         super().__init__()
-        self.in_features, self.out_features = linear.in_features, linear.out_features
         self.int8 = weight
-        self.bias = linear.bias
         self.compute_dtype = compute_dtype
 
     @property
@@ -83,6 +83,13 @@ class Int8Linear(nn.Module):
         """dtype/shape probes only (the engine sizes its KV cache from the embedding's dtype): a
         meta tensor, so any real use of it fails loudly instead of costing a dequantization."""
         return torch.empty(self.int8.rows, self.int8.cols, dtype=self.compute_dtype, device="meta")
+
+
+class Int8Linear(_Int8Module):
+    def __init__(self, linear: nn.Linear, weight: Int8Weight, compute_dtype: torch.dtype) -> None:
+        super().__init__(weight, compute_dtype)
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+        self.bias = linear.bias
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.reshape(-1, x.shape[-1])
@@ -101,19 +108,11 @@ class Int8Linear(nn.Module):
         return f"in_features={self.in_features}, out_features={self.out_features}, int8 groups of {GROUP_SIZE}"
 
 
-class Int8Embedding(nn.Module):
+class Int8Embedding(_Int8Module):
     def __init__(self, embedding: nn.Embedding, weight: Int8Weight, compute_dtype: torch.dtype) -> None:
-        super().__init__()
+        super().__init__(weight, compute_dtype)
         self.num_embeddings, self.embedding_dim = embedding.num_embeddings, embedding.embedding_dim
         self.padding_idx = embedding.padding_idx
-        self.int8 = weight
-        self.compute_dtype = compute_dtype
-
-    @property
-    def weight(self) -> torch.Tensor:
-        """dtype/shape probes only (the engine sizes its KV cache from the embedding's dtype): a
-        meta tensor, so any real use of it fails loudly instead of costing a dequantization."""
-        return torch.empty(self.int8.rows, self.int8.cols, dtype=self.compute_dtype, device="meta")
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         return self.int8.rows_of(ids, self.compute_dtype)

@@ -19,14 +19,11 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import logging
-import os
 import re
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
-from orchestr.engine.cache import cache_dir
+from orchestr.engine.cache import build_once, cache_dir, is_complete
 from orchestr.errors import OrchestrError
 
 log = logging.getLogger(__name__)
@@ -39,7 +36,6 @@ EMBEDDED_MODELS: dict[str, tuple[str, str]] = {
 }
 # Bumped when the layout of converted folders changes, so stale caches are not reused.
 _CACHE_FORMAT = "v1"
-_COMPLETE_MARKER = ".orchestr-complete"
 
 
 class ModelLoadError(OrchestrError, RuntimeError):
@@ -137,33 +133,14 @@ def _gguf_cache_name(gguf: Path) -> str:
 def convert_gguf(gguf: Path, cache_name: str | None = None) -> Path:
     """Convert ``gguf`` into a safetensors folder in the cache (once) and return the folder.
 
-    Safe with concurrent processes: one converts under a file lock into a temporary folder
-    that is renamed into place; the others wait on the lock and then find the folder.
+    Safe with concurrent processes (:func:`~orchestr.engine.cache.build_once`).
     """
-    from filelock import FileLock
-
     name = f"{cache_name or _gguf_cache_name(gguf)}-{_CACHE_FORMAT}"
-    root = models_cache_dir()
-    target = root / name
-    if (target / _COMPLETE_MARKER).is_file():
+    target = models_cache_dir() / name
+    if is_complete(target):
         return target
-    root.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(root / f"{name}.lock"), timeout=1800):
-        if (target / _COMPLETE_MARKER).is_file():  # another process finished meanwhile
-            return target
-        log.info("converting %s to a safetensors cache at %s (once; ~20 s)", gguf, target)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=root))
-        os.chmod(tmp, 0o755)  # mkdtemp makes it private; the cache is shared like any other
-        try:
-            _convert_into(gguf, tmp)
-            (tmp / _COMPLETE_MARKER).write_text(str(gguf) + "\n")
-            if target.exists():  # an incomplete leftover from a killed conversion
-                shutil.rmtree(target)
-            os.rename(tmp, target)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-    return target
+    return build_once(target, lambda out: _convert_into(gguf, out), str(gguf), lock_timeout=1800,
+                      announce=f"converting {gguf} to a safetensors cache at {target} (once; ~20 s)")
 
 
 def _convert_into(gguf: Path, out: Path) -> None:

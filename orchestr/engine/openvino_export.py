@@ -12,24 +12,19 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
-import logging
 import os
-import shutil
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
+from orchestr.engine.cache import build_once, is_complete
 from orchestr.engine.loader import ModelLoadError, models_cache_dir, resolve_model_path
-
-log = logging.getLogger(__name__)
 
 REPO = Path(__file__).resolve().parents[2]
 WEIGHT_FORMATS = ("fp32", "fp16", "int8", "int4")
 EXPORT_HINT = ("exporting a model to OpenVINO IR needs optimum-intel: run scripts/setup_openvino.sh "
                "(builds .venv-openvino) or set ORCHESTR_OPENVINO_EXPORT_PYTHON to a Python that has it")
 _CACHE_FORMAT = "v1"
-_COMPLETE_MARKER = ".orchestr-complete"
 IR_FILES = ("openvino_model.xml", "openvino_model.bin", "openvino_tokenizer.xml", "openvino_detokenizer.xml")
 
 
@@ -74,34 +69,20 @@ def resolve_openvino_model(model_path: str, weight_format: str = "fp32", trust_r
         return local.resolve()
     hf_folder = Path(resolve_model_path(model_path))
     name = ir_cache_name(hf_folder, weight_format)
-    root = models_cache_dir()
-    target = root / name
-    if (target / _COMPLETE_MARKER).is_file():
+    target = models_cache_dir() / name
+    if is_complete(target):
         return target
-    from filelock import FileLock
-
     python = export_python()
     if python is None:
         raise ModelLoadError(EXPORT_HINT)
-    root.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(root / f"{name}.lock"), timeout=3600):
-        if (target / _COMPLETE_MARKER).is_file():
-            return target
-        log.info("exporting %s to OpenVINO IR (%s weights) at %s (once; a minute or two)", hf_folder,
-                 weight_format, target)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=root))
-        os.chmod(tmp, 0o755)
-        try:
-            cmd = export_command(python, hf_folder, tmp, weight_format, trust_remote_code)
-            proc = subprocess.run(cmd, capture_output=True, text=True)
-            if proc.returncode != 0 or not is_ir_folder(tmp):
-                tail = "\n".join((proc.stderr or proc.stdout).strip().splitlines()[-5:])
-                raise ModelLoadError(f"OpenVINO export of {hf_folder} failed ({' '.join(cmd[:6])} ...):\n{tail}")
-            (tmp / _COMPLETE_MARKER).write_text(f"{hf_folder}\n")
-            if target.exists():  # an incomplete leftover from a killed export
-                shutil.rmtree(target)
-            os.rename(tmp, target)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-    return target
+
+    def export(out: Path) -> None:
+        cmd = export_command(python, hf_folder, out, weight_format, trust_remote_code)
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode != 0 or not is_ir_folder(out):
+            tail = "\n".join((proc.stderr or proc.stdout).strip().splitlines()[-5:])
+            raise ModelLoadError(f"OpenVINO export of {hf_folder} failed ({' '.join(cmd[:6])} ...):\n{tail}")
+
+    return build_once(target, export, str(hf_folder), lock_timeout=3600,
+                      announce=f"exporting {hf_folder} to OpenVINO IR ({weight_format} weights) at {target} "
+                               "(once; a minute or two)")

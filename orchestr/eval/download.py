@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 
 from orchestr.eval import paths
-from orchestr.eval.errors import EvalError
+from orchestr.eval.errors import EvalError, exit_on_user_error
 
 
 def fetch(url: str, dest: Path, timeout_s: float) -> int:
@@ -77,23 +77,14 @@ def run_download(cfg: Any) -> int:
 
 
 def main() -> int:
-    from omegaconf.errors import OmegaConfBaseException
-
     from orchestr.config import compose
 
     args = sys.argv[1:]
     if any(a in ("-h", "--help") for a in args):
         print(__doc__.strip())
         return 0
-    try:
-        cfg = compose(args)
-        return run_download(cfg)
-    except EvalError as e:
-        print(f"orchestr eval-data: {e}", file=sys.stderr)
-        return 2
-    except OmegaConfBaseException as e:
-        print(f"orchestr eval-data: bad override: {e}", file=sys.stderr)
-        return 2
+    with exit_on_user_error("orchestr eval-data"):
+        return run_download(compose(args))
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ from typing import Any
 
 from orchestr.eval import paths
 from orchestr.eval.bench import load_answers, load_questions
-from orchestr.eval.errors import EvalError
+from orchestr.eval.errors import exit_on_user_error
 from orchestr.eval.judge import judge_name_of
 from orchestr.eval.matches import record_turn
 from orchestr.eval.records import read_jsonl
@@ -161,8 +161,6 @@ def build_demo(data: BrowserData, title: str):
 
 
 def main() -> int:
-    from omegaconf.errors import OmegaConfBaseException
-
     from orchestr.config import compose
 
     parser = argparse.ArgumentParser(prog="orchestr qa-browser", description=__doc__.strip().splitlines()[0],
@@ -171,15 +169,9 @@ def main() -> int:
     parser.add_argument("--port", type=int, default=7870)
     parser.add_argument("--share", action="store_true")
     args, overrides = parser.parse_known_args()
-    try:
+    with exit_on_user_error("orchestr qa-browser"):
         cfg = compose(overrides)
         data = load_browser_data(cfg)
-    except EvalError as e:
-        print(f"orchestr qa-browser: {e}", file=sys.stderr)
-        return 2
-    except OmegaConfBaseException as e:
-        print(f"orchestr qa-browser: bad override: {e}", file=sys.stderr)
-        return 2
     if not data.answers:
         print(f"orchestr qa-browser: note: no answers yet in {paths.answer_dir(cfg.eval.data_dir, cfg.bench.name)}",
               file=sys.stderr)

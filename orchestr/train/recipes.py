@@ -202,15 +202,7 @@ def build(cfg: Any) -> Prepared:
                                opts.system_prompt)  # fmt: skip
         report.kept = len(train_ex) + len(eval_ex)
         args = SFTConfig(max_length=max_length, dataset_num_proc=None, **_common_args(train, device, bool(eval_ex)))
-        trainer = SFTTrainer(
-            model=model,
-            args=args,
-            train_dataset=Dataset.from_list(train_ex),
-            eval_dataset=Dataset.from_list(eval_ex) if eval_ex else None,
-            processing_class=tokenizer,
-            peft_config=_peft_config(train),
-            callbacks=callbacks,
-        )
+        trainer_cls = SFTTrainer
     else:
         from trl import DPOConfig, DPOTrainer
 
@@ -227,15 +219,16 @@ def build(cfg: Any) -> Prepared:
             train_ex = train_ex[: opts.max_examples]
         args = DPOConfig(max_length=max_length, beta=train.beta, dataset_num_proc=None,
                          **_common_args(train, device, bool(eval_ex)))  # fmt: skip
-        trainer = DPOTrainer(
-            model=model,
-            args=args,
-            train_dataset=Dataset.from_list(train_ex),
-            eval_dataset=Dataset.from_list(eval_ex) if eval_ex else None,
-            processing_class=tokenizer,
-            peft_config=_peft_config(train),
-            callbacks=callbacks,
-        )
+        trainer_cls = DPOTrainer
+    trainer = trainer_cls(
+        model=model,
+        args=args,
+        train_dataset=Dataset.from_list(train_ex),
+        eval_dataset=Dataset.from_list(eval_ex) if eval_ex else None,
+        processing_class=tokenizer,
+        peft_config=_peft_config(train),
+        callbacks=callbacks,
+    )
     return Prepared(trainer, tokenizer, base, len(train_ex), len(eval_ex), report)
 
 
