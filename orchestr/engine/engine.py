@@ -30,7 +30,7 @@ from orchestr.engine.cpu_linear import pack_linears
 from orchestr.engine.fused_layers import fuse_layers
 from orchestr.engine.loader import context_length, load_model, model_dtype_name
 from orchestr.engine.metrics import EngineMetrics
-from orchestr.engine.prompts import PromptEndpoints, RequestError
+from orchestr.engine.prompts import PromptEndpoints, RequestError, refusal_chunk
 from orchestr.engine.prompts import encode as encode_text
 from orchestr.engine.sampling import NON_FINITE, SamplingParams, SamplingRow, sample_with_logprobs
 from orchestr.engine.sequence import PreparedRequest, Sequence, token_logprobs
@@ -227,7 +227,7 @@ class Engine(PromptEndpoints):
             if req.echo and req.prompt_logprobs:
                 prompt_lps = await self._call(self._prompt_logprobs, prep.prompt_ids, req.logprobs or 0)
         except RequestError as exc:
-            yield GenerateChunk(error=str(exc), error_code=exc.code, finish_reason="error")
+            yield refusal_chunk(exc)
             return
         except Exception as exc:  # tokenizer trouble etc.: an error chunk, not a broken stream
             log.exception("cannot prepare request %s", req.request_id)

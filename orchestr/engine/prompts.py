@@ -13,6 +13,7 @@ from orchestr.protocol import (
     DetokenizeRequest,
     DetokenizeResponse,
     ErrorCode,
+    GenerateChunk,
     GenerateRequest,
     ModelDetails,
     TokenizeRequest,
@@ -31,6 +32,13 @@ class RequestError(ValueError):
 # GenerateRequest fields beyond plain sampling, which not every engine implements
 OPTIONAL_FEATURES = {"guided_json": "response_format / forced tool calls", "logprobs": "logprobs",
                      "logit_bias": "logit_bias", "prompt_logprobs": "echo with logprobs"}
+
+
+def refusal_chunk(exc: ValueError) -> GenerateChunk:
+    """A request refused before generating, as its stream's one chunk: a :class:`RequestError`
+    with its code; any other ValueError is a backend's "the prompt fills the context"."""
+    code = exc.code if isinstance(exc, RequestError) else ErrorCode.CONTEXT_OVERFLOW
+    return GenerateChunk(error=str(exc), error_code=code, finish_reason="error")
 
 
 def refuse_unsupported(req: GenerateRequest, backend: str, supported: frozenset[str] = frozenset()) -> None:

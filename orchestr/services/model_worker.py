@@ -11,14 +11,11 @@ import sys
 
 from orchestr.config.flags import add_flags, from_args
 from orchestr.config.serving import EngineConfig
-from orchestr.services.worker_base import add_worker_args, serve_engines, served_names
+from orchestr.services.worker_base import add_model_path_args, add_worker_args, serve_engines, start_worker
 
 
 def add_model_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model-path", default="embedded://SmolLM2-135M-Instruct",
-                        help="local HF folder, .gguf file, hub id (local cache only) or embedded://NAME")
-    parser.add_argument("--model-names", default=None,
-                        help="comma-separated names this model is served under (default: the path's last part)")
+    add_model_path_args(parser, "local HF folder, .gguf file, hub id (local cache only) or embedded://NAME")
     parser.add_argument("--tokenizer", default=None, help="tokenizer path, if not the model's")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
     parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
@@ -55,16 +52,11 @@ def build_engine(args: argparse.Namespace, model_name: str):
 
 
 def main(argv: list[str] | None = None) -> None:
-    from orchestr.services.http_util import setup_logging
-
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_worker_args(parser, default_port=21002)
     add_model_args(parser)
     add_engine_args(parser)
-    args = parser.parse_args(argv)
-    log = setup_logging("orchestr.model_worker")
-
-    names = served_names(args)
+    args, log, names = start_worker(parser, argv, "orchestr.model_worker")
     from orchestr.engine.loader import ModelLoadError
     from orchestr.engine.templates import get_template
 

@@ -25,7 +25,7 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
-from orchestr.engine.prompts import PromptEndpoints, RequestError, refuse_unsupported
+from orchestr.engine.prompts import PromptEndpoints, refusal_chunk, refuse_unsupported
 from orchestr.protocol import (
     ErrorCode,
     GenerateChunk,
@@ -323,11 +323,8 @@ class OpenVinoEngine(PromptEndpoints):
             stop = [*req.stop, *(s for s in stops if s not in req.stop)]
             stop_token_ids = [*req.stop_token_ids, *(t for t in [*stop_ids, *self.eos_ids] if t not in req.stop_token_ids)]
             settings = generation_settings(req, len(ids), self.context_len, stop, stop_token_ids)
-        except RequestError as exc:
-            yield GenerateChunk(error=str(exc), error_code=exc.code, finish_reason="error")
-            return
-        except ValueError as exc:
-            yield GenerateChunk(error=str(exc), error_code=ErrorCode.CONTEXT_OVERFLOW, finish_reason="error")
+        except ValueError as exc:  # RequestError included
+            yield refusal_chunk(exc)
             return
         try:
             self.generation_config(settings, req.guided_json)

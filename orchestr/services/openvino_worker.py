@@ -15,17 +15,14 @@ import sys
 
 from orchestr.engine.openvino_export import WEIGHT_FORMATS
 from orchestr.services.model_worker import add_engine_args
-from orchestr.services.worker_base import add_worker_args, require_backend, serve_engines, served_names
+from orchestr.services.worker_base import add_model_path_args, add_worker_args, serve_engines, start_worker
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m orchestr.services.openvino_worker",
                                      description=__doc__.splitlines()[0])
     add_worker_args(parser, default_port=21002)
-    parser.add_argument("--model-path", default="embedded://SmolLM2-135M-Instruct",
-                        help="OpenVINO IR folder, or anything the transformers worker loads (exported once)")
-    parser.add_argument("--model-names", default=None,
-                        help="comma-separated names this model is served under (default: the path's last part)")
+    add_model_path_args(parser, "OpenVINO IR folder, or anything the transformers worker loads (exported once)")
     parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
                         help="inference (and KV-cache) precision; auto: OpenVINO's choice (bf16 on AMX CPUs)")
     parser.add_argument("--weight-format", default="fp32", choices=list(WEIGHT_FORMATS),
@@ -50,17 +47,10 @@ def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Non
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    check_args(parser, args)
-    from orchestr.services.http_util import setup_logging
-
-    log = setup_logging("orchestr.openvino_worker")
-    names = served_names(args)
-
     from orchestr.services.openvino_engine import OpenVinoEngine, import_openvino_genai
 
-    require_backend(import_openvino_genai)  # before the (slow) export
+    args, log, names = start_worker(build_parser(), argv, "orchestr.openvino_worker", check_args,
+                                    import_openvino_genai)
     from orchestr.engine.loader import ModelLoadError
     from orchestr.engine.openvino_export import resolve_openvino_model
 

@@ -13,7 +13,7 @@ import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
-from orchestr.engine.prompts import PromptEndpoints, RequestError
+from orchestr.engine.prompts import PromptEndpoints, refusal_chunk
 from orchestr.protocol import (
     ErrorCode,
     GenerateChunk,
@@ -181,11 +181,8 @@ class VllmEngine(PromptEndpoints):
             text, ids, stops, stop_ids = prompt.text, prompt.ids, prompt.stop, prompt.stop_token_ids
             kw = sampling_kwargs(req, len(ids), self.context_len)
             guided = guided_decoding(req)
-        except RequestError as exc:
-            yield GenerateChunk(error=str(exc), error_code=exc.code, finish_reason="error")
-            return
-        except ValueError as exc:
-            yield GenerateChunk(error=str(exc), error_code=ErrorCode.CONTEXT_OVERFLOW, finish_reason="error")
+        except ValueError as exc:  # RequestError included
+            yield refusal_chunk(exc)
             return
         kw["stop"] += [s for s in stops if s not in kw["stop"]]
         kw["stop_token_ids"] += [t for t in stop_ids if t not in kw["stop_token_ids"]]

@@ -14,17 +14,14 @@ from __future__ import annotations
 import argparse
 import sys
 
-from orchestr.services.worker_base import add_worker_args, require_backend, serve_engines, served_names
+from orchestr.services.worker_base import add_model_path_args, add_worker_args, serve_engines, start_worker
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m orchestr.services.vllm_worker",
                                      description=__doc__.splitlines()[0])
     add_worker_args(parser, default_port=21002)
-    parser.add_argument("--model-path", default="embedded://SmolLM2-135M-Instruct",
-                        help="local HF folder, .gguf file, hub id (local cache only) or embedded://NAME")
-    parser.add_argument("--model-names", default=None,
-                        help="comma-separated names this model is served under (default: the path's last part)")
+    add_model_path_args(parser, "local HF folder, .gguf file, hub id (local cache only) or embedded://NAME")
     parser.add_argument("--tokenizer", default=None, help="tokenizer path, if not the model's")
     parser.add_argument("--num-gpus", type=int, default=1,
                         help="tensor parallel size; more than 1 runs vLLM's Ray backend (needs `ray start --head`)")
@@ -53,17 +50,10 @@ def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Non
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    check_args(parser, args)
-    from orchestr.services.http_util import setup_logging
-
-    log = setup_logging("orchestr.vllm_worker")
-    names = served_names(args)
-
     from orchestr.services.vllm_engine import VllmEngine, import_vllm
 
-    require_backend(import_vllm)  # before the (slow) model conversion
+    args, log, names = start_worker(build_parser(), argv, "orchestr.vllm_worker", check_args, import_vllm)
+
     from orchestr.engine.loader import ModelLoadError, resolve_model_path
 
     try:

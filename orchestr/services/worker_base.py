@@ -342,6 +342,13 @@ def worker_address(args: argparse.Namespace) -> str:
     return args.worker_address or f"http://localhost:{args.port}"
 
 
+def add_model_path_args(parser: argparse.ArgumentParser, path_help: str) -> None:
+    """``--model-path`` (what this worker's backend loads) and ``--model-names``."""
+    parser.add_argument("--model-path", default="embedded://SmolLM2-135M-Instruct", help=path_help)
+    parser.add_argument("--model-names", default=None,
+                        help="comma-separated names this model is served under (default: the path's last part)")
+
+
 def default_model_name(model_path: str) -> str:
     return model_path.rstrip("/").split("/")[-1].removesuffix(".gguf")
 
@@ -350,6 +357,30 @@ def served_names(args: argparse.Namespace) -> list[str]:
     """The names ``--model-names`` gives (comma-separated), else the model path's last part."""
     names = [n.strip() for n in (args.model_names or "").split(",") if n.strip()]
     return names or [default_model_name(args.model_path)]
+
+
+def start_worker(parser: argparse.ArgumentParser, argv: list[str] | None, logger: str,
+                 check: Callable[[argparse.ArgumentParser, argparse.Namespace], None] | None = None,
+                 import_backend: Callable[[], Any] | None = None,
+                 ) -> tuple[argparse.Namespace, logging.Logger, list[str]]:
+    """A single-model worker's first steps: its command line parsed and checked (``check`` calls
+    ``parser.error``), its logging set up, and the names it serves. ``import_backend`` is tried
+    before any slow model preparation: if it raises :class:`BackendMissing`, the worker prints
+    ``error: <install hint>`` and exits with status 1 in a second."""
+    args = parser.parse_args(argv)
+    if check is not None:
+        check(parser, args)
+    from orchestr.services.http_util import setup_logging
+
+    log = setup_logging(logger)
+    names = served_names(args)
+    if import_backend is not None:
+        try:
+            import_backend()
+        except BackendMissing as e:
+            print(f"error: {e.code}", file=sys.stderr)
+            sys.exit(1)
+    return args, log, names
 
 
 class BackendMissing(SystemExit):
@@ -364,16 +395,6 @@ def import_backend(module: str, install_hint: str) -> Any:
     except ImportError as e:
         detail = "" if isinstance(e, ModuleNotFoundError) and e.name == module else f" ({e})"
         raise BackendMissing(install_hint + detail) from None
-
-
-def require_backend(import_fn: Callable[[], Any]) -> None:
-    """A worker's early check that its backend imports: if not, ``error: <install hint>`` and
-    exit code 1, in a second rather than after a slow model conversion."""
-    try:
-        import_fn()
-    except BackendMissing as e:
-        print(f"error: {e.code}", file=sys.stderr)
-        sys.exit(1)
 
 
 def serve_engines(engines: Mapping[str, Any], args: argparse.Namespace) -> None:
