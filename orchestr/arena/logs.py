@@ -53,12 +53,17 @@ class ConvState(BaseModel):
     roles: list[str] = Field(default_factory=lambda: ["user", "assistant"])
 
 
-class ChatLine(BaseModel):
-    """One finished model reply on any tab."""
+class _LogLine(BaseModel):
+    """What every line has: a timestamp first, and fields of newer writers pass through."""
 
     model_config = ConfigDict(extra="allow")
 
     tstamp: float = Field(default_factory=lambda: round(time.time(), 4))
+
+
+class ChatLine(_LogLine):
+    """One finished model reply on any tab."""
+
     type: Literal["chat"] = "chat"
     model: str
     gen_params: dict[str, Any] = Field(default_factory=dict)
@@ -68,24 +73,18 @@ class ChatLine(BaseModel):
     ip: str | None = None
 
 
-class ChatVoteLine(BaseModel):
+class ChatVoteLine(_LogLine):
     """A vote on the single-model chat tab."""
 
-    model_config = ConfigDict(extra="allow")
-
-    tstamp: float = Field(default_factory=lambda: round(time.time(), 4))
     type: Literal["upvote", "downvote", "flag"]
     model: str
     state: ConvState
     ip: str | None = None
 
 
-class ArenaLine(BaseModel):
+class ArenaLine(_LogLine):
     """A vote (or share / flag) on an arena tab: two sides, in screen order (A then B)."""
 
-    model_config = ConfigDict(extra="allow")
-
-    tstamp: float = Field(default_factory=lambda: round(time.time(), 4))
     type: Literal["leftvote", "rightvote", "tievote", "bothbad_vote", "share", "flag"]
     models: list[str]  # names on screen, A then B: "" on the anonymous tab (FastChat's shape)
     states: list[ConvState]  # each with the real `model_name`

@@ -14,12 +14,12 @@ assistant's words and its end-of-turn marker only (FastChat's ``preprocess`` mas
 
 from __future__ import annotations
 
-import json
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from orchestr.arena.records import read_records
 from orchestr.errors import UserError
 
 IGNORE_INDEX = -100
@@ -53,20 +53,13 @@ class DataReport:
 
 
 def read_json_records(path: str | Path) -> list[dict[str, Any]]:
-    p = Path(path).expanduser()
-    if not p.is_file():
-        raise DataError(f"train.data={str(path)!r}: no such file")
-    text = p.read_text(encoding="utf-8")
+    """The records of a JSON list or JSONL file (the arena steps' reader), errors naming ``train.data``."""
     try:
-        if p.suffix == ".jsonl":
-            data: Any = [json.loads(line) for line in text.splitlines() if line.strip()]
-        else:
-            data = json.loads(text) if text.strip() else []
-    except json.JSONDecodeError as e:
-        raise DataError(f"train.data={str(path)!r}: not valid JSON ({e})") from None
-    if not isinstance(data, list):
-        raise DataError(f"train.data={str(path)!r}: expected a list of records")
-    return data
+        return read_records(path)
+    except FileNotFoundError:
+        raise DataError(f"train.data={str(path)!r}: no such file") from None
+    except ValueError as e:  # not valid JSON / JSONL, or not a list
+        raise DataError(f"train.data={str(path)!r}: {e}") from None
 
 
 def to_messages(record: dict[str, Any]) -> list[dict[str, str]] | None:
