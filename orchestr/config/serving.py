@@ -194,23 +194,34 @@ _SSL = "serve HTTPS (SSL_KEYFILE / SSL_CERTFILE env)"
 
 
 @dataclass
-class ControllerServiceConfig:
+class ServiceSection:
+    """What each service section has: whether and where it runs, where it listens, how it is
+    restarted, and flags appended verbatim."""
+
     LAUNCHER_ONLY: ClassVar[tuple[str, ...]] = ("enabled", "node", "restart", "extra_args")
 
-    # false: start none, use the one already running at this node's address and `port`
     enabled: bool = True
     node: str = "local"
     host: str | None = _h(None, _BIND)
+    port: int = _h(0, "port to serve on")
+    restart: RestartPolicy = field(default_factory=RestartPolicy)
+    extra_args: list[str] = field(default_factory=list)
+
+
+@dataclass
+class ControllerServiceConfig(ServiceSection):
+    # enabled=false: start none, use the one already running at this node's address and `port`
     port: int = _h(21001, "port to serve on")
     dispatch_method: DispatchMethod = _h(DispatchMethod.shortest_queue, "how a worker is picked for a model")
     heart_beat_expiration: float = _h(30.0, "seconds without a heartbeat before a worker is dropped")
+    worker_timeout_s: float = _h(5.0, "seconds the controller waits on a worker's status (registration, "
+                                      "a reported failure, refresh)")
     ssl: bool = _h(False, _SSL)
-    restart: RestartPolicy = field(default_factory=RestartPolicy)
-    extra_args: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         check(self.heart_beat_expiration > 0, "heart_beat_expiration",
               f"must be positive, got {self.heart_beat_expiration}")
+        check(self.worker_timeout_s > 0, "worker_timeout_s", f"must be positive, got {self.worker_timeout_s}")
 
 
 @dataclass
@@ -230,12 +241,9 @@ class WorkerServiceConfig:
 
 
 @dataclass
-class ApiServiceConfig:
-    LAUNCHER_ONLY: ClassVar[tuple[str, ...]] = ("enabled", "node", "api_keys", "restart", "extra_args")
+class ApiServiceConfig(ServiceSection):
+    LAUNCHER_ONLY: ClassVar[tuple[str, ...]] = (*ServiceSection.LAUNCHER_ONLY, "api_keys")
 
-    enabled: bool = True
-    node: str = "local"
-    host: str | None = _h(None, _BIND)
     port: int = _h(8000, "port to serve on")
     api_keys: list[str] = field(default_factory=list)  # reach the server by a 0600 file, never argv
     worker_connect_timeout_s: float = _h(5.0, "seconds to open a connection to a worker before trying another")
@@ -252,8 +260,6 @@ class ApiServiceConfig:
     allowed_headers: list[str] = _h(lambda: ["*"], "CORS: request headers allowed")
     allow_credentials: bool = _h(False, "CORS: allow credentials")
     ssl: bool = _h(False, _SSL)
-    restart: RestartPolicy = field(default_factory=RestartPolicy)
-    extra_args: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         for key in ("worker_connect_timeout_s", "worker_timeout_s", "controller_timeout_s", "controller_cache_ttl_s",
@@ -280,12 +286,9 @@ class WebModerationConfig:
 
 
 @dataclass
-class WebServiceConfig:
-    LAUNCHER_ONLY: ClassVar[tuple[str, ...]] = ("enabled", "node", "auth", "restart", "extra_args")
+class WebServiceConfig(ServiceSection):
+    LAUNCHER_ONLY: ClassVar[tuple[str, ...]] = (*ServiceSection.LAUNCHER_ONLY, "auth")
 
-    enabled: bool = True
-    node: str = "local"
-    host: str | None = _h(None, _BIND)
     port: int = _h(7860, "port to serve on")
     mode: WebMode = _h(WebMode.multi, "single: chat tab only; multi: arena battle + side-by-side + chat + "
                                       "leaderboard")
@@ -311,8 +314,6 @@ class WebServiceConfig:
     arena_excluded_pairs: list[list[str]] = _h(
         list, 'anonymous arena: model pairs never drawn together (JSON list, e.g. \'[["a", "b"]]\')')
     moderation: WebModerationConfig = field(default_factory=WebModerationConfig)
-    restart: RestartPolicy = field(default_factory=RestartPolicy)
-    extra_args: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         for key in ("max_turns", "max_input_chars", "max_new_tokens", "concurrency_count"):

@@ -27,6 +27,11 @@ def _load(path_arg: str | None) -> tuple[state_mod.DeploymentState | None, str]:
     return state_mod.load(path), str(path)
 
 
+def _nothing_recorded(path: str, rc: int) -> int:
+    print(f"no deployment recorded ({path})", file=sys.stderr if rc else sys.stdout)
+    return rc
+
+
 def registered_workers(state: state_mod.DeploymentState) -> dict[str, list[str]] | None:
     """worker address -> model names, as the controller sees it; None when it does not answer."""
     try:
@@ -41,8 +46,7 @@ def status_main() -> int:
     args = _parser("orchestr status", "Show the processes of the running deployment.").parse_args()
     state, path = _load(args.state_file)
     if state is None:
-        print(f"no deployment recorded ({path})")
-        return 1
+        return _nothing_recorded(path, 1)
     from rich.console import Console
     from rich.table import Table
 
@@ -92,8 +96,7 @@ def logs_main() -> int:
     args = p.parse_args()
     state, path = _load(args.state_file)
     if state is None:
-        print(f"no deployment recorded ({path})", file=sys.stderr)
-        return 1
+        return _nothing_recorded(path, 1)
     rec = state.record(args.name)
     if rec is None:
         names = ", ".join(p.name for p in state.processes)
@@ -136,8 +139,7 @@ def stop_main() -> int:
     args = _parser("orchestr stop", "Stop every process of the running deployment, on every node.").parse_args()
     state, path = _load(args.state_file)
     if state is None:
-        print(f"no deployment recorded ({path})")
-        return 0
+        return _nothing_recorded(path, 0)
     if state.supervisor_pid:  # first the watcher, or it would restart what we stop
         _stop_supervisor(state.supervisor_pid)
         state = state_mod.load(state_mod.state_path(args.state_file)) or state

@@ -15,7 +15,31 @@ from orchestr.config.serving import NodeConfig
 from orchestr.launch.spec import ProcessRecord, ProcessSpec
 
 
-class LocalRunner:
+class LocalLogs:
+    """Logs that are files on this machine (the local runner's, or a shared filesystem's)."""
+
+    def read_log(self, record: ProcessRecord, lines: int = 100) -> str:
+        try:
+            text = Path(record.log_path).read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+        return "\n".join(text.splitlines()[-lines:])
+
+    def follow_log(self, record: ProcessRecord) -> Iterator[str]:
+        with open(record.log_path, errors="replace") as f:
+            f.seek(0, os.SEEK_END)
+            while True:
+                line = f.readline()
+                if line:
+                    yield line.rstrip("\n")
+                else:
+                    time.sleep(0.3)
+
+    def close(self) -> None:
+        pass
+
+
+class LocalRunner(LocalLogs):
     def __init__(self, node_name: str, node: NodeConfig) -> None:
         self.node_name = node_name
         self.node = node
@@ -73,23 +97,3 @@ class LocalRunner:
             os.waitpid(pid, os.WNOHANG)
         except ChildProcessError:
             pass
-
-    def read_log(self, record: ProcessRecord, lines: int = 100) -> str:
-        try:
-            text = Path(record.log_path).read_text(errors="replace")
-        except FileNotFoundError:
-            return ""
-        return "\n".join(text.splitlines()[-lines:])
-
-    def follow_log(self, record: ProcessRecord) -> Iterator[str]:
-        with open(record.log_path, errors="replace") as f:
-            f.seek(0, os.SEEK_END)
-            while True:
-                line = f.readline()
-                if line:
-                    yield line.rstrip("\n")
-                else:
-                    time.sleep(0.3)
-
-    def close(self) -> None:
-        pass

@@ -24,13 +24,13 @@ import re
 import shlex
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 from orchestr.config.backends import SlurmConfig
 from orchestr.config.serving import NodeConfig
 from orchestr.errors import LaunchError
+from orchestr.launch.local import LocalLogs
 from orchestr.launch.spec import ProcessRecord, ProcessSpec
 
 ACTIVE = {"PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "REQUEUED", "REQUEUE_FED",
@@ -175,7 +175,7 @@ def sbatch_argv(spec: ProcessSpec, opts: SlurmConfig, node_name: str, log_path: 
     return [*argv, *opts.extra_args, script]
 
 
-class SlurmRunner:
+class SlurmRunner(LocalLogs):  # logs are files on the shared filesystem
     """A Runner whose processes are Slurm jobs (one runner per cluster node, as for the others)."""
 
     def __init__(self, node_name: str, node: NodeConfig) -> None:
@@ -245,23 +245,3 @@ class SlurmRunner:
         deadline = time.time() + 30
         while queued() and time.time() < deadline:
             time.sleep(0.3)
-
-    def read_log(self, record, lines: int = 100) -> str:
-        try:
-            text = Path(record.log_path).read_text(errors="replace")
-        except FileNotFoundError:
-            return ""
-        return "\n".join(text.splitlines()[-lines:])
-
-    def follow_log(self, record) -> Iterator[str]:
-        with open(record.log_path, errors="replace") as f:
-            f.seek(0, os.SEEK_END)
-            while True:
-                line = f.readline()
-                if line:
-                    yield line.rstrip("\n")
-                else:
-                    time.sleep(0.3)
-
-    def close(self) -> None:
-        pass
