@@ -13,6 +13,7 @@ import shlex
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import httpx
 import pytest
@@ -187,8 +188,11 @@ def ov_deployment(tmp_path_factory):
             logs = "".join(f"\n--- {f.name}\n{f.read_text(errors='replace')[-3000:]}"
                            for f in sorted((root / "logs").glob("*.log")))
             pytest.fail(f"launch failed:\n{proc.stdout}{proc.stderr}{logs}")
+        secret_file = json.loads(state.read_text()).get("secret_file")
+        secret = Path(secret_file).read_text().strip() if secret_file else None
         yield {"api_base": f"http://127.0.0.1:{api}/v1", "controller": f"http://127.0.0.1:{ctl}",
-               "worker": f"http://127.0.0.1:{worker}", "root": root}
+               "worker": f"http://127.0.0.1:{worker}", "root": root,
+               "auth": {"Authorization": f"Bearer {secret}"} if secret else {}}  # internal hops need it
     finally:
         subprocess.run([*ORCHESTR, "stop"], env=env, capture_output=True, text=True, timeout=300, cwd=REPO)
 
@@ -206,9 +210,11 @@ QUESTION = [{"role": "user", "content": "What is the capital of France? Answer i
 @pytest.mark.slow
 @pytest.mark.openvino
 def test_openvino_worker_serves_chat_completion_and_streams(ov_deployment, client):
-    details = httpx.post(f"{ov_deployment['worker']}/model_details", json={"model": MODEL}, timeout=10).json()
+    auth = ov_deployment["auth"]
+    details = httpx.post(f"{ov_deployment['worker']}/model_details", json={"model": MODEL}, headers=auth,
+                         timeout=10).json()
     assert details["backend"] == "openvino" and details["dtype"] == "bfloat16" and details["context_length"] == 2048
-    workers = httpx.post(f"{ov_deployment['controller']}/list_models", timeout=10).json()
+    workers = httpx.post(f"{ov_deployment['controller']}/list_models", headers=auth, timeout=10).json()
     assert MODEL in workers["models"]  # registered with the controller
     assert [m.id for m in client.models.list().data] == [MODEL]
     r = client.chat.completions.create(model=MODEL, messages=QUESTION, temperature=0, max_tokens=32)
@@ -279,7 +285,8 @@ def test_client_disconnect_frees_its_slot(ov_deployment):
         while time.monotonic() < deadline and not cancelled():
             time.sleep(0.2)
         assert cancelled()
-        assert httpx.get(f"{ov_deployment['worker']}/health", timeout=5).json()["queue_length"] == 0
+        health = httpx.get(f"{ov_deployment['worker']}/health", headers=ov_deployment["auth"], timeout=5).json()
+        assert health["queue_length"] == 0
         r = http.post(f"{ov_deployment['api_base']}/completions", timeout=60,
                       json={"model": MODEL, "prompt": "Hello", "temperature": 0, "max_tokens": 4})
         assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] == 4

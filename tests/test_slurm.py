@@ -221,3 +221,23 @@ def test_eval_sweep_runs_as_slurm_jobs_via_submitit_and_writes_what_a_local_swee
     assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
     got, want = _files(on_slurm), _files(local)
     assert got == want and any(p.endswith("model_judgment/smollm2-135m_single.jsonl") for p in got)
+
+
+def test_a_service_failing_at_start_up_fails_the_launch_with_its_log_and_leaves_no_job(tmp_path) -> None:
+    if why := slurm_up():
+        pytest.skip(why)
+    prefix = f"orchtest-{uuid.uuid4().hex[:6]}"
+    ports = free_ports(3)
+    cmd = [*ORCHESTR, "launch", "launch.backend=slurm", "launch.detach=true", "services.web.enabled=false",
+           f"launch.slurm.job_name_prefix={prefix}", f"launch.state_file={tmp_path / 'state.json'}",
+           f"launch.log_dir={tmp_path / 'logs'}", "launch.health_timeout_s=300",
+           "services.controller.host=127.0.0.1", "services.api.host=127.0.0.1", "services.worker.host=127.0.0.1",
+           f"services.controller.port={ports[0]}", f"services.api.port={ports[1]}",
+           f"cluster.workers.worker-0.port={ports[2]}", "cluster.workers.worker-0.extra_args=[--no-such-flag]"]
+    t0 = time.time()
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=600,
+                         env={**os.environ, "ORCHESTR_RUNS_DIR": str(tmp_path / "runs")})
+    assert out.returncode == 1, out.stdout + out.stderr
+    assert "worker-0 exited during start-up" in out.stdout and "--no-such-flag" in out.stdout
+    assert time.time() - t0 < 200  # not launch.health_timeout_s
+    assert squeue(prefix) == []

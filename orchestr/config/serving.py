@@ -214,11 +214,14 @@ class ControllerServiceConfig(ServiceSection):
     port: int = _h(21001, "port to serve on")
     dispatch_method: DispatchMethod = _h(DispatchMethod.shortest_queue, "how a worker is picked for a model")
     heart_beat_expiration: float = _h(30.0, "seconds without a heartbeat before a worker is dropped")
+    worker_timeout_s: float = _h(5.0, "seconds the controller waits on a worker's status (registration, "
+                                      "a reported failure, refresh)")
     ssl: bool = _h(False, _SSL)
 
     def __post_init__(self) -> None:
         check(self.heart_beat_expiration > 0, "heart_beat_expiration",
               f"must be positive, got {self.heart_beat_expiration}")
+        check(self.worker_timeout_s > 0, "worker_timeout_s", f"must be positive, got {self.worker_timeout_s}")
 
 
 @dataclass

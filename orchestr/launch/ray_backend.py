@@ -110,7 +110,7 @@ class ServiceActor:
 
 
 def _options(node: NodeConfig) -> RayBackendConfig:
-    return RayBackendConfig(**dict(getattr(node, "backend_options", None) or {}))
+    return RayBackendConfig(**node.backend_options)
 
 
 def gpu_count(spec: ProcessSpec) -> int:
@@ -133,8 +133,6 @@ def max_restarts(spec: ProcessSpec, opts: RayBackendConfig) -> int:
 
 
 class RayRunner:
-    scheduler_restarts = True  # the launcher starts no supervisor for this backend
-
     def __init__(self, node_name: str, node: NodeConfig) -> None:
         self.node_name = node_name
         self.node = node

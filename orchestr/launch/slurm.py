@@ -35,8 +35,6 @@ from orchestr.launch.spec import ProcessRecord, ProcessSpec
 
 ACTIVE = {"PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "REQUEUED", "REQUEUE_FED",
           "REQUEUE_HOLD", "RESIZING", "SUSPENDED", "SIGNALING", "STAGE_OUT"}
-
-
 LOCAL_BINDS = ("0.0.0.0", "::", "127.0.0.1", "localhost", "::1")
 
 
@@ -55,8 +53,7 @@ def _run(argv: list[str], env: dict[str, str] | None = None, timeout: float = 30
 
 
 def _options(node: NodeConfig) -> SlurmConfig:
-    opts = dict(getattr(node, "backend_options", None) or {})
-    return SlurmConfig(**opts)
+    return SlurmConfig(**node.backend_options)
 
 
 def job_name(opts: SlurmConfig, process: str) -> str:
@@ -81,6 +78,14 @@ def job_state(job_id: str) -> tuple[str, str]:
     except SlurmError:
         pass  # no accounting storage configured
     return "UNKNOWN", ""
+
+
+def restart_count(job_id: str) -> int:
+    try:
+        m = re.search(r"\bRestarts=(\d+)", _run(["scontrol", "show", "job", "-o", job_id]))
+    except SlurmError:
+        return 0
+    return int(m.group(1)) if m else 0
 
 
 def node_address(slurm_node: str) -> str:
@@ -173,12 +178,11 @@ def sbatch_argv(spec: ProcessSpec, opts: SlurmConfig, node_name: str, log_path: 
 class SlurmRunner(LocalLogs):  # logs are files on the shared filesystem
     """A Runner whose processes are Slurm jobs (one runner per cluster node, as for the others)."""
 
-    scheduler_restarts = True  # the launcher starts no supervisor for this backend
-
     def __init__(self, node_name: str, node: NodeConfig) -> None:
         self.node_name = node_name
         self.node = node
         self.opts = _options(node)
+        self._submitted: set[int] = set()  # jobs this runner started (in this launcher)
 
     def start(self, spec: ProcessSpec, log_path: str):
         log = Path(log_path).expanduser().resolve()
@@ -193,6 +197,7 @@ class SlurmRunner(LocalLogs):  # logs are files on the shared filesystem
         job_id = _run(sbatch_argv(spec, self.opts, self.node_name, str(log), str(script_path)),
                       env=env).strip().split(";")[0]
         rec = ProcessRecord(spec=spec, pid=int(job_id), pgid=0, log_path=str(log))
+        self._submitted.add(rec.pid)
         self._await_placement(rec)
         return rec
 
@@ -216,19 +221,27 @@ class SlurmRunner(LocalLogs):  # logs are files on the shared filesystem
             rec.spec.health_url = urlunsplit((u.scheme, f"{host}:{u.port}", u.path, u.query, u.fragment))
 
     def alive(self, record) -> bool:
-        return job_state(str(record.pid))[0] in ACTIVE
+        if job_state(str(record.pid))[0] not in ACTIVE:
+            return False
+        # while the launcher waits on it, a job that already requeued itself failed at start-up:
+        # report it (with its log) instead of waiting out launch.health_timeout_s
+        return record.pid not in self._submitted or restart_count(str(record.pid)) == 0
 
     def stop(self, record, timeout: float = 15.0) -> None:
         job = str(record.pid)
-        if not self.alive(record):
+
+        def queued() -> bool:  # pending (a requeued job too) or running
+            return job_state(job)[0] in ACTIVE
+
+        if not queued():
             return
         _run(["scancel", job])
         deadline = time.time() + timeout
         while time.time() < deadline:
-            if not self.alive(record):
+            if not queued():
                 return
             time.sleep(0.3)
         _run(["scancel", "--signal=KILL", "--full", job])
         deadline = time.time() + 30
-        while self.alive(record) and time.time() < deadline:
+        while queued() and time.time() < deadline:
             time.sleep(0.3)

@@ -75,11 +75,13 @@ def fetch_worker_status(worker_name: str, timeout: float = STATUS_TIMEOUT_S) -> 
 class Controller:
     """Worker registry and dispatcher. Thread-safe: routes and the expiry thread share it."""
 
-    def __init__(self, dispatch_method: str = "shortest_queue", heart_beat_expiration: float = 30.0):
+    def __init__(self, dispatch_method: str = "shortest_queue", heart_beat_expiration: float = 30.0,
+                 worker_timeout: float = STATUS_TIMEOUT_S):
         if dispatch_method not in DISPATCH_METHODS:
             raise ValueError(f"unknown dispatch method {dispatch_method!r}; choose from {DISPATCH_METHODS}")
         self.dispatch_method = dispatch_method
         self.heart_beat_expiration = heart_beat_expiration
+        self.worker_timeout = worker_timeout  # per call to a worker's /worker_get_status
         self.workers: dict[str, WorkerInfo] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -95,7 +97,7 @@ class Controller:
         multimodal: bool = False,
     ) -> bool:
         if worker_status is None:
-            worker_status = fetch_worker_status(worker_name)
+            worker_status = fetch_worker_status(worker_name, self.worker_timeout)
             if worker_status is None:
                 return False
         with self._lock:
@@ -103,7 +105,7 @@ class Controller:
         if old is not None and old.worker_id and old.worker_id != worker_status.worker_id and self._live(old):
             # Another process holds this address: only the one answering there may take it over
             # (a worker restarted on the same port).
-            answering = fetch_worker_status(worker_name)
+            answering = fetch_worker_status(worker_name, self.worker_timeout)
             if answering is None or answering.worker_id != worker_status.worker_id:
                 logger.warning("refused a registration of %s: another live worker holds that address",
                                worker_name)
@@ -137,7 +139,7 @@ class Controller:
         with self._lock:
             if worker_name not in self.workers:
                 return False
-        if fetch_worker_status(worker_name, timeout=2.0) is not None:
+        if fetch_worker_status(worker_name, min(2.0, self.worker_timeout)) is not None:
             return True
         logger.info("dropped worker %s: reported failing and does not answer", worker_name)
         self.remove_worker(worker_name)
@@ -326,7 +328,7 @@ def main(argv: list[str] | None = None) -> None:
         from_args(ControllerServiceConfig, args)  # the schema's range checks
     except ValueError as e:
         parser.error(str(e))
-    controller = Controller(args.dispatch_method, args.heart_beat_expiration)
+    controller = Controller(args.dispatch_method, args.heart_beat_expiration, args.worker_timeout_s)
     logger.info("controller on %s:%d, dispatch %s", args.host, args.port, args.dispatch_method)
     run_app(protect(create_app(controller), logger), args.host, args.port, ssl=args.ssl)
 
