@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
-# A two-node local Ray cluster on 127.0.0.1, for the Ray tests (tests/test_ray*.py) and for trying
+# A two-node local Ray cluster on this machine, for the Ray tests (tests/test_ray*.py) and for trying
 # `orchestr launch launch.backend=ray`: a head node and one more node process, each advertising
 # a custom resource named after a node of conf/cluster/ray_local.yaml (`ray-head`, `ray-node-1`),
 # so a worker pinned to one of them is visibly placed there. Idempotent: when both nodes already
-# answer it only says so.
+# answer it only says so. The dashboard (state API) listens on 127.0.0.1; Ray's own servers
+# (GCS, raylets, agents) use this machine's address whatever --node-ip-address says (Ray turns
+# 127.0.0.1 into it), so keep the machine behind a firewall as for any Ray cluster. orchestr's
+# services listen where the cluster YAML says (127.0.0.1 in conf/cluster/ray_local.yaml).
 #
 #   scripts/setup_ray.sh          start (installs ray[default] into .venv when missing)
 #   scripts/setup_ray.sh --install  only install ray[default] when missing (what scripts/test.sh

@@ -7,7 +7,7 @@
 #
 #   scripts/setup_slurm.sh          install if missing, configure, start
 #   scripts/setup_slurm.sh --check  exit 1 unless the cluster answers; change nothing
-#   scripts/setup_slurm.sh --stop   stop the daemons this script started
+#   scripts/setup_slurm.sh --stop   stop the daemons this script started (slurmd, slurmctld, munged)
 set -euo pipefail
 
 CONF=/etc/slurm/slurm.conf
@@ -22,7 +22,7 @@ up() {
 case "${1:-}" in
   --check) up && exit 0 || exit 1 ;;
   --stop)
-    for pidfile in /run/slurmd.pid /run/slurmctld.pid; do
+    for pidfile in /run/slurmd.pid /run/slurmctld.pid /run/munge/munged.pid; do
       [[ -s $pidfile ]] && kill "$(cat "$pidfile")" 2>/dev/null || true
     done
     exit 0 ;;

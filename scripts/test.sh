@@ -13,6 +13,12 @@ fi
 if [ "${ORCHESTR_SKIP_OPENVINO:-0}" != 1 ]; then
   bash scripts/setup_openvino.sh || echo "WARNING: scripts/setup_openvino.sh failed; OpenVINO tests will be skipped" >&2
 fi
+# FastChat 0.2.36's own arena/judge analysis, for the tests that hold orchestr's files to it
+if [ ! -x .venv-fastchat-monitor/bin/python ]; then
+  bash scripts/setup_fastchat_monitor.sh "$PWD/.venv-fastchat-monitor" ||
+    echo "WARNING: scripts/setup_fastchat_monitor.sh failed; FastChat comparison tests will be skipped" >&2
+fi
+[ -x .venv-fastchat-monitor/bin/python ] && export ORCHESTR_FASTCHAT_PYTHON="$PWD/.venv-fastchat-monitor/bin/python"
 # the scheduler backends' tests run on real local clusters (idempotent: quick when already up);
 # a cluster that cannot start makes its tests skip with the reason. Ray only installs here:
 # tests/test_ray.py starts its two nodes and stops them after, so they hold no memory meanwhile.

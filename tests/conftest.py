@@ -7,6 +7,7 @@ test that only needs *a* deployment shares it, so the model is loaded once per r
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
@@ -66,6 +67,11 @@ class Deployment:
     ports: dict[str, int]
     model_names: list[str] = field(default_factory=lambda: ["smollm2-135m", "smollm2-135m-int8"])
     launch_output: str = ""
+
+    def secret_env(self) -> dict[str, str]:
+        """The environment a client of the internal services needs: the deployment's secret file."""
+        secret_file = json.loads(self.state_file.read_text())["secret_file"]
+        return {**os.environ, "ORCHESTR_SECRET_FILE": secret_file}
 
     def orchestr(self, *args: str, timeout: float = 120, check: bool = False) -> subprocess.CompletedProcess:
         env = {**os.environ, "ORCHESTR_STATE_FILE": str(self.state_file)}

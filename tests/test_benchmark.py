@@ -106,7 +106,8 @@ def test_levels_against_the_api_and_the_worker_directly(deployment, tmp_path):
     proc = subprocess.run([*ORCHESTR, "bench", "serve", "--target", f"api=url:{deployment.api_base}",
                            "--target", f"direct=worker:{worker}", "--model", "smollm2-135m",
                            "--concurrency", "1,3", "--num-requests", "3", "--max-tokens", "16", "--warmup", "1",
-                           "--no-progress", "-o", str(out)], capture_output=True, text=True, timeout=900, cwd=REPO)
+                           "--no-progress", "-o", str(out)], capture_output=True, text=True, timeout=900, cwd=REPO,
+                          env=deployment.secret_env())  # the worker wants the deployment's secret
     assert proc.returncode == 0, proc.stdout + proc.stderr
     report = json.loads(out.read_text())
     assert report["load"]["max_tokens"] == 16 and report["load"]["prompts"] == 8

@@ -62,7 +62,7 @@ def test_conversation_remove_and_load_formats():
 
 def test_bad_config_override_fails_clearly():
     r = run_chat("model=no-such-model", stdin="", timeout=120)
-    assert r.returncode == 1 and "no-such-model" in r.stderr and "Traceback" not in r.stderr
+    assert r.returncode == 2 and "no-such-model" in r.stderr and "Traceback" not in r.stderr  # a user mistake
 
 
 # --------------------------------------------------------------------------- the real model

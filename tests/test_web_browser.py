@@ -19,7 +19,11 @@ import pytest
 from playwright.sync_api import TimeoutError as PlaywrightTimeout
 from playwright.sync_api import sync_playwright
 
+from orchestr.arena.battles import clean_battles
+from orchestr.arena.logs import find_log_files
+from orchestr.config.clean import BattlesConfig
 from tests.conftest import free_port
+from tests.test_arena_fastchat_compat import FASTCHAT_PY
 
 pytestmark = [pytest.mark.slow, pytest.mark.browser]
 
@@ -216,6 +220,29 @@ def test_side_by_side_uses_the_picked_models(page, deployment, artifacts_dir):
 # --------------------------------------------------------------------------- guards and moderation
 
 GUARD_LIMIT_CHARS = 200
+
+
+FASTCHAT_CLEAN = """
+import json, sys
+from fastchat.serve.monitor.clean_battle_data import clean_battle_data
+battles = clean_battle_data(sys.argv[1:], [])
+print(json.dumps({"n": len(battles), "anony": sum(b["anony"] for b in battles)}))
+"""
+
+
+@pytest.mark.skipif(FASTCHAT_PY is None, reason="FastChat's analysis venv not built (scripts/setup_fastchat_monitor.sh)")
+def test_fastchat_cleans_the_votes_this_browser_session_logged(deployment):
+    """FastChat 0.2.36's own cleaner reads the day files the browser votes above wrote, and keeps
+    exactly the battles (anonymous and named) orchestr's cleaner keeps."""
+    files = [str(f) for f in find_log_files([deployment.web_log_dir])]
+    assert files, "the browser tests above logged no day file"
+    out = subprocess.run([str(FASTCHAT_PY), "-c", FASTCHAT_CLEAN, *files], capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    theirs = json.loads(out.stdout.strip().splitlines()[-1])
+    ours, _ = clean_battles(BattlesConfig(), [str(deployment.web_log_dir)])
+    assert sum(b["anony"] for b in ours) >= 1 and sum(not b["anony"] for b in ours) >= 1
+    assert theirs == {"n": len(ours), "anony": sum(b["anony"] for b in ours)}
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,7 @@ from dataclasses import fields
 import hydra
 from omegaconf import DictConfig
 
-from orchestr.config import CONF_DIR, OrchestrConfig, register_configs
+from orchestr.config import CONF_DIR, OrchestrConfig, check_composes, register_configs
 from orchestr.config.clean import CleanConfig
 
 _ROOT_KEYS = {f.name for f in fields(OrchestrConfig)}
@@ -59,6 +59,7 @@ def _run(cfg: DictConfig) -> None:
 def main() -> int:
     register_configs()
     sys.argv = [sys.argv[0], *expand_shorthand(sys.argv[1:])]
+    check_composes(sys.argv[1:])  # a bad override: one line naming the key, exit 2
     _run()
     return 0
 

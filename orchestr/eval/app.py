@@ -20,7 +20,7 @@ import hydra
 from omegaconf import DictConfig
 from omegaconf.errors import MissingMandatoryValue
 
-from orchestr.config import CONF_DIR, register_configs
+from orchestr.config import CONF_DIR, check_composes, register_configs
 from orchestr.eval.errors import EvalError
 
 STEPS = ("all", "answer", "judge", "results", "agreement")
@@ -115,6 +115,7 @@ def _hydra_main(cfg: DictConfig) -> None:
 
 
 def main() -> int:
+    check_composes(sys.argv[1:])  # a bad override: one line naming the key, exit 2
     _hydra_main()
     return 0
 

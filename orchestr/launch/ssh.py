@@ -11,6 +11,7 @@ that may start with `~`), so a model name like `x; rm -rf ~` arrives as one lite
 
 from __future__ import annotations
 
+import hashlib
 import re
 import shlex
 import socket
@@ -167,7 +168,9 @@ class SSHRunner:
         ~/.cache/orchestr/secrets. Returns variable -> path on the node."""
         placed = {}
         for var, local in spec.env_files.items():
-            folder = f"~/.cache/orchestr/secrets/{Path(local).parent.name}"
+            # one folder per deployment (its secrets folder here, by name and a hash of its path)
+            here = Path(local).expanduser().parent
+            folder = f"~/.cache/orchestr/secrets/{here.name}-{hashlib.sha1(str(here).encode()).hexdigest()[:8]}"
             remote = f"{folder}/{Path(local).name}"
             script = (f"umask 077 && mkdir -p {_qpath(folder)} && chmod 700 {_qpath(folder)} && "
                       f"cat > {_qpath(remote)}.tmp && mv -f {_qpath(remote)}.tmp {_qpath(remote)} && "
