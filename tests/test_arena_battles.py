@@ -82,7 +82,8 @@ def logs(tmp_path):
 
 
 def run(log_dir, **kw):
-    cfg = replace(BattlesConfig(), log_dirs=[str(log_dir)], **kw)
+    """Clean with the user-flagged battle dropped (clean.battles.drop_flagged) unless told otherwise."""
+    cfg = replace(BattlesConfig(), log_dirs=[str(log_dir)], **{"drop_flagged": True, **kw})
     return clean_battles(cfg)
 
 
@@ -101,7 +102,8 @@ def test_filters_and_counts(logs):
     assert report.read == 14  # 13 votes + 1 torn line; flags, chats and upvotes are not votes
     assert report.kept == 7
     assert report.dropped == {
-        "identity_leak": 2,
+        "identity_leak": 1,
+        "flagged": 1,
         "empty_turn": 2,
         "duplicate": 1,
         "error_reply": 1,
@@ -133,7 +135,8 @@ def test_record_schema_and_hashed_judge(logs):
 
 def test_filter_switches(logs):
     assert len(run(logs, anony_only=True)[0]) == 4
-    battles, report = run(logs, drop_identity_leak=False, drop_empty_turns=False, dedupe=False)
+    assert len(run(logs, anony_only=True, drop_flagged=False)[0]) == 5  # the default, as FastChat's cleaner
+    battles, report = run(logs, drop_identity_leak=False, drop_flagged=False, drop_empty_turns=False, dedupe=False)
     # The empty reply now counts; a side with no turn at all never does.
     assert report.dropped == {"error_reply": 1, "empty_turn": 1, "malformed_line": 1}
     assert len(battles) == 11
@@ -146,6 +149,9 @@ def test_filter_switches(logs):
     assert len(run(logs, end_date="2024-05-01")[0]) == 5
     assert len(run(logs, max_num_files=1)[0]) == 2
     assert len(run(logs, identity_words=[])[0]) == 8  # the user-flagged leak still goes
+    # the default, as FastChat's cleaner: a flag drops nothing
+    kept, report = clean_battles(replace(BattlesConfig(), log_dirs=[str(logs)]))
+    assert len(kept) == 8 and "flagged" not in report.dropped
 
 
 def test_bad_config_is_a_clear_error(logs, tmp_path):

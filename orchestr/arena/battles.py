@@ -137,12 +137,11 @@ def battles_from_rows(rows: Iterable[dict[str, Any]], cfg: Any, report: StepRepo
             report.drop("error_reply")
             continue
         # Named battles show the names anyway; only a blind vote is spoiled by a leak.
-        if (
-            anony
-            and cfg.drop_identity_leak
-            and (_pair_key(states) in flagged or _leaks_identity(states, words))
-        ):
+        if anony and cfg.drop_identity_leak and _leaks_identity(states, words):
             report.drop("identity_leak")
+            continue
+        if anony and cfg.drop_flagged and _pair_key(states) in flagged:
+            report.drop("flagged")
             continue
         conv_a = to_openai_format(_conversation(states[0]))
         conv_b = to_openai_format(_conversation(states[1]))

@@ -34,8 +34,11 @@ class BattlesConfig:
     output: str = "${..output_dir}/clean_battle.json"
     mode: str = "simple"  # simple (no conversations) | conv_release (anonymous only, with conversations)
     anony_only: bool = False  # keep only anonymous battles (conv_release implies it)
-    # Anonymous battles whose replies name a model (or that a user flagged) are not blind: drop them.
+    # Anonymous battles whose replies name a model are not blind: drop them (as FastChat does).
     drop_identity_leak: bool = True
+    # Also drop anonymous battles a user flagged in the web UI. FastChat's cleaner ignores flags, so
+    # this is off by default to count exactly the battles FastChat counts.
+    drop_flagged: bool = False
     identity_words: list[str] = field(default_factory=lambda: list(DEFAULT_IDENTITY_WORDS))
     error_markers: list[str] = field(default_factory=lambda: list(DEFAULT_ERROR_MARKERS))
     drop_empty_turns: bool = True  # drop votes on conversations with no turn or an empty reply
