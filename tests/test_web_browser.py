@@ -256,7 +256,8 @@ def guarded_web(deployment, tmp_path_factory):
            "--max-turns", "1", "--max-input-chars", str(GUARD_LIMIT_CHARS), "--max-new-tokens", "16",
            "--moderate", "--blocked-words", '["forbiddenword"]']
     out = open(log_dir.parent / "guarded-web.out", "w")  # noqa: SIM115 - closed below
-    proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
+    # the deployment's controller answers only with its service secret
+    proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=deployment.secret_env())
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.time() + 120
