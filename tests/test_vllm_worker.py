@@ -143,8 +143,10 @@ def _dry_run(*overrides: str) -> list[list[str]]:
 def test_plan_renders_a_vllm_worker_this_parser_accepts():
     lines = _dry_run("cluster=local_vllm", "model=smollm2-135m-vllm")
     line = next(cmd for cmd in lines if "orchestr.services.vllm_worker" in cmd)
-    env = [t for t in line if "=" in t and not t.startswith("-")][:1]
-    assert env == ["VLLM_CPU_KVCACHE_SPACE=2"]
+    env = [t for t in line[:line.index("-m")] if "=" in t and not t.startswith("-")]
+    assert "VLLM_CPU_KVCACHE_SPACE=2" in env
+    # the service secret travels as the path of its 0600 file, never as a value
+    assert [t.split("=", 1)[0] for t in env if t.startswith("ORCHESTR_SECRET")] == ["ORCHESTR_SECRET_FILE"]
     argv = line[line.index("-m") + 2:]
     assert line[line.index("-m") - 1] == ".venv-vllm/bin/python"  # the worker's own interpreter
     args = build_parser().parse_args(argv)
