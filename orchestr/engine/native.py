@@ -61,17 +61,25 @@ def _compiler_version(cc: str) -> str:
         return ""
 
 
+# -ffast-math's parts, spelled out: given as one flag, GCC < 13 links crtfastmath.o into the shared
+# library, whose constructor turns on flush-to-zero/denormals-are-zero for the whole process that
+# loads it (every float in the host's Python, numpy and torch then loses its subnormals).
+_FAST_MATH = ["-fno-math-errno", "-fno-trapping-math", "-fassociative-math", "-fno-signed-zeros",
+              "-freciprocal-math", "-ffinite-math-only", "-fno-rounding-math", "-fcx-limited-range"]
+_CFLAGS = ["-O3", "-march=native", *_FAST_MATH, "-fopenmp", "-shared", "-fPIC"]
+
+
 def _build(cc: str) -> Path:
     source = _SOURCE.read_bytes()
-    key = hashlib.sha256(source + _compiler_version(cc).encode() + _cpu_flags().encode()).hexdigest()[:16]
+    key = hashlib.sha256(source + " ".join(_CFLAGS).encode() + _compiler_version(cc).encode()
+                         + _cpu_flags().encode()).hexdigest()[:16]
     target = cache_dir() / "kernels" / f"cpu_kernels-{key}.so"
     if target.exists():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
         out = Path(tmp) / target.name
-        cmd = [cc, "-O3", "-march=native", "-ffast-math", "-fopenmp", "-shared", "-fPIC", str(_SOURCE), "-o",
-               str(out), "-lm"]
+        cmd = [cc, *_CFLAGS, str(_SOURCE), "-o", str(out), "-lm"]
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
         if proc.returncode != 0:
             raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stderr.strip()}")
