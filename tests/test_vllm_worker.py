@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import json
 import os
 import shlex
 import subprocess
@@ -187,8 +188,9 @@ def vllm_deployment(tmp_path_factory):
             logs = "".join(f"\n--- {f.name}\n{f.read_text(errors='replace')[-3000:]}"
                            for f in sorted((root / "logs").glob("*.log")))
             pytest.fail(f"launch failed:\n{proc.stdout}{proc.stderr}{logs}")
+        secret = Path(json.loads(state.read_text())["secret_file"]).read_text().strip()
         yield {"api_base": f"http://127.0.0.1:{api}/v1", "controller": f"http://127.0.0.1:{ctl}",
-               "worker": f"http://127.0.0.1:{worker}"}
+               "worker": f"http://127.0.0.1:{worker}", "headers": {"Authorization": f"Bearer {secret}"}}
     finally:
         subprocess.run([*ORCHESTR, "stop"], env=env, capture_output=True, text=True, timeout=300, cwd=REPO)
 
@@ -199,7 +201,7 @@ def test_real_vllm_worker_through_controller_and_openai_api(vllm_deployment):
     from openai import OpenAI
 
     details = httpx.post(f"{vllm_deployment['worker']}/model_details", json={"model": "smollm2-135m"},
-                         timeout=10).json()
+                         headers=vllm_deployment["headers"], timeout=10).json()
     assert details["backend"] == "vllm" and details["dtype"] == "bfloat16" and details["context_length"] == 2048
     client = OpenAI(base_url=vllm_deployment["api_base"], api_key="none", timeout=300)
     assert [m.id for m in client.models.list().data] == ["smollm2-135m"]
