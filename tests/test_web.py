@@ -152,7 +152,7 @@ def test_recorder_rejects_unknown_ip_mode(tmp_path: Path):
 
 
 def test_logged_votes_become_battles_for_the_analytics(tmp_path: Path):
-    """What the web UI writes is what `orchestr clean` reads: votes -> clean battles, leak flags honoured."""
+    """What the web UI writes is what `orchestr clean` reads: votes -> clean battles, leak flags honoured (clean.battles.drop_flagged)."""
     rec = Recorder(str(tmp_path))
     req = FakeClient("9.9.9.9")
     rec.arena("rightvote", _battle("m1", "m2"), anony=True, request=req)
@@ -160,7 +160,7 @@ def test_logged_votes_become_battles_for_the_analytics(tmp_path: Path):
     leaked = _battle("m1", "m3", "who are you?")
     rec.arena("bothbad_vote", leaked, anony=True, request=req)
     rec.arena("flag", leaked, anony=True, request=req, flag_reason="identity_leak")
-    battles, _ = clean_battles(BattlesConfig(identity_words=[]), [str(tmp_path)])
+    battles, _ = clean_battles(BattlesConfig(identity_words=[], drop_flagged=True), [str(tmp_path)])
     got = {(b["model_a"], b["model_b"], b["winner"], b["anony"]) for b in battles}
     assert got == {("m1", "m2", "model_b", True), ("m2", "m3", "tie", False)}
 
