@@ -16,19 +16,12 @@ import httpx
 import openai
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+from tests.conftest import REPO, free_port, wait_healthy
+
 MODEL = "smollm2-135m"
 API_KEY = "sk-test-key"
 
 pytestmark = pytest.mark.slow
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @dataclass
@@ -51,20 +44,6 @@ def _start(args: list[str], log: Path) -> subprocess.Popen:
     )
 
 
-def _wait(url: str, proc: subprocess.Popen, log: Path, timeout: float = 300) -> None:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"{proc.args} exited:\n{log.read_text()[-3000:]}")
-        try:
-            if httpx.get(url, timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.25)
-    raise TimeoutError(f"{url} not healthy:\n{log.read_text()[-3000:]}")
-
-
 def start_worker(controller: str, log_dir: Path, name: str) -> tuple[str, subprocess.Popen]:
     port = free_port()
     url = f"http://127.0.0.1:{port}"
@@ -77,7 +56,7 @@ def start_worker(controller: str, log_dir: Path, name: str) -> tuple[str, subpro
         ],
         log,
     )  # fmt: skip
-    _wait(url + "/health", p, log)
+    wait_healthy(url + "/health", p, log)
     return url, p
 
 
@@ -104,7 +83,7 @@ def stack(tmp_path_factory) -> Stack:
         procs.append(
             _start(["orchestr.services.controller", "--host", "127.0.0.1", "--port", str(cport)], log)
         )
-        _wait(controller + "/health", procs[-1], log)
+        wait_healthy(controller + "/health", procs[-1], log)
         for port, extra in ((aport, []), (kport, ["--api-keys", f"other-key,{API_KEY}"])):
             log = log_dir / f"api-{port}.log"
             procs.append(
@@ -114,7 +93,7 @@ def stack(tmp_path_factory) -> Stack:
                     log,
                 )
             )  # fmt: skip
-            _wait(f"http://127.0.0.1:{port}/health", procs[-1], log)
+            wait_healthy(f"http://127.0.0.1:{port}/health", procs[-1], log)
         worker, wproc = start_worker(controller, log_dir, MODEL)
         procs.append(wproc)
         deadline = time.time() + 60
@@ -497,7 +476,7 @@ def test_real_worker_re_registers_after_controller_restart(stack):
     log = stack.log_dir / "controller-2.log"
     new = _start(["orchestr.services.controller", "--host", "127.0.0.1", "--port", port], log)
     stack.procs[0] = new
-    _wait(stack.controller + "/health", new, log)
+    wait_healthy(stack.controller + "/health", new, log)
     # A fresh controller process starts with an empty table (no persisted state), so the worker
     # being listed proves it registered again: its next heartbeat gets exist=false (or, if it
     # noticed the controller was gone, its retry loop registers as soon as the port answers).

@@ -27,27 +27,13 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import REPO, free_port
+from tests.conftest import REPO, free_port, wait_healthy
 
 pytestmark = pytest.mark.slow
 
 MODEL = "smollm2-twin"
 SECRET = secrets.token_urlsafe(24)
 API_KEY = "sk-" + secrets.token_urlsafe(16)
-
-
-def _wait(url: str, proc: subprocess.Popen, log: Path, timeout: float = 240) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"{proc.args} exited:\n{log.read_text()[-3000:]}")
-        try:
-            if httpx.get(url, timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    raise TimeoutError(f"{url} not healthy:\n{log.read_text()[-3000:]}")
 
 
 @dataclass
@@ -70,7 +56,7 @@ class Plane:
         return proc
 
     def wait(self, name: str, url: str) -> None:
-        _wait(url + "/health", self.procs[name], self.root / f"{name}.log")
+        wait_healthy(url + "/health", self.procs[name], self.root / f"{name}.log")
 
     def registered(self) -> set[str]:
         r = httpx.post(self.controller + "/worker_get_status", headers=self.secret_header(), timeout=5)
