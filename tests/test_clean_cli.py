@@ -48,7 +48,7 @@ def web_logs(tmp_path) -> Path:
         ConvState(
             conv_id="l1",
             model_name="strong",
-            messages=[["user", "who are you"], ["assistant", "I am SmolLM."]],
+            messages=[["user", "who are you"], ["assistant", "I am Vicuna, made by LMSYS."]],
         ),
         ConvState(
             conv_id="l2",

@@ -232,8 +232,9 @@ print(json.dumps({"n": len(battles), "anony": sum(b["anony"] for b in battles)})
 
 @pytest.mark.skipif(FASTCHAT_PY is None, reason="FastChat's analysis venv not built (scripts/setup_fastchat_monitor.sh)")
 def test_fastchat_cleans_the_votes_this_browser_session_logged(deployment):
-    """FastChat 0.2.36's own cleaner reads the day files the browser votes above wrote, and keeps
-    exactly the battles (anonymous and named) orchestr's cleaner keeps."""
+    """FastChat 0.2.36's own cleaner reads the day files the browser votes above wrote and keeps
+    exactly the anonymous battles orchestr's cleaner keeps. (A named battle whose reply happens to
+    name a model is dropped by FastChat and kept by orchestr: its names were shown anyway.)"""
     files = [str(f) for f in find_log_files([deployment.web_log_dir])]
     assert files, "the browser tests above logged no day file"
     out = subprocess.run([str(FASTCHAT_PY), "-c", FASTCHAT_CLEAN, *files], capture_output=True, text=True,
@@ -241,8 +242,11 @@ def test_fastchat_cleans_the_votes_this_browser_session_logged(deployment):
     assert out.returncode == 0, out.stderr[-3000:]
     theirs = json.loads(out.stdout.strip().splitlines()[-1])
     ours, _ = clean_battles(BattlesConfig(), [str(deployment.web_log_dir)])
-    assert sum(b["anony"] for b in ours) >= 1 and sum(not b["anony"] for b in ours) >= 1
-    assert theirs == {"n": len(ours), "anony": sum(b["anony"] for b in ours)}
+    votes = [x for x in log_lines(deployment.web_log_dir) if x["type"] in ("leftvote", "rightvote", "tievote",
+                                                                         "bothbad_vote")]
+    assert any(v["models"] == ["", ""] for v in votes) and any(v["models"][0] for v in votes)  # both kinds
+    anony = sum(b["anony"] for b in ours)
+    assert theirs["anony"] == anony and theirs["n"] - theirs["anony"] <= len(ours) - anony, (theirs, ours)
 
 
 @pytest.fixture(scope="module")

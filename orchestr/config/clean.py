@@ -13,11 +13,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 # Strings that show a model named itself (or a serving error): such battles are not blind.
+# FastChat 0.2.36's list, so that by default the same anonymous battles are dropped as FastChat's
+# cleaner drops; add your own models' names (say "smollm") with clean.battles.identity_words=[...].
 DEFAULT_IDENTITY_WORDS = [
     "vicuna", "lmsys", "koala", "uc berkeley", "open assistant", "laion", "chatglm", "chatgpt",
     "gpt-4", "openai", "anthropic", "claude", "bard", "palm", "lamda", "google", "llama",
-    "qianwan", "alibaba", "mistral", "zhipu", "keg lab", "01.ai", "ai2", "tülu", "smollm",
-    "hugging face", "huggingface",
+    "qianwan", "alibaba", "mistral", "zhipu", "keg lab", "01.ai", "ai2", "tülu", "tulu",
 ]  # fmt: skip
 # Replies that are serving errors, not answers: such votes say nothing about the models.
 DEFAULT_ERROR_MARKERS = [
