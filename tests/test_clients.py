@@ -252,6 +252,12 @@ def test_langchain_default_embeddings_send_token_arrays(deployment, tmp_path, mo
         cos = np.dot(v, d) / (np.linalg.norm(v) * np.linalg.norm(d))
         assert cos == pytest.approx(1.0, abs=1e-4)
     assert len(emb.embed_query("hello world")) == len(direct[0])
+    # the README's advice for meaningful vectors: text input, embedded with the model's own tokenizer
+    by_text = OpenAIEmbeddings(model=MODEL, base_url=deployment.api_base, api_key="EMPTY", max_retries=0,
+                               check_embedding_ctx_length=False).embed_documents(texts)
+    direct = [d.embedding for d in sdk.embeddings.create(model=MODEL, input=texts).data]
+    for v, d in zip(by_text, direct, strict=True):
+        assert np.dot(v, d) / (np.linalg.norm(v) * np.linalg.norm(d)) == pytest.approx(1.0, abs=1e-4)
 
 
 # ------------------------------------------------------------------------------------------ LiteLLM
