@@ -7,6 +7,7 @@ import argparse
 import ast
 import json
 import os
+import re
 import shlex
 import subprocess
 import sys
@@ -38,7 +39,8 @@ def _args(argv: list[str]) -> argparse.Namespace:
 def test_defaults_map_to_a_single_device_engine():
     kw = engine_kwargs(_args([]), "/models/m")
     assert kw == {"model": "/models/m", "tokenizer": "/models/m", "tensor_parallel_size": 1, "dtype": "auto",
-                  "trust_remote_code": False, "gpu_memory_utilization": 0.9, "disable_log_stats": False}
+                  "trust_remote_code": False, "gpu_memory_utilization": 0.9, "disable_log_stats": False,
+                  "structured_outputs_config": {"backend": "xgrammar", "disable_any_whitespace": True}}
 
 
 def test_every_flag_reaches_the_engine():
@@ -245,6 +247,8 @@ PERSON = {"type": "object", "properties": {
 WEATHER = {"type": "object", "properties": {"city": {"type": "string", "maxLength": 24},
                                             "unit": {"type": "string", "enum": ["C", "F"]}},
            "required": ["city", "unit"], "additionalProperties": False}
+TIME = {"type": "object", "properties": {"tz": {"type": "string", "maxLength": 24}}, "required": ["tz"],
+        "additionalProperties": False}
 
 
 @pytest.mark.slow
@@ -271,14 +275,28 @@ def test_real_vllm_structured_outputs_tools_logprobs_and_logit_bias(vllm_deploym
                                      extra_body={"response_format": fmt})
     jsonschema.validate(json.loads(comp.choices[0].text), PERSON)
 
-    tool = {"type": "function", "function": {"name": "get_weather", "parameters": WEATHER}}
-    r = client.chat.completions.create(model=model, messages=[{"role": "user", "content": "Weather in Paris?"}],
-                                       tools=[tool], tool_choice={"type": "function", "function": {"name": "get_weather"}},
-                                       max_tokens=60, temperature=0)
-    assert r.choices[0].finish_reason == "tool_calls"
-    (call,) = r.choices[0].message.tool_calls
-    assert call.function.name == "get_weather"
-    jsonschema.validate(json.loads(call.function.arguments), WEATHER)
+    # compact JSON, as the transformers engine writes it (structured_outputs_config.disable_any_whitespace)
+    assert not re.search(r"\s", re.sub(r'"(?:[^"\\]|\\.)*"', '""', comp.choices[0].text)), comp.choices[0].text
+    # json_object bounds nothing (a string may run to max_tokens), but the answer is JSON, not prose
+    r = client.chat.completions.create(model=model, messages=[{"role": "user", "content": "Say hello."}],
+                                       max_tokens=60, temperature=0, response_format={"type": "json_object"})
+    assert r.choices[0].message.content.startswith("{"), r.choices[0].message.content
+    if r.choices[0].finish_reason == "stop":
+        assert isinstance(json.loads(r.choices[0].message.content), dict)
+
+    # forced calls: a named function, and `required` over two (an anyOf of const names in vLLM's grammar)
+    tools = [{"type": "function", "function": {"name": "get_weather", "parameters": WEATHER}},
+             {"type": "function", "function": {"name": "get_time", "parameters": TIME}}]
+    for choice in ({"type": "function", "function": {"name": "get_weather"}}, "required"):
+        r = client.chat.completions.create(model=model, tools=tools, tool_choice=choice, max_tokens=120,
+                                           messages=[{"role": "user", "content": "Weather in Paris, time in Tokyo?"}],
+                                           temperature=0)
+        assert r.choices[0].finish_reason == "tool_calls"
+        calls = r.choices[0].message.tool_calls
+        assert calls and (choice == "required" or [c.function.name for c in calls] == ["get_weather"])
+        for call in calls:
+            jsonschema.validate(json.loads(call.function.arguments),
+                                {"get_weather": WEATHER, "get_time": TIME}[call.function.name])
 
     # chat logprobs: one entry per sampled token, top_logprobs best first, greedy top-1 is the token
     r = client.chat.completions.create(model=model, messages=[{"role": "user", "content": "Name a color."}],

@@ -53,6 +53,10 @@ def engine_kwargs(args: argparse.Namespace, model_folder: str, tokenizer_folder:
         "gpu_memory_utilization": float(args.gpu_memory_utilization),
         # stats on: vLLM then registers its own Prometheus metrics, which the worker's /metrics serves
         "disable_log_stats": False,
+        # structured outputs as the transformers engine's: xgrammar, compact JSON (a small model left free
+        # to emit whitespace between fields may never stop). vLLM >= 0.10.2 reads this per engine and
+        # accepts it only with a named backend.
+        "structured_outputs_config": {"backend": "xgrammar", "disable_any_whitespace": True},
     }
     if num_gpus > 1:
         kw["distributed_executor_backend"] = "ray"
@@ -109,7 +113,7 @@ def guided_decoding(req: GenerateRequest) -> dict:
         except ImportError:
             from vllm.sampling_params import GuidedDecodingParams
 
-            kw["guided_decoding"] = GuidedDecodingParams(json=req.guided_json)
+            kw["guided_decoding"] = GuidedDecodingParams(json=req.guided_json, disable_any_whitespace=True)
     if req.logit_bias:
         kw["logit_bias"] = {int(k): float(v) for k, v in req.logit_bias.items()}
     if req.logprobs is not None:
@@ -161,6 +165,13 @@ class VllmEngine(PromptEndpoints):
         from orchestr.engine.templates import ChatFormatter
 
         kwargs = engine_kwargs(args, model_folder, tokenizer_folder)
+        structured = kwargs.pop("structured_outputs_config")
+        try:  # vLLM >= 0.10.2
+            from vllm.config import StructuredOutputsConfig
+
+            kwargs["structured_outputs_config"] = StructuredOutputsConfig(**structured)
+        except ImportError:
+            pass  # older vLLM: the per-request GuidedDecodingParams carry it
         self.model_name = model_name or model_folder
         self.engine = AsyncLLM.from_engine_args(AsyncEngineArgs(**kwargs))
         self.tokenizer = AutoTokenizer.from_pretrained(kwargs["tokenizer"],
