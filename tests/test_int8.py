@@ -76,7 +76,7 @@ def test_groupwise_round_trip_is_within_half_a_step(cols):
 def test_int8_linear_matches_its_dequantized_weight(rows):
     torch.manual_seed(1)
     lin = nn.Linear(192, 80, bias=True)
-    layer = Int8Linear(lin, Int8Weight(lin.weight), torch.float32)
+    layer = Int8Linear.of(lin, Int8Weight(lin.weight), torch.float32)
     x = torch.randn(rows, 192)
     want = torch.nn.functional.linear(x, layer.int8.full(torch.float32), lin.bias)
     got = layer(x)
@@ -136,6 +136,7 @@ def test_int8_engine_greedy_batched_equals_unbatched(int8):
     batched = Engine(model, tok, EngineConfig(batching=True, max_batch_size=8, kv_cache_tokens=4096)).start()
     try:
         assert batched.dtype_name == "int8"
+        assert batched.flat_forward is not None  # int8 layers fused (q/k/v, gate/up) and run by the flat loop
 
         async def together():
             return await asyncio.gather(*[batched.generate(req(p)) for p in prompts])
