@@ -133,9 +133,13 @@ def test_int8_engine_greedy_batched_equals_unbatched(int8):
         return GenerateRequest(model="m", messages=[ChatMessage(role="user", content=text)], temperature=0.0,
                                max_new_tokens=24)
 
+    before = weight_bytes(model)
     batched = Engine(model, tok, EngineConfig(batching=True, max_batch_size=8, kv_cache_tokens=4096)).start()
     try:
         assert batched.dtype_name == "int8"
+        # q/k/v and gate/up stacked into one int8 product each: moved, not copied beside the originals
+        assert weight_bytes(model) <= before * 1.01
+        assert not [m for m in model.modules() if type(m) in (nn.Linear, nn.Embedding)]
         assert batched.flat_forward is not None  # int8 layers fused (q/k/v, gate/up) and run by the flat loop
 
         async def together():
