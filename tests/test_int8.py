@@ -72,12 +72,14 @@ def test_groupwise_round_trip_is_within_half_a_step(cols):
     assert float((back[:, :GROUP_SIZE] - w[:, :GROUP_SIZE]).abs().max()) < 0.05 * 0.01 * 4 / 2
 
 
-@pytest.mark.parametrize("rows", [1, 5, 64, 65])  # 65: past the kernel's limit, the dequantized matmul
-def test_int8_linear_matches_its_dequantized_weight(rows):
+# 130 rows: more than one of the kernel's 64-row passes; 100 columns: not a whole number of
+# groups, so the kernel declines and the weight is dequantized for the product
+@pytest.mark.parametrize(("rows", "cols"), [(1, 192), (5, 192), (64, 192), (130, 192), (7, 100)])
+def test_int8_linear_matches_its_dequantized_weight(rows, cols):
     torch.manual_seed(1)
-    lin = nn.Linear(192, 80, bias=True)
+    lin = nn.Linear(cols, 80, bias=True)
     layer = Int8Linear.of(lin, Int8Weight(lin.weight), torch.float32)
-    x = torch.randn(rows, 192)
+    x = torch.randn(rows, cols)
     want = torch.nn.functional.linear(x, layer.int8.full(torch.float32), lin.bias)
     got = layer(x)
     assert got.shape == (rows, 80) and torch.allclose(got, want, rtol=1e-4, atol=1e-4)

@@ -118,10 +118,10 @@ def test_argmax_rows_picks_the_first_maximum(dtype):
     assert picked[1] == 3000 and picked[2] == x.shape[1] - 1 and picked[3] == 17
 
 
-# M (rows of x) across the kernel's register tiles of 8 rows and N (weight rows) across its
+# M (rows of x) across the kernel's register tiles of 8 rows and passes of 64, and N (weight rows) across its
 # tiles of 3, remainders included; K of one group and of several; x rows strided (a view).
 @pytest.mark.parametrize(("m", "n", "k"), [(1, 960, 576), (5, 7, 64), (8, 3, 128), (16, 576, 1536), (17, 11, 192),
-                                           (64, 50, 320)])
+                                           (130, 50, 320)])
 def test_int8_linear_matches_dequantized_matmul(m, n, k):
     from orchestr.engine.int8_weights import dequantize, quantize_groupwise
 

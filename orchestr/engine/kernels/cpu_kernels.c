@@ -416,8 +416,10 @@ void orchestr_argmax_rows(int is_bf16, const void *x, int64_t x_row, int64_t row
 
 /* 6. orchestr_int8_linear: out[m, n] = sum_k x[m, k] * q[n, k] * s[n, k / 64] for weight-only
  *    group-wise int8 (groups of 64 inputs, one fp32 scale each; engine/int8_weights.py). fp32
- *    activations and output; K is a multiple of 64. Meant for decode-sized M; the caller takes
- *    large M (prefill) through a dequantized matmul.
+ *    activations and output; K is a multiple of 64. Any M: measured faster than dequantizing
+ *    the weight for a oneDNN matmul from 1 row to 512 (and no fp32 copy of the weight exists).
+ *    Each output is one sum in a fixed order whatever M and the row's place in it, so a
+ *    sequence's result does not depend on what it is batched with.
  *
  *    Register tiles of I8_NB weight rows x up to I8_MB rows of x: each 16 int8 of a weight row
  *    are dequantized in registers (vpmovsxbd, cvt, times the group's scale) once per tile and
@@ -426,6 +428,7 @@ void orchestr_argmax_rows(int is_bf16, const void *x, int64_t x_row, int64_t row
  *    precision. OpenMP splits the weight rows. */
 #define I8_NB 3
 #define I8_MB 8
+#define I8_MCHUNK 64 /* rows of x per pass over the weights: a chunk stays in L2 (prefill-sized M) */
 
 #if defined(__AVX512F__)
 static inline __m512 i8_dequant16(const int8_t *p, __m512 scale) {
@@ -475,32 +478,35 @@ void orchestr_int8_linear(const float *x, int64_t x_row, const int8_t *q, const 
                           int64_t o_row, int64_t M, int64_t N, int64_t K) {
     const int64_t groups = K / 64;
     const int64_t blocks = (N + I8_NB - 1) / I8_NB;
+    for (int64_t c0 = 0; c0 < M; c0 += I8_MCHUNK) {
+        const int64_t c1 = M - c0 < I8_MCHUNK ? M : c0 + I8_MCHUNK;
 #pragma omp parallel for schedule(static)
-    for (int64_t b = 0; b < blocks; b++) {
-        const int64_t n0 = b * I8_NB, nb = N - n0 < I8_NB ? N - n0 : I8_NB;
+        for (int64_t b = 0; b < blocks; b++) {
+            const int64_t n0 = b * I8_NB, nb = N - n0 < I8_NB ? N - n0 : I8_NB;
 #if defined(__AVX512F__)
-        for (int64_t m0 = 0; m0 < M; m0 += I8_MB) {
-            const int64_t mb = M - m0 < I8_MB ? M - m0 : I8_MB;
-            if (nb == I8_NB) i8_tiles[1][mb - 1](x, x_row, q, s, out, o_row, n0, m0, K);
-            else
-                for (int64_t n = n0; n < n0 + nb; n++) i8_tiles[0][mb - 1](x, x_row, q, s, out, o_row, n, m0, K);
-        }
-#else
-        for (int64_t n = n0; n < n0 + nb; n++) {
-            const int8_t *qr = q + n * K;
-            const float *sr = s + n * groups;
-            for (int64_t m = 0; m < M; m++) {
-                const float *xr = x + m * x_row;
-                float total = 0.0f;
-                for (int64_t g = 0; g < groups; g++) {
-                    float part = 0.0f;
-                    for (int k = 0; k < 64; k++) part += xr[g * 64 + k] * (float)qr[g * 64 + k];
-                    total += part * sr[g];
-                }
-                out[m * o_row + n] = total;
+            for (int64_t m0 = c0; m0 < c1; m0 += I8_MB) {
+                const int64_t mb = c1 - m0 < I8_MB ? c1 - m0 : I8_MB;
+                if (nb == I8_NB) i8_tiles[1][mb - 1](x, x_row, q, s, out, o_row, n0, m0, K);
+                else
+                    for (int64_t n = n0; n < n0 + nb; n++) i8_tiles[0][mb - 1](x, x_row, q, s, out, o_row, n, m0, K);
             }
-        }
+#else
+            for (int64_t n = n0; n < n0 + nb; n++) {
+                const int8_t *qr = q + n * K;
+                const float *sr = s + n * groups;
+                for (int64_t m = c0; m < c1; m++) {
+                    const float *xr = x + m * x_row;
+                    float total = 0.0f;
+                    for (int64_t g = 0; g < groups; g++) {
+                        float part = 0.0f;
+                        for (int k = 0; k < 64; k++) part += xr[g * 64 + k] * (float)qr[g * 64 + k];
+                        total += part * sr[g];
+                    }
+                    out[m * o_row + n] = total;
+                }
+            }
 #endif
+        }
     }
     (void)groups;
 }
