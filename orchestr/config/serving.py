@@ -101,7 +101,8 @@ class EngineConfig:
     max_batch_size: int = _h(64, "sequences decoded together")
     max_num_batched_tokens: int = _h(512, "token budget of one forward (prefill chunks + decodes)")
     kv_cache_tokens: int = _h(32768, "KV-cache capacity shared by all running sequences, in tokens")
-    num_threads: int | None = _h(None, "CPU threads for the model (default: all cores but one)")
+    num_threads: int | None = _h(None, "CPU threads for the model (default: adaptive, all cores or all but one, "
+                                             "whichever steps faster, measured per step size)")
 
     def __post_init__(self) -> None:
         check_at_least(self, 1, "max_batch_size", "max_num_batched_tokens", "kv_cache_tokens", "num_threads")

@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import queue
 import threading
+import time
 from collections import deque
 from collections.abc import AsyncIterator
 from typing import Any
@@ -35,6 +35,7 @@ from orchestr.engine.prompts import encode as encode_text
 from orchestr.engine.sampling import NON_FINITE, SamplingParams, SamplingRow, sample_with_logprobs
 from orchestr.engine.sequence import PreparedRequest, Sequence, token_logprobs
 from orchestr.engine.templates import ChatFormatter
+from orchestr.engine.threads import ThreadPolicy
 from orchestr.protocol import (
     EmbeddingRequest,
     EmbeddingResult,
@@ -47,20 +48,8 @@ from orchestr.protocol import (
 log = logging.getLogger(__name__)
 
 
-__all__ = ["Engine", "RequestError", "default_threads"]
+__all__ = ["Engine", "RequestError"]
 MAX_TOP_LOGPROBS = 20
-
-
-def default_threads() -> int:
-    """Intra-op threads for the model: all cores but one, which stays free for the HTTP side
-    (worker, API server, controller often share the machine). On 2 cores that is 1 thread:
-    measured steadier and, under any competing load, faster than 2 OpenMP threads, whose
-    barriers stall whenever one of them is descheduled."""
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:
-        cores = os.cpu_count() or 1
-    return max(1, cores - 1)
 
 
 class Engine(PromptEndpoints):
@@ -129,8 +118,7 @@ class Engine(PromptEndpoints):
         self._active_lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._stopping = False
-        self.threads = threads or default_threads()
-        torch.set_num_threads(self.threads)
+        self.threads = ThreadPolicy(pinned=threads)
         self.metrics = EngineMetrics(model_name, self)
 
     # ------------------------------------------------------------------ construction
@@ -308,7 +296,7 @@ class Engine(PromptEndpoints):
 
     # ------------------------------------------------------------------ engine thread
     def _run(self) -> None:
-        torch.set_num_threads(self.threads)
+        torch.set_num_threads(self.threads.current)  # the count is per thread in torch's OpenMP
         with torch.inference_mode():
             while not self._stopping:
                 self._drain_inbox(block=not (self._waiting or self._running))
@@ -452,6 +440,9 @@ class Engine(PromptEndpoints):
                 sampled.append(seq)
         meta.write_index = torch.cat(writes) if len(writes) > 1 else writes[0]
         pa.set_step(self.cache, meta)
+        n_tokens = len(tokens)
+        self.threads.pick(n_tokens)
+        started = time.perf_counter()
         input_ids = torch.tensor([tokens], device=self.device)
         position_ids = torch.tensor([positions], device=self.device)
         keep_rows = torch.tensor(keep, device=self.device) if keep else None
@@ -466,9 +457,11 @@ class Engine(PromptEndpoints):
         for seq, n in plan:
             seq.kv_len += n
         if not sampled:
+            self.threads.record(n_tokens, time.perf_counter() - started)
             return
         rows = [SamplingRow(s.params, s.prompt_ids, s.output_ids, s.generator, s.grammar) for s in sampled]
         tokens, lps = sample_with_logprobs(logits, rows)
+        self.threads.record(n_tokens, time.perf_counter() - started)
         for seq, token, lp in zip(sampled, tokens, lps, strict=True):
             if token == NON_FINITE:
                 seq.finish("error", error="the sampling parameters turned this request's logits non-finite",

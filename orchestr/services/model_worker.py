@@ -70,9 +70,9 @@ def main(argv: list[str] | None = None) -> None:
     except ModelLoadError as exc:
         sys.exit(f"error: {exc}")
     engine.start()
-    log.info("serving %s (%s, %s, batching=%s, max batch %d, KV cache %d tokens, %d threads)", names,
+    log.info("serving %s (%s, %s, batching=%s, max batch %d, KV cache %d tokens, %s)", names,
              engine.dtype_name, engine.device, engine.batching, engine.max_batch, engine.cache.capacity_tokens,
-             engine.threads)
+             engine.threads.describe())
     serve_engines({n: engine for n in names}, args)
 
 

@@ -1,0 +1,128 @@
+"""How many CPU threads the model gets, step by step.
+
+A fixed count is wrong somewhere: on a 2-core box one thread leaves a core to the HTTP side
+(API server, controller, the worker's own event loop), two threads finish a batched step
+sooner when that side is idle, and which wins depends on the machine, on the batch and on
+whatever else runs there. So unless ``engine.num_threads`` pins a count, the engine measures:
+for each size of step (tokens in the forward, by powers of two) it times steps under each
+candidate count, takes the one with the lowest time per token, and re-checks the others now
+and then, since the rest of the machine's load changes. The measured time covers the forward
+and the sampling, so a thread count that gets descheduled by competing processes (the
+barrier stall that makes two threads lose under load) is seen as the slower choice.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import statistics
+from collections import deque
+from dataclasses import dataclass, field
+
+import torch
+
+log = logging.getLogger(__name__)
+
+MIN_TRIAL = 2  # samples of each candidate before a bucket may pick one (if they do not overlap)
+TRIAL_STEPS = 4  # samples of each candidate after which a bucket picks by median anyway
+WINDOW = 8  # recent samples kept per candidate and bucket
+REVISIT_EVERY = 200  # steps of a bucket between re-checks of the other candidates
+
+
+def machine_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+def candidate_counts(cores: int) -> list[int]:
+    """All cores, or all but one (left to the serving side): the two choices that matter."""
+    return sorted({max(1, cores - 1), cores})
+
+
+@dataclass
+class _Bucket:
+    samples: dict[int, deque] = field(default_factory=dict)  # threads -> recent seconds per token
+    steps: int = 0
+    best: int | None = None  # None while trying the candidates
+    last: int | None = None  # the previous verdict (logged when it changes)
+
+
+class ThreadPolicy:
+    """``pick(tokens)`` before a step, ``record(tokens, seconds)`` after it.
+
+    Pinned (one candidate): always that count. Adaptive: per bucket of step size, try the
+    candidates in turn until :meth:`_verdict` names the faster, then use it; every
+    ``REVISIT_EVERY`` steps of the bucket, forget the others' samples so that they are tried
+    again (the chosen count's window is always fresh, it is the one running)."""
+
+    def __init__(self, pinned: int | None = None, cores: int | None = None) -> None:
+        self.candidates = [pinned] if pinned else candidate_counts(cores or machine_cores())
+        self.current = self.candidates[-1] if pinned else self.candidates[0]
+        self._buckets: dict[int, _Bucket] = {}
+        torch.set_num_threads(self.current)
+
+    @property
+    def adaptive(self) -> bool:
+        return len(self.candidates) > 1
+
+    def pick(self, tokens: int) -> int:
+        """The thread count for a step of ``tokens`` tokens (applied to torch and the kernels)."""
+        if self.adaptive:
+            self._use(self._choose(self._bucket(tokens)))
+        return self.current
+
+    def record(self, tokens: int, seconds: float) -> None:
+        if not self.adaptive or tokens <= 0:
+            return
+        bucket = self._bucket(tokens)
+        bucket.samples.setdefault(self.current, deque(maxlen=WINDOW)).append(seconds / tokens)
+        bucket.steps += 1
+        if bucket.best is None:  # trying the candidates
+            bucket.best = self._verdict(bucket)
+            if bucket.best is not None and bucket.best != bucket.last:
+                log.info("engine threads: %d for steps of about %d tokens (median ms/token %s)", bucket.best,
+                         tokens, ", ".join(f"{n}: {1e3 * statistics.median(bucket.samples[n]):.2f}"
+                                           for n in self.candidates))
+                bucket.last = bucket.best
+        elif bucket.steps % REVISIT_EVERY == 0:  # try the others again
+            for n in self.candidates:
+                if n != bucket.best:
+                    bucket.samples[n].clear()
+            bucket.best = None
+
+    def _verdict(self, bucket: _Bucket) -> int | None:
+        """The faster candidate once the samples say so: after ``MIN_TRIAL`` each if every
+        sample of one is below every sample of the others (a clear case, e.g. a big prefill),
+        else after ``TRIAL_STEPS`` each by median; None while still trying."""
+        samples = {n: bucket.samples.get(n, ()) for n in self.candidates}
+        fewest = min(len(s) for s in samples.values())
+        if fewest < MIN_TRIAL:
+            return None
+        if fewest >= TRIAL_STEPS:
+            return min(self.candidates, key=lambda n: statistics.median(samples[n]))
+        best = min(self.candidates, key=lambda n: max(samples[n]))
+        if all(max(samples[best]) < min(samples[n]) for n in self.candidates if n != best):
+            return best
+        return None
+
+    def _bucket(self, tokens: int) -> _Bucket:
+        return self._buckets.setdefault(max(1, tokens).bit_length(), _Bucket())
+
+    def _choose(self, bucket: _Bucket) -> int:
+        if bucket.best is not None:
+            return bucket.best
+        # trying: the candidate with the fewest samples, staying on the current one on a tie
+        counts = {n: len(bucket.samples.get(n, ())) for n in self.candidates}
+        return min(self.candidates, key=lambda n: (counts[n], n != self.current))
+
+    def _use(self, threads: int) -> None:
+        if threads != self.current:
+            torch.set_num_threads(threads)
+            self.current = threads
+
+    def describe(self) -> str:
+        if not self.adaptive:
+            return f"{self.current} threads"
+        return "adaptive threads (" + " or ".join(str(n) for n in self.candidates) + ")"

@@ -1,0 +1,111 @@
+"""The engine's thread count: pinned, or chosen per step size from measured step times."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+import torch
+
+from orchestr.config.serving import EngineConfig
+from orchestr.engine import threads as th
+from orchestr.engine.engine import Engine
+from orchestr.engine.loader import load_model
+from orchestr.engine.threads import ThreadPolicy, candidate_counts
+from orchestr.protocol import ChatMessage, GenerateRequest
+
+PROMPTS = ["Write a long story about a dragon who learns to bake bread.",
+           "Explain in detail how a steam engine works.",
+           "Write a long poem about the sea at night."]
+
+
+def test_candidates():
+    assert candidate_counts(1) == [1]
+    assert candidate_counts(2) == [1, 2]
+    assert candidate_counts(16) == [15, 16]
+
+
+def test_pinned_never_changes():
+    policy = ThreadPolicy(pinned=1, cores=2)
+    assert not policy.adaptive and policy.describe() == "1 threads"
+    for tokens in (1, 16, 300):
+        assert policy.pick(tokens) == 1
+        policy.record(tokens, 0.01)
+    assert torch.get_num_threads() == 1
+
+
+def _drive(policy: ThreadPolicy, tokens: int, cost: dict[int, float], steps: int) -> list[int]:
+    """Steps whose time per token depends on the thread count as ``cost`` says."""
+    used = []
+    for _ in range(steps):
+        n = policy.pick(tokens)
+        used.append(n)
+        policy.record(tokens, cost[n] * tokens)
+    return used
+
+
+def test_adaptive_tries_both_then_keeps_the_faster_per_step_size():
+    policy = ThreadPolicy(cores=2)
+    # small steps: one thread is faster; large steps: two threads are (clear cases: decided early)
+    small = _drive(policy, 1, {1: 0.030, 2: 0.040}, 50)
+    large = _drive(policy, 32, {1: 0.004, 2: 0.002}, 50)
+    trial = 2 * th.MIN_TRIAL
+    assert sorted(set(small[:trial])) == [1, 2] and set(small[trial:]) == {1}
+    assert sorted(set(large[:trial])) == [1, 2] and set(large[trial:]) == {2}
+    # the two buckets keep their own choice
+    assert policy.pick(1) == 1 and policy.pick(40) == 2
+
+
+def test_overlapping_samples_are_decided_by_median():
+    policy = ThreadPolicy(cores=2)
+    # two threads faster in the median, but one of their samples is the slowest of all
+    times = {1: iter([0.010, 0.011, 0.010, 0.011]), 2: iter([0.012, 0.008, 0.008, 0.008])}
+    used = []
+    for _ in range(2 * th.TRIAL_STEPS):
+        n = policy.pick(16)
+        used.append(n)
+        policy.record(16, next(times[n]) * 16)
+    assert used.count(1) == used.count(2) == th.TRIAL_STEPS
+    assert policy.pick(16) == 2
+
+
+def test_adaptive_follows_a_change_of_load():
+    policy = ThreadPolicy(cores=2)
+    _drive(policy, 16, {1: 0.003, 2: 0.002}, th.REVISIT_EVERY // 2)
+    assert policy.pick(16) == 2
+    # the machine gets busy: two threads now lose; the next re-check sees it
+    used = _drive(policy, 16, {1: 0.003, 2: 0.006}, 2 * th.REVISIT_EVERY)
+    assert used[-1] == 1
+    assert used.count(2) < th.REVISIT_EVERY + 2 * th.TRIAL_STEPS  # it did not stay on the slower count
+
+
+@pytest.fixture(scope="module", params=["float32", "bfloat16"])
+def model_of_dtype(request):
+    return load_model("embedded://SmolLM2-135M-Instruct", device="cpu", dtype=request.param)
+
+
+def _greedy(engine: Engine) -> list[str]:
+    async def run():
+        reqs = [GenerateRequest(model="m", messages=[ChatMessage(role="user", content=p)], temperature=0.0,
+                                max_new_tokens=24) for p in PROMPTS]
+        return await asyncio.gather(*[engine.generate(r) for r in reqs])
+    return [r.text for r in asyncio.run(run())]
+
+
+def test_outputs_do_not_depend_on_the_thread_count(model_of_dtype):
+    """Switching counts between steps must not change what greedy decoding produces (fp32 and
+    bf16: the bf16 engine runs orchestr's C kernels, parallel over OpenMP threads)."""
+    model, tok = model_of_dtype
+    texts = {}
+    for threads in (1, 2, None):
+        engine = Engine(model, tok, EngineConfig(max_batch_size=4, kv_cache_tokens=4096), threads=threads).start()
+        try:
+            texts[threads] = _greedy(engine)
+            if threads is None and th.machine_cores() > 1:
+                # the adaptive engine really ran steps under both counts
+                measured = {n for b in engine.threads._buckets.values() for n, s in b.samples.items() if s}
+                assert measured == set(candidate_counts(th.machine_cores()))
+        finally:
+            engine.shutdown()
+    assert texts[1] == texts[2] == texts[None]
+    assert all(len(t) > 40 for t in texts[1])
