@@ -26,6 +26,14 @@ mkdir -p "$out"
 python="${PYTHON:-$repo/.venv/bin/python}"
 bench=("$python" -m orchestr bench serve --no-progress)
 
+# c=16 and c=64 with 32 requests into NAME.json, then c=1 with 12 (a c=1 level is slow) into NAME-c1.json
+three_levels() {
+  local name="$1"
+  shift
+  "${bench[@]}" --concurrency 16,64 --num-requests 32 "$@" -o "$out/$name.json"
+  "${bench[@]}" --concurrency 1 --num-requests 12 "$@" -o "$out/$name-c1.json"
+}
+
 for run in "${runs[@]}"; do
   echo "=== $run"
   case "$run" in
@@ -60,26 +68,17 @@ for run in "${runs[@]}"; do
         --target "orchestr-bf16=orchestr:model.dtype=bfloat16" \
         --target "fastchat-fp32=url:$url" --baseline fastchat-fp32 -o "$out/fastchat.json"
       scripts/run_fastchat.sh stop "$port_base" >/dev/null 2>&1 || true ;;
-    threeway)  # issue 18's table: c=16/64 with 32 requests, c=1 with 12 (a c=1 level is slow)
-      for level in "16,64 32 threeway" "1 12 threeway-c1"; do
-        set -- $level
-        "${bench[@]}" --concurrency "$1" --num-requests "$2" \
-          --target "vllm-cpu-bf16=vllm" \
-          --target "orchestr-hf=orchestr:model.dtype=bfloat16" \
-          --target "orchestr-openvino=orchestr:model=smollm2-135m-openvino" \
-          --target "openvino-inprocess=openvino:" \
-          --baseline vllm-cpu-bf16 -o "$out/$3.json"
-      done ;;
+    threeway)  # issue 18's table: orchestr's two CPU workers, vLLM's server, OpenVINO in process
+      three_levels threeway --target "vllm-cpu-bf16=vllm" \
+        --target "orchestr-hf=orchestr:model.dtype=bfloat16" \
+        --target "orchestr-openvino=orchestr:model=smollm2-135m-openvino" \
+        --target "openvino-inprocess=openvino:" --baseline vllm-cpu-bf16 ;;
     threads)  # the engine's thread count: adaptive (default) against pinned counts, vLLM for scale
-      for level in "16,64 32 threads" "1 12 threads-c1"; do
-        set -- $level
-        "${bench[@]}" --concurrency "$1" --num-requests "$2" \
-          --target "vllm-cpu-bf16=vllm" \
-          --target "hf-adaptive=orchestr:model.dtype=bfloat16" \
-          --target "hf-1-thread=orchestr:model.dtype=bfloat16 engine.num_threads=1" \
-          --target "hf-all-cores=orchestr:model.dtype=bfloat16 engine.num_threads=$(nproc)" \
-          --baseline vllm-cpu-bf16 -o "$out/$3.json"
-      done ;;
+      three_levels threads --target "vllm-cpu-bf16=vllm" \
+        --target "hf-adaptive=orchestr:model.dtype=bfloat16" \
+        --target "hf-1-thread=orchestr:model.dtype=bfloat16 engine.num_threads=1" \
+        --target "hf-all-cores=orchestr:model.dtype=bfloat16 engine.num_threads=$(nproc)" \
+        --baseline vllm-cpu-bf16 ;;
     regression)  # this tree against OLD_TREE, same load, one run; the old deployment idles while
                  # this one is measured (and is measured first)
       old="${OLD_TREE:?set OLD_TREE to a checkout of the commit to compare against}"
