@@ -81,6 +81,20 @@ static inline __m512 round16_bf16(__m512 v) {
 #define HAVE_BF16_VEC 1
 #endif
 
+/* The walk both passes of the AVX-512 decode make over a sequence's positions t in POOL (keys,
+ * then values): each KV head g's row is loaded into kv[] once, then BODY runs for every query
+ * head h of g's group. Uses the decode's locals (len, slots, p_slot, p_head, row_bytes, kv_heads,
+ * group, nv, kv). */
+#define FOR_EACH_KV_ROW(ELEM, LOAD16, POOL, ...)                                                    \
+    for (int64_t t = 0; t < len; t++) {                                                            \
+        const ELEM *row = POOL + slots[t] * p_slot;                                                \
+        if (t + PREFETCH_AHEAD < len) prefetch_row(POOL + slots[t + PREFETCH_AHEAD] * p_slot, row_bytes); \
+        for (int64_t g = 0; g < kv_heads; g++) {                                                   \
+            for (int64_t v = 0; v < nv; v++) kv[v] = LOAD16(row + g * p_head + 16 * v);            \
+            for (int64_t h = g * group; h < (g + 1) * group; h++) __VA_ARGS__                      \
+        }                                                                                          \
+    }
+
 /* AVX-512 decode of one sequence for head_dim % 16 == 0, ELEM = bf16 or float. Each key/value
  * row (all KV heads of a position, contiguous in the pool) is read and converted once and
  * used by every query head of its group. Scratch: scores [H, len]. */
@@ -105,20 +119,13 @@ static int NAME(const ELEM *q, int64_t q_head, const ELEM *k_pool, const ELEM *v
         sum[h] = 0.0f;                                                                             \
     }                                                                                              \
     __m512 kv[MAX_HEAD_DIM / 16];                                                                  \
-    for (int64_t t = 0; t < len; t++) {                                                            \
-        const ELEM *row = k_pool + slots[t] * p_slot;                                              \
-        if (t + PREFETCH_AHEAD < len) prefetch_row(k_pool + slots[t + PREFETCH_AHEAD] * p_slot, row_bytes); \
-        for (int64_t g = 0; g < kv_heads; g++) {                                                   \
-            for (int64_t v = 0; v < nv; v++) kv[v] = LOAD16(row + g * p_head + 16 * v);            \
-            for (int64_t h = g * group; h < (g + 1) * group; h++) {                                \
-                __m512 a = _mm512_mul_ps(qv[h * nv], kv[0]);                                       \
-                for (int64_t v = 1; v < nv; v++) a = _mm512_fmadd_ps(qv[h * nv + v], kv[v], a);   \
-                const float s = _mm512_reduce_add_ps(a);                                           \
-                scores[h * n + t] = s;                                                             \
-                if (s > mx[h]) mx[h] = s;                                                          \
-            }                                                                                      \
-        }                                                                                          \
-    }                                                                                              \
+    FOR_EACH_KV_ROW(ELEM, LOAD16, k_pool, {                                                       \
+        __m512 a = _mm512_mul_ps(qv[h * nv], kv[0]);                                               \
+        for (int64_t v = 1; v < nv; v++) a = _mm512_fmadd_ps(qv[h * nv + v], kv[v], a);           \
+        const float s = _mm512_reduce_add_ps(a);                                                   \
+        scores[h * n + t] = s;                                                                     \
+        if (s > mx[h]) mx[h] = s;                                                                  \
+    })                                                                                             \
     for (int64_t h = 0; h < heads; h++) {                                                          \
         float *sh = scores + h * n;                                                                \
         for (int64_t t = 0; t < len; t++) {                                                        \
@@ -126,17 +133,10 @@ static int NAME(const ELEM *q, int64_t q_head, const ELEM *k_pool, const ELEM *v
             sum[h] += sh[t];                                                                       \
         }                                                                                          \
     }                                                                                              \
-    for (int64_t t = 0; t < len; t++) {                                                            \
-        const ELEM *row = v_pool + slots[t] * p_slot;                                              \
-        if (t + PREFETCH_AHEAD < len) prefetch_row(v_pool + slots[t + PREFETCH_AHEAD] * p_slot, row_bytes); \
-        for (int64_t g = 0; g < kv_heads; g++) {                                                   \
-            for (int64_t v = 0; v < nv; v++) kv[v] = LOAD16(row + g * p_head + 16 * v);            \
-            for (int64_t h = g * group; h < (g + 1) * group; h++) {                                \
-                const __m512 p = _mm512_set1_ps(scores[h * n + t]);                                \
-                for (int64_t v = 0; v < nv; v++) acc[h * nv + v] = _mm512_fmadd_ps(p, kv[v], acc[h * nv + v]); \
-            }                                                                                      \
-        }                                                                                          \
-    }                                                                                              \
+    FOR_EACH_KV_ROW(ELEM, LOAD16, v_pool, {                                                       \
+        const __m512 p = _mm512_set1_ps(scores[h * n + t]);                                        \
+        for (int64_t v = 0; v < nv; v++) acc[h * nv + v] = _mm512_fmadd_ps(p, kv[v], acc[h * nv + v]); \
+    })                                                                                             \
     for (int64_t h = 0; h < heads; h++) {                                                          \
         const float inv = sum[h] > 0.0f ? 1.0f / sum[h] : 0.0f;                                    \
         float tmp[16];                                                                             \
@@ -154,6 +154,20 @@ DEFINE_DECODE_AVX512(decode_one_bf16_avx512, bf16, load16_bf16)
 DEFINE_DECODE_AVX512(decode_one_f32_avx512, float, load16_f32)
 #endif
 
+/* The walk both passes of the portable decode make (keys, then values): BODY runs for every
+ * position t and query head h, with `base` the pool offset of the row of h's KV head. */
+#define FOR_EACH_KV_OFFSET(...)                                                                    \
+    for (int64_t t = 0; t < len; t++) {                                                            \
+        const int64_t row = slots[t] * p_slot;                                                     \
+        for (int64_t g = 0; g < kv_heads; g++) {                                                   \
+            const int64_t base = row + g * p_head;                                                 \
+            for (int64_t j = 0; j < group; j++) {                                                  \
+                const int64_t h = g * group + j;                                                   \
+                __VA_ARGS__                                                                        \
+            }                                                                                      \
+        }                                                                                          \
+    }
+
 /* Portable decode of one sequence (any head_dim, either dtype). Scratch: scores [H, len] +
  * query and accumulators [H, d]. */
 static int decode_one(int is_bf16, const void *q, int64_t q_head, const void *k_pool, const void *v_pool,
@@ -170,19 +184,12 @@ static int decode_one(int is_bf16, const void *q, int64_t q_head, const void *k_
         sum[h] = 0.0f;
     }
     memset(acc, 0, sizeof(float) * (size_t)(heads * d));
-    for (int64_t t = 0; t < len; t++) {
-        const int64_t row = slots[t] * p_slot;
-        for (int64_t g = 0; g < kv_heads; g++) {
-            const int64_t base = row + g * p_head;
-            for (int64_t j = 0; j < group; j++) {
-                const int64_t h = g * group + j;
-                float s = 0.0f;
-                for (int64_t c = 0; c < d; c++) s += qf[h * d + c] * ld(k_pool, base + c, is_bf16);
-                scores[h * n + t] = s;
-                if (s > mx[h]) mx[h] = s;
-            }
-        }
-    }
+    FOR_EACH_KV_OFFSET({
+        float s = 0.0f;
+        for (int64_t c = 0; c < d; c++) s += qf[h * d + c] * ld(k_pool, base + c, is_bf16);
+        scores[h * n + t] = s;
+        if (s > mx[h]) mx[h] = s;
+    })
     for (int64_t h = 0; h < heads; h++) {
         float *sh = scores + h * n;
         for (int64_t t = 0; t < len; t++) {
@@ -190,17 +197,10 @@ static int decode_one(int is_bf16, const void *q, int64_t q_head, const void *k_
             sum[h] += sh[t];
         }
     }
-    for (int64_t t = 0; t < len; t++) {
-        const int64_t row = slots[t] * p_slot;
-        for (int64_t g = 0; g < kv_heads; g++) {
-            const int64_t base = row + g * p_head;
-            for (int64_t j = 0; j < group; j++) {
-                const int64_t h = g * group + j;
-                const float p = scores[h * n + t];
-                for (int64_t c = 0; c < d; c++) acc[h * d + c] += p * ld(v_pool, base + c, is_bf16);
-            }
-        }
-    }
+    FOR_EACH_KV_OFFSET({
+        const float p = scores[h * n + t];
+        for (int64_t c = 0; c < d; c++) acc[h * d + c] += p * ld(v_pool, base + c, is_bf16);
+    })
     for (int64_t h = 0; h < heads; h++) {
         const float inv = sum[h] > 0.0f ? 1.0f / sum[h] : 0.0f;
         for (int64_t c = 0; c < d; c++) st(out, h * o_head + c, acc[h * d + c] * inv, is_bf16);
