@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib
 import sys
+from contextlib import nullcontext
 
 from orchestr.errors import OrchestrError
 
@@ -29,6 +30,9 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "bench": ("orchestr.benchmark.cli", "main", "serving benchmarks (`orchestr bench serve`)"),
     "train": ("orchestr.train.app", "main", "fine-tune a model: SFT, LoRA or DPO from arena votes"),
 }
+
+
+HYDRA_COMMANDS = frozenset({"launch", "eval", "clean", "train"})  # they take Hydra overrides and flags
 
 
 def _usage() -> str:
@@ -57,15 +61,21 @@ def main(argv: list[str] | None = None) -> int:
     module = importlib.import_module(module_name)
     # Hydra and argparse both read sys.argv: present the subcommand as the program.
     sys.argv = [f"orchestr {name}", *rest]
-    try:
-        result = getattr(module, func_name)()
-    except OrchestrError as e:
-        # a user mistake (exit 2) or a failure doing the work (exit 1): one line, no traceback
-        first = str(e).strip().splitlines() or [type(e).__name__]
-        print(f"orchestr {name}: {first[0]}", file=sys.stderr)
-        for line in first[1:]:  # e.g. a failed service's last log lines
-            print(f"  {line}", file=sys.stderr)
-        return e.exit_code
+    guard = nullcontext()
+    if name in HYDRA_COMMANDS:  # Hydra prints the config (--cfg, --info, --help) before our code runs
+        from orchestr.config.redact import scrubbed_prints
+
+        guard = scrubbed_prints(rest)
+    with guard:
+        try:
+            result = getattr(module, func_name)()
+        except OrchestrError as e:
+            # a user mistake (exit 2) or a failure doing the work (exit 1): one line, no traceback
+            first = str(e).strip().splitlines() or [type(e).__name__]
+            print(f"orchestr {name}: {first[0]}", file=sys.stderr)
+            for line in first[1:]:  # e.g. a failed service's last log lines
+                print(f"  {line}", file=sys.stderr)
+            return e.exit_code
     return int(result or 0)
 
 

@@ -62,6 +62,19 @@ def _new_id(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:24]}"
 
 
+def _id(prefix: str) -> Any:
+    """A field whose default is a fresh OpenAI-style id (``chatcmpl-…``) per object."""
+    return Field(default_factory=lambda: _new_id(prefix))
+
+
+def _now() -> int:
+    return int(time.time())
+
+
+FinishReason = Literal["stop", "length", "error"]
+ChatFinishReason = Literal["stop", "length", "tool_calls", "error"]
+
+
 class UsageInfo(BaseModel):
     prompt_tokens: int = 0
     completion_tokens: int = 0
@@ -69,9 +82,9 @@ class UsageInfo(BaseModel):
 
 
 class ModelPermission(BaseModel):
-    id: str = Field(default_factory=lambda: _new_id("modelperm"))
+    id: str = _id("modelperm")
     object: str = "model_permission"
-    created: int = Field(default_factory=lambda: int(time.time()))
+    created: int = Field(default_factory=_now)
     allow_create_engine: bool = False
     allow_sampling: bool = True
     allow_logprobs: bool = True
@@ -86,7 +99,7 @@ class ModelPermission(BaseModel):
 class ModelCard(BaseModel):
     id: str
     object: str = "model"
-    created: int = Field(default_factory=lambda: int(time.time()))
+    created: int = Field(default_factory=_now)
     owned_by: str = "orchestr"
     root: str | None = None
     parent: str | None = None
@@ -104,7 +117,7 @@ class ToolCallFunction(BaseModel):
 
 
 class ToolCall(BaseModel):
-    id: str = Field(default_factory=lambda: _new_id("call"))
+    id: str = _id("call")
     type: Literal["function"] = "function"
     function: ToolCallFunction
 
@@ -215,15 +228,23 @@ class ChatCompletionRequest(SamplingFields):
 class ChatCompletionResponseChoice(BaseModel):
     index: int
     message: ChatMessage
-    finish_reason: Literal["stop", "length", "tool_calls", "error"] | None = None
+    finish_reason: ChatFinishReason | None = None
     logprobs: dict[str, Any] | None = None
 
 
-class ChatCompletionResponse(BaseModel):
-    id: str = Field(default_factory=lambda: _new_id("chatcmpl"))
-    object: str = "chat.completion"
-    created: int = Field(default_factory=lambda: int(time.time()))
+class _CompletionObject(BaseModel):
+    """The head every (chat) completion object and stream chunk shares, in OpenAI's field order;
+    each subclass gives ``id`` its prefix and ``object`` its type."""
+
+    id: str
+    object: str
+    created: int = Field(default_factory=_now)
     model: str
+
+
+class ChatCompletionResponse(_CompletionObject):
+    id: str = _id("chatcmpl")
+    object: str = "chat.completion"
     choices: list[ChatCompletionResponseChoice]
     usage: UsageInfo
 
@@ -237,15 +258,13 @@ class DeltaMessage(BaseModel):
 class ChatCompletionStreamChoice(BaseModel):
     index: int
     delta: DeltaMessage
-    finish_reason: Literal["stop", "length", "tool_calls", "error"] | None = None
+    finish_reason: ChatFinishReason | None = None
     logprobs: dict[str, Any] | None = None
 
 
-class ChatCompletionStreamResponse(BaseModel):
-    id: str = Field(default_factory=lambda: _new_id("chatcmpl"))
+class ChatCompletionStreamResponse(_CompletionObject):
+    id: str = _id("chatcmpl")
     object: str = "chat.completion.chunk"
-    created: int = Field(default_factory=lambda: int(time.time()))
-    model: str
     choices: list[ChatCompletionStreamChoice]
     usage: UsageInfo | None = None
 
@@ -283,25 +302,18 @@ class CompletionResponseChoice(BaseModel):
     index: int
     text: str
     logprobs: Any | None = None
-    finish_reason: Literal["stop", "length", "error"] | None = None
+    finish_reason: FinishReason | None = None
 
 
-class CompletionResponse(BaseModel):
-    id: str = Field(default_factory=lambda: _new_id("cmpl"))
+class CompletionResponse(_CompletionObject):
+    id: str = _id("cmpl")
     object: str = "text_completion"
-    created: int = Field(default_factory=lambda: int(time.time()))
-    model: str
     choices: list[CompletionResponseChoice]
     usage: UsageInfo
 
 
-class CompletionStreamResponse(BaseModel):
-    id: str = Field(default_factory=lambda: _new_id("cmpl"))
-    object: str = "text_completion"
-    created: int = Field(default_factory=lambda: int(time.time()))
-    model: str
-    choices: list[CompletionResponseChoice]
-    usage: UsageInfo | None = None
+class CompletionStreamResponse(CompletionResponse):
+    usage: UsageInfo | None = None  # on the last chunk only, when stream_options asks for it
 
 
 class EmbeddingsRequest(BaseModel):
@@ -388,7 +400,7 @@ class GenerateChunk(BaseModel):
     text: str = ""
     error_code: int = 0
     error: str | None = None
-    finish_reason: Literal["stop", "length", "error"] | None = None
+    finish_reason: FinishReason | None = None
     usage: UsageInfo | None = None
     # the tokens whose text this chunk (first: the echoed prompt's) carries, when logprobs were asked for
     logprobs: list[TokenLogprob] | None = None
@@ -400,7 +412,7 @@ class GenerateResult(BaseModel):
     text: str = ""
     error_code: int = 0
     error: str | None = None
-    finish_reason: Literal["stop", "length", "error"] | None = None
+    finish_reason: FinishReason | None = None
     usage: UsageInfo = Field(default_factory=UsageInfo)
     logprobs: list[TokenLogprob] | None = None
 

@@ -69,6 +69,28 @@ def test_cfg_job_prints_the_composed_config() -> None:
     assert cfg.model.name == "smollm2-135m"
 
 
+@pytest.mark.parametrize("command,flags", [
+    ("launch", ["--cfg", "job"]),
+    ("launch", ["--cfg", "all"]),  # the hydra section records the overrides as typed
+    ("launch", ["--info"]),
+    ("launch", ["--help"]),
+    ("eval", ["--cfg", "job", "--resolve"]),  # the env-held key resolved
+])
+def test_hydra_printing_the_config_shows_no_secret(command: str, flags: list[str]) -> None:
+    out = run_orchestr(command, "services.api.api_keys=[sk-typed-4f2a9,${oc.env:ORCHESTR_TEST_KEY}]",
+                       "services.web.auth=[ann:pw-7c1e3]", "launch.secret=svc-91d0b", *flags,
+                       env={"ORCHESTR_TEST_KEY": "sk-env-5b8e7"})
+    assert out.returncode == 0, out.stderr
+    shown = out.stdout + out.stderr
+    for secret in ("sk-typed-4f2a9", "sk-env-5b8e7", "pw-7c1e3", "svc-91d0b"):
+        assert secret not in shown, (secret, flags)
+    assert "***" in shown
+    if flags[:2] == ["--cfg", "job"]:  # still the config, the secrets' places marked
+        cfg = OmegaConf.create(out.stdout)
+        assert cfg.launch.secret == "***" and cfg.services.web.auth == ["***"]
+        assert cfg.services.api.api_keys[0] == "***"
+
+
 def test_dry_run_prints_command_lines_and_starts_nothing(tmp_path: Path) -> None:
     state = tmp_path / "state.json"
     out = run_orchestr("launch", "launch.dry_run=true", f"launch.state_file={state}",

@@ -12,6 +12,7 @@ import shutil
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import httpx
@@ -471,6 +472,42 @@ def test_day2_commands_over_ssh(sshd, tmp_path) -> None:
     assert "deployment stopped" in sp.stdout
     assert all(live_group(g) == [] for g in pgids)
     assert not state_file.exists()
+
+
+def test_stop_deletes_the_secret_copies_on_the_nodes(sshd, tmp_path) -> None:
+    """The secret files a deployment copied to its SSH nodes are gone after `orchestr stop`
+    (as its files here are), and the copies of another deployment on the same node stay."""
+    from orchestr.launch import secret_files
+
+    nodes = {n: NodeConfig(**sshd.node(python=PY)) for n in ("node-a", "node-b")}
+    state_file = tmp_path / "state.json"
+    here = secret_files.secrets_dir(state_file)
+    secret_files.DeploymentSecrets(service="s3cret-for-this-test").write(here)
+    files = {secret_files.SERVICE_VAR: secret_files.secret_path(here, secret_files.SERVICE_VAR)}
+    specs = [replace(s, env_files=files) for s in two_node_specs([free_port(), free_port()])]
+    dep = Deployment(specs, nodes, run_dir=tmp_path, log_dir=str(tmp_path / "logs"), controller="http://127.0.0.1:9",
+                     api=None, web=None, state_file=state_file, health_timeout_s=30)
+    other = tmp_path / "other.secrets"  # another deployment's copy on node-a
+    secret_files.DeploymentSecrets(service="not-ours").write(other)
+    dep.start_all(lambda _: None)
+    other_copy = Path(dep.runners["node-a"].place_files(
+        replace(specs[0], env_files={secret_files.SERVICE_VAR: secret_files.secret_path(other, secret_files.SERVICE_VAR)})
+    )[secret_files.SERVICE_VAR])
+    dep.runners.close()
+    pgids = [p.pgid for p in dep.state.processes]
+    placed = {Path(psutil.Process(p.pid).environ()[secret_files.SERVICE_VAR]) for p in dep.state.processes}
+    try:
+        assert placed and all(p.read_text().strip() == "s3cret-for-this-test" and p.parent != here for p in placed)
+    finally:
+        sp = subprocess.run([*ORCHESTR, "stop"], env={**os.environ, "ORCHESTR_STATE_FILE": str(state_file)},
+                            capture_output=True, text=True, timeout=120)
+    assert sp.returncode == 0, sp.stdout + sp.stderr
+    assert all(live_group(g) == [] for g in pgids)
+    assert not here.exists()
+    for p in placed:
+        assert not p.exists() and not p.parent.exists()
+    assert other_copy.read_text().strip() == "not-ours"
+    shutil.rmtree(other_copy.parent)
 
 
 def test_unreachable_node_fails_the_launch_cleanly(sshd, tmp_path) -> None:

@@ -43,6 +43,14 @@ def check(ok: bool, key: str, message: str) -> None:
         raise ValueError(f"{key}: {message}")
 
 
+def check_at_least(obj: object, low: int, *keys: str) -> None:
+    """`check` that each field named in `keys` (None allowed: unset) is at least `low`."""
+    for key in keys:
+        value = getattr(obj, key)
+        check(value is None or value >= low, key,
+              f"must be at least {low}, got {value}" if low else f"must not be negative, got {value}")
+
+
 def check_model_name(name: str, key: str = "name") -> None:
     check(bool(name) and not _BAD_NAME.search(name), key,
           f"model name {name!r} must be non-empty, without spaces, commas or slashes")
@@ -78,7 +86,7 @@ class ModelConfig:
     def __post_init__(self) -> None:
         check_model_name(self.name)
         check(bool(self.path), "path", "empty model path")
-        check(self.num_gpus >= 1, "num_gpus", f"must be at least 1, got {self.num_gpus}")
+        check_at_least(self, 1, "num_gpus")
         check(self.context_length is None or self.context_length >= 1, "context_length",
               f"must be positive, got {self.context_length}")
         check(0 < self.gpu_memory_utilization <= 1, "gpu_memory_utilization",
@@ -97,10 +105,7 @@ class EngineConfig:
                                              "whichever steps faster, measured per step size)")
 
     def __post_init__(self) -> None:
-        for key in ("max_batch_size", "max_num_batched_tokens", "kv_cache_tokens"):
-            check(getattr(self, key) >= 1, key, f"must be at least 1, got {getattr(self, key)}")
-        check(self.num_threads is None or self.num_threads >= 1, "num_threads",
-              f"must be at least 1, got {self.num_threads}")
+        check_at_least(self, 1, "max_batch_size", "max_num_batched_tokens", "kv_cache_tokens", "num_threads")
 
 
 @dataclass
@@ -117,8 +122,7 @@ class RestartPolicy:
 
     def __post_init__(self) -> None:
         self.policy = RestartMode(self.policy)  # also when read back from the state file
-        for key in ("max_restarts", "window_s", "backoff_s", "backoff_max_s"):
-            check(getattr(self, key) >= 0, key, f"must not be negative, got {getattr(self, key)}")
+        check_at_least(self, 0, "max_restarts", "window_s", "backoff_s", "backoff_max_s")
 
 
 @dataclass
@@ -146,7 +150,7 @@ class NodeConfig:
     def __post_init__(self) -> None:
         self.known_hosts = KnownHosts(self.known_hosts)  # also when read back from the state file
         check(0 < self.ssh_port < 65536, "ssh_port", f"{self.ssh_port} is not a TCP port (1-65535)")
-        check(self.gpus >= 0, "gpus", f"must not be negative, got {self.gpus}")
+        check_at_least(self, 0, "gpus")
 
 
 @dataclass
@@ -169,8 +173,7 @@ class WorkerConfig:
     restart: RestartPolicy = field(default_factory=RestartPolicy)
 
     def __post_init__(self) -> None:
-        check(self.limit_worker_concurrency >= 1, "limit_worker_concurrency",
-              f"must be at least 1, got {self.limit_worker_concurrency}")
+        check_at_least(self, 1, "limit_worker_concurrency")
 
 
 @dataclass
@@ -237,8 +240,7 @@ class WorkerServiceConfig:
     ssl: bool = _h(False, _SSL)
 
     def __post_init__(self) -> None:
-        check(self.heart_beat_interval >= 0, "heart_beat_interval",
-              f"must not be negative, got {self.heart_beat_interval}")
+        check_at_least(self, 0, "heart_beat_interval")
 
 
 @dataclass
@@ -263,11 +265,9 @@ class ApiServiceConfig(ServiceSection):
     ssl: bool = _h(False, _SSL)
 
     def __post_init__(self) -> None:
-        for key in ("worker_connect_timeout_s", "worker_timeout_s", "controller_timeout_s", "controller_cache_ttl_s",
-                    "worker_retries", "health_check_interval_s"):
-            check(getattr(self, key) >= 0, key, f"must not be negative, got {getattr(self, key)}")
-        for key in ("default_max_tokens", "max_body_bytes", "max_embedding_inputs"):
-            check(getattr(self, key) >= 1, key, f"must be at least 1, got {getattr(self, key)}")
+        check_at_least(self, 0, "worker_connect_timeout_s", "worker_timeout_s", "controller_timeout_s",
+                       "controller_cache_ttl_s", "worker_retries", "health_check_interval_s")
+        check_at_least(self, 1, "default_max_tokens", "max_body_bytes", "max_embedding_inputs")
 
 
 @dataclass
@@ -317,8 +317,7 @@ class WebServiceConfig(ServiceSection):
     moderation: WebModerationConfig = field(default_factory=WebModerationConfig)
 
     def __post_init__(self) -> None:
-        for key in ("max_turns", "max_input_chars", "max_new_tokens", "concurrency_count"):
-            check(getattr(self, key) >= 1, key, f"must be at least 1, got {getattr(self, key)}")
+        check_at_least(self, 1, "max_turns", "max_input_chars", "max_new_tokens", "concurrency_count")
         check(all(len(p) == 2 for p in self.arena_excluded_pairs), "arena_excluded_pairs",
               "each pair must name exactly two models")
         check(all(w >= 0 for w in self.arena_sampling_weights.values()), "arena_sampling_weights",

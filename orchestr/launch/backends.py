@@ -9,6 +9,7 @@ deployment never loads paramiko, and a new backend adds one `register` line, not
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Protocol
 
 from hydra.utils import get_class
@@ -24,6 +25,8 @@ class Runner(Protocol):
     def stop(self, record: ProcessRecord, timeout: float = 15.0) -> None: ...
     def read_log(self, record: ProcessRecord, lines: int = 100) -> str: ...
     def follow_log(self, record: ProcessRecord) -> Iterator[str]: ...
+    # delete what `start` copied to the node of the deployment's secret files (folder: theirs here)
+    def remove_files(self, folder: Path) -> None: ...
     def close(self) -> None: ...
 
 

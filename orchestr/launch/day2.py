@@ -7,10 +7,9 @@ import sys
 
 import httpx
 
-from orchestr.launch import secret_files
 from orchestr.launch import state as state_mod
 from orchestr.launch.backends import Runners
-from orchestr.launch.deploy import service_client, stop_processes
+from orchestr.launch.deploy import remove_secrets, service_client, stop_processes
 from orchestr.launch.probe import Liveness, Probe
 from orchestr.protocol import ControllerStatus
 
@@ -154,12 +153,16 @@ def stop_main() -> int:
     try:
         stop_processes(state, runners, _event)
         still = [p.name for p in state.processes if runners[p.node].alive(p)]
+        if still or failures:
+            print(f"still running: {', '.join(still)}; state kept in {path}", file=sys.stderr)
+            return 1
+        state_mod.remove(state_mod.state_path(args.state_file))
+        left: list[str] = []  # secret copies a node would not delete: the user must know
+        remove_secrets({p.node for p in state.processes}, runners, state_mod.state_path(args.state_file),
+                       left.append)
     finally:
         runners.close()
-    if still or failures:
-        print(f"still running: {', '.join(still)}; state kept in {path}", file=sys.stderr)
-        return 1
-    state_mod.remove(state_mod.state_path(args.state_file))
-    secret_files.remove(secret_files.secrets_dir(state_mod.state_path(args.state_file)))
     print("deployment stopped")
-    return 0
+    for line in left:
+        print(f"{line} (delete it by hand)", file=sys.stderr)
+    return 1 if left else 0

@@ -193,7 +193,7 @@ class Deployment:
     def stop_all(self, on_event: Callable[[str], None] = print) -> None:
         stop_processes(self.state, self.runners, on_event)
         state_mod.remove(self.state_file)
-        secret_files.remove(secret_files.secrets_dir(self.state_file))
+        remove_secrets({s.node for s in self.specs}, self.runners, self.state_file, on_event)
         self.close()
 
     def close(self) -> None:
@@ -218,6 +218,18 @@ def stop_processes(state: state_mod.DeploymentState, runners: Runners,
             on_event(f"stopped {rec.name} on {rec.node} (pid {rec.pid})")
         except Exception as e:  # keep stopping the others
             on_event(f"could not stop {rec.name} on {rec.node}: {e}")
+
+
+def remove_secrets(nodes: set[str], runners: Runners, state_file: Path,
+                   on_event: Callable[[str], None] = print) -> None:
+    """The deployment's secret files: the copies on its nodes (an SSH node's), then those here."""
+    folder = secret_files.secrets_dir(state_file)
+    for node in sorted(nodes):
+        try:
+            runners[node].remove_files(folder)
+        except Exception as e:  # keep going: the files here go in any case
+            on_event(f"could not delete the secret files on {node}: {e}")
+    secret_files.remove(folder)
 
 
 def deployment_from_state(state: state_mod.DeploymentState, state_file: Path) -> Deployment:

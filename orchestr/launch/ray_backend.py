@@ -249,6 +249,9 @@ class RayRunner:
                              suffix="out"):
             yield from chunk.splitlines()
 
+    def remove_files(self, folder) -> None:
+        pass  # each actor removes its own copies when it shuts down
+
     def close(self) -> None:
         pass
 

@@ -17,13 +17,13 @@ import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from orchestr.config import redact
 from orchestr.config.serving import LaunchConfig, ServicesConfig
 
 SERVICE_VAR = "ORCHESTR_SECRET_FILE"
 API_KEYS_VAR = "ORCHESTR_API_KEYS_FILE"
 WEB_AUTH_VAR = "ORCHESTR_WEB_AUTH_FILE"
 _FILES = {SERVICE_VAR: "service_secret", API_KEYS_VAR: "api_keys", WEB_AUTH_VAR: "web_auth"}
-REDACTED = "***"
 
 
 def secrets_dir(state_file: Path) -> Path:
@@ -87,9 +87,7 @@ def scrub(paths: list[Path], values: list[str]) -> None:
             text = p.read_text()
         except (OSError, UnicodeDecodeError):
             continue
-        clean = text
-        for v in values:
-            clean = clean.replace(v, REDACTED)
+        clean = redact.scrub(text, values)
         if clean != text:
             p.write_text(clean)
 

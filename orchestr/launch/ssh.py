@@ -37,6 +37,13 @@ def _qpath(path: str) -> str:
     return shlex.quote(path)
 
 
+def _remote_secrets(folder: Path) -> str:
+    """The node's folder for one deployment's secret files, named after the deployment's secrets
+    folder here (its name and a hash of its path)."""
+    here = folder.expanduser()
+    return f"~/.cache/orchestr/secrets/{here.name}-{hashlib.sha1(str(here).encode()).hexdigest()[:8]}"
+
+
 def _port_open(host: str, port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.settimeout(1.0)
@@ -168,9 +175,7 @@ class SSHRunner:
         ~/.cache/orchestr/secrets. Returns variable -> path on the node."""
         placed = {}
         for var, local in spec.env_files.items():
-            # one folder per deployment (its secrets folder here, by name and a hash of its path)
-            here = Path(local).expanduser().parent
-            folder = f"~/.cache/orchestr/secrets/{here.name}-{hashlib.sha1(str(here).encode()).hexdigest()[:8]}"
+            folder = _remote_secrets(Path(local).parent)
             remote = f"{folder}/{Path(local).name}"
             script = (f"umask 077 && mkdir -p {_qpath(folder)} && chmod 700 {_qpath(folder)} && "
                       f"cat > {_qpath(remote)}.tmp && mv -f {_qpath(remote)}.tmp {_qpath(remote)} && "
@@ -180,6 +185,13 @@ class SSHRunner:
                 raise SSHError(f"cluster.nodes.{self.node_name}: cannot copy {var} to the node: {err.strip()}")
             placed[var] = f"{out.strip().splitlines()[-1]}/{Path(local).name}"
         return placed
+
+    def remove_files(self, folder: Path) -> None:
+        """Delete the node's copies of the deployment's secret files (``place_files``)."""
+        remote = _remote_secrets(folder)
+        rc, _, err = self.run(f"rm -rf {_qpath(remote)}", timeout=self.timeout)
+        if rc != 0:
+            raise SSHError(f"cluster.nodes.{self.node_name}: cannot delete {remote}: {err.strip()}")
 
     def _env(self, spec: ProcessSpec) -> list[str]:
         env = {**self.node.env, **spec.env, **self.place_files(spec), "PYTHONUNBUFFERED": "1"}

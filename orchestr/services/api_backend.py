@@ -8,6 +8,7 @@ never re-buffered (``sse``).
 
 from __future__ import annotations
 
+from orchestr.config.serving import ApiServiceConfig
 from orchestr.services.generation import Generation
 from orchestr.services.routing import Router
 from orchestr.services.serving_chat import ChatServing
@@ -19,31 +20,20 @@ from orchestr.services.worker_stream import WorkerClient
 
 
 class ApiBackend:
-    def __init__(
-        self,
-        controller_address: str,
-        *,
-        worker_connect_timeout: float = 5.0,
-        worker_timeout: float = 600.0,
-        controller_timeout: float = 5.0,
-        controller_cache_ttl: float = 2.0,
-        worker_retries: int = 3,
-        health_check_interval: float = 1.0,
-        default_max_tokens: int = 1024,
-        max_embedding_inputs: int = 256,
-    ):
+    def __init__(self, controller_address: str, settings: ApiServiceConfig | None = None):
+        s = settings or ApiServiceConfig()  # services.api: its timeouts, retries and limits
         self.router = Router(
             controller_address,
-            cache_ttl=controller_cache_ttl,
-            controller_timeout=controller_timeout,
-            retries=worker_retries,
-            health_check_interval=health_check_interval,
+            cache_ttl=s.controller_cache_ttl_s,
+            controller_timeout=s.controller_timeout_s,
+            retries=s.worker_retries,
+            health_check_interval=s.health_check_interval_s,
         )
-        self.workers = WorkerClient(connect_timeout=worker_connect_timeout, read_timeout=worker_timeout)
+        self.workers = WorkerClient(connect_timeout=s.worker_connect_timeout_s, read_timeout=s.worker_timeout_s)
         generation = Generation(self.router, self.workers)
-        self.chat = ChatServing(generation, default_max_tokens)
+        self.chat = ChatServing(generation, s.default_max_tokens)
         self.completions = CompletionServing(generation)
-        self.embeddings = EmbeddingServing(self.router, self.workers, max_embedding_inputs)
+        self.embeddings = EmbeddingServing(self.router, self.workers, s.max_embedding_inputs)
         self.responses = ResponsesServing(self.chat)
         self.tokenizer = TokenizerServing(self.router, self.workers)
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import argparse
 import hmac
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import TypeVar
 
@@ -98,6 +98,13 @@ async def parse_body(request: Request, model: type[M]) -> M:
         raise validation_error(e.errors(include_url=False)) from None
 
 
+async def parse_model_request(request: Request, shape: type[M]) -> M:
+    """``parse_body`` for a request that names a model, recorded for the request metrics."""
+    req = await parse_body(request, shape)
+    set_model(request, req.model)
+    return req
+
+
 def make_auth(api_keys: list[str]):
     keys = frozenset(api_keys)
 
@@ -129,27 +136,23 @@ async def answer(request: Request, work: Awaitable[BaseModel | AsyncIterator[str
     return StreamingResponse(result, media_type="text/event-stream", headers=STREAM_HEADERS)
 
 
-def create_app(
-    backend: ApiBackend,
-    api_keys: list[str] | None = None,
-    allowed_origins: list[str] | None = None,
-    allowed_methods: list[str] | None = None,
-    allowed_headers: list[str] | None = None,
-    allow_credentials: bool = False,
-) -> FastAPI:
+def create_app(backend: ApiBackend, api_keys: list[str] | None = None,
+               settings: ApiServiceConfig | None = None) -> FastAPI:
+    """The API app over ``backend``; ``settings`` (services.api) gives the CORS policy."""
+    cors = settings or ApiServiceConfig()
     @asynccontextmanager
     async def lifespan(_app: FastAPI):
         yield
         await backend.aclose()
 
     app = FastAPI(title="orchestr OpenAI-compatible API", version=__version__, lifespan=lifespan)
-    if allowed_origins:
+    if cors.allowed_origins:
         app.add_middleware(
             CORSMiddleware,
-            allow_origins=allowed_origins,
-            allow_credentials=allow_credentials,
-            allow_methods=allowed_methods or ["*"],
-            allow_headers=allowed_headers or ["*"],
+            allow_origins=cors.allowed_origins,
+            allow_credentials=cors.allow_credentials,
+            allow_methods=cors.allowed_methods or ["*"],
+            allow_headers=cors.allowed_headers or ["*"],
         )
 
     @app.exception_handler(ApiError)
@@ -192,28 +195,24 @@ def create_app(
     async def retrieve_model(model: str):
         return await backend.router.retrieve_model(model)
 
-    @v1.post("/chat/completions", **openapi.operation(ChatCompletionRequest, ChatCompletionResponse, stream=True))
-    async def chat_completions(request: Request) -> Response:
-        req = await parse_body(request, ChatCompletionRequest)
-        set_model(request, req.model)
-        return await answer(request, backend.chat.create(req))
+    def serve(shape: type[M], create: Callable[[M], Awaitable[BaseModel | AsyncIterator[str]]]):
+        async def route(request: Request) -> Response:
+            return await answer(request, create(await parse_model_request(request, shape)))
 
-    @v1.post("/completions", **openapi.operation(CompletionRequest, CompletionResponse, stream=True))
-    async def completions(request: Request) -> Response:
-        req = await parse_body(request, CompletionRequest)
-        set_model(request, req.model)
-        return await answer(request, backend.completions.create(req))
+        return route
 
-    @v1.post("/embeddings", **openapi.operation(EmbeddingsRequest, EmbeddingsResponse))
-    async def embeddings(request: Request) -> Response:
-        req = await parse_body(request, EmbeddingsRequest)
-        set_model(request, req.model)
-        return await answer(request, backend.embeddings.create(req))
+    # the routes whose serving object answers a parsed request (an object, or a stream of SSE lines)
+    for path, name, shape, response, serving, stream in (
+        ("/chat/completions", "chat_completions", ChatCompletionRequest, ChatCompletionResponse, backend.chat, True),
+        ("/completions", "completions", CompletionRequest, CompletionResponse, backend.completions, True),
+        ("/embeddings", "embeddings", EmbeddingsRequest, EmbeddingsResponse, backend.embeddings, False),
+    ):
+        v1.add_api_route(path, serve(shape, serving.create), methods=["POST"], name=name,
+                         **openapi.operation(shape, response, stream=stream))
 
     @v1.post("/responses", **openapi.operation(ResponsesRequest, None, stream=True))
     async def responses(request: Request) -> Response:
-        req = await parse_body(request, ResponsesRequest)
-        set_model(request, req.model)
+        req = await parse_model_request(request, ResponsesRequest)
         result = await backend.responses.create(req)
         if isinstance(result, dict):
             return JSONResponse(result)
@@ -258,7 +257,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--api-keys", type=_csv, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     try:
-        from_args(ApiServiceConfig, args)  # the schema's range checks
+        settings = from_args(ApiServiceConfig, args)  # with the schema's range checks
     except ValueError as e:
         parser.error(str(e))
     try:
@@ -270,25 +269,7 @@ def main(argv: list[str] | None = None) -> None:
                        "set ORCHESTR_API_KEYS or ORCHESTR_API_KEYS_FILE instead")
         api_keys = args.api_keys
 
-    backend = ApiBackend(
-        args.controller_address,
-        worker_connect_timeout=args.worker_connect_timeout_s,
-        worker_timeout=args.worker_timeout_s,
-        controller_timeout=args.controller_timeout_s,
-        controller_cache_ttl=args.controller_cache_ttl_s,
-        worker_retries=args.worker_retries,
-        health_check_interval=args.health_check_interval_s,
-        default_max_tokens=args.default_max_tokens,
-        max_embedding_inputs=args.max_embedding_inputs,
-    )
-    app = create_app(
-        backend,
-        api_keys=api_keys,
-        allowed_origins=args.allowed_origins,
-        allowed_methods=args.allowed_methods,
-        allowed_headers=args.allowed_headers,
-        allow_credentials=args.allow_credentials,
-    )
+    app = create_app(ApiBackend(args.controller_address, settings), api_keys=api_keys, settings=settings)
     if secrets.service_secret() is None:
         logger.warning("NO SERVICE SECRET (ORCHESTR_SECRET / ORCHESTR_SECRET_FILE): workers and the "
                        "controller must be open to this server; keep them on 127.0.0.1")

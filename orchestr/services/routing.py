@@ -40,11 +40,12 @@ class Router:
         self,
         controller_address: str,
         *,
-        cache_ttl: float = 2.0,
-        controller_timeout: float = 5.0,
-        retries: int = 3,
-        health_check_interval: float = 1.0,
+        cache_ttl: float,
+        controller_timeout: float,
+        retries: int,
+        health_check_interval: float,
     ):
+        # no defaults here: ApiBackend passes services.api's (ApiServiceConfig is their one source)
         self.controller = controller_address.rstrip("/")
         self.cache_ttl = cache_ttl
         self.retries = max(0, retries)
