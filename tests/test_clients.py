@@ -223,6 +223,32 @@ def test_langchain_structured_output_and_tools(deployment):
         for call in [*msg.tool_calls, *streamed.tool_calls]:
             assert call["name"] in names
             jsonschema.validate(call["args"], SCHEMAS[call["name"]])
+    # the tool loop as LangChain agents run it: call, ToolMessage with the result, final answer
+    from langchain_core.messages import HumanMessage, ToolMessage
+
+    history = [HumanMessage("What's the weather in Paris?")]
+    ai = llm.bind_tools(TOOLS[:1], tool_choice="get_weather").invoke(history)
+    history += [ai, ToolMessage(json.dumps({"temperature": 21, "unit": "C"}), tool_call_id=ai.tool_calls[0]["id"])]
+    final = llm.bind_tools(TOOLS[:1]).invoke(history)
+    assert final.content and not final.tool_calls
+
+
+def test_openai_sdk_parse_helpers(deployment):
+    """The SDK's client-side helpers: `parse` with a pydantic response_format and strict pydantic tools."""
+    client = openai.OpenAI(base_url=deployment.api_base, api_key="EMPTY", max_retries=0, timeout=300)
+
+    class GetWeather(BaseModel):
+        city: str = Field(max_length=24)
+        unit: Literal["C", "F"]
+
+    r = client.chat.completions.parse(model=MODEL, messages=[{"role": "user", "content": "Describe a person."}],
+                                      response_format=Person, max_tokens=80, temperature=0)
+    assert isinstance(r.choices[0].message.parsed, Person)
+    r = client.chat.completions.parse(model=MODEL, messages=[{"role": "user", "content": "Weather in Paris?"}],
+                                      tools=[openai.pydantic_function_tool(GetWeather)], tool_choice="required",
+                                      max_tokens=80, temperature=0)
+    (call,) = r.choices[0].message.tool_calls
+    assert isinstance(call.function.parsed_arguments, GetWeather)
 
 
 def test_langchain_default_embeddings_send_token_arrays(deployment, tmp_path, monkeypatch):
