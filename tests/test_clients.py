@@ -149,7 +149,8 @@ def test_lm_eval_harness_local_completions_with_remote_tokenizer(deployment, tmp
     assert delta.get(("/tokenize", "200"), 0) > 0 and delta.get(("/tokenizer_info", "200"), 0) > 0
     assert not [k for k in delta if k[1] != "200"], delta
 
-    # every loglikelihood orchestr returned agrees with the same model computed in-process
+    # every loglikelihood orchestr returned agrees with the same model computed in-process (bf16 kernels
+    # differ a little; an off-by-one token or a wrong prompt would be off by whole nats)
     ref = _Reference()
     mc_hits = []
     for row in _samples(out, "orchestr_tiny_mc"):
@@ -158,7 +159,7 @@ def test_lm_eval_harness_local_completions_with_remote_tokenizer(deployment, tmp
             args = row["arguments"][key]
             got = float(resp[0][0])
             want, _ = ref.loglikelihood(args["arg_0"], args["arg_1"])
-            assert got == pytest.approx(want, abs=0.03), (args, got, want)
+            assert got == pytest.approx(want, abs=0.05), (args, got, want)
             scores.append(want)
         mc_hits.append(float(scores.index(max(scores)) == row["doc"]["answer"]))
     assert results["orchestr_tiny_mc"]["acc,none"] == pytest.approx(sum(mc_hits) / len(mc_hits))
@@ -166,7 +167,7 @@ def test_lm_eval_harness_local_completions_with_remote_tokenizer(deployment, tmp
     for row in _samples(out, "orchestr_tiny_ll"):
         got_lp, got_greedy = float(row["resps"][0][0][0]), row["resps"][0][0][1]
         want_lp, want_greedy = ref.loglikelihood(row["doc"]["text"], row["doc"]["target"])
-        assert got_lp == pytest.approx(want_lp, abs=0.03)
+        assert got_lp == pytest.approx(want_lp, abs=0.05)
         assert (got_greedy == "True") == want_greedy  # read from the echoed top_logprobs
         greedy.append(want_greedy)
     assert greedy == [True, False]  # one greedy continuation, one not: the check can fail both ways
