@@ -83,10 +83,10 @@ def _api_requests(api_root: str) -> dict[tuple[str, str], float]:
 
 
 class _Reference:
-    """The same model computed in-process with transformers, in the dtype the worker picked for
-    `dtype: auto` on this machine, with lm-eval's own context/continuation split."""
+    """The same model computed in-process with transformers, in the worker's dtype (`auto`: what the
+    transformers worker picks on this machine), with lm-eval's own context/continuation split."""
 
-    def __init__(self):
+    def __init__(self, dtype: str = "auto"):
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -95,7 +95,7 @@ class _Reference:
         folder = resolve_model_path("embedded://SmolLM2-135M-Instruct")
         self.torch = torch
         self.tok = AutoTokenizer.from_pretrained(folder)
-        self.model = AutoModelForCausalLM.from_pretrained(folder, dtype=resolve_dtype("auto", "cpu")).eval()
+        self.model = AutoModelForCausalLM.from_pretrained(folder, dtype=resolve_dtype(dtype, "cpu")).eval()
 
     def encode(self, text: str) -> list[int]:
         return self.tok(text, add_special_tokens=False).input_ids
@@ -125,22 +125,51 @@ def _samples(out: Path, task: str) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
-def test_lm_eval_harness_local_completions_with_remote_tokenizer(deployment, tmp_path):
-    api_root = deployment.api_base.removesuffix("/v1")
-    _write_tasks(tmp_path)
-    before = _api_requests(api_root)
+def run_lm_eval(api_base: str, root: Path, tasks: list[str]) -> tuple[dict, Path]:
+    """lm_eval's CLI, `local-completions` with the served tokenizer, on the local tasks: (results, output)."""
+    _write_tasks(root)
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
-           "HF_DATASETS_CACHE": str(tmp_path / "hf-datasets")}
-    out = tmp_path / "out"
+           "HF_DATASETS_CACHE": str(root / "hf-datasets")}
+    out = root / "out"
     # batch_size 2: the loglikelihood requests carry lists of token-id prompts
     cmd = [sys.executable, "-m", "lm_eval", "--model", "local-completions", "--model_args",
-           f"model={MODEL},base_url={deployment.api_base}/completions,tokenizer_backend=remote,max_retries=1",
-           "--batch_size", "2", "--include_path", str(tmp_path), "--tasks", ",".join(TASKS),
+           f"model={MODEL},base_url={api_base}/completions,tokenizer_backend=remote,max_retries=1",
+           "--batch_size", "2", "--include_path", str(root), "--tasks", ",".join(tasks),
            "--output_path", str(out), "--log_samples"]
-    proc = subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(cmd, env=env, cwd=root, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     (results_file,) = out.rglob("results_*.json")
-    results = json.loads(results_file.read_text())["results"]
+    return json.loads(results_file.read_text())["results"], out
+
+
+def check_loglikelihoods(out: Path, results: dict, ref: _Reference, tol: float, rel: float = 0.0) -> None:
+    """Every loglikelihood lm-eval got agrees with `ref` (and so do acc and is_greedy)."""
+    mc_hits = []
+    for row in _samples(out, "orchestr_tiny_mc"):
+        scores = []
+        for key, resp in zip(sorted(row["arguments"]), row["resps"], strict=True):
+            args = row["arguments"][key]
+            got = float(resp[0][0])
+            want, _ = ref.loglikelihood(args["arg_0"], args["arg_1"])
+            assert got == pytest.approx(want, abs=tol, rel=rel), (args, got, want)
+            scores.append(want)
+        mc_hits.append(float(scores.index(max(scores)) == row["doc"]["answer"]))
+    assert results["orchestr_tiny_mc"]["acc,none"] == pytest.approx(sum(mc_hits) / len(mc_hits))
+    greedy = []
+    for row in _samples(out, "orchestr_tiny_ll"):
+        got_lp, got_greedy = float(row["resps"][0][0][0]), row["resps"][0][0][1]
+        want_lp, want_greedy = ref.loglikelihood(row["doc"]["text"], row["doc"]["target"])
+        assert got_lp == pytest.approx(want_lp, abs=tol, rel=rel)
+        assert (got_greedy == "True") == want_greedy  # read from the echoed top_logprobs
+        greedy.append(want_greedy)
+    assert greedy == [True, False]  # one greedy continuation, one not: the check can fail both ways
+    assert results["orchestr_tiny_ll"]["acc,none"] == pytest.approx(0.5)
+
+
+def test_lm_eval_harness_local_completions_with_remote_tokenizer(deployment, tmp_path):
+    api_root = deployment.api_base.removesuffix("/v1")
+    before = _api_requests(api_root)
+    results, out = run_lm_eval(deployment.api_base, tmp_path, list(TASKS))
 
     # the requests went to orchestr's routes (the served tokenizer included) and none was refused
     after = _api_requests(api_root)
@@ -152,26 +181,7 @@ def test_lm_eval_harness_local_completions_with_remote_tokenizer(deployment, tmp
     # every loglikelihood orchestr returned agrees with the same model computed in-process (bf16 kernels
     # differ a little; an off-by-one token or a wrong prompt would be off by whole nats)
     ref = _Reference()
-    mc_hits = []
-    for row in _samples(out, "orchestr_tiny_mc"):
-        scores = []
-        for key, resp in zip(sorted(row["arguments"]), row["resps"], strict=True):
-            args = row["arguments"][key]
-            got = float(resp[0][0])
-            want, _ = ref.loglikelihood(args["arg_0"], args["arg_1"])
-            assert got == pytest.approx(want, abs=0.05), (args, got, want)
-            scores.append(want)
-        mc_hits.append(float(scores.index(max(scores)) == row["doc"]["answer"]))
-    assert results["orchestr_tiny_mc"]["acc,none"] == pytest.approx(sum(mc_hits) / len(mc_hits))
-    greedy = []
-    for row in _samples(out, "orchestr_tiny_ll"):
-        got_lp, got_greedy = float(row["resps"][0][0][0]), row["resps"][0][0][1]
-        want_lp, want_greedy = ref.loglikelihood(row["doc"]["text"], row["doc"]["target"])
-        assert got_lp == pytest.approx(want_lp, abs=0.05)
-        assert (got_greedy == "True") == want_greedy  # read from the echoed top_logprobs
-        greedy.append(want_greedy)
-    assert greedy == [True, False]  # one greedy continuation, one not: the check can fail both ways
-    assert results["orchestr_tiny_ll"]["acc,none"] == pytest.approx(0.5)
+    check_loglikelihoods(out, results, ref, tol=0.05)
 
     # generate_until: greedy text, cut at the task's stop strings
     for row in _samples(out, "orchestr_tiny_gen"):
