@@ -8,8 +8,12 @@
 # Takes about an hour on a 2-core machine; run it on an otherwise idle machine.
 #
 # Usage: scripts/bench_serving.sh [OUT_DIR] [RUN...]
-#   runs: bf16 fp32 batching int8 vllm-worker (default: all of these) and fastchat (needs
-#   .venv-fastchat from scripts/setup_fastchat.sh; not in the default set)
+#   runs: bf16 fp32 batching int8 vllm-worker (default: all of these); threeway (orchestr's
+#   transformers and OpenVINO workers, vLLM's server, OpenVINO GenAI in process: needs
+#   scripts/setup_vllm.sh and scripts/setup_openvino.sh); threads (the engine's adaptive thread
+#   count against one thread and all cores); fastchat (needs .venv-fastchat from
+#   scripts/setup_fastchat.sh); regression (this tree against the one named by OLD_TREE, e.g. a
+#   `git worktree add --detach ../old <commit>`, each launched from its own code)
 set -euo pipefail
 
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -21,6 +25,14 @@ runs=("$@")
 mkdir -p "$out"
 python="${PYTHON:-$repo/.venv/bin/python}"
 bench=("$python" -m orchestr bench serve --no-progress)
+
+# c=16 and c=64 with 32 requests into NAME.json, then c=1 with 12 (a c=1 level is slow) into NAME-c1.json
+three_levels() {
+  local name="$1"
+  shift
+  "${bench[@]}" --concurrency 16,64 --num-requests 32 "$@" -o "$out/$name.json"
+  "${bench[@]}" --concurrency 1 --num-requests 12 "$@" -o "$out/$name-c1.json"
+}
 
 for run in "${runs[@]}"; do
   echo "=== $run"
@@ -39,7 +51,7 @@ for run in "${runs[@]}"; do
         --target "unbatched-bf16=orchestr:model.dtype=bfloat16 engine.batching=false" \
         --target "unbatched-fp32=orchestr:model.dtype=float32 engine.batching=false" \
         --baseline unbatched-bf16 -o "$out/batching.json" ;;
-    int8)  # --load-8bit (torch dynamic int8 on CPU) against fp32: speed and worker memory
+    int8)  # --load-8bit (weight-only group-wise int8 on CPU) against fp32: speed and worker memory
       "${bench[@]}" --concurrency 1,16 --num-requests 16 \
         --target "fp32=orchestr:model.dtype=float32" \
         --target "int8=orchestr:model.dtype=float32 model.load_8bit=true" \
@@ -56,7 +68,34 @@ for run in "${runs[@]}"; do
         --target "orchestr-bf16=orchestr:model.dtype=bfloat16" \
         --target "fastchat-fp32=url:$url" --baseline fastchat-fp32 -o "$out/fastchat.json"
       scripts/run_fastchat.sh stop "$port_base" >/dev/null 2>&1 || true ;;
-    *) echo "unknown run $run (bf16 fp32 batching int8 vllm-worker fastchat)" >&2; exit 2 ;;
+    threeway)  # issue 18's table: orchestr's two CPU workers, vLLM's server, OpenVINO in process
+      three_levels threeway --target "vllm-cpu-bf16=vllm" \
+        --target "orchestr-hf=orchestr:model.dtype=bfloat16" \
+        --target "orchestr-openvino=orchestr:model=smollm2-135m-openvino" \
+        --target "openvino-inprocess=openvino:" --baseline vllm-cpu-bf16 ;;
+    threads)  # the engine's thread count: adaptive (default) against pinned counts, vLLM for scale
+      three_levels threads --target "vllm-cpu-bf16=vllm" \
+        --target "hf-adaptive=orchestr:model.dtype=bfloat16" \
+        --target "hf-1-thread=orchestr:model.dtype=bfloat16 engine.num_threads=1" \
+        --target "hf-all-cores=orchestr:model.dtype=bfloat16 engine.num_threads=$(nproc)" \
+        --baseline vllm-cpu-bf16 ;;
+    regression)  # this tree against OLD_TREE, same load, one run; the old deployment idles while
+                 # this one is measured (and is measured first)
+      old="${OLD_TREE:?set OLD_TREE to a checkout of the commit to compare against}"
+      old_state="$(mktemp -d)"
+      api_port="${OLD_API_PORT:-39800}"
+      trap 'PYTHONPATH="$old" "$python" -m orchestr stop --state-file "$old_state/state.json" >/dev/null 2>&1 || true' EXIT
+      (cd "$old" && PYTHONPATH="$old" "$python" -m orchestr launch cluster=local services.web.enabled=false \
+        launch.detach=true launch.watch=false launch.state_file="$old_state/state.json" \
+        launch.log_dir="$old_state/logs" services.api.port="$api_port" services.controller.port=$((api_port + 1)) \
+        cluster.workers.worker-0.port=$((api_port + 2)) model.dtype=bfloat16 engine.num_threads=1)
+      "${bench[@]}" --concurrency 16,64 --num-requests 32 \
+        --target "old=url:http://127.0.0.1:$api_port/v1" \
+        --target "new-1-thread=orchestr:model.dtype=bfloat16 engine.num_threads=1" \
+        --target "new=orchestr:model.dtype=bfloat16" --baseline old -o "$out/regression.json"
+      (cd "$old" && PYTHONPATH="$old" "$python" -m orchestr stop --state-file "$old_state/state.json") ;;
+    *) echo "unknown run $run (bf16 fp32 batching int8 vllm-worker threeway threads regression fastchat)" >&2
+       exit 2 ;;
   esac
 done
 "$python" -m orchestr.benchmark.report "$out"/*.json

@@ -72,12 +72,14 @@ def test_groupwise_round_trip_is_within_half_a_step(cols):
     assert float((back[:, :GROUP_SIZE] - w[:, :GROUP_SIZE]).abs().max()) < 0.05 * 0.01 * 4 / 2
 
 
-@pytest.mark.parametrize("rows", [1, 5, 64, 65])  # 65: past the kernel's limit, the dequantized matmul
-def test_int8_linear_matches_its_dequantized_weight(rows):
+# 130 rows: more than one of the kernel's 64-row passes; 100 columns: not a whole number of
+# groups, so the kernel declines and the weight is dequantized for the product
+@pytest.mark.parametrize(("rows", "cols"), [(1, 192), (5, 192), (64, 192), (130, 192), (7, 100)])
+def test_int8_linear_matches_its_dequantized_weight(rows, cols):
     torch.manual_seed(1)
-    lin = nn.Linear(192, 80, bias=True)
-    layer = Int8Linear(lin, Int8Weight(lin.weight), torch.float32)
-    x = torch.randn(rows, 192)
+    lin = nn.Linear(cols, 80, bias=True)
+    layer = Int8Linear.of(lin, Int8Weight(lin.weight), torch.float32)
+    x = torch.randn(rows, cols)
     want = torch.nn.functional.linear(x, layer.int8.full(torch.float32), lin.bias)
     got = layer(x)
     assert got.shape == (rows, 80) and torch.allclose(got, want, rtol=1e-4, atol=1e-4)
@@ -133,9 +135,14 @@ def test_int8_engine_greedy_batched_equals_unbatched(int8):
         return GenerateRequest(model="m", messages=[ChatMessage(role="user", content=text)], temperature=0.0,
                                max_new_tokens=24)
 
+    before = weight_bytes(model)
     batched = Engine(model, tok, EngineConfig(batching=True, max_batch_size=8, kv_cache_tokens=4096)).start()
     try:
         assert batched.dtype_name == "int8"
+        # q/k/v and gate/up stacked into one int8 product each: moved, not copied beside the originals
+        assert weight_bytes(model) <= before * 1.01
+        assert not [m for m in model.modules() if type(m) in (nn.Linear, nn.Embedding)]
+        assert batched.flat_forward is not None  # int8 layers fused (q/k/v, gate/up) and run by the flat loop
 
         async def together():
             return await asyncio.gather(*[batched.generate(req(p)) for p in prompts])

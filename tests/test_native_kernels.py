@@ -116,3 +116,28 @@ def test_argmax_rows_picks_the_first_maximum(dtype):
     assert picked is not None
     assert picked.tolist() == x.float().argmax(dim=-1).tolist()
     assert picked[1] == 3000 and picked[2] == x.shape[1] - 1 and picked[3] == 17
+
+
+# M (rows of x) across the kernel's register tiles of 8 rows and passes of 64, and N (weight rows) across its
+# tiles of 3, remainders included; K of one group and of several; x rows strided (a view).
+@pytest.mark.parametrize(("m", "n", "k"), [(1, 960, 576), (5, 7, 64), (8, 3, 128), (16, 576, 1536), (17, 11, 192),
+                                           (130, 50, 320)])
+def test_int8_linear_matches_dequantized_matmul(m, n, k):
+    from orchestr.engine.int8_weights import dequantize, quantize_groupwise
+
+    torch.manual_seed(3)
+    weight = torch.randn(n, k) * torch.rand(n, k // 64).repeat_interleave(64, dim=1)  # groups of different ranges
+    q, scales = quantize_groupwise(weight)
+    x = torch.randn(m, k + 32)[:, :k]  # row stride != k
+    out = native.int8_linear(x, q, scales)
+    want = x @ dequantize(q, scales, k, torch.float64).T.float()
+    assert out is not None and out.shape == (m, n) and out.dtype == torch.float32
+    assert torch.allclose(out, want, rtol=1e-4, atol=1e-4 * k**0.5)
+
+
+def test_int8_linear_declines_what_it_cannot_take():
+    from orchestr.engine.int8_weights import quantize_groupwise
+
+    q, scales = quantize_groupwise(torch.randn(4, 128))
+    assert native.int8_linear(torch.randn(2, 128).to(torch.bfloat16), q, scales) is None  # fp32 x only
+    assert native.int8_linear(torch.randn(2, 64), q, scales) is None  # K mismatch

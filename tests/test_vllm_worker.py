@@ -217,3 +217,82 @@ def test_real_vllm_worker_serves_concurrent_streams(vllm_deployment):
 def test_setup_script_is_valid_bash():
     subprocess.run(["bash", "-n", str(REPO / "scripts" / "setup_vllm.sh")], check=True)
     assert Path(REPO / ".gitignore").read_text().count(".venv-vllm") >= 1
+
+
+PERSON = {"type": "object", "properties": {
+    "name": {"type": "string", "maxLength": 20}, "age": {"type": "integer"},
+    "color": {"type": "string", "enum": ["red", "green", "blue"]},
+    "tags": {"type": "array", "items": {"type": "string", "maxLength": 12}, "maxItems": 3}},
+    "required": ["name", "age", "color", "tags"], "additionalProperties": False}
+WEATHER = {"type": "object", "properties": {"city": {"type": "string", "maxLength": 24},
+                                            "unit": {"type": "string", "enum": ["C", "F"]}},
+           "required": ["city", "unit"], "additionalProperties": False}
+
+
+@pytest.mark.slow
+@pytest.mark.vllm
+def test_real_vllm_structured_outputs_tools_logprobs_and_logit_bias(vllm_deployment):
+    """The OpenAI features the API maps onto vLLM's own SamplingParams (structured outputs,
+    logprobs, prompt logprobs, logit_bias), answered by real vLLM."""
+    import jsonschema
+    from openai import OpenAI
+
+    client = OpenAI(base_url=vllm_deployment["api_base"], api_key="none", timeout=300, max_retries=0)
+    model = "smollm2-135m"
+    fmt = {"type": "json_schema", "json_schema": {"name": "person", "schema": PERSON, "strict": True}}
+    for stream in (False, True):
+        kw = dict(model=model, messages=[{"role": "user", "content": "Describe a person."}], max_tokens=100,
+                  temperature=0.8, seed=1, response_format=fmt)
+        if stream:
+            text = "".join(c.choices[0].delta.content or "" for c in client.chat.completions.create(stream=True, **kw)
+                           if c.choices)
+        else:
+            text = client.chat.completions.create(**kw).choices[0].message.content
+        jsonschema.validate(json.loads(text), PERSON)
+    comp = client.completions.create(model=model, prompt="A person as JSON:", max_tokens=100, temperature=0,
+                                     extra_body={"response_format": fmt})
+    jsonschema.validate(json.loads(comp.choices[0].text), PERSON)
+
+    tool = {"type": "function", "function": {"name": "get_weather", "parameters": WEATHER}}
+    r = client.chat.completions.create(model=model, messages=[{"role": "user", "content": "Weather in Paris?"}],
+                                       tools=[tool], tool_choice={"type": "function", "function": {"name": "get_weather"}},
+                                       max_tokens=60, temperature=0)
+    assert r.choices[0].finish_reason == "tool_calls"
+    (call,) = r.choices[0].message.tool_calls
+    assert call.function.name == "get_weather"
+    jsonschema.validate(json.loads(call.function.arguments), WEATHER)
+
+    # chat logprobs: one entry per sampled token, top_logprobs best first, greedy top-1 is the token
+    r = client.chat.completions.create(model=model, messages=[{"role": "user", "content": "Name a color."}],
+                                       max_tokens=8, temperature=0, logprobs=True, top_logprobs=3)
+    content = r.choices[0].logprobs.content
+    assert len(content) == r.usage.completion_tokens
+    for entry in content:
+        assert len(entry.top_logprobs) == 3 and entry.top_logprobs[0].token == entry.token
+        assert entry.logprob == pytest.approx(entry.top_logprobs[0].logprob)
+        assert [t.logprob for t in entry.top_logprobs] == sorted((t.logprob for t in entry.top_logprobs), reverse=True)
+    streamed = [e.token for c in client.chat.completions.create(
+        model=model, messages=[{"role": "user", "content": "Name a color."}], max_tokens=8, temperature=0,
+        logprobs=True, top_logprobs=1, stream=True) if c.choices and c.choices[0].logprobs
+        for e in c.choices[0].logprobs.content]
+    assert streamed == [e.token for e in content]
+
+    # completions: logprobs with echo (prompt logprobs from vLLM's prompt_logprobs)
+    c = client.completions.create(model=model, prompt="The capital of France is", max_tokens=3, temperature=0,
+                                  logprobs=2, echo=True)
+    lp = c.choices[0].logprobs
+    assert c.choices[0].text.startswith("The capital of France is") and "".join(lp.tokens) == c.choices[0].text
+    assert len(lp.tokens) == c.usage.prompt_tokens + c.usage.completion_tokens
+    assert lp.token_logprobs[0] is None and all(isinstance(v, float) and v <= 0 for v in lp.token_logprobs[1:])
+    assert all(1 <= len(t) <= 3 for t in lp.top_logprobs[1:])  # the top 2, plus the actual token when not among them
+    gen = lp.tokens[c.usage.prompt_tokens:]
+    for tok, top, value in zip(gen, lp.top_logprobs[c.usage.prompt_tokens:], lp.token_logprobs[c.usage.prompt_tokens:],
+                               strict=True):
+        assert max(top, key=top.get) == tok and top[tok] == pytest.approx(value)  # greedy
+
+    # logit_bias forces a token
+    ids = httpx.post(vllm_deployment["api_base"].removesuffix("/v1") + "/tokenize",
+                     json={"model": model, "prompt": " banana", "add_special_tokens": False}, timeout=60).json()["tokens"]
+    c = client.completions.create(model=model, prompt="My favourite fruit is", max_tokens=4, temperature=0,
+                                  logit_bias={str(ids[0]): 100})
+    assert c.choices[0].text.startswith(" banana")

@@ -1,6 +1,7 @@
 """The engine's forward for Llama-family models on CPU, as one flat loop.
 
-After :func:`fused_layers.fuse_layers` and :func:`cpu_linear.pack_linears` a decoder layer is
+After :func:`fused_layers.fuse_layers` and :func:`cpu_linear.pack_linears` (or with int8
+layers, :class:`~orchestr.engine.int8_weights.Int8Linear`) a decoder layer is
 a handful of large operations, but calling them through transformers' module tree still
 costs a Python dispatch per module (decoder layer, norms, attention, MLP, each linear, their
 hooks and kwargs): ~10 ms of a ~55 ms decode step of the embedded model. This runs the same
@@ -23,7 +24,8 @@ from torch import nn
 from orchestr.engine import native
 from orchestr.engine import paged_attention as pa
 from orchestr.engine.cpu_linear import FusedGatedMLP, PackedLinear
-from orchestr.engine.fused_layers import FusedAttention, NativeRMSNorm, rotate
+from orchestr.engine.fused_layers import FusedAttention, Int8GatedMLP, NativeRMSNorm, rotate
+from orchestr.engine.int8_weights import Int8Linear
 
 _DECODER_LAYERS = {"LlamaDecoderLayer", "MistralDecoderLayer", "Qwen2DecoderLayer"}
 
@@ -42,6 +44,8 @@ def _linear(module: nn.Module) -> Linear | None:
     if type(module) is nn.Linear:
         weight, bias = module.weight, module.bias
         return lambda x: F.linear(x, weight, bias)
+    if type(module) is Int8Linear:  # x is already [T, in]: no reshaping needed
+        return module.product
     return None
 
 
@@ -50,8 +54,13 @@ def _gated_mlp(mlp: nn.Module) -> Linear | None:
     act = getattr(mlp, "act_fn", None)
     if not (isinstance(act, nn.SiLU) or type(act).__name__ == "SiLUActivation"):
         return None
-    if isinstance(mlp, FusedGatedMLP):
-        gate_up, down, split = _packed(mlp.packed_weight), _linear(mlp.down_proj), mlp.split
+    if isinstance(mlp, (FusedGatedMLP, Int8GatedMLP)):
+        if isinstance(mlp, FusedGatedMLP):
+            gate_up, down, split = _packed(mlp.packed_weight), _linear(mlp.down_proj), mlp.split
+        else:
+            gate_up, down, split = _linear(mlp.gate_up_proj), _linear(mlp.down_proj), mlp.split
+        if gate_up is None or down is None:
+            return None
 
         def fused(x: torch.Tensor) -> torch.Tensor:
             gate, up = gate_up(x).split(split, dim=-1)

@@ -7,7 +7,12 @@ attention/norm classes only (others keep transformers' modules unchanged):
 
 * :class:`NativeRMSNorm`: one C kernel per norm (``kernels/cpu_kernels.c``);
 * :class:`FusedAttention`: q/k/v as ONE matmul, rotary in place in C, then orchestr's paged
-  attention (:func:`paged_attention.attend`) and the model's own ``o_proj``.
+  attention (:func:`paged_attention.attend`) and the model's own ``o_proj``;
+* :class:`Int8GatedMLP`: for int8 models (``load_8bit`` on CPU), gate and up as ONE int8 product
+  (bf16 models get theirs packed for oneDNN in :mod:`cpu_linear`).
+
+q/k/v (and gate/up) are stacked from plain ``nn.Linear`` layers or from int8 ones
+(:class:`~orchestr.engine.int8_weights.Int8Linear`: int8 rows and scales stacked, still int8).
 
 Numerics follow the replaced modules (same bf16 roundings), so greedy outputs match up to
 the order of float sums. Nothing is swapped when the C kernels are not available.
@@ -23,6 +28,7 @@ from torch import nn
 
 from orchestr.engine import native
 from orchestr.engine import paged_attention as pa
+from orchestr.engine.int8_weights import Int8Linear, release_freed_memory
 
 log = logging.getLogger(__name__)
 
@@ -56,16 +62,7 @@ class FusedAttention(nn.Module):
         q, k, v = attn.q_proj, attn.k_proj, attn.v_proj
         # head counts from the projections themselves (no config lookup to keep in step)
         self.num_heads, self.num_kv_heads = q.out_features // self.head_dim, k.out_features // self.head_dim
-        weight = torch.cat([q.weight.detach(), k.weight.detach(), v.weight.detach()], dim=0)
-        bias = None
-        if q.bias is not None:
-            bias = torch.cat([q.bias.detach(), k.bias.detach(), v.bias.detach()], dim=0)
-        self.qkv_proj = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None, device=weight.device,
-                                  dtype=weight.dtype)
-        with torch.no_grad():
-            self.qkv_proj.weight.copy_(weight)
-            if bias is not None:
-                self.qkv_proj.bias.copy_(bias)
+        self.qkv_proj = Int8Linear.concat([q, k, v]) if isinstance(q, Int8Linear) else _stack_linears([q, k, v])
         self.o_proj = attn.o_proj
 
     def forward(self, hidden_states: torch.Tensor, position_embeddings=None, attention_mask=None, **kwargs):
@@ -90,6 +87,35 @@ class FusedAttention(nn.Module):
         return self.o_proj(out.reshape(batch, tokens, h * d)), None
 
 
+def _stack_linears(layers: list[nn.Linear]) -> nn.Linear:
+    weight = torch.cat([layer.weight.detach() for layer in layers], dim=0)
+    bias = None
+    if layers[0].bias is not None:
+        bias = torch.cat([layer.bias.detach() for layer in layers], dim=0)
+    stacked = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None, device=weight.device,
+                        dtype=weight.dtype)
+    with torch.no_grad():
+        stacked.weight.copy_(weight)
+        if bias is not None:
+            stacked.bias.copy_(bias)
+    return stacked
+
+
+class Int8GatedMLP(nn.Module):
+    """``down(act(gate(x)) * up(x))`` with int8 gate and up as one product."""
+
+    def __init__(self, mlp: nn.Module) -> None:
+        super().__init__()
+        self.gate_up_proj = Int8Linear.concat([mlp.gate_proj, mlp.up_proj])
+        self.split = mlp.gate_proj.out_features
+        self.down_proj = mlp.down_proj
+        self.act_fn = mlp.act_fn
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        gate, up = self.gate_up_proj(x).split(self.split, dim=-1)
+        return self.down_proj(self.act_fn(gate) * up)
+
+
 def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """transformers' rotate-half rotary; cos/sin broadcast against x [..., heads, d]."""
     if cos.dim() == x.dim() - 1:
@@ -103,15 +129,26 @@ def _attention_fusable(module: nn.Module) -> bool:
     if type(module).__name__ not in _ATTENTIONS:
         return False
     projections = [getattr(module, n, None) for n in ("q_proj", "k_proj", "v_proj", "o_proj")]
-    if not all(type(p) is nn.Linear for p in projections):  # e.g. int8 (quantised) layers
+    kinds = {type(p) for p in projections}
+    if kinds not in ({nn.Linear}, {Int8Linear}):  # e.g. torch's or bitsandbytes' quantised layers
         return False
     dtypes = {p.weight.dtype for p in projections}
     return len(dtypes) == 1 and hasattr(module, "head_dim") and hasattr(module, "scaling")
 
 
+# MLP classes whose forward is exactly down(act(gate(x)) * up(x)), without biases
+_GATED_MLPS = {"LlamaMLP", "MistralMLP", "Qwen2MLP", "Qwen3MLP"}
+
+
+def _int8_mlp_fusable(module: nn.Module) -> bool:
+    parts = [getattr(module, n, None) for n in ("gate_proj", "up_proj", "down_proj")]
+    return (type(module).__name__ in _GATED_MLPS and all(type(p) is Int8Linear and p.bias is None for p in parts)
+            and parts[0].compute_dtype == parts[1].compute_dtype)
+
+
 def fuse_layers(model: nn.Module) -> int:
-    """Swap the Llama family's attention and RMSNorm modules of a CPU model for the fused
-    ones; returns how many were swapped (0 without the C kernels or off CPU)."""
+    """Swap the Llama family's attention and RMSNorm modules (and int8 gated MLPs) of a CPU
+    model for the fused ones; returns how many were swapped (0 without the C kernels or off CPU)."""
     try:
         param = next(model.parameters())
     except StopIteration:
@@ -125,9 +162,15 @@ def fuse_layers(model: nn.Module) -> int:
                 swaps.append((parent, name, NativeRMSNorm(child)))
             elif _attention_fusable(child):
                 swaps.append((parent, name, FusedAttention(child)))
+            elif _int8_mlp_fusable(child):
+                swaps.append((parent, name, Int8GatedMLP(child)))
     for parent, name, new in swaps:
         setattr(parent, name, new)
-    if swaps:
-        log.info("fused %d attention/norm modules for the CPU engine", len(swaps))
-    return len(swaps)
+    parent = child = new = None
+    swaps_done = len(swaps)
+    swaps = None  # the unstacked q/k/v and gate/up layers go now
+    if swaps_done:
+        release_freed_memory()
+        log.info("fused %d attention/norm/MLP modules for the CPU engine", swaps_done)
+    return swaps_done
 

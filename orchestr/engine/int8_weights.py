@@ -1,8 +1,9 @@
 """Weight-only, group-wise int8 for CPU (``load_8bit`` on CPU), as FastChat's 8-bit compression:
 each row of a weight is cut into groups of 64 inputs, each group stored as int8 with its own
-scale (symmetric, absmax / 127). Activations stay in the model's dtype. A decode-sized product
-runs in orchestr's C kernel (``orchestr_int8_linear``: each group dequantized in registers, fp32
-math); a larger one (prefill) dequantizes the weight for a regular matmul.
+scale (symmetric, absmax / 127). Activations stay in the model's dtype. Products run in
+orchestr's C kernel (``orchestr_int8_linear``: each group dequantized in registers, fp32 math),
+for decode steps and prefill chunks alike (it measured faster than dequantizing the weight for
+a oneDNN matmul up to 512 rows); without the C kernels the weight is dequantized per product.
 
 Why not torch's dynamic int8: it also quantizes activations (per tensor), which doubled the
 embedded model's perplexity, and it kept the fp32 weights beside the int8 copy. Here the
@@ -18,12 +19,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from orchestr.engine import native
+
 log = logging.getLogger(__name__)
 
 GROUP_SIZE = 64
-# Up to this many rows a product goes through the C kernel (orchestr_int8_linear); more rows
-# (prefill chunks) amortise a dequantized weight over a oneDNN matmul better.
-KERNEL_MAX_ROWS = 64
 
 
 def quantize_groupwise(weight: torch.Tensor, group: int = GROUP_SIZE) -> tuple[torch.Tensor, torch.Tensor]:
@@ -54,12 +54,28 @@ def dequantize(q: torch.Tensor, scales: torch.Tensor, cols: int, dtype: torch.dt
 class Int8Weight(nn.Module):
     """An int8 weight and its group scales; shared by a tied embedding and LM head."""
 
-    def __init__(self, weight: torch.Tensor, group: int = GROUP_SIZE) -> None:
+    def __init__(self, weight: torch.Tensor | None, group: int = GROUP_SIZE, *,
+                 parts: tuple[torch.Tensor, torch.Tensor, int] | None = None) -> None:
+        """From a full-precision ``weight``, or from ``parts=(qweight, scales, cols)`` already quantized."""
         super().__init__()
-        self.rows, self.cols = weight.shape
-        q, scales = quantize_groupwise(weight, group)
+        if parts is None:
+            q, scales = quantize_groupwise(weight, group)
+            cols = weight.shape[1]
+        else:
+            q, scales, cols = parts
+        self.rows, self.cols = q.shape[0], cols
         self.register_buffer("qweight", q)
         self.register_buffer("scales", scales)
+
+    @staticmethod
+    def concat(weights: list[Int8Weight]) -> Int8Weight:
+        """The rows of ``weights`` stacked (e.g. q/k/v as one product): int8 values and scales
+        are per row, so this is exact."""
+        cols = {w.cols for w in weights}
+        if len(cols) != 1:
+            raise ValueError(f"cannot stack int8 weights of different widths: {sorted(cols)}")
+        return Int8Weight(None, parts=(torch.cat([w.qweight for w in weights]),
+                                       torch.cat([w.scales for w in weights]), cols.pop()))
 
     def full(self, dtype: torch.dtype) -> torch.Tensor:
         return dequantize(self.qweight, self.scales, self.cols, dtype)
@@ -86,23 +102,41 @@ class _Int8Module(nn.Module):
 
 
 class Int8Linear(_Int8Module):
-    def __init__(self, linear: nn.Linear, weight: Int8Weight, compute_dtype: torch.dtype) -> None:
+    def __init__(self, weight: Int8Weight, bias: torch.Tensor | None, compute_dtype: torch.dtype) -> None:
         super().__init__(weight, compute_dtype)
-        self.in_features, self.out_features = linear.in_features, linear.out_features
-        self.bias = linear.bias
+        self.in_features, self.out_features = weight.cols, weight.rows
+        self.bias = bias
+
+    @staticmethod
+    def of(linear: nn.Linear, weight: Int8Weight, compute_dtype: torch.dtype) -> Int8Linear:
+        return Int8Linear(weight, linear.bias, compute_dtype)
+
+    @staticmethod
+    def concat(layers: list[Int8Linear]) -> Int8Linear:
+        """One layer computing ``layers``' outputs side by side (fused q/k/v, gate/up)."""
+        biases = [layer.bias for layer in layers]
+        if any(b is None for b in biases) and any(b is not None for b in biases):
+            raise ValueError("cannot stack int8 layers with and without bias")
+        bias = None if biases[0] is None else nn.Parameter(torch.cat([b.detach() for b in biases]),
+                                                           requires_grad=False)
+        return Int8Linear(Int8Weight.concat([layer.int8 for layer in layers]), bias, layers[0].compute_dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.reshape(-1, x.shape[-1])
-        if rows.shape[0] <= KERNEL_MAX_ROWS:  # decode-sized: the int8 kernel, weights never dequantized in full
-            from orchestr.engine import native
+        return self.product(rows).view(*x.shape[:-1], self.out_features)
 
-            out = native.int8_linear(rows.float(), self.int8.qweight, self.int8.scales)
-            if out is not None:
-                if self.bias is not None:
-                    out += self.bias
-                return out.to(x.dtype).view(*x.shape[:-1], self.out_features)
-        bias = None if self.bias is None else self.bias.to(x.dtype)
-        return F.linear(x, self.int8.full(x.dtype), bias)
+    def product(self, rows: torch.Tensor) -> torch.Tensor:
+        """``rows`` [M, in] -> [M, out], in ``rows``' dtype."""
+        # the int8 kernel: weights never dequantized in full
+        out = native.int8_linear(rows if rows.dtype == torch.float32 else rows.float(), self.int8.qweight,
+                                 self.int8.scales)
+        if out is not None:
+            if self.bias is not None:
+                out += self.bias
+            return out if rows.dtype == torch.float32 else out.to(rows.dtype)
+        # no C kernels, or columns that are not a whole number of groups
+        bias = None if self.bias is None else self.bias.to(rows.dtype)
+        return F.linear(rows, self.int8.full(rows.dtype), bias)
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, int8 groups of {GROUP_SIZE}"
@@ -137,7 +171,7 @@ def quantize_model(model: nn.Module, compute_dtype: torch.dtype | None = None, g
     for parent, name, child in swaps:
         dtype = compute_dtype or child.weight.dtype
         if type(child) is nn.Linear:
-            setattr(parent, name, Int8Linear(child, int8_of(child.weight), dtype))
+            setattr(parent, name, Int8Linear.of(child, int8_of(child.weight), dtype))
         else:
             setattr(parent, name, Int8Embedding(child, int8_of(child.weight), dtype))
     # The remaining parameters get storage of their own: loaded tensors can be views of one

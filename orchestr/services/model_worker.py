@@ -23,7 +23,7 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--num-gpus", type=int, default=1)
     parser.add_argument("--max-gpu-memory", default=None, help="per GPU, e.g. 20GiB")
     parser.add_argument("--load-8bit", action="store_true",
-                        help="int8 linear layers (bitsandbytes on CUDA, torch dynamic quantisation on CPU)")
+                        help="int8 weights (bitsandbytes on CUDA; on CPU weight-only int8 in groups of 64)")
     parser.add_argument("--cpu-offloading", action="store_true",
                         help="with --load-8bit / --max-gpu-memory: put what does not fit on the GPUs on the CPU")
     parser.add_argument("--conv-template", default=None,

@@ -416,50 +416,97 @@ void orchestr_argmax_rows(int is_bf16, const void *x, int64_t x_row, int64_t row
 
 /* 6. orchestr_int8_linear: out[m, n] = sum_k x[m, k] * q[n, k] * s[n, k / 64] for weight-only
  *    group-wise int8 (groups of 64 inputs, one fp32 scale each; engine/int8_weights.py). fp32
- *    activations and output. Each weight group is dequantized once per block of 8 rows of x and
- *    used from registers, so the weights are read as int8 (a quarter of fp32's bytes) and never
- *    materialised in full precision. Meant for decode-sized M; the caller takes large M
- *    (prefill) through a dequantized matmul. K is a multiple of 64. */
-#define I8_ROWS 8
+ *    activations and output; K is a multiple of 64. Any M: measured faster than dequantizing
+ *    the weight for a oneDNN matmul from 1 row to 512 (and no fp32 copy of the weight exists).
+ *    Each output is one sum in a fixed order whatever M and the row's place in it, so a
+ *    sequence's result does not depend on what it is batched with.
+ *
+ *    Register tiles of I8_NB weight rows x up to I8_MB rows of x: each 16 int8 of a weight row
+ *    are dequantized in registers (vpmovsxbd, cvt, times the group's scale) once per tile and
+ *    used for I8_MB rows of x, and each 16 floats of x loaded once for I8_NB weight rows. The
+ *    weights are read as int8 (a quarter of fp32's bytes) and never materialised in full
+ *    precision. OpenMP splits the weight rows. */
+#define I8_NB 3
+#define I8_MB 8
+#define I8_MCHUNK 64 /* rows of x per pass over the weights: a chunk stays in L2 (prefill-sized M) */
+
+#if defined(__AVX512F__)
+static inline __m512 i8_dequant16(const int8_t *p, __m512 scale) {
+    return _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)p))), scale);
+}
+
+/* NB weight rows (n0..) x MB rows of x (m0..), all of K; NB/MB are compile-time constants, so
+ * the NB * MB accumulators stay in registers. */
+#define DEFINE_I8_TILE(NB, MB)                                                                        \
+static void i8_tile_##NB##_##MB(const float *x, int64_t x_row, const int8_t *q, const float *s,       \
+                                float *out, int64_t o_row, int64_t n0, int64_t m0, int64_t K) {       \
+    const int64_t groups = K / 64;                                                                    \
+    __m512 acc[NB][MB];                                                                               \
+    for (int j = 0; j < NB; j++)                                                                      \
+        for (int i = 0; i < MB; i++) acc[j][i] = _mm512_setzero_ps();                                 \
+    for (int64_t g = 0; g < groups; g++) {                                                            \
+        __m512 sc[NB];                                                                                \
+        for (int j = 0; j < NB; j++) sc[j] = _mm512_set1_ps(s[(n0 + j) * groups + g]);                \
+        for (int c = 0; c < 4; c++) {                                                                 \
+            const int64_t k = g * 64 + 16 * c;                                                        \
+            __m512 w[NB];                                                                             \
+            for (int j = 0; j < NB; j++) w[j] = i8_dequant16(q + (n0 + j) * K + k, sc[j]);            \
+            for (int i = 0; i < MB; i++) {                                                            \
+                const __m512 xv = _mm512_loadu_ps(x + (m0 + i) * x_row + k);                         \
+                for (int j = 0; j < NB; j++) acc[j][i] = _mm512_fmadd_ps(w[j], xv, acc[j][i]);        \
+            }                                                                                         \
+        }                                                                                             \
+    }                                                                                                 \
+    for (int j = 0; j < NB; j++)                                                                      \
+        for (int i = 0; i < MB; i++) out[(m0 + i) * o_row + n0 + j] = _mm512_reduce_add_ps(acc[j][i]); \
+}
+
+#define DEFINE_I8_TILES(NB) DEFINE_I8_TILE(NB, 1) DEFINE_I8_TILE(NB, 2) DEFINE_I8_TILE(NB, 3)          \
+    DEFINE_I8_TILE(NB, 4) DEFINE_I8_TILE(NB, 5) DEFINE_I8_TILE(NB, 6) DEFINE_I8_TILE(NB, 7) DEFINE_I8_TILE(NB, 8)
+DEFINE_I8_TILES(I8_NB)
+DEFINE_I8_TILES(1)
+
+typedef void (*i8_tile_fn)(const float *, int64_t, const int8_t *, const float *, float *, int64_t, int64_t,
+                           int64_t, int64_t);
+#define I8_TABLE(NB) {i8_tile_##NB##_1, i8_tile_##NB##_2, i8_tile_##NB##_3, i8_tile_##NB##_4, i8_tile_##NB##_5, \
+                      i8_tile_##NB##_6, i8_tile_##NB##_7, i8_tile_##NB##_8}
+#define I8_TABLE_OF(NB) I8_TABLE(NB)
+static const i8_tile_fn i8_tiles[2][8] = {I8_TABLE(1), I8_TABLE_OF(I8_NB)};
+#endif
+
 void orchestr_int8_linear(const float *x, int64_t x_row, const int8_t *q, const float *s, float *out,
                           int64_t o_row, int64_t M, int64_t N, int64_t K) {
     const int64_t groups = K / 64;
+    const int64_t blocks = (N + I8_NB - 1) / I8_NB;
+    for (int64_t c0 = 0; c0 < M; c0 += I8_MCHUNK) {
+        const int64_t c1 = M - c0 < I8_MCHUNK ? M : c0 + I8_MCHUNK;
 #pragma omp parallel for schedule(static)
-    for (int64_t n = 0; n < N; n++) {
-        const int8_t *qr = q + n * K;
-        const float *sr = s + n * groups;
-        for (int64_t m0 = 0; m0 < M; m0 += I8_ROWS) {
-            const int64_t mb = M - m0 < I8_ROWS ? M - m0 : I8_ROWS;
+        for (int64_t b = 0; b < blocks; b++) {
+            const int64_t n0 = b * I8_NB, nb = N - n0 < I8_NB ? N - n0 : I8_NB;
 #if defined(__AVX512F__)
-            __m512 acc[I8_ROWS];
-            for (int i = 0; i < I8_ROWS; i++) acc[i] = _mm512_setzero_ps();
-            for (int64_t g = 0; g < groups; g++) {
-                const __m512 sc = _mm512_set1_ps(sr[g]);
-                const int8_t *qg = qr + g * 64;
-                __m512 w[4];
-                for (int j = 0; j < 4; j++)
-                    w[j] = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(
-                                             _mm_loadu_si128((const __m128i *)(qg + 16 * j)))), sc);
-                for (int64_t i = 0; i < mb; i++) {
-                    const float *xr = x + (m0 + i) * x_row + g * 64;
-                    __m512 a = acc[i];
-                    for (int j = 0; j < 4; j++) a = _mm512_fmadd_ps(w[j], _mm512_loadu_ps(xr + 16 * j), a);
-                    acc[i] = a;
-                }
+            for (int64_t m0 = c0; m0 < c1; m0 += I8_MB) {
+                const int64_t mb = c1 - m0 < I8_MB ? c1 - m0 : I8_MB;
+                if (nb == I8_NB) i8_tiles[1][mb - 1](x, x_row, q, s, out, o_row, n0, m0, K);
+                else
+                    for (int64_t n = n0; n < n0 + nb; n++) i8_tiles[0][mb - 1](x, x_row, q, s, out, o_row, n, m0, K);
             }
-            for (int64_t i = 0; i < mb; i++) out[(m0 + i) * o_row + n] = _mm512_reduce_add_ps(acc[i]);
 #else
-            for (int64_t i = 0; i < mb; i++) {
-                const float *xr = x + (m0 + i) * x_row;
-                float total = 0.0f;
-                for (int64_t g = 0; g < groups; g++) {
-                    float part = 0.0f;
-                    for (int k = 0; k < 64; k++) part += xr[g * 64 + k] * (float)qr[g * 64 + k];
-                    total += part * sr[g];
+            for (int64_t n = n0; n < n0 + nb; n++) {
+                const int8_t *qr = q + n * K;
+                const float *sr = s + n * groups;
+                for (int64_t m = c0; m < c1; m++) {
+                    const float *xr = x + m * x_row;
+                    float total = 0.0f;
+                    for (int64_t g = 0; g < groups; g++) {
+                        float part = 0.0f;
+                        for (int k = 0; k < 64; k++) part += xr[g * 64 + k] * (float)qr[g * 64 + k];
+                        total += part * sr[g];
+                    }
+                    out[m * o_row + n] = total;
                 }
-                out[(m0 + i) * o_row + n] = total;
             }
 #endif
         }
     }
+    (void)groups;
 }
