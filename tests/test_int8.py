@@ -107,6 +107,13 @@ def test_perplexity_within_2_percent_of_fp32(fp32, int8):
     assert abs(quant - base) / base < 0.02, (base, quant)
 
 
+def test_perplexity_with_bf16_activations_within_2_percent_of_fp32(fp32):
+    """`--load-8bit` with the default dtype on a bf16 CPU: int8 weights, bf16 activations and KV."""
+    base = perplexity(*fp32)
+    quant = perplexity(*load_model(MODEL, device="cpu", dtype="bfloat16", load_8bit=True))
+    assert abs(quant - base) / base < 0.02, (base, quant)
+
+
 def test_full_precision_weights_are_gone():
     model, _ = load_model(MODEL, device="cpu", dtype="float32")
     fp32_bytes = weight_bytes(model)
