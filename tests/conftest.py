@@ -10,10 +10,13 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -43,19 +46,65 @@ def free_ports(n: int) -> list[int]:
     return ports
 
 
-def wait_healthy(url: str, proc: subprocess.Popen, log: Path, timeout: float = 300) -> None:
-    """Poll ``url`` until it answers 200; fail with the log's tail if ``proc`` exits or time runs out."""
+def wait_healthy(url: str, proc: subprocess.Popen, log: Path | None = None, timeout: float = 300) -> None:
+    """Poll ``url`` until it answers 200; fail (with the tail of ``proc``'s log, if it writes one)
+    when ``proc`` exits or time runs out."""
+    tail = (lambda: "\n" + log.read_text(errors="replace")[-3000:]) if log else (lambda: "")
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"{proc.args} exited:\n{log.read_text()[-3000:]}")
+            raise RuntimeError(f"{proc.args} exited with {proc.returncode}{tail()}")
         try:
             if httpx.get(url, timeout=2).status_code == 200:
                 return
         except httpx.HTTPError:
             pass
         time.sleep(0.2)
-    raise TimeoutError(f"{url} not healthy:\n{log.read_text()[-3000:]}")
+    raise TimeoutError(f"{url} not healthy{tail()}")
+
+
+def log_tails(log_dir: Path, chars: int = 3000) -> str:
+    """The end of each service log of a deployment, for a failed launch's report."""
+    return "".join(f"\n--- {f.name}\n{f.read_text(errors='replace')[-chars:]}" for f in sorted(log_dir.glob("*.log")))
+
+
+def terminate(procs: Iterable[subprocess.Popen], timeout: float = 15) -> None:
+    """Stop processes this test started: SIGTERM to all at once (they shut down in parallel),
+    then SIGKILL any that has not exited within ``timeout`` seconds."""
+    procs = list(procs)
+    for p in procs:
+        if p.poll() is None:
+            p.send_signal(signal.SIGTERM)
+    for p in procs:
+        try:
+            p.wait(timeout)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+
+
+@contextmanager
+def one_model_deployment(root: Path, *overrides: str) -> Iterator[dict]:
+    """The real `orchestr launch` (detached) of a controller, the API and one worker (no web UI),
+    with `overrides` choosing the model and cluster; yields the addresses, `root` and the `auth`
+    header the internal services want, then runs the real `orchestr stop`."""
+    ctl, api, worker = free_ports(3)
+    state = root / "state.json"
+    env = {**os.environ, "ORCHESTR_RUNS_DIR": str(root / "runs"), "ORCHESTR_STATE_FILE": str(state)}
+    cmd = [*ORCHESTR, "launch", *overrides, "services.web.enabled=false",
+           "launch.detach=true", f"launch.state_file={state}", f"launch.log_dir={root / 'logs'}",
+           f"services.controller.port={ctl}", f"services.api.port={api}",
+           f"cluster.workers.worker-0.port={worker}", "services.worker.heart_beat_interval=5"]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=1200, cwd=REPO)
+    try:
+        if proc.returncode != 0:
+            pytest.fail(f"launch failed:\n{proc.stdout}{proc.stderr}{log_tails(root / 'logs')}")
+        secret = Path(json.loads(state.read_text())["secret_file"]).read_text().strip()
+        yield {"api_base": f"http://127.0.0.1:{api}/v1", "controller": f"http://127.0.0.1:{ctl}",
+               "worker": f"http://127.0.0.1:{worker}", "root": root,
+               "auth": {"Authorization": f"Bearer {secret}"}}  # internal hops need it
+    finally:
+        subprocess.run([*ORCHESTR, "stop"], env=env, capture_output=True, text=True, timeout=300, cwd=REPO)
 
 
 @pytest.fixture(scope="session")
@@ -129,11 +178,8 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Deployment:
                      web_log_dir=root / "web-logs", log_dir=root / "logs", ports=ports,
                      launch_output=proc.stdout + proc.stderr)
     if proc.returncode != 0:
-        logs = ""
-        for f in sorted((root / "logs").glob("*.log")):
-            logs += f"\n--- {f.name}\n" + "\n".join(f.read_text(errors="replace").splitlines()[-30:])
         dep.orchestr("stop")
-        pytest.fail(f"orchestr launch failed (rc={proc.returncode}):\n{dep.launch_output}\n{logs}")
+        pytest.fail(f"orchestr launch failed (rc={proc.returncode}):\n{dep.launch_output}\n{log_tails(root / 'logs')}")
     yield dep
     out = dep.orchestr("stop", timeout=180)
     if out.returncode != 0:

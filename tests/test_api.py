@@ -16,7 +16,7 @@ import httpx
 import openai
 import pytest
 
-from tests.conftest import REPO, free_port, wait_healthy
+from tests.conftest import REPO, free_port, terminate, wait_healthy
 
 MODEL = "smollm2-135m"
 API_KEY = "sk-test-key"
@@ -60,18 +60,6 @@ def start_worker(controller: str, log_dir: Path, name: str) -> tuple[str, subpro
     return url, p
 
 
-def stop(procs: list[subprocess.Popen]) -> None:
-    for p in procs:
-        if p.poll() is None:
-            p.send_signal(signal.SIGTERM)
-    for p in procs:
-        try:
-            p.wait(15)
-        except subprocess.TimeoutExpired:
-            p.kill()
-            p.wait()
-
-
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory) -> Stack:
     log_dir = tmp_path_factory.mktemp("api-stack")
@@ -109,7 +97,7 @@ def stack(tmp_path_factory) -> Stack:
             procs,
         )
     finally:
-        stop(procs)
+        terminate(procs)
 
 
 # --------------------------------------------------------------------------- happy paths

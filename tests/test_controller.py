@@ -22,6 +22,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.conftest import terminate, wait_healthy
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -32,20 +34,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def wait_http(url: str, proc: subprocess.Popen, timeout: float = 30.0) -> None:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"{proc.args} exited with {proc.returncode}")
-        try:
-            if httpx.get(url, timeout=1.0).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    raise TimeoutError(url)
 
 
 def wait_until(pred, timeout: float, interval: float = 0.1):
@@ -75,7 +63,7 @@ class Procs:
             ["-m", "orchestr.services.controller", "--host", "127.0.0.1", "--port", str(port), *extra]
         )
         url = f"http://127.0.0.1:{port}"
-        wait_http(url + "/health", p)
+        wait_healthy(url + "/health", p, timeout=30)
         return url, p
 
     def worker(self, controller: str, model: str, *extra: str) -> tuple[str, subprocess.Popen]:
@@ -94,19 +82,11 @@ class Procs:
             ]
         )
         url = f"http://127.0.0.1:{port}"
-        wait_http(url + "/health", p)
+        wait_healthy(url + "/health", p, timeout=30)
         return url, p
 
     def stop_all(self) -> None:
-        for p in self.procs:
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-        for p in self.procs:
-            try:
-                p.wait(10)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
+        terminate(self.procs, timeout=10)
 
 
 @pytest.fixture

@@ -11,15 +11,11 @@ from __future__ import annotations
 import asyncio
 import collections
 import json
-import os
 import secrets
 import signal
-import subprocess
-import sys
 import threading
 import time
 import zlib
-from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -27,155 +23,32 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import REPO, free_port, wait_healthy
+from tests.fault_plane import MODEL, Outcome, Plane, chat, load, request, start_plane
 
 pytestmark = pytest.mark.slow
 
-MODEL = "smollm2-twin"
 SECRET = secrets.token_urlsafe(24)
 API_KEY = "sk-" + secrets.token_urlsafe(16)
 
 
-@dataclass
-class Plane:
-    root: Path
-    env: dict[str, str]
-    controller: str
-    api: str
-    workers: list[str]
-    procs: dict[str, subprocess.Popen] = field(default_factory=dict)
-    argv: dict[str, list[str]] = field(default_factory=dict)
+def queue(plane: Plane, worker: str) -> int:
+    r = httpx.post(worker + "/worker_get_status", headers=plane.secret_header(), timeout=5)
+    return r.json()["queue_length"]
 
-    def start(self, name: str, argv: list[str] | None = None) -> subprocess.Popen:
-        argv = argv or self.argv[name]
-        self.argv[name] = argv
-        log = self.root / f"{name}.log"
-        proc = subprocess.Popen([sys.executable, "-m", *argv], cwd=REPO, env=self.env,
-                                stdout=log.open("a"), stderr=subprocess.STDOUT, start_new_session=True)
-        self.procs[name] = proc
-        return proc
 
-    def wait(self, name: str, url: str) -> None:
-        wait_healthy(url + "/health", self.procs[name], self.root / f"{name}.log")
-
-    def registered(self) -> set[str]:
-        r = httpx.post(self.controller + "/worker_get_status", headers=self.secret_header(), timeout=5)
-        return {w["worker_name"] for w in r.json()["workers"]}
-
-    def secret_header(self) -> dict[str, str]:
-        return {"Authorization": f"Bearer {SECRET}"}
-
-    def key_header(self) -> dict[str, str]:
-        return {"Authorization": f"Bearer {API_KEY}"}
-
-    def queue(self, worker: str) -> int:
-        r = httpx.post(worker + "/worker_get_status", headers=self.secret_header(), timeout=5)
-        return r.json()["queue_length"]
-
-    def served(self, worker: str) -> int:
-        """Requests the worker's engine has finished so far (its vllm:request_success counter)."""
-        r = httpx.get(worker + "/metrics", headers=self.secret_header(), timeout=5)
-        r.raise_for_status()
-        return int(sum(s.value for fam in text_string_to_metric_families(r.text) for s in fam.samples
-                       if s.name == "vllm:request_success_total"))
-
-    def stop(self) -> None:
-        for p in self.procs.values():
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-        for p in self.procs.values():
-            try:
-                p.wait(15)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
+def served(plane: Plane, worker: str) -> int:
+    """Requests the worker's engine has finished so far (its vllm:request_success counter)."""
+    r = httpx.get(worker + "/metrics", headers=plane.secret_header(), timeout=5)
+    r.raise_for_status()
+    return int(sum(s.value for fam in text_string_to_metric_families(r.text) for s in fam.samples
+                   if s.name == "vllm:request_success_total"))
 
 
 @pytest.fixture(scope="module")
 def plane(tmp_path_factory) -> Plane:
-    root = tmp_path_factory.mktemp("plane")
-    key_file = root / "api-keys"
-    key_file.write_text(API_KEY + "\n")
-    key_file.chmod(0o600)
-    env = dict(os.environ, PYTHONPATH=str(REPO), ORCHESTR_SECRET=SECRET, ORCHESTR_API_KEYS_FILE=str(key_file),
-               ORCHESTR_LOG_LEVEL="INFO")
-    cport, aport, w0, w1 = (free_port() for _ in range(4))
-    p = Plane(root, env, f"http://127.0.0.1:{cport}", f"http://127.0.0.1:{aport}",
-              [f"http://127.0.0.1:{w0}", f"http://127.0.0.1:{w1}"])
-    try:
-        p.start("controller", ["orchestr.services.controller", "--port", str(cport)])
-        p.wait("controller", p.controller)
-        for i, port in enumerate((w0, w1)):
-            p.start(f"worker-{i}", ["orchestr.services.model_worker", "--port", str(port),
-                                    "--worker-address", p.workers[i], "--controller-address", p.controller,
-                                    "--model-names", MODEL, "--limit-worker-concurrency", "16",
-                                    "--kv-cache-tokens", "8192"])
-        p.start("api", ["orchestr.services.openai_api_server", "--port", str(aport),
-                        "--controller-address", p.controller])
-        p.wait("api", p.api)
-        for i in range(2):
-            p.wait(f"worker-{i}", p.workers[i])
-        deadline = time.monotonic() + 30
-        while p.registered() != set(p.workers):
-            assert time.monotonic() < deadline, "workers did not register"
-            time.sleep(0.2)
-        yield p
-    finally:
-        p.stop()
-
-
-def _chat(max_tokens: int = 8, **kw) -> dict:
-    return {"model": MODEL, "messages": [{"role": "user", "content": "Tell me about the sea."}],
-            "max_tokens": max_tokens, "temperature": 0, **kw}
-
-
-@dataclass
-class Outcome:
-    ok: bool
-    tokens: int  # content deltas received before the end (or the failure)
-    error: str = ""
-
-
-async def _request(http: httpx.AsyncClient, url: str, body: dict) -> Outcome:
-    """One chat completion; never raises. Counts the tokens a stream delivered before failing."""
-    tokens = 0
-    try:
-        if not body.get("stream"):
-            r = await http.post(url, json=body)
-            if r.status_code != 200:
-                return Outcome(False, 0, f"HTTP {r.status_code}: {r.text[:200]}")
-            return Outcome(bool(r.json()["choices"][0]["message"]["content"]), 1)
-        async with http.stream("POST", url, json=body) as r:
-            if r.status_code != 200:
-                return Outcome(False, 0, f"HTTP {r.status_code}: {(await r.aread())[:200]!r}")
-            async for line in r.aiter_lines():
-                if not line.startswith("data: ") or line == "data: [DONE]":
-                    continue
-                data = json.loads(line[6:])
-                if "error" in data:
-                    return Outcome(False, tokens, data["error"]["message"])
-                for choice in data.get("choices", []):
-                    tokens += bool(choice["delta"].get("content"))
-        return Outcome(tokens > 0, tokens)
-    except (httpx.HTTPError, ValueError) as e:
-        return Outcome(False, tokens, repr(e))
-
-
-async def _load(plane: Plane, bodies: list[dict], concurrency: int, during=None) -> list[Outcome]:
-    """Send ``bodies`` with ``concurrency`` in flight; ``during(done_count)`` runs as answers come."""
-    sem = asyncio.Semaphore(concurrency)
-    done = 0
-    async with httpx.AsyncClient(timeout=120, headers=plane.key_header()) as http:
-        async def one(body: dict) -> Outcome:
-            nonlocal done
-            async with sem:
-                out = await _request(http, plane.api + "/v1/chat/completions", body)
-            done += 1
-            if during is not None:
-                await during(done)
-            return out
-
-        return await asyncio.gather(*(one(b) for b in bodies))
+    p = start_plane(tmp_path_factory.mktemp("plane"), SECRET, API_KEY, "--kv-cache-tokens", "8192")
+    yield p
+    p.stop()
 
 
 # --------------------------------------------------------------------------- secrets
@@ -225,7 +98,7 @@ def test_rogue_without_the_secret_is_refused_and_never_reached(plane):
         assert plane.registered() == set(plane.workers)
         models = httpx.get(plane.api + "/v1/models", headers=plane.key_header()).json()["data"]
         assert [m["id"] for m in models] == [MODEL]  # no fake gpt-4
-        outs = asyncio.run(_load(plane, [_chat(2) for _ in range(7)], 4))
+        outs = asyncio.run(load(plane, [chat(2) for _ in range(7)], 4))
         assert all(o.ok for o in outs), outs
         assert _Rogue.hits == []  # the controller never called it, no user request reached it
     finally:
@@ -246,17 +119,17 @@ def test_api_key_comes_from_a_file_never_argv_or_logs(plane):
 
 
 def test_twins_share_load(plane):
-    before = [plane.served(w) for w in plane.workers]
-    outs = asyncio.run(_load(plane, [_chat(48, stream=True)] * 16, 16))
+    before = [served(plane, w) for w in plane.workers]
+    outs = asyncio.run(load(plane, [chat(48, stream=True)] * 16, 16))
     assert all(o.ok for o in outs)
     deadline = time.time() + 10  # a worker counts a request once its last chunk has gone out
     while True:
-        served = [plane.served(w) - b for w, b in zip(plane.workers, before, strict=True)]
-        if sum(served) >= 16 or time.time() > deadline:
+        shares = [served(plane, w) - b for w, b in zip(plane.workers, before, strict=True)]
+        if sum(shares) >= 16 or time.time() > deadline:
             break
         time.sleep(0.2)
     # 16 in flight at once: each twin served at least a third of them (counted by the workers themselves)
-    assert sum(served) == 16 and min(served) >= 16 / 3, served
+    assert sum(shares) == 16 and min(shares) >= 16 / 3, shares
 
 
 BAD_INPUTS = [
@@ -276,10 +149,10 @@ def test_bad_inputs_get_4xx_and_leave_other_requests_unharmed(plane):
     async def run():
         async with httpx.AsyncClient(timeout=120, headers=plane.key_header()) as http:
             url = plane.api + "/v1/chat/completions"
-            good = [asyncio.create_task(_request(http, url, _chat(40, stream=i % 2 == 0))) for i in range(6)]
+            good = [asyncio.create_task(request(http, url, chat(40, stream=i % 2 == 0))) for i in range(6)]
             await asyncio.sleep(1.0)
             for extra, param in BAD_INPUTS:
-                body = json.dumps({**_chat(4), **extra}).replace("Infinity", "1e999")
+                body = json.dumps({**chat(4), **extra}).replace("Infinity", "1e999")
                 r = await http.post(url, content=body, headers={"content-type": "application/json"})
                 assert r.status_code == 400, (extra, r.text)
                 assert r.json()["error"]["param"] == param, r.text
@@ -310,11 +183,11 @@ def test_sampler_fails_a_non_finite_row_alone():
 
 
 def test_non_streaming_client_that_leaves_is_cancelled(plane):
-    body = {**_chat(1500), "messages": [{"role": "user", "content": "Write a very long story."}]}
+    body = {**chat(1500), "messages": [{"role": "user", "content": "Write a very long story."}]}
     with pytest.raises(httpx.ReadTimeout):
         httpx.post(plane.api + "/v1/chat/completions", json=body, headers=plane.key_header(), timeout=2.0)
     deadline = time.monotonic() + 10
-    while sum(plane.queue(w) for w in plane.workers):
+    while sum(queue(plane, w) for w in plane.workers):
         assert time.monotonic() < deadline, "the abandoned request still runs on a worker"
         time.sleep(0.2)
 
@@ -373,13 +246,13 @@ def test_openapi_schema_is_fuzzed_without_5xx(plane):
 
 def test_worker_kill_fails_only_streams_already_answering(plane):
     victim = plane.procs["worker-1"]
-    bodies = [_chat(24, stream=i % 2 == 0) for i in range(100)]
+    bodies = [chat(24, stream=i % 2 == 0) for i in range(100)]
 
-    async def during(done: int):
+    async def during(done: int, _http):
         if done == 20 and victim.poll() is None:
             victim.send_signal(signal.SIGKILL)
 
-    outs = asyncio.run(_load(plane, bodies, 16, during))
+    outs = asyncio.run(load(plane, bodies, 16, during))
     assert victim.poll() is not None
     failed = [o for o in outs if not o.ok]
     # The only failures allowed: streams the dead worker had already sent tokens of.
@@ -405,7 +278,7 @@ def test_controller_kill_under_a_steady_prober(plane):
         answered_at = relearned_at = 0.0
         async with httpx.AsyncClient(timeout=60, headers=plane.key_header()) as http:
             async def probe():
-                outs.append(await _request(http, plane.api + "/v1/chat/completions", _chat(2)))
+                outs.append(await request(http, plane.api + "/v1/chat/completions", chat(2)))
 
             tasks = []
             t0 = time.monotonic()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -13,7 +12,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from tests.conftest import free_port
+from tests.conftest import free_port, terminate, wait_healthy
 
 MODEL = "smollm2-test"
 
@@ -24,30 +23,6 @@ def _start(args: list[str], log_path) -> subprocess.Popen:
                             env=env, start_new_session=True)
 
 
-def _wait_http(url: str, proc: subprocess.Popen, timeout: float = 180) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"process exited with {proc.returncode}")
-        try:
-            if httpx.get(url, timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.3)
-    raise TimeoutError(url)
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
 @pytest.fixture(scope="module")
 def worker(tmp_path_factory) -> Iterator[str]:
     port = free_port()
@@ -56,10 +31,10 @@ def worker(tmp_path_factory) -> Iterator[str]:
                    "--model-names", f"{MODEL},alias", "--dtype", "float32", "--limit-worker-concurrency", "2",
                    "--kv-cache-tokens", "8192"], log)
     try:
-        _wait_http(f"http://127.0.0.1:{port}/health", proc)
+        wait_healthy(f"http://127.0.0.1:{port}/health", proc, log, timeout=180)
         yield f"http://127.0.0.1:{port}"
     finally:
-        _stop(proc)
+        terminate([proc])
 
 
 def _chat(text: str, **kw) -> dict:
@@ -187,20 +162,19 @@ def test_registers_late_and_again_after_controller_restart(tmp_path):
         return False
 
     try:
-        _wait_http(f"http://127.0.0.1:{wport}/health", worker)
+        wait_healthy(f"http://127.0.0.1:{wport}/health", worker, tmp_path / "worker.log", timeout=180)
         time.sleep(1.5)  # it has tried the missing controller by now
         assert worker.poll() is None
         ctrl = _start(["orchestr.services.controller", "--port", str(cport), "--host", "127.0.0.1"],
                       tmp_path / "c1.log")
         procs.append(ctrl)
-        _wait_http(f"{controller_url}/health", ctrl, timeout=60)
+        wait_healthy(f"{controller_url}/health", ctrl, tmp_path / "c1.log", timeout=60)
         assert wait_models(15), "worker did not register once the controller came up"
-        _stop(ctrl)
+        terminate([ctrl])
         ctrl2 = _start(["orchestr.services.controller", "--port", str(cport), "--host", "127.0.0.1"],
                        tmp_path / "c2.log")
         procs.append(ctrl2)
-        _wait_http(f"{controller_url}/health", ctrl2, timeout=60)
+        wait_healthy(f"{controller_url}/health", ctrl2, tmp_path / "c2.log", timeout=60)
         assert wait_models(15), "worker did not re-register with the restarted controller"
     finally:
-        for p in procs:
-            _stop(p)
+        terminate(procs)

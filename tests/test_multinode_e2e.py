@@ -248,10 +248,14 @@ def test_stop_leaves_nothing_on_any_node(cluster) -> None:
     st = cluster.state()
     supervisor = st["supervisor_pid"]
     pgids = set(cluster.pgids) | {p["pgid"] for p in st["processes"]}
+    # the secret copies the launch placed on the nodes (~/.cache/orchestr/secrets/...)
+    placed = {Path(psutil.Process(p["pid"]).environ()["ORCHESTR_SECRET_FILE"]) for p in st["processes"]}
+    assert placed and all(f.is_file() for f in placed)
     out = cluster.orchestr("stop", timeout=300)
     assert out.returncode == 0, out.stdout + out.stderr
     assert "deployment stopped" in out.stdout
     assert not cluster.state_file.exists()
+    assert not any(f.exists() or f.parent.exists() for f in placed)  # no secret left on a node
     for g in pgids:
         assert live_in_group(g) == [], g
     time.sleep(1)

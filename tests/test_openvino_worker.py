@@ -8,12 +8,10 @@ import argparse
 import ast
 import asyncio
 import json
-import os
 import shlex
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import httpx
 import pytest
@@ -29,7 +27,7 @@ from orchestr.services.openvino_engine import (
     scheduler_settings,
 )
 from orchestr.services.openvino_worker import build_parser
-from tests.conftest import ORCHESTR, REPO, free_ports
+from tests.conftest import ORCHESTR, REPO, one_model_deployment
 
 MODEL = "smollm2-135m"
 # Greedy bf16 answers of OpenVINO and of the transformers engine must agree on at least this many
@@ -173,28 +171,9 @@ def ov_deployment(tmp_path_factory):
     reason = _openvino_reason()
     if reason:
         pytest.skip(reason)
-    root = tmp_path_factory.mktemp("openvino")
-    ctl, api, worker = free_ports(3)
-    state = root / "state.json"
-    env = {**os.environ, "ORCHESTR_RUNS_DIR": str(root / "runs"), "ORCHESTR_STATE_FILE": str(state)}
-    cmd = [*ORCHESTR, "launch", "model=smollm2-135m-openvino", "services.web.enabled=false",
-           "engine.max_batch_size=4", "engine.kv_cache_tokens=4096",
-           "launch.detach=true", f"launch.state_file={state}", f"launch.log_dir={root / 'logs'}",
-           f"services.controller.port={ctl}", f"services.api.port={api}",
-           f"cluster.workers.worker-0.port={worker}", "services.worker.heart_beat_interval=5"]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=1200, cwd=REPO)
-    try:
-        if proc.returncode != 0:
-            logs = "".join(f"\n--- {f.name}\n{f.read_text(errors='replace')[-3000:]}"
-                           for f in sorted((root / "logs").glob("*.log")))
-            pytest.fail(f"launch failed:\n{proc.stdout}{proc.stderr}{logs}")
-        secret_file = json.loads(state.read_text()).get("secret_file")
-        secret = Path(secret_file).read_text().strip() if secret_file else None
-        yield {"api_base": f"http://127.0.0.1:{api}/v1", "controller": f"http://127.0.0.1:{ctl}",
-               "worker": f"http://127.0.0.1:{worker}", "root": root,
-               "auth": {"Authorization": f"Bearer {secret}"} if secret else {}}  # internal hops need it
-    finally:
-        subprocess.run([*ORCHESTR, "stop"], env=env, capture_output=True, text=True, timeout=300, cwd=REPO)
+    with one_model_deployment(tmp_path_factory.mktemp("openvino"), "model=smollm2-135m-openvino",
+                              "engine.max_batch_size=4", "engine.kv_cache_tokens=4096") as dep:
+        yield dep
 
 
 @pytest.fixture(scope="module")

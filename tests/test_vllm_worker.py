@@ -6,7 +6,6 @@ from __future__ import annotations
 import argparse
 import ast
 import json
-import os
 import re
 import shlex
 import subprocess
@@ -24,7 +23,7 @@ from orchestr.services.vllm_engine import (
     sampling_kwargs,
 )
 from orchestr.services.vllm_worker import build_parser
-from tests.conftest import ORCHESTR, REPO, free_ports
+from tests.conftest import ORCHESTR, REPO, one_model_deployment
 
 VLLM_PYTHON = REPO / ".venv-vllm" / "bin" / "python"
 
@@ -176,25 +175,9 @@ def vllm_deployment(tmp_path_factory):
     reason = _vllm_env_reason()
     if reason:
         pytest.skip(reason)
-    root = tmp_path_factory.mktemp("vllm")
-    ctl, api, worker = free_ports(3)
-    state = root / "state.json"
-    env = {**os.environ, "ORCHESTR_RUNS_DIR": str(root / "runs"), "ORCHESTR_STATE_FILE": str(state)}
-    cmd = [*ORCHESTR, "launch", "cluster=local_vllm", "model=smollm2-135m-vllm", "services.web.enabled=false",
-           "launch.detach=true", f"launch.state_file={state}", f"launch.log_dir={root / 'logs'}",
-           f"services.controller.port={ctl}", f"services.api.port={api}",
-           f"cluster.workers.worker-0.port={worker}", "services.worker.heart_beat_interval=5"]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=1200, cwd=REPO)
-    try:
-        if proc.returncode != 0:
-            logs = "".join(f"\n--- {f.name}\n{f.read_text(errors='replace')[-3000:]}"
-                           for f in sorted((root / "logs").glob("*.log")))
-            pytest.fail(f"launch failed:\n{proc.stdout}{proc.stderr}{logs}")
-        secret = Path(json.loads(state.read_text())["secret_file"]).read_text().strip()
-        yield {"api_base": f"http://127.0.0.1:{api}/v1", "controller": f"http://127.0.0.1:{ctl}",
-               "worker": f"http://127.0.0.1:{worker}", "headers": {"Authorization": f"Bearer {secret}"}}
-    finally:
-        subprocess.run([*ORCHESTR, "stop"], env=env, capture_output=True, text=True, timeout=300, cwd=REPO)
+    with one_model_deployment(tmp_path_factory.mktemp("vllm"), "cluster=local_vllm",
+                              "model=smollm2-135m-vllm") as dep:
+        yield dep
 
 
 @pytest.mark.slow
@@ -203,7 +186,7 @@ def test_real_vllm_worker_through_controller_and_openai_api(vllm_deployment):
     from openai import OpenAI
 
     details = httpx.post(f"{vllm_deployment['worker']}/model_details", json={"model": "smollm2-135m"},
-                         headers=vllm_deployment["headers"], timeout=10).json()
+                         headers=vllm_deployment["auth"], timeout=10).json()
     assert details["backend"] == "vllm" and details["dtype"] == "bfloat16" and details["context_length"] == 2048
     client = OpenAI(base_url=vllm_deployment["api_base"], api_key="none", timeout=300)
     assert [m.id for m in client.models.list().data] == ["smollm2-135m"]

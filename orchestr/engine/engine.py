@@ -19,7 +19,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -36,14 +36,10 @@ from orchestr.engine.sampling import NON_FINITE, SamplingParams, SamplingRow, sa
 from orchestr.engine.sequence import PreparedRequest, Sequence, token_logprobs
 from orchestr.engine.templates import ChatFormatter
 from orchestr.engine.threads import ThreadPolicy
-from orchestr.protocol import (
-    EmbeddingRequest,
-    EmbeddingResult,
-    ErrorCode,
-    GenerateChunk,
-    GenerateRequest,
-    GenerateResult,
-)
+from orchestr.protocol import EmbeddingResult, ErrorCode, GenerateChunk, GenerateResult
+
+if TYPE_CHECKING:  # request types appear in signatures only
+    from orchestr.protocol import EmbeddingRequest, GenerateRequest
 
 log = logging.getLogger(__name__)
 
