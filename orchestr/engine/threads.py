@@ -6,9 +6,11 @@ sooner when that side is idle, and which wins depends on the machine, on the bat
 whatever else runs there. So unless ``engine.num_threads`` pins a count, the engine measures:
 for each size of step (tokens in the forward, by powers of two) it times steps under each
 candidate count, takes the one with the lowest time per token, and re-checks the others now
-and then, since the rest of the machine's load changes. The measured time covers the forward
-and the sampling, so a thread count that gets descheduled by competing processes (the
-barrier stall that makes two threads lose under load) is seen as the slower choice.
+and then, since the rest of the machine's load changes. The engine times whole cycles, from
+one step's start to the next's: the forward and sampling, and the per-token work between
+steps that competes with the HTTP side for the GIL and the cores. So a thread count whose
+threads get descheduled (the barrier stall that makes two threads lose under load), or that
+starves the serving side, is seen as the slower choice.
 """
 
 from __future__ import annotations
@@ -50,7 +52,7 @@ class _Bucket:
 
 
 class ThreadPolicy:
-    """``pick(tokens)`` before a step, ``record(tokens, seconds)`` after it.
+    """``pick(tokens)`` before a step, ``record(tokens, seconds)`` once its cycle is over.
 
     Pinned (one candidate): always that count. Adaptive: per bucket of step size, try the
     candidates in turn until :meth:`_verdict` names the faster, then use it; every
