@@ -15,6 +15,7 @@ import ctypes
 import hashlib
 import logging
 import os
+import platform
 import shutil
 import subprocess
 import tempfile
@@ -67,11 +68,13 @@ def _compiler_version(cc: str) -> str:
 _FAST_MATH = ["-fno-math-errno", "-fno-trapping-math", "-fassociative-math", "-fno-signed-zeros",
               "-freciprocal-math", "-ffinite-math-only", "-fno-rounding-math", "-fcx-limited-range"]
 _CFLAGS = ["-O3", "-march=native", *_FAST_MATH, "-fopenmp", "-shared", "-fPIC"]
+# libmvec: glibc's vector math (the AVX-512 softmax calls its 16-lane expf; x86-64 glibc ships it)
+_LIBS = ["-lm", "-lmvec"] if platform.machine() in ("x86_64", "AMD64") else ["-lm"]
 
 
 def _build(cc: str) -> Path:
     source = _SOURCE.read_bytes()
-    key = hashlib.sha256(source + " ".join(_CFLAGS).encode() + _compiler_version(cc).encode()
+    key = hashlib.sha256(source + " ".join(_CFLAGS + _LIBS).encode() + _compiler_version(cc).encode()
                          + _cpu_flags().encode()).hexdigest()[:16]
     target = cache_dir() / "kernels" / f"cpu_kernels-{key}.so"
     if target.exists():
@@ -79,7 +82,7 @@ def _build(cc: str) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
         out = Path(tmp) / target.name
-        cmd = [cc, *_CFLAGS, str(_SOURCE), "-o", str(out), "-lm"]
+        cmd = [cc, *_CFLAGS, str(_SOURCE), "-o", str(out), *_LIBS]
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
         if proc.returncode != 0:
             raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stderr.strip()}")

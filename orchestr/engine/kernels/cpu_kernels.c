@@ -22,6 +22,14 @@
 
 #if defined(__AVX512F__)
 #include <immintrin.h>
+#if defined(__GLIBC__) && defined(__x86_64__)
+/* glibc's libmvec expf on 16 lanes: what -ffast-math used to vectorise the softmax's expf into.
+ * Named explicitly because without __FAST_MATH__ (the kernels spell its parts out, see
+ * native.py) math.h does not declare the vector variants, and a scalar expf per score made
+ * the decode attention ~1.5x slower. */
+__m512 _ZGVeN16v_expf(__m512 x);
+#define HAVE_VECTOR_EXPF 1
+#endif
 #endif
 
 typedef uint16_t bf16;
@@ -95,6 +103,29 @@ static inline __m512 round16_bf16(__m512 v) {
         }                                                                                          \
     }
 
+/* x[t] = exp(x[t] - max) in place for t < len; returns their sum. The argument is clamped at
+ * -87 (exp = 1.6e-38, the smallest normal float): a weight that small is nothing beside the
+ * sum (>= 1), and denormal weights would make every FMA of the value pass slow. */
+static inline float softmax_exp(float *x, int64_t len, float max) {
+    float sum = 0.0f;
+    int64_t t = 0;
+#if defined(HAVE_VECTOR_EXPF)
+    const __m512 m = _mm512_set1_ps(max), lo = _mm512_set1_ps(-87.0f);
+    __m512 s16 = _mm512_setzero_ps();
+    for (; t + 16 <= len; t += 16) {
+        const __m512 e = _ZGVeN16v_expf(_mm512_max_ps(_mm512_sub_ps(_mm512_loadu_ps(x + t), m), lo));
+        _mm512_storeu_ps(x + t, e);
+        s16 = _mm512_add_ps(s16, e);
+    }
+    sum = _mm512_reduce_add_ps(s16);
+#endif
+    for (; t < len; t++) {
+        x[t] = expf(fmaxf(x[t] - max, -87.0f));
+        sum += x[t];
+    }
+    return sum;
+}
+
 /* AVX-512 decode of one sequence for head_dim % 16 == 0, ELEM = bf16 or float. Each key/value
  * row (all KV heads of a position, contiguous in the pool) is read and converted once and
  * used by every query head of its group. Scratch: scores [H, len]. */
@@ -126,13 +157,7 @@ static int NAME(const ELEM *q, int64_t q_head, const ELEM *k_pool, const ELEM *v
         scores[h * n + t] = s;                                                                     \
         if (s > mx[h]) mx[h] = s;                                                                  \
     })                                                                                             \
-    for (int64_t h = 0; h < heads; h++) {                                                          \
-        float *sh = scores + h * n;                                                                \
-        for (int64_t t = 0; t < len; t++) {                                                        \
-            sh[t] = expf(sh[t] - mx[h]);                                                           \
-            sum[h] += sh[t];                                                                       \
-        }                                                                                          \
-    }                                                                                              \
+    for (int64_t h = 0; h < heads; h++) sum[h] = softmax_exp(scores + h * n, len, mx[h]);         \
     FOR_EACH_KV_ROW(ELEM, LOAD16, v_pool, {                                                       \
         const __m512 p = _mm512_set1_ps(scores[h * n + t]);                                        \
         for (int64_t v = 0; v < nv; v++) acc[h * nv + v] = _mm512_fmadd_ps(p, kv[v], acc[h * nv + v]); \
