@@ -71,12 +71,21 @@ def test_overlapping_samples_are_decided_by_median():
 
 def test_adaptive_follows_a_change_of_load():
     policy = ThreadPolicy(cores=2)
-    _drive(policy, 16, {1: 0.003, 2: 0.002}, th.REVISIT_EVERY // 2)
+    _drive(policy, 16, {1: 0.003, 2: 0.002}, 100)
     assert policy.pick(16) == 2
-    # the machine gets busy: two threads now lose; the next re-check sees it
-    used = _drive(policy, 16, {1: 0.003, 2: 0.006}, 2 * th.REVISIT_EVERY)
+    # the machine gets busy: two threads now lose; their own drift triggers a new trial
+    used = _drive(policy, 16, {1: 0.003, 2: 0.006}, 100)
     assert used[-1] == 1
-    assert used.count(2) < th.REVISIT_EVERY + 2 * th.TRIAL_STEPS  # it did not stay on the slower count
+    assert used.count(2) <= th.WINDOW + th.TRIAL_STEPS  # it did not stay on the slower count
+
+
+def test_a_steady_load_pays_for_no_trials():
+    policy = ThreadPolicy(cores=2)
+    used = _drive(policy, 1, {1: 0.014, 2: 0.022}, th.REVISIT_EVERY - 10)
+    assert used[2 * th.MIN_TRIAL:] == [1] * (len(used) - 2 * th.MIN_TRIAL)
+    # ... until the long re-check interval, which tries the other count again
+    used = _drive(policy, 1, {1: 0.014, 2: 0.022}, 20)
+    assert 2 in used and used[-1] == 1
 
 
 @pytest.fixture(scope="module", params=["float32", "bfloat16"])

@@ -28,7 +28,8 @@ log = logging.getLogger(__name__)
 MIN_TRIAL = 2  # samples of each candidate before a bucket may pick one (if they do not overlap)
 TRIAL_STEPS = 4  # samples of each candidate after which a bucket picks by median anyway
 WINDOW = 8  # recent samples kept per candidate and bucket
-REVISIT_EVERY = 200  # steps of a bucket between re-checks of the other candidates
+DRIFT = 0.2  # the chosen count's time per token moved this much since the verdict: try the others again
+REVISIT_EVERY = 2000  # cycles of a bucket after which the others are tried again anyway
 
 
 def machine_cores() -> int:
@@ -46,8 +47,9 @@ def candidate_counts(cores: int) -> list[int]:
 @dataclass
 class _Bucket:
     samples: dict[int, deque] = field(default_factory=dict)  # threads -> recent seconds per token
-    steps: int = 0
+    steps: int = 0  # cycles since the last verdict
     best: int | None = None  # None while trying the candidates
+    verdict_time: float = 0.0  # the best's median seconds per token when it was chosen
     last: int | None = None  # the previous verdict (logged when it changes)
 
 
@@ -55,9 +57,10 @@ class ThreadPolicy:
     """``pick(tokens)`` before a step, ``record(tokens, seconds)`` once its cycle is over.
 
     Pinned (one candidate): always that count. Adaptive: per bucket of step size, try the
-    candidates in turn until :meth:`_verdict` names the faster, then use it; every
-    ``REVISIT_EVERY`` steps of the bucket, forget the others' samples so that they are tried
-    again (the chosen count's window is always fresh, it is the one running)."""
+    candidates in turn until :meth:`_verdict` names the faster, then use it. When the chosen
+    count's own time per token has moved by ``DRIFT`` since (the load or the batch changed), or
+    after ``REVISIT_EVERY`` cycles anyway, forget the others' samples so that they are tried
+    again; a steady load pays for no trials (the chosen count's window is always fresh)."""
 
     def __init__(self, pinned: int | None = None, cores: int | None = None) -> None:
         self.candidates = [pinned] if pinned else candidate_counts(cores or machine_cores())
@@ -83,16 +86,28 @@ class ThreadPolicy:
         bucket.steps += 1
         if bucket.best is None:  # trying the candidates
             bucket.best = self._verdict(bucket)
-            if bucket.best is not None and bucket.best != bucket.last:
-                log.info("engine threads: %d for steps of about %d tokens (median ms/token %s)", bucket.best,
-                         tokens, ", ".join(f"{n}: {1e3 * statistics.median(bucket.samples[n]):.2f}"
-                                           for n in self.candidates))
-                bucket.last = bucket.best
-        elif bucket.steps % REVISIT_EVERY == 0:  # try the others again
+            if bucket.best is not None:
+                bucket.steps = 0
+                bucket.verdict_time = statistics.median(bucket.samples[bucket.best])
+                if bucket.best != bucket.last:
+                    log.info("engine threads: %d for steps of about %d tokens (median ms/token %s)", bucket.best,
+                             tokens, ", ".join(f"{n}: {1e3 * statistics.median(bucket.samples[n]):.2f}"
+                                               for n in self.candidates))
+                    bucket.last = bucket.best
+        elif self.current == bucket.best and self._stale(bucket):  # try the others again
             for n in self.candidates:
                 if n != bucket.best:
                     bucket.samples[n].clear()
             bucket.best = None
+
+    @staticmethod
+    def _stale(bucket: _Bucket) -> bool:
+        if bucket.steps >= REVISIT_EVERY:
+            return True
+        recent = bucket.samples[bucket.best]
+        if bucket.steps < WINDOW or len(recent) < WINDOW:
+            return False
+        return abs(statistics.median(recent) - bucket.verdict_time) > DRIFT * bucket.verdict_time
 
     def _verdict(self, bucket: _Bucket) -> int | None:
         """The faster candidate once the samples say so: after ``MIN_TRIAL`` each if every
@@ -110,7 +125,11 @@ class ThreadPolicy:
         return None
 
     def _bucket(self, tokens: int) -> _Bucket:
-        return self._buckets.setdefault(max(1, tokens).bit_length(), _Bucket())
+        key = max(1, tokens).bit_length()
+        bucket = self._buckets.get(key)
+        if bucket is None:
+            bucket = self._buckets[key] = _Bucket()
+        return bucket
 
     def _choose(self, bucket: _Bucket) -> int:
         if bucket.best is not None:
