@@ -69,6 +69,18 @@ def test_overlapping_samples_are_decided_by_median():
     assert policy.pick(16) == 2
 
 
+def test_close_medians_take_more_cycles_before_a_verdict():
+    policy = ThreadPolicy(cores=2)
+    times = {1: iter([0.0100, 0.0096] * th.WINDOW), 2: iter([0.0099, 0.0097] * th.WINDOW)}  # 1 % apart
+    used = []
+    for _ in range(2 * th.WINDOW + 4):
+        n = policy.pick(16)
+        used.append(n)
+        policy.record(16, next(times[n]) * 16)
+    assert used[: 2 * th.WINDOW].count(1) == used[: 2 * th.WINDOW].count(2) == th.WINDOW
+    assert set(used[2 * th.WINDOW:]) == {policy.pick(16)}
+
+
 def test_adaptive_follows_a_change_of_load():
     policy = ThreadPolicy(cores=2)
     _drive(policy, 16, {1: 0.003, 2: 0.002}, 100)

@@ -29,7 +29,8 @@ MIN_TRIAL = 2  # samples of each candidate before a bucket may pick one (if they
 TRIAL_STEPS = 4  # samples of each candidate after which a bucket picks by median anyway
 WINDOW = 8  # recent samples kept per candidate and bucket
 DRIFT = 0.2  # the chosen count's time per token moved this much since the verdict: try the others again
-REVISIT_EVERY = 2000  # cycles of a bucket after which the others are tried again anyway
+REVISIT_EVERY = 400  # cycles of a bucket after which the others are tried again anyway
+CLOSE = 0.05  # medians this close after TRIAL_STEPS each: keep sampling, up to WINDOW each
 
 
 def machine_cores() -> int:
@@ -112,13 +113,17 @@ class ThreadPolicy:
     def _verdict(self, bucket: _Bucket) -> int | None:
         """The faster candidate once the samples say so: after ``MIN_TRIAL`` each if every
         sample of one is below every sample of the others (a clear case, e.g. a big prefill),
-        else after ``TRIAL_STEPS`` each by median; None while still trying."""
+        else after ``TRIAL_STEPS`` each by median (``WINDOW`` each when the medians are within
+        ``CLOSE``); None while still trying."""
         samples = {n: bucket.samples.get(n, ()) for n in self.candidates}
         fewest = min(len(s) for s in samples.values())
         if fewest < MIN_TRIAL:
             return None
         if fewest >= TRIAL_STEPS:
-            return min(self.candidates, key=lambda n: statistics.median(samples[n]))
+            medians = sorted((statistics.median(samples[n]), n) for n in self.candidates)
+            if fewest < WINDOW and medians[1][0] - medians[0][0] < CLOSE * medians[0][0]:
+                return None  # too close to call on so few cycles
+            return medians[0][1]
         best = min(self.candidates, key=lambda n: max(samples[n]))
         if all(max(samples[best]) < min(samples[n]) for n in self.candidates if n != best):
             return best
