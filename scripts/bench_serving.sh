@@ -26,12 +26,12 @@ mkdir -p "$out"
 python="${PYTHON:-$repo/.venv/bin/python}"
 bench=("$python" -m orchestr bench serve --no-progress)
 
-# c=16 and c=64 with 32 requests into NAME.json, then c=1 with 12 (a c=1 level is slow) into NAME-c1.json
+# c=16 and c=64 with 32 requests into NAME.json, then c=1 with 24 (a c=1 level is slow) into NAME-c1.json
 three_levels() {
   local name="$1"
   shift
   "${bench[@]}" --concurrency 16,64 --num-requests 32 "$@" -o "$out/$name.json"
-  "${bench[@]}" --concurrency 1 --num-requests 12 "$@" -o "$out/$name-c1.json"
+  "${bench[@]}" --concurrency 1 --num-requests 24 "$@" -o "$out/$name-c1.json"
 }
 
 for run in "${runs[@]}"; do
