@@ -26,20 +26,13 @@ import httpx
 
 from orchestr.benchmark.cli import load_counter
 from orchestr.benchmark.runner import run_level
+from orchestr.benchmark.servers import free_port
 
 MODEL = "embedded://SmolLM2-135M-Instruct"
 # int8 with fp32 activations (like for like) and with bf16 ones (what `--load-8bit` runs with the
 # default `dtype: auto` on a CPU with AVX-512 BF16: activations and KV cache in bf16)
 VARIANTS = {"fp32": ["--dtype", "float32"], "int8": ["--dtype", "float32", "--load-8bit"],
             "int8-bf16": ["--dtype", "bfloat16", "--load-8bit"]}
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def rss_mb(pid: int) -> float:

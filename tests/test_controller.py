@@ -12,7 +12,6 @@ import argparse
 import collections
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -22,18 +21,13 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import terminate, wait_healthy
+from tests.conftest import free_port, terminate, wait_healthy
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 # --------------------------------------------------------------------------- process helpers
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_until(pred, timeout: float, interval: float = 0.1):

@@ -26,6 +26,7 @@ from orchestr.launch.backends import runner_for
 from orchestr.launch.deploy import Deployment
 from orchestr.launch.spec import ProcessRecord, ProcessSpec
 from orchestr.launch.ssh import SSHError, SSHRunner
+from tests.conftest import free_port
 from tests.ssh_server import drop_sandbox_user, sandbox_user, start_sshd, world_readable_tmpdir
 
 pytestmark = pytest.mark.ssh
@@ -52,13 +53,6 @@ def runner(node):
     yield r
     r.close()
 
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def http_server_spec(name: str, port: int, node: str = "node-a", **kw) -> ProcessSpec:

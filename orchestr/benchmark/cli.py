@@ -230,9 +230,9 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _cpu_count() -> int:
-    import os
+    from orchestr.engine.threads import machine_cores  # torch: imported only when results are written
 
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return machine_cores()
 
 
 def _write(path: Path | None, report: dict) -> None:
