@@ -65,6 +65,29 @@ static inline float rnd(float x, int is_bf16) { return is_bf16 ? bf16_to_float(f
 
 #define MAX_HEAD_DIM 256
 
+/* x[t] = exp(x[t] - max) in place for t < len; returns their sum. The argument is clamped at
+ * -87 (exp = 1.6e-38, the smallest normal float): a weight that small is nothing beside the
+ * sum (>= 1), and denormal weights would make every FMA of the value pass slow. */
+static inline float softmax_exp(float *x, int64_t len, float max) {
+    float sum = 0.0f;
+    int64_t t = 0;
+#if defined(HAVE_VECTOR_EXPF)
+    const __m512 m = _mm512_set1_ps(max), lo = _mm512_set1_ps(-87.0f);
+    __m512 s16 = _mm512_setzero_ps();
+    for (; t + 16 <= len; t += 16) {
+        const __m512 e = _ZGVeN16v_expf(_mm512_max_ps(_mm512_sub_ps(_mm512_loadu_ps(x + t), m), lo));
+        _mm512_storeu_ps(x + t, e);
+        s16 = _mm512_add_ps(s16, e);
+    }
+    sum = _mm512_reduce_add_ps(s16);
+#endif
+    for (; t < len; t++) {
+        x[t] = expf(fmaxf(x[t] - max, -87.0f));
+        sum += x[t];
+    }
+    return sum;
+}
+
 #if defined(__AVX512F__)
 /* Software prefetch of a pool row a few positions ahead: a sequence's rows are contiguous
  * only within a 16-slot block, and the hardware prefetcher restarts at every block jump. */
@@ -102,29 +125,6 @@ static inline __m512 round16_bf16(__m512 v) {
             for (int64_t h = g * group; h < (g + 1) * group; h++) __VA_ARGS__                      \
         }                                                                                          \
     }
-
-/* x[t] = exp(x[t] - max) in place for t < len; returns their sum. The argument is clamped at
- * -87 (exp = 1.6e-38, the smallest normal float): a weight that small is nothing beside the
- * sum (>= 1), and denormal weights would make every FMA of the value pass slow. */
-static inline float softmax_exp(float *x, int64_t len, float max) {
-    float sum = 0.0f;
-    int64_t t = 0;
-#if defined(HAVE_VECTOR_EXPF)
-    const __m512 m = _mm512_set1_ps(max), lo = _mm512_set1_ps(-87.0f);
-    __m512 s16 = _mm512_setzero_ps();
-    for (; t + 16 <= len; t += 16) {
-        const __m512 e = _ZGVeN16v_expf(_mm512_max_ps(_mm512_sub_ps(_mm512_loadu_ps(x + t), m), lo));
-        _mm512_storeu_ps(x + t, e);
-        s16 = _mm512_add_ps(s16, e);
-    }
-    sum = _mm512_reduce_add_ps(s16);
-#endif
-    for (; t < len; t++) {
-        x[t] = expf(fmaxf(x[t] - max, -87.0f));
-        sum += x[t];
-    }
-    return sum;
-}
 
 /* AVX-512 decode of one sequence for head_dim % 16 == 0, ELEM = bf16 or float. Each key/value
  * row (all KV heads of a position, contiguous in the pool) is read and converted once and
@@ -215,13 +215,7 @@ static int decode_one(int is_bf16, const void *q, int64_t q_head, const void *k_
         scores[h * n + t] = s;
         if (s > mx[h]) mx[h] = s;
     })
-    for (int64_t h = 0; h < heads; h++) {
-        float *sh = scores + h * n;
-        for (int64_t t = 0; t < len; t++) {
-            sh[t] = expf(sh[t] - mx[h]);
-            sum[h] += sh[t];
-        }
-    }
+    for (int64_t h = 0; h < heads; h++) sum[h] = softmax_exp(scores + h * n, len, mx[h]);
     FOR_EACH_KV_OFFSET({
         const float p = scores[h * n + t];
         for (int64_t c = 0; c < d; c++) acc[h * d + c] += p * ld(v_pool, base + c, is_bf16);
