@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import threading
+import time
 
 import pytest
 import torch
@@ -31,7 +34,7 @@ def test_pinned_never_changes():
     for tokens in (1, 16, 300):
         assert policy.pick(tokens) == 1
         policy.record(tokens, 0.01)
-    assert torch.get_num_threads() == 1
+    assert policy.current == 1
 
 
 def _drive(policy: ThreadPolicy, tokens: int, cost: dict[int, float], steps: int) -> list[int]:
@@ -98,6 +101,35 @@ def test_a_steady_load_pays_for_no_trials():
     # ... until the long re-check interval, which tries the other count again
     used = _drive(policy, 1, {1: 0.014, 2: 0.022}, 20)
     assert 2 in used and used[-1] == 1
+
+
+def _os_threads() -> int:
+    return len(os.listdir("/proc/self/task"))
+
+
+@pytest.mark.skipif(th.machine_cores() < 2 or not os.path.isdir("/proc/self/task"), reason="needs 2 cores, Linux")
+def test_starting_the_engine_frees_the_callers_openmp_workers():
+    """The thread that loads a model (and starts the engine) must not keep OpenMP workers: with
+    pools beside the engine's, libgomp stops spin-waiting and every parallel region of a step
+    pays a sleep and a wake-up (half the speed at c=1 on a 2-core machine)."""
+    seen = {}
+
+    def caller():
+        torch.set_num_threads(2)
+        torch.ones(1 << 22).sum()  # a parallel region: this thread now has an OpenMP worker
+        seen["before"] = _os_threads()
+        th.leave_cores_to_engine()
+        deadline = time.monotonic() + 5
+        while _os_threads() >= seen["before"] and time.monotonic() < deadline:
+            time.sleep(0.01)  # the freed worker exits on its own
+        seen["after"] = _os_threads()
+        seen["threads"] = torch.get_num_threads()
+
+    t = threading.Thread(target=caller)
+    t.start()
+    t.join()
+    assert seen["after"] == seen["before"] - 1
+    assert seen["threads"] == 2  # the caller's own setting is left alone
 
 
 @pytest.fixture(scope="module", params=["float32", "bfloat16"])

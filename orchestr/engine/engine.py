@@ -35,7 +35,7 @@ from orchestr.engine.prompts import encode as encode_text
 from orchestr.engine.sampling import NON_FINITE, SamplingParams, SamplingRow, sample_with_logprobs
 from orchestr.engine.sequence import PreparedRequest, Sequence, token_logprobs
 from orchestr.engine.templates import ChatFormatter
-from orchestr.engine.threads import ThreadPolicy
+from orchestr.engine.threads import ThreadPolicy, leave_cores_to_engine
 from orchestr.protocol import EmbeddingResult, ErrorCode, GenerateChunk, GenerateResult
 
 if TYPE_CHECKING:  # request types appear in signatures only
@@ -145,6 +145,7 @@ class Engine(PromptEndpoints):
 
     def start(self) -> Engine:
         if self._thread is None:
+            leave_cores_to_engine()
             self._thread = threading.Thread(target=self._run, name="orchestr-engine", daemon=True)
             self._thread.start()
         return self

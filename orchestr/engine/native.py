@@ -130,6 +130,19 @@ def library() -> ctypes.CDLL | None:
         return _lib
 
 
+def release_thread_pool() -> bool:
+    """Free the calling thread's OpenMP worker threads (``omp_pause_resource_all``), in the
+    OpenMP runtime torch and these kernels share; False when that cannot be done here. The
+    pool is made again on the thread's next parallel region. See threads.leave_cores_to_engine."""
+    lib = library()
+    pause = getattr(lib, "omp_pause_resource_all", None) if lib is not None else None
+    if pause is None:  # no kernels, or an OpenMP runtime older than 5.0
+        return False
+    pause.restype = ctypes.c_int
+    pause.argtypes = [ctypes.c_int]
+    return pause(1) == 0  # omp_pause_soft
+
+
 def paged_decode(q: torch.Tensor, k_pool: torch.Tensor, v_pool: torch.Tensor, slots: torch.Tensor,
                  lens: torch.Tensor, scale: float) -> torch.Tensor | None:
     """Attention of one query token per sequence over its pooled history.
