@@ -11,7 +11,15 @@ from pydantic import ValidationError
 from orchestr.config.serving import EngineConfig
 from orchestr.engine.engine import Engine
 from orchestr.engine.loader import load_model
-from orchestr.protocol import ChatMessage, GenerateRequest
+from orchestr.protocol import (
+    ChatMessage,
+    GenerateChunk,
+    GenerateRequest,
+    GenerateResult,
+    TokenLogprob,
+    UsageInfo,
+    coalesce_chunks,
+)
 
 MODEL = "embedded://SmolLM2-135M-Instruct"
 STORY_PROMPTS = [
@@ -181,6 +189,41 @@ def test_stop_string_spanning_tokens_and_stop_token_ids(batched):
     assert res.finish_reason == "stop"
     assert res.usage.completion_tokens == 4
     assert res.text == tok.decode(ids[:3])
+
+
+def test_a_reader_that_falls_behind_gets_the_queued_tokens_as_one_chunk(batched):
+    """A consumer that sleeps between reads (a loaded HTTP side) receives fewer, larger deltas,
+    and nothing is lost: same text, usage and finish as the non-streaming call."""
+    req = chat(STORY_PROMPTS[0], max_new_tokens=40)
+    ref = asyncio.run(batched.generate(req))
+
+    async def slow_reader():
+        chunks = []
+        async for chunk in batched.generate_stream(req):
+            chunks.append(chunk)
+            await asyncio.sleep(0.15)  # several engine steps
+        return chunks
+
+    chunks = asyncio.run(slow_reader())
+    assert "".join(c.text for c in chunks) == ref.text
+    assert chunks[-1].finish_reason == "length" and chunks[-1].usage == ref.usage
+    assert len(chunks) < 20  # 40 tokens; one chunk per token without merging
+
+
+def test_coalesce_chunks_merges_only_what_loses_nothing():
+    lp = [TokenLogprob(token="a", logprob=-0.1)], [TokenLogprob(token="b", logprob=-0.2)]
+    echo = GenerateChunk(text="prompt", usage=UsageInfo(prompt_tokens=3))
+    merged = coalesce_chunks([echo, GenerateChunk(text="He"), GenerateChunk(text="llo"),
+                              GenerateChunk(text="!", finish_reason="stop", usage=UsageInfo(completion_tokens=3))])
+    assert [(c.text, c.finish_reason) for c in merged] == [("prompt", None), ("Hello!", "stop")]
+    assert merged[0] is echo and merged[1].usage.completion_tokens == 3
+    assert GenerateResult.from_chunks(merged).text == "promptHello!"
+    with_lps = coalesce_chunks([GenerateChunk(text="a", logprobs=lp[0]), GenerateChunk(text="b", logprobs=lp[1])])
+    assert len(with_lps) == 1 and [t.token for t in with_lps[0].logprobs] == ["a", "b"]
+    kept = [GenerateChunk(text="a"), GenerateChunk(text="b", logprobs=lp[1]),  # logprobs on one side only
+            GenerateChunk(error="boom", error_code=50001, finish_reason="error")]
+    assert coalesce_chunks(kept) == kept
+    assert coalesce_chunks([GenerateChunk(text="x", finish_reason="stop"), GenerateChunk(text="y")])[0].text == "x"
 
 
 def test_sampling_seed_and_penalties(batched):

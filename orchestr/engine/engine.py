@@ -36,7 +36,7 @@ from orchestr.engine.sampling import NON_FINITE, SamplingParams, SamplingRow, sa
 from orchestr.engine.sequence import PreparedRequest, Sequence, token_logprobs
 from orchestr.engine.templates import ChatFormatter
 from orchestr.engine.threads import ThreadPolicy, leave_cores_to_engine
-from orchestr.protocol import EmbeddingResult, ErrorCode, GenerateChunk, GenerateResult
+from orchestr.protocol import EmbeddingResult, ErrorCode, GenerateChunk, GenerateResult, coalesce_chunks
 
 if TYPE_CHECKING:  # request types appear in signatures only
     from orchestr.protocol import EmbeddingRequest, GenerateRequest
@@ -241,12 +241,14 @@ class Engine(PromptEndpoints):
             if prep.echo:
                 yield GenerateChunk(text=prep.prompt_text, usage=seq.usage(), logprobs=prompt_lps)
             while True:
-                chunk = await chunks.get()
-                if chunk.finish_reason is not None:
-                    done = True
-                yield chunk
-                if done:
-                    return
+                ready = [await chunks.get()]
+                while not chunks.empty():  # fell behind the engine: pass the queued tokens on together
+                    ready.append(chunks.get_nowait())
+                for chunk in coalesce_chunks(ready) if len(ready) > 1 else ready:
+                    done = chunk.finish_reason is not None
+                    yield chunk
+                    if done:
+                        return
         finally:
             if not done:
                 self._inbox.put(("abort", seq.request_id))

@@ -347,8 +347,13 @@ class OpenVinoEngine(PromptEndpoints):
         try:
             while True:
                 new_ids, reason, error = await inbox.get()
+                # fell behind the pipeline: the steps queued meanwhile become one delta
+                while error is None and reason is None and not inbox.empty():
+                    more, reason, error = inbox.get_nowait()
+                    new_ids = new_ids + more
                 if error is not None:
                     ended = True
+                    output += new_ids
                     yield GenerateChunk(error=error, error_code=ErrorCode.INTERNAL_ERROR, finish_reason="error",
                                         usage=_usage(ids, output))
                     return

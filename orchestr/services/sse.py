@@ -1,8 +1,8 @@
 """Worker chunks -> Server-Sent Events for the streaming OpenAI routes.
 
 The per-token path is hot: text-only events are rendered from a pre-serialised head
-(``FastSse``), every chunk one network read brought leaves as one write, and several choices'
-streams are merged as their batches arrive.
+(``FastSse``), the chunks one network read brought leave as one write (adjacent text merged
+into one event), and several choices' streams are merged as their batches arrive.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from contextlib import aclosing
 
 from pydantic import BaseModel
 
-from orchestr.protocol import ErrorCode, GenerateChunk, UsageInfo
+from orchestr.protocol import ErrorCode, GenerateChunk, UsageInfo, coalesce_chunks
 from orchestr.services.api_errors import ApiError, worker_error, worker_failed
 from orchestr.services.generation import sum_usage
 from orchestr.services.worker_stream import Batch, WorkerFailed, WorkerStream
@@ -66,7 +66,7 @@ async def sse_relay(
     async with aclosing(_relay(streams)) as batches:
         async for index, batch, error in batches:
             out: list[str] = []
-            for c in batch:
+            for c in coalesce_chunks(batch) if len(batch) > 1 else batch:
                 if c.usage is not None:
                     usages[index] = c.usage
                 out += render(index, c)
