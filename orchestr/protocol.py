@@ -410,17 +410,19 @@ def coalesce_chunks(chunks: list[GenerateChunk]) -> list[GenerateChunk]:
     """Adjacent chunks of one stream as fewer chunks, losing nothing: a reader that fell behind
     (several tokens queued while it waited for the CPU) passes them on as one delta, so under
     load a step costs one line or event per stream instead of one per token. Merged: a chunk
-    with no finish, usage or error into the next one that has no error, when both or neither
-    carry logprobs (then concatenated, in token order)."""
+    with no finish or error into the next one that has no error, when both or neither carry
+    logprobs (then concatenated, in token order); usage counts are running totals, so the later
+    chunk's stand. The result reads as the same answer (``GenerateResult.from_chunks``)."""
     out: list[GenerateChunk] = []
     for chunk in chunks:
         prev = out[-1] if out else None
-        if (prev is not None and prev.finish_reason is None and prev.usage is None and not prev.error_code
+        if (prev is not None and prev.finish_reason is None and not prev.error_code
                 and prev.error is None and not chunk.error_code and chunk.error is None
                 and (prev.logprobs is None) == (chunk.logprobs is None)):
             logprobs = None if prev.logprobs is None else [*prev.logprobs, *chunk.logprobs]
             out[-1] = GenerateChunk.model_construct(text=prev.text + chunk.text, error_code=0, error=None,
-                                                    finish_reason=chunk.finish_reason, usage=chunk.usage,
+                                                    finish_reason=chunk.finish_reason,
+                                                    usage=chunk.usage if chunk.usage is not None else prev.usage,
                                                     logprobs=logprobs)
         else:
             out.append(chunk)

@@ -212,12 +212,14 @@ def test_a_reader_that_falls_behind_gets_the_queued_tokens_as_one_chunk(batched)
 
 def test_coalesce_chunks_merges_only_what_loses_nothing():
     lp = [TokenLogprob(token="a", logprob=-0.1)], [TokenLogprob(token="b", logprob=-0.2)]
-    echo = GenerateChunk(text="prompt", usage=UsageInfo(prompt_tokens=3))
-    merged = coalesce_chunks([echo, GenerateChunk(text="He"), GenerateChunk(text="llo"),
-                              GenerateChunk(text="!", finish_reason="stop", usage=UsageInfo(completion_tokens=3))])
-    assert [(c.text, c.finish_reason) for c in merged] == [("prompt", None), ("Hello!", "stop")]
-    assert merged[0] is echo and merged[1].usage.completion_tokens == 3
-    assert GenerateResult.from_chunks(merged).text == "promptHello!"
+    chunks = [GenerateChunk(text="prompt", usage=UsageInfo(prompt_tokens=3)), GenerateChunk(text="He"),
+              GenerateChunk(text="llo", usage=UsageInfo(prompt_tokens=3, completion_tokens=2)),
+              GenerateChunk(text="!", finish_reason="stop", usage=UsageInfo(prompt_tokens=3, completion_tokens=3))]
+    merged = coalesce_chunks(chunks[:3])
+    assert [(c.text, c.finish_reason, c.usage.completion_tokens) for c in merged] == [("promptHello", None, 2)]
+    merged = coalesce_chunks(chunks)
+    assert [(c.text, c.finish_reason) for c in merged] == [("promptHello!", "stop")]
+    assert GenerateResult.from_chunks(merged) == GenerateResult.from_chunks(chunks)
     with_lps = coalesce_chunks([GenerateChunk(text="a", logprobs=lp[0]), GenerateChunk(text="b", logprobs=lp[1])])
     assert len(with_lps) == 1 and [t.token for t in with_lps[0].logprobs] == ["a", "b"]
     kept = [GenerateChunk(text="a"), GenerateChunk(text="b", logprobs=lp[1]),  # logprobs on one side only
