@@ -272,3 +272,14 @@ def test_metrics_parse_and_count_what_the_api_reported(deployment, client):
     assert after[ttft] - before[ttft] == 3
     api = _scrape(deployment.api_base.removesuffix("/v1"), None)  # the API's /metrics is open
     assert any(k.startswith("orchestr:http_requests") for k in api)
+    # each request counted under its route, model and status (streams too), and a bad one as a 4xx
+    stream = client.chat.completions.create(model=MODEL, messages=ask("Hi."), max_tokens=3, stream=True)
+    assert "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
+    with pytest.raises(openai.BadRequestError):
+        client.chat.completions.create(model=MODEL, messages=ask("Hi."), max_tokens=-1)
+    text = httpx.get(deployment.api_base.removesuffix("/v1") + "/metrics", timeout=30).text
+    counted = {(s.labels["route"], s.labels["model"], s.labels["status"]): s.value
+               for f in text_string_to_metric_families(text) for s in f.samples
+               if s.name == "orchestr:http_requests_total" and s.labels["service"] == "api"}
+    assert counted[("/v1/chat/completions", MODEL, "200")] >= 4
+    assert any(route == "/v1/chat/completions" and status.startswith("4") for route, _, status in counted)
