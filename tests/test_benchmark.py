@@ -145,6 +145,10 @@ def test_counts_tokens_with_the_models_tokenizer(deployment):
     res = run_level(protocol="openai", base_url=deployment.api_base, model="smollm2-135m", concurrency=2,
                     num_requests=2, max_tokens=12, count_tokens=count, progress=False)
     assert res.completed == 2 and 2 <= res.output_tokens <= 26
+    # the server's refusal is a failed request with its status and message, not an exception
+    bad = run_level(protocol="openai", base_url=deployment.api_base, model="no-such-model", concurrency=1,
+                    num_requests=1, max_tokens=4, count_tokens=count, progress=False)
+    assert bad.completed == 0 and bad.errors[0].startswith("HTTP 404") and "no-such-model" in bad.errors[0]
 
 
 @pytest.mark.slow

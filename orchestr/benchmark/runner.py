@@ -7,11 +7,10 @@ import threading
 import time
 from collections.abc import Callable
 
-import httpx
-
 from orchestr.benchmark.client import RequestRecord, RequestSpec, stream_request
 from orchestr.benchmark.prompts import prompt_messages
 from orchestr.benchmark.stats import LevelResult, summarise
+from orchestr.services.stream_client import StreamClient
 
 
 class RssSampler:
@@ -70,9 +69,8 @@ async def _run_requests(make_spec: Callable[[int], RequestSpec], concurrency: in
                         timeout_s: float, on_done: Callable[[RequestRecord], None]) -> tuple[list[RequestRecord], float]:
     indices = iter(range(num_requests))
     records: list[RequestRecord] = []
-    limits = httpx.Limits(max_connections=concurrency + 4, max_keepalive_connections=concurrency + 4)
-    timeout = httpx.Timeout(timeout_s, connect=30.0)
-    async with httpx.AsyncClient(limits=limits, timeout=timeout, trust_env=False) as client:
+    client = StreamClient(connect_timeout=30.0, read_timeout=timeout_s, max_idle_per_host=concurrency + 4)
+    try:
 
         async def client_task() -> None:
             for i in indices:  # the shared iterator hands each index to exactly one task
@@ -83,6 +81,8 @@ async def _run_requests(make_spec: Callable[[int], RequestSpec], concurrency: in
         t0 = time.perf_counter()
         await asyncio.gather(*(client_task() for _ in range(concurrency)))
         duration = time.perf_counter() - t0
+    finally:
+        await client.aclose()
     return records, duration
 
 
