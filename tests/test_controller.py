@@ -29,7 +29,6 @@ REPO = Path(__file__).resolve().parents[1]
 # --------------------------------------------------------------------------- process helpers
 
 
-
 def wait_until(pred, timeout: float, interval: float = 0.1):
     deadline = time.time() + timeout
     while time.time() < deadline:

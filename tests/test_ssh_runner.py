@@ -54,7 +54,6 @@ def runner(node):
     r.close()
 
 
-
 def http_server_spec(name: str, port: int, node: str = "node-a", **kw) -> ProcessSpec:
     return ProcessSpec(name=name, service="http", node=node,
                        argv=[PY, "-m", "http.server", str(port), "--bind", "127.0.0.1"], port=port,

@@ -108,10 +108,11 @@ def _os_threads() -> int:
 
 
 @pytest.mark.skipif(th.machine_cores() < 2 or not os.path.isdir("/proc/self/task"), reason="needs 2 cores, Linux")
-def test_starting_the_engine_frees_the_callers_openmp_workers():
-    """The thread that loads a model (and starts the engine) must not keep OpenMP workers: with
-    pools beside the engine's, libgomp stops spin-waiting and every parallel region of a step
-    pays a sleep and a wake-up (half the speed at c=1 on a 2-core machine)."""
+def test_leave_cores_to_engine_frees_the_callers_openmp_workers():
+    """What Engine.start() calls before starting its thread: the caller (the thread that loaded
+    the model) must not keep OpenMP workers, since with pools beside the engine's libgomp stops
+    spin-waiting and every parallel region of a step pays a sleep and a wake-up (half the speed
+    at c=1 on a 2-core machine)."""
     seen = {}
 
     def caller():
