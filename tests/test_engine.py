@@ -306,11 +306,14 @@ def test_bf16_engine_with_packed_weights():
         engine.shutdown()
 
 
-def test_kv_cache_exhaustion_preempts_and_recomputes(fp32_model, unbatched):
+@pytest.mark.parametrize(("prefix_caching", "kv_tokens"), [(False, 224), (True, 160)])
+def test_kv_cache_exhaustion_preempts_and_recomputes(fp32_model, unbatched, prefix_caching, kv_tokens):
     """A pool too small for all running sequences: the youngest is preempted (its blocks
-    freed) and recomputed later; every request still gets the same greedy text."""
+    freed) and recomputed later; every request still gets the same greedy text. With prefix
+    caching the prompts share their template's system-prompt blocks, so the pool is smaller."""
     model, tok = fp32_model
-    engine = Engine(model, tok, EngineConfig(batching=True, max_batch_size=4, kv_cache_tokens=224)).start()
+    engine = Engine(model, tok, EngineConfig(batching=True, max_batch_size=4, kv_cache_tokens=kv_tokens,
+                                             prefix_caching=prefix_caching)).start()
     prompts = STORY_PROMPTS[:3]
     try:
         async def run():

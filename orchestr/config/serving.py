@@ -101,6 +101,9 @@ class EngineConfig:
     max_batch_size: int = _h(64, "sequences decoded together")
     max_num_batched_tokens: int = _h(512, "token budget of one forward (prefill chunks + decodes)")
     kv_cache_tokens: int = _h(32768, "KV-cache capacity shared by all running sequences, in tokens")
+    prefix_caching: bool = _h(True, "reuse the keys/values of full 16-token blocks that an earlier request with the "
+                                    "same prefix computed (shared system prompts, chat histories); evicted least "
+                                    "recently used when the cache is full")
     num_threads: int | None = _h(None, "CPU threads for the model (default: adaptive, all cores or all but one, "
                                              "whichever steps faster, measured per step size)")
 

@@ -93,7 +93,9 @@ class Engine(PromptEndpoints):
                 if param is not None:
                     layer_devices[idx] = param.device
         self.cache = pa.PagedKVCache(cfg.num_hidden_layers, kv_heads, head_dim, self.config.kv_cache_tokens,
-                                     kv_dtype, device=self.device, layer_devices=layer_devices)
+                                     kv_dtype, device=self.device, layer_devices=layer_devices,
+                                     prefix_caching=self.config.prefix_caching)
+        self.blocks = self.cache.pool
         self.max_seq_tokens = min(self.context_len, self.cache.capacity_tokens)
         pa.register()
         try:
@@ -368,10 +370,12 @@ class Engine(PromptEndpoints):
 
     def _preempt(self, seq: Sequence) -> None:
         """Out of KV blocks: give ``seq``'s blocks back and recompute it later (its prompt and
-        output so far are prefilled again; the stream just pauses)."""
+        output so far are prefilled again, or found in the prefix cache if still there; the
+        stream just pauses)."""
         self._running.remove(seq)
         seq.table.release(self.cache)
         seq.kv_len = 0
+        seq.cache_synced = 0
         self._waiting.appendleft(seq)
         self.preemptions += 1
         self.metrics.preempt.inc()
@@ -389,17 +393,26 @@ class Engine(PromptEndpoints):
                 n = min(seq.num_pending, budget)
                 plan.append((seq, n))
                 budget -= n
+        deferred: list[Sequence] = []
         while self._waiting and len(self._running) < self.max_batch and budget > 0:
             seq = self._waiting[0]
+            # the full blocks it may take from the prefix cache (at least its last token is
+            # computed: its logits give the first output token)
+            hashes = seq.hashes_upto((seq.num_tokens - 1) // pa.BLOCK_SIZE) if self.blocks.caching else []
+            hit, in_flight = self.blocks.peek(hashes)
+            if in_flight:  # another sequence is computing this prefix now: wait for it, not twice
+                deferred.append(self._waiting.popleft())
+                continue
             # admit only what the pool can hold now, keeping a block of room per running sequence
-            need = seq.num_tokens + pa.BLOCK_SIZE * (len(self._running) + 1)
+            need = seq.num_tokens - hit * pa.BLOCK_SIZE + pa.BLOCK_SIZE * (len(self._running) + 1)
             if self._running and need > self.cache.free_tokens():
                 break
             self._waiting.popleft()
-            self._running.append(seq)
+            self._admit(seq, hashes)
             n = min(seq.num_pending, budget)
             plan.append((seq, n))
             budget -= n
+        self._waiting.extendleft(reversed(deferred))
         # KV blocks for this step; preempt the youngest sequences when the pool runs dry
         for seq, n in plan:
             while seq in self._running and not seq.table.ensure(self.cache, seq.kv_len + n):
@@ -414,7 +427,52 @@ class Engine(PromptEndpoints):
                         self._active -= 1
                     break
                 self._preempt(victim)
-        return [(s, n) for s, n in plan if s in self._running]
+        plan = [(s, n) for s, n in plan if s in self._running]
+        for seq, _ in plan:  # prompt blocks about to be computed: findable as in flight
+            self._register_in_flight(seq)
+        return plan
+
+    # ------------------------------------------------------------------ prefix cache
+    def _admit(self, seq: Sequence, hashes: list[bytes]) -> None:
+        """Move ``seq`` into the running batch, starting after the blocks the prefix cache has."""
+        self._running.append(seq)
+        if not self.blocks.caching:
+            return
+        found, _ = self.blocks.match(hashes)
+        seq.table.append(found)
+        seq.kv_len = len(found) * pa.BLOCK_SIZE
+        seq.cache_synced = len(found)
+        if not seq.output_ids:  # a first admission (not a preempted sequence coming back)
+            seq.cached_tokens = seq.kv_len
+            self.metrics.on_prefix_lookup(len(seq.prompt_ids), seq.kv_len)
+
+    def _register_in_flight(self, seq: Sequence) -> None:
+        """Make the not yet computed full blocks whose tokens are known findable as in flight,
+        so a sequence arriving with the same prefix waits for them instead of recomputing."""
+        if not self.blocks.caching:
+            return
+        known = min(seq.num_tokens // pa.BLOCK_SIZE, len(seq.table.blocks))
+        if known <= seq.cache_synced:
+            return
+        hashes = seq.hashes_upto(known)
+        for i in range(seq.cache_synced, known):
+            self.blocks.register(seq.table.blocks[i], hashes[i], ready=False)
+
+    def _sync_blocks(self, seq: Sequence) -> None:
+        """After a forward: the full blocks whose keys/values are now computed become reusable."""
+        if not self.blocks.caching:
+            return
+        done = min(seq.kv_len, seq.num_tokens) // pa.BLOCK_SIZE
+        if done <= seq.cache_synced:
+            return
+        hashes = seq.hashes_upto(done)
+        for i in range(seq.cache_synced, done):
+            block = seq.table.blocks[i]
+            if self.blocks.is_registered(block):
+                self.blocks.mark_ready(block)
+            else:
+                self.blocks.register(block, hashes[i], ready=True)
+        seq.cache_synced = done
 
     def _step(self) -> None:
         plan = self._schedule()
@@ -467,6 +525,7 @@ class Engine(PromptEndpoints):
         pa.set_step(None, None)
         for seq, n in plan:
             seq.kv_len += n
+            self._sync_blocks(seq)
         if not sampled:
             return
         rows = [SamplingRow(s.params, s.prompt_ids, s.output_ids, s.generator, s.grammar) for s in sampled]
