@@ -403,7 +403,7 @@ def test_multiturn_against_the_api_and_the_worker(deployment, tmp_path, count):
 def test_head_of_line_probe(deployment, tmp_path):
     report, stdout = _bench(deployment, tmp_path, "--workload", "hol", "--long-prompt-tokens", "200",
                             "--answer-tokens", "8", "--probe-repeats", "2", "--base-url", deployment.api_base)
-    hol = report["results"]["url"]["hol"]
+    hol = report["results"][deployment.api_base]["hol"]
     assert hol["failed"] == 0 and len(hol["short_alone_ttfts_s"]) == 2, hol
     assert 200 <= hol["long_prompt_tokens"] <= 260 and 5 <= hol["short_prompt_tokens"] < 60
     assert hol["short_alone_ttft_s"] > 0 and hol["long_cold_ttft_s"] > 0 and hol["long_repeat_ttft_s"] > 0
@@ -417,7 +417,7 @@ def test_random_lengths_with_poisson_arrivals(deployment, tmp_path):
                             "--input-len-dist", "uniform:20:60", "--output-len-dist", "fixed:6",
                             "--request-rate", "20", "--base-url", deployment.api_base)
     assert report["load"]["input_len_dist"] == "uniform:20:60" and report["load"]["request_rate"] == 20
-    level = report["results"]["url"]["levels"][0]
+    level = report["results"][deployment.api_base]["levels"][0]
     assert (level["concurrency"], level["completed"], level["failed"]) == (3, 3, 0), level
     assert level["prompt_tokens_mean"] > 20 and 3 <= level["output_tokens"] <= 3 * 7
     assert level["request_rate"] == 20 and "Poisson arrivals" in stdout
@@ -429,5 +429,5 @@ def test_sharegpt_prompts(deployment, tmp_path, shared_data):
                        "--dataset", str(shared_data / "fastchat" / "dummy_conversation.json"),
                        "--base-url", deployment.api_base)
     assert report["load"]["prompts_used"] == 3 and report["load"]["output_tokens_mean"] > 0
-    level = report["results"]["url"]["levels"][0]
+    level = report["results"][deployment.api_base]["levels"][0]
     assert (level["completed"], level["failed"]) == (3, 0) and level["output_tokens"] > 0, level

@@ -115,7 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
                       help="sharegpt: skip exchanges whose prompt + reference answer is longer")
     p.add_argument("--metrics-url", type=_metrics_url, action="append", default=[], metavar="NAME=URL",
                    help="the Prometheus /metrics with endpoint NAME's prefix-cache counters (for url: "
-                        "targets; --base-url is named url)")
+                        "targets; --base-url's endpoint is named by its URL)")
     count = p.add_argument_group("token counting and launched servers")
     count.add_argument("--tokenizer", default=DEFAULT_TOKENIZER,
                        help="tokenizer that re-counts every answer's tokens (a model path orchestr accepts)")
