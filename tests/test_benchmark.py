@@ -195,6 +195,24 @@ def test_report_renders_rows_and_ratios(tmp_path):
     assert "- a / b: c=16: 2.00x (r.json)" in proc.stdout
 
 
+def test_report_renders_a_multiturn_table(tmp_path):
+    mt = {"wall_s": 12.3, "ttft_turn1_p50_s": 2.5, "ttft_later_p50_s": 0.4, "output_tok_s": 80.0, "failed": 0,
+          "prefix_cache": {"queried_tokens": 1000, "hit_tokens": 870, "hit_rate": 0.87}}
+    report = {"workload": "multiturn", "baseline": "vllm",
+              "results": {"vllm": {"multiturn": mt},
+                          "hf": {"multiturn": {**mt, "wall_s": 24.6, "ttft_later_p50_s": None, "failed": 1}}},
+              "ratios": {"vllm": {"wall_s": 1.0}, "hf": {"wall_s": 0.5, "ttft_later_p50_s": None}}}
+    f = tmp_path / "mt.json"
+    f.write_text(json.dumps(report))
+    proc = subprocess.run([sys.executable, "-m", "orchestr.benchmark.report", str(f)], capture_output=True,
+                          text=True, timeout=60, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr
+    assert "multiturn (mt.json; ratios vs vllm, > 1 is faster)" in proc.stdout
+    assert "| vllm | 12.30 s | 2.50 s | 0.40 s | 80.00 | 87% |" in proc.stdout
+    assert "| hf (1 failed) | 24.60 s (0.50x) | 2.50 s | — | 80.00 | 87% |" in proc.stdout
+    assert "c=16" not in proc.stdout  # no levels table without level files
+
+
 # --------------------------------------------------------------------------- workloads beside fixed
 
 
