@@ -309,7 +309,7 @@ def test_sharegpt_file(shared_data, count, tmp_path):
         {"id": "b", "conversations": [{"from": "human", "value": "Tell me a story."},
                                       {"from": "gpt", "value": "Once upon a time " * 20}]},
         {"id": "c", "conversations": [{"from": "human", "value": "Hi there"}, {"from": "gpt", "value": "Hello!"}]}]))
-    assert [p.id for p in load_sharegpt(f, count, num_prompts=5, max_len=30)] == ["c"]
+    assert [p.id for p in load_sharegpt(f, count, num_prompts=5, max_len=64 + 30)] == ["c"]
 
 
 @pytest.mark.parametrize("content,why", [

@@ -112,7 +112,8 @@ def build_parser() -> argparse.ArgumentParser:
                            "at most the level's concurrency in flight)")
     rand.add_argument("--dataset", type=Path, help="sharegpt: the conversations file (FastChat's format)")
     rand.add_argument("--max-model-len", type=int, default=2048,
-                      help="sharegpt: skip exchanges whose prompt + reference answer is longer")
+                      help="sharegpt: skip exchanges whose prompt + reference answer + 64 tokens of chat "
+                           "template are longer")
     p.add_argument("--metrics-url", type=_metrics_url, action="append", default=[], metavar="NAME=URL",
                    help="the Prometheus /metrics with endpoint NAME's prefix-cache counters (for url: "
                         "targets; --base-url's endpoint is named by its URL)")

@@ -14,6 +14,7 @@ from orchestr.benchmark.servers import BenchError
 from orchestr.benchmark.synthetic import Counter
 
 HUMAN = ("human", "user")
+TEMPLATE_TOKENS = 64  # room left for the chat template (and a default system prompt) within max_len
 ASSISTANT = ("gpt", "assistant", "chatgpt", "bard", "bing")
 
 
@@ -33,7 +34,7 @@ def _bad(path: Path, why: str) -> BenchError:
 def load_sharegpt(path: Path, count: Counter, *, num_prompts: int, seed: int = 0,
                   max_len: int = 2048) -> list[DatasetPrompt]:
     """``num_prompts`` pairs drawn (seeded shuffle) from the file's usable first exchanges: a
-    non-empty prompt and reply, prompt + reply within ``max_len`` tokens. Raises BenchError for a
+    non-empty prompt and reply, prompt + reply + the chat template within ``max_len`` tokens. Raises BenchError for a
     file that cannot be read or is not in the format, and when no exchange is usable."""
     try:
         data = json.loads(Path(path).read_text(encoding="utf-8"))
@@ -55,7 +56,7 @@ def load_sharegpt(path: Path, count: Counter, *, num_prompts: int, seed: int = 0
     out: list[DatasetPrompt] = []
     for id_, prompt, reply in pairs:
         p, o = count(prompt), count(reply)
-        if p < 1 or o < 1 or p + o > max_len:
+        if p < 1 or o < 1 or p + o + TEMPLATE_TOKENS > max_len:
             continue
         out.append(DatasetPrompt(id_, prompt, p, o))
         if len(out) == num_prompts:
