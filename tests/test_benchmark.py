@@ -367,7 +367,8 @@ def test_prefix_cache_counters_from_prometheus_text():
 
 
 def test_workload_ratios_are_speedups_vs_the_baseline():
-    from orchestr.benchmark.workloads import _ttfts, workload_ratios
+    from orchestr.benchmark.workload_tables import workload_ratios
+    from orchestr.benchmark.workloads import _ttfts
 
     results = {"vllm": {"multiturn": {"wall_s": 12.0, "ttft_turn1_p50_s": 2.5, "ttft_later_p50_s": 0.4,
                                       "output_tok_s": 80.0}},

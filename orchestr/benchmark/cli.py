@@ -354,7 +354,8 @@ def run(args: argparse.Namespace) -> int:
 
 def run_workload_on(workload, ep: Endpoint, res: dict, args: argparse.Namespace, count) -> None:
     """One endpoint through a workload other than fixed; its figures go into ``res``."""
-    from orchestr.benchmark.workloads import Target, print_level_extras, run_workload
+    from orchestr.benchmark.workload_tables import print_level_extras
+    from orchestr.benchmark.workloads import Target, run_workload
 
     target = Target(ep, res["model"], args.api_key, args.timeout, count, progress=not args.no_progress)
     out = run_workload(workload, target, args.concurrency)
@@ -362,7 +363,7 @@ def run_workload_on(workload, ep: Endpoint, res: dict, args: argparse.Namespace,
         res.update(out)
         for level in res["levels"]:
             print_level(ep.name, level)
-            print_level_extras(ep.name, level)
+            print_level_extras(level)
     else:
         del res["levels"]
         res[workload.name] = out
@@ -377,7 +378,7 @@ def run_workload_on(workload, ep: Endpoint, res: dict, args: argparse.Namespace,
 def summarise_run(report: dict, results: dict[str, dict], baseline: str | None, workload: str) -> None:
     """Ratios into the report and the summary table on the terminal."""
     if workload in ("multiturn", "hol"):
-        from orchestr.benchmark.workloads import print_workload_table, workload_ratios
+        from orchestr.benchmark.workload_tables import print_workload_table, workload_ratios
 
         rat = workload_ratios(workload, results, baseline) if baseline else None
         if rat is not None:
