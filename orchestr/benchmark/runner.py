@@ -110,7 +110,6 @@ def run_level(
 ) -> LevelResult:
     """Run ``num_requests`` streaming requests with ``concurrency`` clients; tokens are counted
     after the run by re-tokenising each answer, the same way for every server."""
-
     specs = [RequestSpec(protocol=protocol, base_url=base_url, model=model, messages=prompt_messages(i),
                          max_tokens=max_tokens, api_key=api_key) for i in range(num_requests)]
     result, _ = run_specs(specs, concurrency=concurrency, count_tokens=count_tokens, timeout_s=timeout_s,

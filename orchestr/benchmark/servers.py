@@ -9,7 +9,8 @@ A target is written ``NAME=KIND:ARGS`` (``NAME=`` optional):
   overrides, e.g. ``orchestr:engine.batching=false model.dtype=float32``; with ``--direct-worker``
   its worker is measured directly too (endpoint ``NAME/worker``), for the API + controller cost;
 * ``vllm:ARGS``: ``python -m vllm.entrypoints.openai.api_server`` from the vLLM venv on the
-  embedded model's safetensors folder (bf16, ``--max-model-len 2048``), ARGS appended;
+  embedded model's safetensors folder (bf16, ``--max-model-len 2048``, ``--disable-log-stats``
+  except for the workloads beside fixed, which read its prefix-cache counters), ARGS appended;
 * ``openvino:KEY=VALUE ...``: OpenVINO GenAI's ContinuousBatchingPipeline in this process, no
   HTTP (the upper bound for the OpenVINO worker, which is ``orchestr:model=smollm2-135m-openvino``);
   keys: threads, dtype, max_batch_size, max_num_batched_tokens, kv_cache_tokens, weight_format.
@@ -142,7 +143,10 @@ class OrchestrServer(Server):
         if len(workers) == 1:  # the engine's counters (prefix cache) are on the worker's /metrics
             w = workers[0]
             worker_url = f"http://{state.nodes[w.node].address}:{w.spec.port}"
-            secret = Path(state.secret_file).read_text().strip() if state.secret_file else None
+            try:
+                secret = Path(state.secret_file).read_text().strip() if state.secret_file else None
+            except OSError:  # then no counters: /metrics answers 401, the hit rate is left out
+                secret = None
             endpoints[0].metrics_url = f"{worker_url}/metrics"
             endpoints[0].metrics_headers = {"Authorization": f"Bearer {secret}"} if secret else {}
         if self.opts.direct_worker:
