@@ -21,6 +21,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "status": ("orchestr.launch.day2", "status_main", "show the processes of the running deployment"),
     "logs": ("orchestr.launch.day2", "logs_main", "print (or --follow) one service's log"),
     "stop": ("orchestr.launch.day2", "stop_main", "stop every process of the running deployment"),
+    "votes": ("orchestr.launch.day2", "votes_main", "gather every web UI's vote logs (all nodes) into one folder"),
     "chat": ("orchestr.chat", "main", "chat with a model in the terminal"),
     "test-message": ("orchestr.services.test_message", "main", "one round-trip through controller and worker"),
     "eval": ("orchestr.eval.app", "main", "MT-bench style answers, judgments and results"),

@@ -238,6 +238,11 @@ def test_clean_counts_the_votes_of_the_web_uis_on_both_nodes(cluster, tmp_path) 
     battles = json.loads((tmp_path / "clean_battle.json").read_text())
     assert len(battles) == 3, out.stdout  # 2 cast on node-a's UI + 1 on node-b's, read over SSH
     assert "read 3," in out.stdout
+    # the same, gathered into one folder by hand
+    got = cluster.orchestr("votes", "--out", str(tmp_path / "all"))
+    assert got.returncode == 0 and "2 web UI(s)" in got.stdout, got.stdout + got.stderr
+    lines = [json.loads(x) for f in (tmp_path / "all").glob("*-conv.json") for x in f.read_text().splitlines()]
+    assert sum(x["type"] == "leftvote" for x in lines) == 3
 
 
 def test_a_killed_worker_is_restarted(cluster) -> None:

@@ -138,7 +138,7 @@ def test_a_plan_ray_cannot_place_fails_fast_naming_the_resource(ray_dep, tmp_pat
     namespace = f"orchtest-{uuid.uuid4().hex[:6]}"
     env = {**os.environ, "ORCHESTR_RUNS_DIR": str(tmp_path / "runs"), "ORCHESTR_STATE_FILE": str(tmp_path / "s.json")}
     base = [*ORCHESTR, "launch", "launch.backend=ray", f"launch.ray.address={RAY_ADDRESS}",
-            "services.web.enabled=false", *(f"services.{s}.port={p}" for s, p in zip(("controller", "api"), free_ports(2)))]
+            "services.web.enabled=false", *(f"services.{s}.port={p}" for s, p in zip(("controller", "api"), free_ports(2), strict=True))]
     t0 = time.time()
     out = subprocess.run([*base, f"launch.ray.namespace={namespace}"], env=env, capture_output=True, text=True,
                          timeout=120)

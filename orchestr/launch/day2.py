@@ -176,3 +176,25 @@ def stop_main() -> int:
     for line in left:
         print(f"{line} (delete it by hand)", file=sys.stderr)
     return 1 if left else 0
+
+
+def votes_main() -> int:
+    p = _parser("orchestr votes", "Gather the conversation and vote logs of every web UI of the running "
+                                  "deployment (an SSH node's over SSH) into one folder.")
+    p.add_argument("--out", default=None, help="folder to write (default: <state file>.votes/all)")
+    args = p.parse_args()
+    from pathlib import Path
+
+    from orchestr.launch.context import Context
+
+    state, path = _load(args.state_file)
+    if state is None:
+        return _nothing_recorded(path, 1)
+    ctx = Context(state, state_mod.state_path(args.state_file))
+    if not ctx.web_log_folders():
+        print("the deployment runs no web UI", file=sys.stderr)
+        return 1
+    out = ctx.merged_votes(Path(args.out).expanduser() if args.out else ctx.gather_dir() / "all")
+    days = sorted(out.glob("*-conv.json"))
+    print(f"{len(days)} day file(s) of {len(ctx.web_log_folders())} web UI(s) in {out}")
+    return 0
