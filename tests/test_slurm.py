@@ -100,7 +100,7 @@ def test_a_plan_slurm_cannot_place_fails_before_any_job(tmp_path) -> None:
     base = [*ORCHESTR, "launch", "launch.backend=slurm", f"launch.slurm.job_name_prefix={prefix}",
             "services.web.enabled=false", f"launch.log_dir={tmp_path / 'logs'}"]
     for extra, key in ((["launch.slurm.partition=no-such-partition"], "launch.slurm.partition"),
-                       (["launch.slurm.nodelist={local: no-such-node}"], "launch.slurm.nodelist.local")):
+                       (["+launch.slurm.nodelist.local=no-such-node"], "launch.slurm.nodelist.local")):
         out = subprocess.run([*base, *extra], env=env, capture_output=True, text=True, timeout=120)
         assert out.returncode == 2, out.stdout + out.stderr
         assert len(out.stderr.strip().splitlines()) == 1 and key in out.stderr and "it has" in out.stderr

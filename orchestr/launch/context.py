@@ -1,7 +1,8 @@
 """The recorded deployment as the context of the day-2 commands.
 
 While a deployment is recorded (the state file), `orchestr eval|clean|train|chat|test-message`
-start from *its* settings: the launch's own overrides (its cluster, ports, models, web log folder),
+start from *its* settings: the launch's own overrides (its cluster, ports, models, web log folder;
+`train` its models only, so training stays on this machine unless told otherwise),
 the web UIs' vote logs on every node (fetched over the node's transport into one folder), the
 API's address and key, the controller and its secret. An override given on the command line
 wins over the deployment's for the same key (and a group choice like `cluster=x` drops the
@@ -171,8 +172,9 @@ def apply(command: str, args: list[str]) -> list[str]:
     return out
 
 
-def _hydra_args(ctx: Context, args: list[str]) -> list[str]:
-    out = merge(ctx.state.overrides, args)
+def _hydra_args(ctx: Context, args: list[str], only: tuple[str, ...] = ()) -> list[str]:
+    recorded = [o for o in ctx.state.overrides if not only or any(_under(override_key(o), k) for k in only)]
+    out = merge(recorded, args)
     carried = out[: len(out) - len(args)]
     if carried:
         ctx.notes.append(f"its overrides {' '.join(carried)}")
@@ -202,7 +204,8 @@ def _clean(ctx: Context, args: list[str]) -> list[str]:
 
 
 def _train(ctx: Context, args: list[str]) -> list[str]:
-    out = _hydra_args(ctx, args)
+    # its models, not its cluster: training runs here unless the command line names a cluster
+    out = _hydra_args(ctx, args, only=("model", "models"))
     dpo = any(a in ("train=dpo", "train.method=dpo") for a in out)
     if dpo and not gives(args, "train.data") and ctx.web_log_folders():
         folder = ctx.merged_votes()
