@@ -290,8 +290,17 @@ class WebModerationConfig:
 
 
 @dataclass
+class WebReplicaConfig:
+    """Another web UI of the deployment, on its own node: the web's settings, its own place."""
+
+    node: str = "local"
+    port: int | None = None  # None: services.web.port
+    log_dir: str | None = None  # its vote logs on its node; None: services.web.log_dir
+
+
+@dataclass
 class WebServiceConfig(ServiceSection):
-    LAUNCHER_ONLY: ClassVar[tuple[str, ...]] = (*ServiceSection.LAUNCHER_ONLY, "auth")
+    LAUNCHER_ONLY: ClassVar[tuple[str, ...]] = (*ServiceSection.LAUNCHER_ONLY, "auth", "replicas")
 
     port: int = _h(7860, "port to serve on")
     mode: WebMode = _h(WebMode.multi, "single: chat tab only; multi: arena battle + side-by-side + chat + "
@@ -318,6 +327,9 @@ class WebServiceConfig(ServiceSection):
     arena_excluded_pairs: list[list[str]] = _h(
         list, 'anonymous arena: model pairs never drawn together (JSON list, e.g. \'[["a", "b"]]\')')
     moderation: WebModerationConfig = field(default_factory=WebModerationConfig)
+    # more web UIs by process name, e.g. {web-b: {node: node-b}}; each logs votes on its own node
+    # (`orchestr clean` and `orchestr train` read them all)
+    replicas: dict[str, WebReplicaConfig] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         check_at_least(self, 1, "max_turns", "max_input_chars", "max_new_tokens", "concurrency_count")
