@@ -62,8 +62,8 @@ class EngineMetrics:
         self.pc_queries, self.pc_hits = m["pc_queries"].labels(model_name), m["pc_hits"].labels(model_name)
         self.model_name = model_name
         cache = engine.cache
-        m["running"].labels(model_name).set_function(lambda: len(engine._running))
-        m["waiting"].labels(model_name).set_function(lambda: len(engine._waiting))
+        m["running"].labels(model_name).set_function(lambda: len(engine.sched.running))
+        m["waiting"].labels(model_name).set_function(lambda: len(engine.sched.waiting))
         m["kv_usage"].labels(model_name).set_function(
             lambda: 1.0 - cache.free_tokens() / max(1, cache.capacity_tokens))
         m["kv_blocks"].labels(model_name).set_function(

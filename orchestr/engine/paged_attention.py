@@ -35,7 +35,13 @@ class ChunkMeta:
     n: int
     start: int
     kv_index: torch.Tensor  # pool slots of positions 0 .. start+n-1
-    mask: torch.Tensor | None  # [n, start+n] bool, None when start == 0 (plain causal)
+
+    def mask(self) -> torch.Tensor | None:
+        """[n, start+n] bool for the torch path; None when start == 0 (plain causal)."""
+        if self.start == 0:
+            return None
+        rows = self.start + torch.arange(self.n, device=self.kv_index.device)
+        return torch.arange(self.start + self.n, device=self.kv_index.device)[None, :] <= rows[:, None]
 
 
 @dataclass
@@ -69,7 +75,7 @@ class StepMeta:
             self._moved[device] = StepMeta(
                 write_index=mv(self.write_index), n_decode=self.n_decode, native=self.native, decode_index=mv(self.decode_index),
                 decode_lens=mv(self.decode_lens),
-                chunks=[ChunkMeta(c.offset, c.n, c.start, mv(c.kv_index), mv(c.mask)) for c in self.chunks])
+                chunks=[ChunkMeta(c.offset, c.n, c.start, mv(c.kv_index)) for c in self.chunks])
         return self._moved[device]
 
 
@@ -215,8 +221,9 @@ def attend(layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scalin
         qc = q[chunk.offset : chunk.offset + chunk.n].transpose(0, 1).unsqueeze(0)  # [1, H, n, d]
         kc = k_pool.index_select(0, chunk.kv_index).transpose(0, 1).unsqueeze(0)  # [1, kv, L, d]
         vc = v_pool.index_select(0, chunk.kv_index).transpose(0, 1).unsqueeze(0)
-        out = F.scaled_dot_product_attention(qc.to(kc.dtype), kc, vc, attn_mask=chunk.mask,
-                                             is_causal=chunk.mask is None and chunk.n > 1,
+        mask = chunk.mask()
+        out = F.scaled_dot_product_attention(qc.to(kc.dtype), kc, vc, attn_mask=mask,
+                                             is_causal=mask is None and chunk.n > 1,
                                              scale=scaling, enable_gqa=True)
         outputs.append(out[0].transpose(0, 1).to(q.dtype))  # [n, H, d]
     return outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=0)
