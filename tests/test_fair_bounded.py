@@ -236,6 +236,43 @@ def test_streaming_with_an_unknown_model_is_404_before_the_stream(stack, route):
     assert _error(r)["code"] == "model_not_found"
 
 
+def test_streamed_responses_past_the_context_is_400_before_the_stream(stack):
+    r = httpx.post(stack.open_base + "/responses", timeout=60,
+                   json={"model": MODEL, "stream": True, "input": "hi", "max_output_tokens": 100000})
+    assert r.status_code == 400 and _error(r)["code"] == "context_length_exceeded"
+
+
+def _queue(stack) -> int:
+    return httpx.post(stack.worker + "/worker_get_status").json()["queue_length"]
+
+
+@pytest.mark.parametrize("route", ["/chat/completions", "/completions"])
+def test_a_client_leaving_a_non_streamed_request_frees_the_worker(stack, route):
+    body = {"model": MODEL, "max_tokens": 1500, "temperature": 0}
+    body.update({"prompt": "Once upon a time"} if route == "/completions"
+                else {"messages": [{"role": "user", "content": "Write a very long story about the sea."}]})
+    left = threading.Event()
+
+    def leave_after_4s() -> None:
+        try:
+            httpx.post(stack.open_base + route, json=body, timeout=httpx.Timeout(5, read=4))
+        except httpx.TimeoutException:
+            left.set()
+
+    t = threading.Thread(target=leave_after_4s, daemon=True)
+    t.start()
+    deadline = time.time() + 4
+    while _queue(stack) != 1:  # the worker runs it
+        assert time.time() < deadline and not left.is_set()
+        time.sleep(0.1)
+    t.join()
+    assert left.is_set()
+    deadline = time.time() + 10
+    while _queue(stack) != 0:
+        assert time.time() < deadline, "the worker still runs the abandoned request"
+        time.sleep(0.2)
+
+
 def test_a_worker_dying_mid_stream_ends_each_stream_with_an_error_event(stack):
     _, proc = _worker(stack.controller, stack.log_dir, DOOMED)
     try:
