@@ -187,7 +187,8 @@ def test_lm_eval_harness_local_completions_with_remote_tokenizer(deployment, tmp
     # every loglikelihood orchestr returned agrees with the same model computed in-process (bf16 kernels
     # differ a little; an off-by-one token or a wrong prompt would be off by whole nats)
     ref = _Reference()
-    check_loglikelihoods(out, results, ref, tol=0.05)
+    # (rel: bf16 kernels other than transformers' drift ~1% over the 80-token context; a wrong token is off by nats)
+    check_loglikelihoods(out, results, ref, tol=0.05, rel=0.02)
 
     # generate_until: greedy text, cut at the task's stop strings
     for row in _samples(out, "orchestr_tiny_gen"):
