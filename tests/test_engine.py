@@ -271,6 +271,43 @@ def test_embeddings_are_normalised(batched):
     assert asyncio.run(batched.generate(chat("Say hi.", max_new_tokens=4))).text
 
 
+def test_long_embeddings_run_in_chunks_beside_generation_and_stop_when_abandoned(batched):
+    """An embedding input is prefilled in chunks inside the batch (budget 128 here): a chat
+    started meanwhile finishes before it; the pooled vector equals one whole forward's; a
+    cancelled request leaves the engine at once."""
+    import torch
+
+    from orchestr.protocol import EmbeddingRequest
+
+    text = " ".join(f"Sentence {i} says that {i * 13 % 97} is a number." for i in range(120))
+    req = EmbeddingRequest(model="m", input=[text, text[:200]])
+
+    async def run():
+        embedding = asyncio.create_task(batched.embed(req))
+        await asyncio.sleep(0.2)
+        chat_text, _ = await _collect(batched, chat("Say hi.", max_new_tokens=4))
+        chat_first = not embedding.done()
+        res = await embedding
+        whole = await batched._call(batched._embed_ids, batched.tokenizer(text)["input_ids"])
+        return res, whole, chat_text, chat_first
+
+    res, whole, chat_text, chat_first = asyncio.run(run())
+    assert chat_text and chat_first, "the chat should not wait for the embedding's whole input"
+    assert res.token_num > 1200 and len(res.embedding) == 2
+    assert torch.nn.functional.cosine_similarity(torch.tensor(res.embedding[0]), torch.tensor(whole), dim=0) > 0.9999
+
+    async def abandon():
+        task = asyncio.create_task(batched.embed(EmbeddingRequest(model="m", input=[text] * 4)))
+        await asyncio.sleep(0.5)
+        task.cancel()
+        deadline = time.monotonic() + 10
+        while batched.queue_length and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        return batched.queue_length
+
+    assert asyncio.run(abandon()) == 0
+
+
 def test_bf16_engine_with_packed_weights():
     """bf16 on CPU runs through oneDNN-packed linears (when the CPU has bf16), the C kernels
     and the flat forward: same text as transformers' own modules (optimize=False) on short

@@ -346,7 +346,6 @@ def _small_chat_seconds(stack) -> float:
     return time.monotonic() - t0
 
 
-@pytest.mark.xfail(reason="needs chunked embeddings in the engine (lead)", strict=False)
 def test_a_small_chat_is_answered_while_long_embeddings_run(stack):
     done = threading.Event()
 
@@ -378,7 +377,6 @@ def _cpu_idle_within(pid: int, seconds: float) -> bool:
     return False
 
 
-@pytest.mark.xfail(reason="needs chunked embeddings in the engine (lead)", strict=False)
 def test_abandoned_embeddings_stop(stack):
     def embed() -> None:
         try:

@@ -48,7 +48,9 @@ def test_engine_keys_size_the_scheduler():
                                   "--kv-cache-tokens", "1000"]))
     assert s["max_num_seqs"] == 16 and s["max_num_batched_tokens"] == 256
     assert s["num_kv_blocks"] == 32  # 1000 tokens in blocks of 32, rounded up
-    assert s["cache_size"] == 0 and s["dynamic_split_fuse"] is True and s["enable_prefix_caching"] is False
+    assert s["cache_size"] == 0 and s["dynamic_split_fuse"] is True
+    assert s["enable_prefix_caching"] is True  # engine.prefix_caching, on by default as for the hf worker
+    assert scheduler_settings(_args(["--no-prefix-caching"]))["enable_prefix_caching"] is False
     assert scheduler_settings(_args(["--no-batching"]))["max_num_seqs"] == 1
 
 

@@ -20,6 +20,7 @@ import logging
 import queue
 import threading
 import time
+import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -37,7 +38,7 @@ from orchestr.engine.prompts import PromptEndpoints, RequestError, refusal_chunk
 from orchestr.engine.prompts import encode as encode_text
 from orchestr.engine.sampling import NON_FINITE, SamplingParams, SamplingRow, sample_with_logprobs
 from orchestr.engine.scheduler import Plan, Scheduler
-from orchestr.engine.sequence import PreparedRequest, Sequence, token_logprobs
+from orchestr.engine.sequence import Pooling, PreparedRequest, Sequence, token_logprobs
 from orchestr.engine.templates import ChatFormatter
 from orchestr.engine.threads import ThreadPolicy, leave_cores_to_engine
 from orchestr.protocol import EmbeddingResult, ErrorCode, GenerateChunk, GenerateResult, coalesce_chunks
@@ -74,6 +75,7 @@ class Engine(PromptEndpoints):
         # torch attention path (the reference the tests compare with).
         self.native_attention = optimize
         self.flat_forward = None
+        attention_span = _attention_span(model)  # before packing: it counts the parameters
         if optimize:
             fuse_layers(model)
             pack_linears(model)
@@ -119,7 +121,7 @@ class Engine(PromptEndpoints):
         self.threads = ThreadPolicy(pinned=threads)
         self._step_tokens = 0  # tokens in the forward of the current step
         self.metrics = EngineMetrics(model_name, self)
-        self.sched = Scheduler(self.cache, self.config, self.metrics)
+        self.sched = Scheduler(self.cache, self.config, self.metrics, attention_span=attention_span)
         self.max_batch = self.sched.max_batch
         self.token_budget = self.sched.token_budget
 
@@ -267,10 +269,12 @@ class Engine(PromptEndpoints):
         return GenerateResult.from_chunks([chunk async for chunk in self.generate_stream(req)])
 
     async def embed(self, req: EmbeddingRequest) -> EmbeddingResult:
-        """One input per turn of the engine thread, so generation steps run in between (many
-        inputs cannot starve streams); an input longer than the context is refused."""
-        vectors, total = [], 0
+        """Mean-pooled last hidden states, L2-normalised, one vector per input. The inputs run as
+        prefill-only sequences inside the continuous batch, in chunks under the same step budget
+        as generation (a long input cannot hold the worker), and stop within a step when the
+        caller goes away (this coroutine cancelled)."""
         inputs = req.input_ids if req.input_ids is not None else req.input
+        all_ids = []
         for i, item in enumerate(inputs):
             ids = encode_text(self.tokenizer, item, True) if isinstance(item, str) else list(item)
             if not ids or not all(0 <= t < self.vocab_size for t in ids):
@@ -279,9 +283,41 @@ class Engine(PromptEndpoints):
             if len(ids) > self.context_len:
                 return EmbeddingResult(error=f"input[{i}] has {len(ids)} tokens; this model's context holds "
                                              f"{self.context_len}", error_code=ErrorCode.CONTEXT_OVERFLOW)
-            vectors.append(await self._call(self._embed_ids, ids))
-            total += len(ids)
+            all_ids.append(ids)
+        total = sum(len(ids) for ids in all_ids)
+        if self.flat_forward is None:  # the module path has no per-row hidden states: whole inputs
+            return EmbeddingResult(embedding=[await self._call(self._embed_ids, ids) for ids in all_ids],
+                                   token_num=total)
+        if self._thread is None:
+            self.start()
+        loop = asyncio.get_running_loop()
+        seqs = [self._embedding_sequence(ids, loop) for ids in all_ids]
+        for seq in seqs:
+            self.sched.submitted()
+            self._inbox.put(("add", seq))
+        try:
+            vectors = await asyncio.gather(*[seq.embedding.result for seq in seqs])
+        except RequestError as exc:
+            return EmbeddingResult(error=str(exc), error_code=exc.code)
+        finally:
+            for seq in seqs:  # (cancelling the gather cancels these futures too)
+                fut = seq.embedding.result
+                if not fut.done() or fut.cancelled():
+                    self._inbox.put(("abort", seq.request_id))
         return EmbeddingResult(embedding=vectors, token_num=total)
+
+    def _embedding_sequence(self, ids: list[int], loop: asyncio.AbstractEventLoop) -> Sequence:
+        prep = PreparedRequest(request_id=f"emb-{uuid.uuid4().hex}", prompt_text="", prompt_ids=ids,
+                               max_new_tokens=1, params=SamplingParams())
+        result = loop.create_future()
+
+        def sink(chunk: GenerateChunk) -> None:  # only a failure finishes it through the sink
+            error = RequestError(chunk.error or "embedding failed", chunk.error_code or ErrorCode.INTERNAL_ERROR)
+            loop.call_soon_threadsafe(_settle, result, None, error)
+
+        seq = Sequence(prep, self.tokenizer, sink, self.max_seq_tokens, self.device)
+        seq.embedding = Pooling(loop, result)
+        return seq
 
     async def _call(self, fn, *args):
         """Run ``fn`` on the engine thread between two steps (the model is not thread-safe)."""
@@ -419,7 +455,9 @@ class Engine(PromptEndpoints):
             if offset >= meta.n_decode:
                 meta.chunks.append(pa.ChunkMeta(offset=offset, n=n, start=start,
                                                 kv_index=seq.table.slots[: start + n]))
-            if start + n == seq.num_tokens:  # its last pending token: sample the next one
+            if seq.embedding is not None:  # its rows' hidden states are pooled, nothing sampled
+                step.pooled.append((seq, offset, n))
+            elif start + n == seq.num_tokens:  # its last pending token: sample the next one
                 step.keep.append(offset + n - 1)
                 step.sampled.append(seq)
         meta.write_index = torch.cat(writes) if len(writes) > 1 else writes[0]
@@ -445,6 +483,8 @@ class Engine(PromptEndpoints):
                 self._interrupt(step)
                 pa.set_step(self.cache, step.meta)
             step.logits = self.flat_forward.logits(state, keep_rows)
+            for seq, offset, n in step.pooled:
+                seq.embedding.add(self.flat_forward.final_hidden(state, offset, n))
         elif keep_rows is not None:
             step.logits = self.model(input_ids=input_ids, position_ids=position_ids, use_cache=False,
                                      logits_to_keep=keep_rows).logits[0]
@@ -469,6 +509,11 @@ class Engine(PromptEndpoints):
     def _complete(self, step: _Step) -> None:
         """After the forward: advance the sequences, sample the next tokens, finish any done."""
         self.sched.after_forward(step.plan)
+        for seq, _, _ in step.pooled:
+            if seq.num_pending == 0:
+                seq.finished = True
+                seq.embedding.deliver(seq.num_tokens)
+                self.sched.retire(seq)
         if not step.sampled:
             return
         rows = [SamplingRow(s.params, s.prompt_ids, s.output_ids, s.generator, s.grammar) for s in step.sampled]
@@ -484,6 +529,24 @@ class Engine(PromptEndpoints):
                 self.sched.retire(seq)
 
 
+def _attention_span(model: Any) -> float | None:
+    """The history length past which a prefill token's attention costs more than its
+    projections and MLP: parameters per layer (2 FLOPs each) over the attention's 4 * heads *
+    head_dim FLOPs per earlier token, divided by how much slower the attention kernels run per
+    FLOP than the large products (about 2.5x, measured on AVX-512 CPUs; see docs/benchmarks.md)."""
+    cfg = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    try:
+        layers = cfg.num_hidden_layers
+        embeddings = model.get_input_embeddings().weight.numel()
+        per_layer = (sum(p.numel() for p in model.parameters()) - embeddings) / max(1, layers)
+        heads = cfg.num_attention_heads
+        head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // heads
+        return 2.0 * per_layer / (4.0 * heads * head_dim) / ATTENTION_SLOWDOWN
+    except (AttributeError, TypeError, ZeroDivisionError):
+        return None
+
+
+ATTENTION_SLOWDOWN = 2.5
 MAX_PAUSES = 4  # per forward: a stream of short arrivals cannot hold a long prompt back for long
 
 
@@ -497,6 +560,7 @@ class _Step:
     positions: list[int] = field(default_factory=list)
     keep: list[int] = field(default_factory=list)  # rows whose logits are sampled
     sampled: list[Sequence] = field(default_factory=list)
+    pooled: list[tuple[Sequence, int, int]] = field(default_factory=list)  # embedding rows (offset, n)
     logits: torch.Tensor | None = None
 
 

@@ -162,6 +162,10 @@ class FlatForward:
         st.x, st.next_layer = x, len(self.layers)
         return True
 
+    def final_hidden(self, st: ForwardState, offset: int, n: int) -> torch.Tensor:
+        """The last hidden states (after the final norm) of rows offset .. offset+n-1."""
+        return _rms(st.h[offset : offset + n], self.final_norm)
+
     def logits(self, st: ForwardState, keep: torch.Tensor | None) -> torch.Tensor | None:
         if keep is None:
             return None

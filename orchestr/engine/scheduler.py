@@ -3,10 +3,11 @@
 Each step packs, under a token budget (``max_num_batched_tokens``):
 1. one token for every decoding sequence (a stream never waits for a prefill for long);
 2. prefill tokens of sequences still reading their prompt (or their history after a
-   preemption). Short prompts go first, whole, so a new short request starts in the next
-   step even while a long prompt is being read; the long prompts share what is left in
-   arrival order, the oldest always keeping a quarter of the budget so short traffic cannot
-   starve it;
+   preemption), fewest remaining tokens first, so a new short request starts in the next
+   step even while a long prompt is being read; the oldest prefilling sequence always keeps
+   a quarter of the budget, so short traffic cannot starve a long prompt. A token deep into
+   a long history costs more (its attention), so chunks there are shorter and a step's time,
+   not just its token count, stays bounded;
 3. newly admitted sequences, each starting after the blocks of its prompt that the prefix
    cache already holds (see block_pool). A sequence whose next prompt block another sequence
    is computing right now waits a step rather than computing the same tokens twice.
@@ -18,6 +19,7 @@ the prefix cache until evicted) and it is recomputed later.
 from __future__ import annotations
 
 import logging
+import math
 import threading
 from collections import deque
 from collections.abc import Collection
@@ -33,13 +35,17 @@ log = logging.getLogger(__name__)
 
 
 class Scheduler:
-    def __init__(self, cache: pa.PagedKVCache, config: EngineConfig, metrics: Any) -> None:
+    def __init__(self, cache: pa.PagedKVCache, config: EngineConfig, metrics: Any,
+                 attention_span: float | None = None) -> None:
         self.cache = cache
         self.blocks = cache.pool
         self.metrics = metrics
         self.batching = config.batching
         self.max_batch = max(1, config.max_batch_size) if self.batching else 1
         self.token_budget = max(1, config.max_num_batched_tokens)
+        # history length at which a prefill token's attention costs as much as the rest of it
+        # (None: count tokens only)
+        self.attention_span = attention_span
         # a prompt with at most this many tokens left is "short": it is prefilled whole, first
         self.short_prompt = max(1, self.token_budget // 4)
         self.waiting: deque[Sequence] = deque()
@@ -82,15 +88,18 @@ class Scheduler:
     # ---------------------------------------------------------------- one step
     def schedule(self, exclude: Collection[Sequence] = ()) -> Plan:
         """The next forward's sequences and token counts, their KV blocks allocated. Sequences
-        in ``exclude`` (a paused forward's) are neither scheduled nor preempted."""
+        in ``exclude`` (a paused forward's) are neither scheduled nor preempted, and the step
+        then serves short prompts only (it runs while the paused one waits)."""
         budget = self.token_budget if self.batching else 1 << 30
+        short_only = bool(exclude)
         decodes = [s for s in self.running if s.is_decoding and s not in exclude]
         plan: Plan = [(s, 1) for s in decodes]
         budget -= len(decodes)
-        prefilling = [s for s in self.running if not s.is_decoding and s not in exclude]
+        prefilling = [s for s in self.running if not s.is_decoding and s not in exclude
+                      and (not short_only or s.num_pending <= self.short_prompt)]
         if budget > 0:  # long prompts in progress do not hold new requests back (see _share)
             prefilling += self._admit(budget - sum(s.num_pending for s in prefilling
-                                                   if s.num_pending <= self.short_prompt))
+                                                   if s.num_pending <= self.short_prompt), short_only)
         plan += self._share(prefilling, budget)
         plan = self._allocate(plan, exclude)
         for seq, _ in plan:  # prompt blocks about to be computed: findable as in flight
@@ -98,53 +107,78 @@ class Scheduler:
         return plan
 
     def _share(self, prefilling: list[Sequence], budget: int) -> Plan:
-        """Prefill tokens for this step: short prompts whole and first, then the long ones in
-        arrival order (the oldest long one keeps a quarter of the budget)."""
+        """Prefill tokens for this step: fewest remaining tokens first (a short prompt is read
+        whole in the next step, even beside a long one), while the oldest prefilling sequence
+        always keeps a quarter of the budget (short traffic cannot starve a long prompt)."""
         if budget <= 0 or not prefilling:
             return []
-        short = [s for s in prefilling if s.num_pending <= self.short_prompt]
-        long = [s for s in prefilling if s.num_pending > self.short_prompt]
-        reserved = min(self.token_budget // 4, long[0].num_pending, budget) if long and short else 0
+        oldest = prefilling[0]
+        reserved = 0
+        if len(prefilling) > 1:
+            reserved = min(self.token_budget // 4, self._cost(oldest.kv_len, oldest.num_pending), budget)
         plan: Plan = []
         left = budget - reserved
-        for seq in short:
-            if left < seq.num_pending:
+        for seq in sorted(prefilling[1:], key=lambda s: s.num_pending):
+            n = self._fit(seq, left)
+            if n <= 0:
                 break
-            plan.append((seq, seq.num_pending))
-            left -= seq.num_pending
-        left += reserved
-        for seq in long:
-            if left <= 0:
-                break
-            n = min(seq.num_pending, left)
             plan.append((seq, n))
-            left -= n
+            left -= self._cost(seq.kv_len, n)
+        n = self._fit(oldest, left + reserved)
+        if n > 0:
+            plan.insert(0, (oldest, n))
         return plan
 
-    def _admit(self, room: int) -> list[Sequence]:
-        """Move waiting sequences into the batch while slots, memory and (roughly) this step's
-        budget allow; each starts after its prompt's blocks already in the prefix cache."""
+    def _cost(self, start: int, n: int) -> float:
+        """What ``n`` prefill tokens after ``start`` cached ones cost, in tokens of a short
+        history: each also attends to everything before it, which past a few thousand tokens
+        costs more than its own projections (so a step's time stays bounded, not its tokens)."""
+        if self.attention_span is None:
+            return n
+        return n * (1.0 + (start + n / 2) / self.attention_span)
+
+    def _fit(self, seq: Sequence, budget: float) -> int:
+        """The most of ``seq``'s pending tokens whose cost fits ``budget``."""
+        if budget < 1:
+            return 0
+        if self.attention_span is None:
+            return min(seq.num_pending, int(budget))
+        span, start = self.attention_span, seq.kv_len
+        # n^2 / (2 span) + n (1 + start/span) = budget
+        b = 1.0 + start / span
+        n = int(span * (-b + math.sqrt(b * b + 2.0 * budget / span)))
+        return max(0, min(seq.num_pending, n))
+
+    def _admit(self, room: int, short_only: bool = False) -> list[Sequence]:
+        """Move waiting sequences into the batch, in arrival order, while slots and memory allow.
+        Past this step's budget (``room``) only short prompts are still admitted: a long one
+        waiting does not hold a short one behind it. Each starts after its prompt's blocks
+        already in the prefix cache."""
         admitted: list[Sequence] = []
-        deferred: list[Sequence] = []
-        while self.waiting and len(self.running) < self.max_batch and room > 0:
-            seq = self.waiting[0]
+        stay: list[Sequence] = []
+        while self.waiting and len(self.running) < self.max_batch:
+            seq = self.waiting.popleft()
             # the full blocks it may take from the cache: at least its last token is computed
-            # (its logits give the first output token)
-            hashes = seq.hashes_upto((seq.num_tokens - 1) // pa.BLOCK_SIZE) if self.blocks.caching else []
+            # (its logits give the first output token); an embedding pools every token's hidden
+            # state, so it computes them all
+            reuse = self.blocks.caching and seq.embedding is None
+            hashes = seq.hashes_upto((seq.num_tokens - 1) // pa.BLOCK_SIZE) if reuse else []
             hit, in_flight = self.blocks.peek(hashes)
-            if in_flight:  # another sequence is computing this prefix now: wait for it
-                deferred.append(self.waiting.popleft())
+            pending = seq.num_tokens - hit * pa.BLOCK_SIZE
+            short = pending <= self.short_prompt
+            if in_flight or ((room <= 0 or short_only) and not short):
+                stay.append(seq)  # its prefix is being computed now, or no room: next step
                 continue
             # admit only what the pool can hold now, keeping a block of room per running sequence
-            need = seq.num_tokens - hit * pa.BLOCK_SIZE + pa.BLOCK_SIZE * (len(self.running) + 1)
+            need = pending + pa.BLOCK_SIZE * (len(self.running) + 1)
             if self.running and need > self.cache.free_tokens():
-                break
-            self.waiting.popleft()
+                stay.append(seq)
+                break  # memory is short: first come, first served
             self.running.append(seq)
             self._take_cached(seq, hashes)
             admitted.append(seq)
-            room -= seq.num_pending
-        self.waiting.extendleft(reversed(deferred))
+            room -= min(pending, self.short_prompt)
+        self.waiting.extendleft(reversed(stay))
         return admitted
 
     def _allocate(self, plan: Plan, exclude: Collection[Sequence]) -> Plan:
@@ -169,6 +203,8 @@ class Scheduler:
         seq.table.release(self.cache)
         seq.kv_len = 0
         seq.cache_synced = 0
+        if seq.embedding is not None:  # its hidden states are pooled again from the start
+            seq.embedding.total = None
         self.waiting.appendleft(seq)
         self.preemptions += 1
         self.metrics.preempt.inc()

@@ -54,6 +54,28 @@ class PreparedRequest:
     grammar: Any = None  # GrammarConstraint of a structured-output request
 
 
+class Pooling:
+    """An embedding input's running sum of last hidden states, and where its vector goes."""
+
+    def __init__(self, loop: Any, result: Any) -> None:
+        self.loop = loop
+        self.result = result  # an asyncio future on ``loop``
+        self.total: torch.Tensor | None = None
+
+    def add(self, hidden: torch.Tensor) -> None:
+        rows = hidden.float().sum(dim=0)
+        self.total = rows if self.total is None else self.total + rows
+
+    def deliver(self, n_tokens: int) -> None:
+        vector = torch.nn.functional.normalize(self.total / n_tokens, dim=0).tolist()
+
+        def settle() -> None:
+            if not self.result.done():
+                self.result.set_result(vector)
+
+        self.loop.call_soon_threadsafe(settle)
+
+
 class Sequence:
     def __init__(self, prep: PreparedRequest, tokenizer, sink: Callable[[GenerateChunk], None],
                  max_tokens: int, device) -> None:
@@ -70,6 +92,7 @@ class Sequence:
         self.block_hashes: list[bytes] = []
         self.cache_synced = 0
         self.cached_tokens = 0  # prompt tokens found in the prefix cache at admission
+        self.embedding: Pooling | None = None  # set for an embedding input (prefill only, pooled)
         self.detok = IncrementalDetokenizer(tokenizer)
         self.matcher = StopStringMatcher(prep.stop)
         self.text = ""

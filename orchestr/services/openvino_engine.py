@@ -64,7 +64,7 @@ def scheduler_settings(args: argparse.Namespace) -> dict[str, Any]:
         "num_kv_blocks": -(-int(args.kv_cache_tokens) // CPU_KV_BLOCK_TOKENS),
         "cache_size": 0,  # 0: num_kv_blocks decides
         "dynamic_split_fuse": True,  # long prompts are prefilled in chunks beside running decodes
-        "enable_prefix_caching": bool(getattr(args, "prefix_caching", False)),
+        "enable_prefix_caching": bool(getattr(args, "prefix_caching", True)),
     }
 
 

@@ -31,7 +31,6 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--conv-template", default=None,
                         help="fallback chat template when the tokenizer has none (vicuna_v1.1, llama-2, ...)")
     parser.add_argument("--trust-remote-code", action="store_true")
-    parser.add_argument("--prefix-caching", action="store_true", help="reuse KV blocks of shared prompt prefixes")
     add_engine_args(parser)  # --max-batch-size, --kv-cache-tokens, --num-threads ...: the engine.* keys
     return parser
 
