@@ -75,10 +75,16 @@ FinishReason = Literal["stop", "length", "error"]
 ChatFinishReason = Literal["stop", "length", "tool_calls", "error"]
 
 
+class PromptTokensDetails(BaseModel):
+    cached_tokens: int = 0  # prompt tokens whose keys/values came from the prefix cache
+
+
 class UsageInfo(BaseModel):
     prompt_tokens: int = 0
     completion_tokens: int = 0
     total_tokens: int = 0
+    # OpenAI's shape; set by engines that cache prefixes (the transformers worker), else absent
+    prompt_tokens_details: PromptTokensDetails | None = None
 
 
 class ModelPermission(BaseModel):

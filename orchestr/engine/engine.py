@@ -244,6 +244,7 @@ class Engine(PromptEndpoints):
 
         seq = Sequence(prep, self.tokenizer, sink, self.max_seq_tokens, self.device)
         seq.metrics = self.metrics
+        seq.report_cached = self.blocks.caching
         self.sched.submitted()
         if len(prep.prompt_ids) <= self.sched.short_prompt:
             self._short_arrivals += 1  # may pause a long forward (GIL-atomic enough: a hint)

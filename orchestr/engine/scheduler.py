@@ -156,6 +156,7 @@ class Scheduler:
         already in the prefix cache."""
         admitted: list[Sequence] = []
         stay: list[Sequence] = []
+        claimed: set[bytes] = set()  # blocks that sequences admitted just now will compute
         while self.waiting and len(self.running) < self.max_batch:
             seq = self.waiting.popleft()
             # the full blocks it may take from the cache: at least its last token is computed
@@ -164,6 +165,7 @@ class Scheduler:
             reuse = self.blocks.caching and seq.embedding is None
             hashes = seq.hashes_upto((seq.num_tokens - 1) // pa.BLOCK_SIZE) if reuse else []
             hit, in_flight = self.blocks.peek(hashes)
+            in_flight = in_flight or (hit < len(hashes) and hashes[hit] in claimed)
             pending = seq.num_tokens - hit * pa.BLOCK_SIZE
             short = pending <= self.short_prompt
             if in_flight or ((room <= 0 or short_only) and not short):
@@ -176,6 +178,7 @@ class Scheduler:
                 break  # memory is short: first come, first served
             self.running.append(seq)
             self._take_cached(seq, hashes)
+            claimed.update(hashes[hit:])
             admitted.append(seq)
             room -= min(pending, self.short_prompt)
         self.waiting.extendleft(reversed(stay))

@@ -13,7 +13,7 @@ from orchestr.engine.block_pool import BLOCK_SIZE, ROOT_HASH, chain_hashes
 from orchestr.engine.detokenizer import IncrementalDetokenizer, StopStringMatcher
 from orchestr.engine.paged_attention import BlockTable
 from orchestr.engine.sampling import Logprob, SamplingParams
-from orchestr.protocol import GenerateChunk, TokenLogprob, TopLogprob, UsageInfo
+from orchestr.protocol import GenerateChunk, PromptTokensDetails, TokenLogprob, TopLogprob, UsageInfo
 
 
 def token_text(tokenizer: Any, token: int) -> str:
@@ -92,6 +92,7 @@ class Sequence:
         self.block_hashes: list[bytes] = []
         self.cache_synced = 0
         self.cached_tokens = 0  # prompt tokens found in the prefix cache at admission
+        self.report_cached = False  # usage carries cached_tokens (the engine caches prefixes)
         self.embedding: Pooling | None = None  # set for an embedding input (prefill only, pooled)
         self.detok = IncrementalDetokenizer(tokenizer)
         self.matcher = StopStringMatcher(prep.stop)
@@ -151,7 +152,8 @@ class Sequence:
     # output ----------------------------------------------------------------
     def usage(self) -> UsageInfo:
         p, c = len(self.prompt_ids), len(self.output_ids)
-        return UsageInfo(prompt_tokens=p, completion_tokens=c, total_tokens=p + c)
+        details = PromptTokensDetails(cached_tokens=self.cached_tokens) if self.report_cached else None
+        return UsageInfo(prompt_tokens=p, completion_tokens=c, total_tokens=p + c, prompt_tokens_details=details)
 
     def append_token(self, token: int, logprob: Logprob | None = None) -> None:
         """Record a sampled token, stream any new text, and finish when a stop condition holds."""

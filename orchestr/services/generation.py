@@ -21,6 +21,7 @@ from orchestr.protocol import (
     GenerateRequest,
     GenerateResult,
     ModelDetails,
+    PromptTokensDetails,
     UsageInfo,
 )
 from orchestr.services.api_errors import ApiError, worker_error
@@ -201,12 +202,18 @@ def generate_request(
 
 
 def sum_usage(usages: list[UsageInfo | None], n: int) -> UsageInfo:
-    """Completion tokens of every choice; prompt tokens once per prompt (its n choices share it)."""
-    prompt = completion = 0
+    """Completion tokens of every choice; prompt tokens (and the cached ones among them) once
+    per prompt (its n choices share it)."""
+    prompt = completion = cached = 0
+    details = False
     for i, u in enumerate(usages):
         if u is None:
             continue
         completion += u.completion_tokens
         if i % n == 0:
             prompt += u.prompt_tokens
-    return UsageInfo(prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion)
+            if u.prompt_tokens_details is not None:
+                details = True
+                cached += u.prompt_tokens_details.cached_tokens
+    return UsageInfo(prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion,
+                     prompt_tokens_details=PromptTokensDetails(cached_tokens=cached) if details else None)

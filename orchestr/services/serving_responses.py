@@ -232,5 +232,6 @@ def _output_items(text: str | None, calls: list[dict], mid: str | None = None) -
 
 def _usage(u: dict) -> dict:
     return {"input_tokens": u.get("prompt_tokens", 0), "output_tokens": u.get("completion_tokens", 0),
-            "total_tokens": u.get("total_tokens", 0), "input_tokens_details": {"cached_tokens": 0},
+            "total_tokens": u.get("total_tokens", 0),
+            "input_tokens_details": {"cached_tokens": (u.get("prompt_tokens_details") or {}).get("cached_tokens", 0)},
             "output_tokens_details": {"reasoning_tokens": 0}}

@@ -18,6 +18,7 @@ from orchestr.protocol import (
     ErrorCode,
     GenerateChunk,
     GenerateRequest,
+    PromptTokensDetails,
     TokenLogprob,
     TopLogprob,
     UsageInfo,
@@ -213,8 +214,11 @@ class VllmEngine(PromptEndpoints):
                 reason = finish_reason(o.finish_reason) if out.finished else None
                 usage = None
                 if reason is not None:
+                    cached = getattr(out, "num_cached_tokens", None)  # vLLM's prefix-cache hits
                     usage = UsageInfo(prompt_tokens=len(ids), completion_tokens=completion,
-                                      total_tokens=len(ids) + completion)
+                                      total_tokens=len(ids) + completion,
+                                      prompt_tokens_details=None if cached is None
+                                      else PromptTokensDetails(cached_tokens=int(cached)))
                     finished = True
                 if echo_pending:
                     echo_pending = False
