@@ -117,3 +117,10 @@ def check() -> None:
         signum, _pending = _pending, None
         _stopping = _handling
         raise Interrupted(signum)
+
+
+def forget() -> None:
+    """The caller has passed the signal on (e.g. to a child process) and waits on: a further signal
+    is a first one again."""
+    global _pending, _stopping
+    _pending, _stopping = None, False

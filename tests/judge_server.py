@@ -5,6 +5,8 @@ it compares them. The first `Q<n>` in the user prompt is assistant A's (or the s
 last one assistant B's. Verdicts follow the prompt's format: a 1-10 rating, `[[A]]`/`[[B]]`/`[[C]]`,
 or arena-hard's five labels by the quality difference (>= 2 is a strong verdict). With `bias_a`,
 equal answers go to assistant A (a position-biased judge). Usage: 1000 prompt, 100 completion tokens.
+`stream: true` requests get the same text as Server-Sent Events. With `fast`, requests past the first
+`fast` ones hang (before answering, mid-response, or by asking the client to retry later).
 """
 
 from __future__ import annotations
@@ -64,6 +66,19 @@ class JudgeServer:
                     time.sleep(outer.slow_s)
                 self.wfile.write(data)
 
+            def _stream(self, text: str, hang_mid: bool) -> None:
+                self.send_response(200)
+                self.send_header("Content-Type", "text/event-stream")
+                self.end_headers()  # HTTP/1.0: the body ends when the connection closes
+                for i, word in enumerate(text.split(" ")):
+                    chunk = {"id": "c", "object": "chat.completion.chunk", "created": 0, "model": outer.model,
+                             "choices": [{"index": 0, "delta": {"content": (" " if i else "") + word}}]}
+                    self.wfile.write(f"data: {json.dumps(chunk)}\n\n".encode())
+                    self.wfile.flush()
+                    if hang_mid:
+                        time.sleep(outer.slow_s)
+                self.wfile.write(b"data: [DONE]\n\n")
+
             def do_GET(self) -> None:
                 self._json({"object": "list", "data": [{"id": outer.model, "object": "model", "created": 0,
                                                         "owned_by": "test"}]})
@@ -94,6 +109,9 @@ class JudgeServer:
                     value = int(value) if field == "rating" else value
                     assert value in spec["enum"], (value, spec)
                     text = json.dumps({field: value})
+                if req.get("stream"):  # Server-Sent Events, one word per chunk (for `orchestr bench serve`)
+                    self._stream(text, hang_mid=slow and outer.hang == "mid")
+                    return
                 self._json({"id": "c", "object": "chat.completion", "created": 0, "model": outer.model,
                             "choices": [{"index": 0, "finish_reason": "stop",
                                          "message": {"role": "assistant", "content": text}}],
