@@ -260,8 +260,10 @@ def test_ctrl_c_while_connecting_to_a_judge_that_never_accepts(tmp_path: Path) -
         proc = _start_eval(tmp_path, "eval.step=judge", f"judge.endpoint=http://127.0.0.1:{port}/v1",
                            "judge.model=j", "judge.backend=api", background=True)
         deadline = time.monotonic() + 120
+        child = psutil.Process(proc.pid)
+        connections = getattr(child, "net_connections", None) or child.connections  # psutil < 6: connections
         while not any(c.status == psutil.CONN_SYN_SENT and c.raddr and c.raddr.port == port
-                      for c in psutil.Process(proc.pid).net_connections("tcp")):
+                      for c in connections("tcp")):
             assert proc.poll() is None, proc.communicate()[1][-3000:]
             assert time.monotonic() < deadline, "no connection attempt in 120 s"
             time.sleep(0.05)
