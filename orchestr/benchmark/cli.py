@@ -171,8 +171,6 @@ def run(args: argparse.Namespace) -> int:
         return 2
     from orchestr.benchmark.runner import run_level, warm_up
 
-    print(f"loading tokenizer {args.tokenizer} (every answer is re-tokenised with it)", flush=True)
-    count = load_counter(args.tokenizer)
     results: dict[str, dict] = {}
     report = {
         "benchmark": "orchestr bench serve",
@@ -183,8 +181,10 @@ def run(args: argparse.Namespace) -> int:
                  "tokenizer": args.tokenizer},
         "results": results,
     }
-    at = ""  # what runs now, for the message of an interrupted run
+    at = "loading the tokenizer"  # what runs now, for the message of an interrupted run
     try:
+        print(f"loading tokenizer {args.tokenizer} (every answer is re-tokenised with it)", flush=True)
+        count = load_counter(args.tokenizer)
         for server in servers:
             try:
                 at = f"starting {server.name}"
@@ -235,6 +235,7 @@ def run(args: argparse.Namespace) -> int:
               + (", ".join(f"{n} c={','.join(map(str, cs))}" for n, cs in done.items() if cs) or "none")
               + (f"; figures so far in {args.output}" if args.output else "")
               + "\n  to measure the rest, rerun with --concurrency set to the levels not finished", file=sys.stderr)
+        e.reported = True
         raise
     baseline = args.baseline or next(iter(results), None)
     if baseline not in results:
@@ -285,6 +286,8 @@ def main(argv: list[str] | None = None) -> int:
         with interrupts.handled():
             return run(args)
     except KeyboardInterrupt as e:
+        if not getattr(e, "reported", False):
+            print("orchestr bench serve: interrupted before the first request; nothing measured", file=sys.stderr)
         return e.exit_code if isinstance(e, interrupts.Interrupted) else 130
 
 
