@@ -83,13 +83,20 @@ def _run_forwarding_signals(line: str) -> int:
             interrupts.forget()
 
 
-def _interrupted(e: KeyboardInterrupt) -> int:
+def _interrupted(e: KeyboardInterrupt, output_dir: str) -> int:
     from orchestr.config.redact import rerun_line
 
     why = f" ({e.args[0]})" if isinstance(e, interrupts.Interrupted) else ""
     checkpoint = getattr(e, "checkpoint", None)
-    saved = f"the last checkpoint is {checkpoint}" if checkpoint else "no checkpoint was written yet"
-    _say(f"interrupted{why}; {saved}\n  to resume from it (train.resume=auto), rerun: {rerun_line(sys.argv)}")
+    if checkpoint is None:  # stopped before training (loading, evaluating the base): an earlier run's?
+        from orchestr.train.recipes import last_checkpoint
+
+        checkpoint = last_checkpoint(output_dir)
+    if checkpoint:
+        _say(f"interrupted{why}; the last checkpoint is {checkpoint}\n"
+             f"  to resume from it (train.resume=auto), rerun: {rerun_line(sys.argv)}")
+    else:
+        _say(f"interrupted{why} before the first checkpoint\n  to start again, rerun: {rerun_line(sys.argv)}")
     return e.exit_code if isinstance(e, interrupts.Interrupted) else 130
 
 
@@ -102,7 +109,7 @@ def _hydra_main(cfg: DictConfig) -> None:
         with interrupts.handled():  # SIGTERM, and SIGINT even where the shell ignored it
             _exit_codes.append(run(cfg, overrides))
     except KeyboardInterrupt as e:
-        _exit_codes.append(_interrupted(e))
+        _exit_codes.append(_interrupted(e, cfg.train.output_dir))
 
 
 def main() -> int:
