@@ -44,7 +44,7 @@ def _on_signal(signum: int, _frame: object) -> None:
     global _pending, _stopping
     if _stopping or _pending is not None:
         # os.write, not print: the main thread may be inside a write to stderr right now.
-        os.write(2, f"\n{signal.Signals(signum).name} again: stopping now\n".encode())
+        os.write(2, f"\n{signal.Signals(signum).name} while stopping: exiting now\n".encode())
         os._exit(128 + signum)
     if _depth:
         _pending = signum  # deferred: the running code stops at its next safe point
