@@ -295,14 +295,18 @@ def test_a_signal_while_a_result_is_saved_is_taken_after_it(tmp_path: Path) -> N
             signal.raise_signal(signal.SIGINT)  # handled before raise_signal returns
         saved.append(value)
 
+    # Python's own Ctrl-C handler, as in a terminal (a suite run as a background job inherits SIGINT
+    # ignored, and run_parallel leaves an ignored signal ignored)
+    session = signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         with pytest.raises(KeyboardInterrupt) as stopped:  # (not the session's: the test raised it)
             run_parallel(range(1, 9), work, 1, "items", on_result, lambda i, e: None, ())
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handler before is back
     finally:
+        signal.signal(signal.SIGINT, session)
         release.set()
     assert saved == [1] and started == [1, 2]
     assert isinstance(stopped.value, interrupts.Interrupted) and stopped.value.exit_code == 130
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # pytest's handler is back
 
 
 @pytest.mark.parametrize("mode", ["single", "pairwise-all", "arena-hard"])
