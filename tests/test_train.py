@@ -316,6 +316,7 @@ def test_trained_model_serves_through_the_api_and_answers_the_bench(lora_run: di
 # --------------------------------------------------------------------------- SIGTERM: checkpoint and resume
 
 
+@pytest.mark.slow
 def test_sigterm_mid_training_saves_a_checkpoint_that_resumes(shared_data: Path, tmp_path: Path) -> None:
     """SIGTERM (a scheduler's stop) mid-run: the step under way finishes, a checkpoint of it is written
     although no save step was due, the resume line is printed, and the same command resumes from it."""
