@@ -5,6 +5,8 @@ it compares them. The first `Q<n>` in the user prompt is assistant A's (or the s
 last one assistant B's. Verdicts follow the prompt's format: a 1-10 rating, `[[A]]`/`[[B]]`/`[[C]]`,
 or arena-hard's five labels by the quality difference (>= 2 is a strong verdict). With `bias_a`,
 equal answers go to assistant A (a position-biased judge). Usage: 1000 prompt, 100 completion tokens.
+`stream: true` requests get the same text as Server-Sent Events. With `fast`, requests past the first
+`fast` ones hang (before answering, mid-response, or by asking the client to retry later).
 """
 
 from __future__ import annotations
@@ -40,6 +42,9 @@ class JudgeServer:
         self.model, self.bias_a = model, bias_a
         self.fast = None  # with a number: requests after the first `fast` ones hang for `slow_s`
         self.slow_s = 60.0
+        # how the requests after `fast` hang: "before" answering, "mid"-response (headers and half the
+        # body sent), or "retry": 503 with Retry-After `slow_s` (the client sleeps, then asks again)
+        self.hang = "before"
         self.calls = 0
         self.structured = 0  # requests that asked for a JSON-schema verdict
         self.lock = threading.Lock()
@@ -49,13 +54,30 @@ class JudgeServer:
             def log_message(self, *args: object) -> None:
                 pass
 
-            def _json(self, body: dict) -> None:
+            def _json(self, body: dict, hang_mid: bool = False) -> None:
                 data = json.dumps(body).encode()
                 self.send_response(200)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(data)))
                 self.end_headers()
+                if hang_mid:
+                    self.wfile.write(data[: len(data) // 2])
+                    self.wfile.flush()
+                    time.sleep(outer.slow_s)
                 self.wfile.write(data)
+
+            def _stream(self, text: str, hang_mid: bool) -> None:
+                self.send_response(200)
+                self.send_header("Content-Type", "text/event-stream")
+                self.end_headers()  # HTTP/1.0: the body ends when the connection closes
+                for i, word in enumerate(text.split(" ")):
+                    chunk = {"id": "c", "object": "chat.completion.chunk", "created": 0, "model": outer.model,
+                             "choices": [{"index": 0, "delta": {"content": (" " if i else "") + word}}]}
+                    self.wfile.write(f"data: {json.dumps(chunk)}\n\n".encode())
+                    self.wfile.flush()
+                    if hang_mid:
+                        time.sleep(outer.slow_s)
+                self.wfile.write(b"data: [DONE]\n\n")
 
             def do_GET(self) -> None:
                 self._json({"object": "list", "data": [{"id": outer.model, "object": "model", "created": 0,
@@ -66,7 +88,14 @@ class JudgeServer:
                 with outer.lock:
                     outer.calls += 1
                     n = outer.calls
-                if outer.fast is not None and n > outer.fast:
+                slow = outer.fast is not None and n > outer.fast
+                if slow and outer.hang == "retry":
+                    self.send_response(503)
+                    self.send_header("Retry-After", str(int(outer.slow_s)))
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+                if slow and outer.hang == "before":
                     time.sleep(outer.slow_s)
                 msgs = req["messages"]
                 system = next((m["content"] for m in msgs if m["role"] == "system"), "")
@@ -80,10 +109,14 @@ class JudgeServer:
                     value = int(value) if field == "rating" else value
                     assert value in spec["enum"], (value, spec)
                     text = json.dumps({field: value})
+                if req.get("stream"):  # Server-Sent Events, one word per chunk (for `orchestr bench serve`)
+                    self._stream(text, hang_mid=slow and outer.hang == "mid")
+                    return
                 self._json({"id": "c", "object": "chat.completion", "created": 0, "model": outer.model,
                             "choices": [{"index": 0, "finish_reason": "stop",
                                          "message": {"role": "assistant", "content": text}}],
-                            "usage": {"prompt_tokens": 1000, "completion_tokens": 100, "total_tokens": 1100}})
+                            "usage": {"prompt_tokens": 1000, "completion_tokens": 100, "total_tokens": 1100}},
+                           hang_mid=slow and outer.hang == "mid")
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"

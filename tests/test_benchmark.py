@@ -5,8 +5,10 @@ Nothing here is timed: the checks are on what the benchmark measures and writes.
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -22,6 +24,7 @@ from orchestr.benchmark.servers import (
 )
 from orchestr.benchmark.stats import percentile, summarise
 from tests.conftest import ORCHESTR, REPO
+from tests.judge_server import JudgeServer
 
 # --------------------------------------------------------------------------- pure parts
 
@@ -99,6 +102,40 @@ def test_unreachable_server_is_reported_not_raised(tmp_path):
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
     level = json.loads(out.read_text())["results"]["http://127.0.0.1:9/v1"]["levels"][0]
     assert level["failed"] == 2 and level["completed"] == 0 and "ConnectError" in level["errors"][0]
+
+
+@pytest.mark.parametrize(("sig", "background"), [(signal.SIGINT, True), (signal.SIGTERM, False)],
+                         ids=["SIGINT-background-job", "SIGTERM"])
+def test_a_signal_stops_a_hung_level_and_keeps_the_finished_figures(tmp_path, sig, background):
+    judge = JudgeServer()  # an OpenAI-compatible server that streams; here: hangs mid-stream after 5 requests
+    judge.fast, judge.hang = 5, "mid"
+    out = tmp_path / "b.json"
+    cmd = [*ORCHESTR, "bench", "serve", "--base-url", judge.url, "--warmup", "0", "--concurrency", "1,2",
+           "--num-requests", "4", "--no-progress", "-o", str(out)]
+    # a background job of a shell without job control starts with SIGINT ignored
+    cmd = ["sh", "-c", 'trap "" INT; exec "$@"', "sh", *cmd] if background else cmd
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
+    try:
+        deadline = time.monotonic() + 300
+        while judge.calls < 7:  # level 1: four requests; level 2: one answered, two hanging mid-stream
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline, f"{judge.calls} requests in 300 s"
+            time.sleep(0.05)
+        proc.send_signal(sig)
+        t0 = time.monotonic()
+        stdout, stderr = proc.communicate(timeout=60)
+        took = time.monotonic() - t0
+    finally:
+        proc.kill()
+        judge.close()
+    assert took < 10 and proc.returncode == 128 + sig, (took, proc.returncode, stderr)
+    assert f"interrupted ({sig.name}) at {judge.url} c=2 (1 of 4 requests done); levels finished: {judge.url} c=1" \
+        in stderr and "rerun with --concurrency" in stderr and "Traceback" not in stderr, stderr
+    report = json.loads(out.read_text())
+    levels = report["results"][judge.url]["levels"]
+    assert [(lv["concurrency"], lv["completed"], lv.get("interrupted", False)) for lv in levels] == \
+        [(1, 4, False), (2, 1, True)]
+    assert report["interrupted"]["signal"] == sig.name
 
 
 # --------------------------------------------------------------------------- against real servers

@@ -6,8 +6,11 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -172,27 +175,138 @@ def test_corrupt_judgment_lines_are_named_and_can_be_moved_aside(tmp_path: Path,
     assert len(read_jsonl(out)) == 4 and out.with_name(out.name + ".corrupt").read_text().startswith('{"question_id": 1')
 
 
-def test_ctrl_c_stops_within_seconds_and_keeps_finished_judgments(tmp_path: Path, judge: JudgeServer) -> None:
-    import signal
-    import time
+# As CI and scripts often run the suite: a background job of a shell without job control, which
+# starts every process with SIGINT ignored (then Python never raises KeyboardInterrupt by itself).
+AS_BACKGROUND_JOB = ["sh", "-c", 'trap "" INT; exec "$@"', "sh"]
+
+
+def _start_eval(data: Path, *overrides: str, background: bool = False) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "orchestr", "eval", f"eval.data_dir={data}", *overrides]
+    return subprocess.Popen([*AS_BACKGROUND_JOB, *cmd] if background else cmd, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env={**os.environ, "ORCHESTR_RUNS_DIR": str(data / "runs")})
+
+
+def _stop(proc: subprocess.Popen, sig: int) -> tuple[float, str]:
+    """Send `sig`; seconds until the process has exited, and its stderr."""
+    proc.send_signal(sig)
+    t0 = time.monotonic()
+    try:
+        _, err = proc.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        _, err = proc.communicate()
+        pytest.fail(f"still running 60 s after {signal.Signals(sig).name}; stderr:\n{err[-3000:]}")
+    return time.monotonic() - t0, err
+
+
+def _wait_for_calls(judge: JudgeServer, proc: subprocess.Popen, n: int) -> None:
+    deadline = time.monotonic() + 120
+    while judge.calls < n:
+        assert proc.poll() is None, proc.communicate()[1][-3000:]
+        assert time.monotonic() < deadline, f"the judge got {judge.calls} requests in 120 s"
+        time.sleep(0.05)
+
+
+# (step, judge mode, how the judge hangs, signal, started as a background job, records finished before
+# the hang). The judge answers three requests, then every request hangs; with two workers, the 5th
+# request starts after the finished records were handed over (single: 3; two requests per record: 1).
+STOP_CASES = [
+    ("judge", "single", "before", signal.SIGINT, True, 3),  # CI's failure: SIGINT ignored by the shell
+    ("judge", "single", "before", signal.SIGINT, False, 3),
+    ("judge", "pairwise-all", "mid", signal.SIGTERM, False, 1),  # hung mid-response
+    ("judge", "arena-hard", "retry", signal.SIGINT, True, 1),  # asleep before a retry (Retry-After)
+    ("answer", None, "mid", signal.SIGTERM, True, 1),  # two turns: two requests per answer
+]
+
+
+@pytest.mark.parametrize(("step", "mode", "hang", "sig", "background", "finished"), STOP_CASES,
+                         ids=[f"{c[0]}-{c[1] or ''}-{c[2]}-{c[3].name}{'-bg' if c[4] else ''}" for c in STOP_CASES])
+def test_ctrl_c_stops_within_seconds_and_keeps_finished_judgments(tmp_path: Path, judge: JudgeServer, step: str,
+                                                                  mode: str | None, hang: str, sig: signal.Signals,
+                                                                  background: bool, finished: int) -> None:
+    judge.fast, judge.hang, judge.slow_s = 3, hang, 60.0
+    if step == "judge":
+        write_answers(tmp_path, "m", MODEL_Q)
+        write_answers(tmp_path, "base", [BASE_Q] * 8)
+        overrides = ["eval.step=judge", f"judge.endpoint={judge.url}", f"judge.model={judge.model}",
+                     "judge.backend=api", "judge.parallel=2", f"judge.mode={mode}", "judge.baseline_model=base",
+                     "judge.models=[m,base]"]
+        out = paths.judgment_file(str(tmp_path), "orchestr_mini", judge.model,
+                                  kind={"single": "single", "arena-hard": "arena_hard"}.get(mode, "pair"))
+    else:
+        overrides = ["eval.step=answer", f"eval.answer.endpoint={judge.url}", "eval.answer.backend=api",
+                     f"model.name={judge.model}", "eval.answer.parallel=2"]
+        out = paths.answer_file(str(tmp_path), "orchestr_mini", judge.model)
+    proc = _start_eval(tmp_path, *overrides, background=background)
+    _wait_for_calls(judge, proc, 5)  # three answered, two hanging
+    took, err = _stop(proc, sig)
+    assert took < 10, f"{sig.name} took {took:.1f} s"
+    assert proc.returncode == 128 + sig, err
+    assert f"interrupted ({sig.name})" in err and "to resume (only what is missing is run), rerun: orchestr eval " \
+        f"eval.data_dir={tmp_path} eval.step={step}" in err, err
+    assert len(read_jsonl(out)) == finished  # every finished record kept, nothing half-written
+
+
+def test_ctrl_c_while_connecting_to_a_judge_that_never_accepts(tmp_path: Path) -> None:
+    import psutil
 
     write_answers(tmp_path, "m", MODEL_Q)
-    judge.fast = 3  # three judgments come back, then the judge hangs
-    proc = subprocess.Popen([sys.executable, "-m", "orchestr", "eval", "eval.step=judge", f"eval.data_dir={tmp_path}",
-                             f"judge.endpoint={judge.url}", f"judge.model={judge.model}", "judge.backend=api",
-                             "judge.parallel=2"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "ORCHESTR_RUNS_DIR": str(tmp_path / "runs")})
-    out = paths.judgment_file(str(tmp_path), "orchestr_mini", judge.model)
-    deadline = time.monotonic() + 60
-    while judge.calls < 5 and time.monotonic() < deadline:  # 3 answered, 2 hanging
-        time.sleep(0.1)
-    time.sleep(0.5)
-    proc.send_signal(signal.SIGINT)
-    t0 = time.monotonic()
-    _, err = proc.communicate(timeout=30)
-    assert time.monotonic() - t0 < 5, "Ctrl-C took too long"
-    assert proc.returncode == 130 and "interrupted" in err, err
-    assert len(read_jsonl(out)) == 3  # every finished judgment kept
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(0)
+    filler = socket.create_connection(srv.getsockname())  # the accept queue is full: connects now hang
+    port = srv.getsockname()[1]
+    try:
+        proc = _start_eval(tmp_path, "eval.step=judge", f"judge.endpoint=http://127.0.0.1:{port}/v1",
+                           "judge.model=j", "judge.backend=api", background=True)
+        deadline = time.monotonic() + 120
+        child = psutil.Process(proc.pid)
+        connections = getattr(child, "net_connections", None) or child.connections  # psutil < 6: connections
+        while not any(c.status == psutil.CONN_SYN_SENT and c.raddr and c.raddr.port == port
+                      for c in connections("tcp")):
+            assert proc.poll() is None, proc.communicate()[1][-3000:]
+            assert time.monotonic() < deadline, "no connection attempt in 120 s"
+            time.sleep(0.05)
+        took, err = _stop(proc, signal.SIGINT)
+        assert took < 10 and proc.returncode == 130 and "interrupted (SIGINT)" in err, (took, err)
+    finally:
+        filler.close()
+        srv.close()
+
+
+def test_a_signal_while_a_result_is_saved_is_taken_after_it(tmp_path: Path) -> None:
+    """The signal arrives inside on_result (as it can inside the progress bar's update): that result
+    is saved all the same, then the run stops with Interrupted and starts nothing more."""
+    import threading
+
+    from orchestr import interrupts
+    from orchestr.eval.parallel import run_parallel
+
+    saved, started, release = [], [], threading.Event()
+
+    def work(i: int) -> int:
+        started.append(i)
+        if i > 1:
+            release.wait(60)  # the next request hangs
+        return i
+
+    def on_result(i: int, value: int) -> None:
+        if i == 1:
+            signal.raise_signal(signal.SIGINT)  # handled before raise_signal returns
+        saved.append(value)
+
+    # Python's own Ctrl-C handler, as in a terminal (a suite run as a background job inherits SIGINT
+    # ignored, and run_parallel leaves an ignored signal ignored)
+    session = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with pytest.raises(KeyboardInterrupt) as stopped:  # (not the session's: the test raised it)
+            run_parallel(range(1, 9), work, 1, "items", on_result, lambda i, e: None, ())
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handler before is back
+    finally:
+        signal.signal(signal.SIGINT, session)
+        release.set()
+    assert saved == [1] and started == [1, 2]
+    assert isinstance(stopped.value, interrupts.Interrupted) and stopped.value.exit_code == 130
 
 
 @pytest.mark.parametrize("mode", ["single", "pairwise-all", "arena-hard"])

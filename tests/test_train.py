@@ -313,6 +313,47 @@ def test_trained_model_serves_through_the_api_and_answers_the_bench(lora_run: di
         assert stop.returncode == 0, stop.stdout + stop.stderr
 
 
+# --------------------------------------------------------------------------- SIGTERM: checkpoint and resume
+
+
+@pytest.mark.slow
+def test_sigterm_mid_training_saves_a_checkpoint_that_resumes(shared_data: Path, tmp_path: Path) -> None:
+    """SIGTERM (a scheduler's stop) mid-run: the step under way finishes, a checkpoint of it is written
+    although no save step was due, the resume line is printed, and the same command resumes from it."""
+    out = tmp_path / "out"
+    cmd = [*ORCHESTR, "train", "train=lora", f"train.data={shared_data / DUMMY}", "train.max_steps=200",
+           f"train.output_dir={out}", "train.save_steps=1000", "train.max_length=64", "train.batch_size=1",
+           "train.eval_before=false", "train.data_opts.eval_max_examples=2", "train.progress_bar=false",
+           ONE_THREAD]  # fmt: skip
+    log = tmp_path / "first-run.log"  # a file, not a pipe: the run's output never blocks it
+    with open(log, "w") as f:
+        proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env=_env(tmp_path))
+    try:
+        deadline = time.time() + 600
+        while not ((out / "log.csv").is_file() and _series(_log_rows(out), "loss")):  # training is on
+            assert proc.poll() is None, log.read_text()[-3000:]
+            assert time.time() < deadline, "no training step within 10 minutes"
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=120)  # one step (about a second here) and a checkpoint
+    finally:
+        proc.kill()
+    text = log.read_text()
+    assert proc.returncode == 143, text[-3000:]
+    (checkpoint,) = out.glob("checkpoint-*")
+    step = int(checkpoint.name.split("-")[1])
+    assert 1 <= step < 200 and json.loads((checkpoint / "trainer_state.json").read_text())["global_step"] == step
+    assert (checkpoint / "optimizer.pt").is_file() and not (out / "train_results.json").exists()
+    assert f"interrupted (SIGTERM); the last checkpoint is {checkpoint}" in text, text[-3000:]
+    assert "to resume from it (train.resume=auto), rerun: orchestr train train=lora" in text
+
+    resumed = subprocess.run([*cmd, f"train.max_steps={step + 1}"], capture_output=True, text=True, timeout=900,
+                             env=_env(tmp_path))  # fmt: skip
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    assert f"resuming from {checkpoint} (step {step})" in resumed.stdout
+    assert json.loads((out / "train_results.json").read_text())["global_step"] == step + 1
+
+
 # --------------------------------------------------------------------------- scale: dry run
 
 

@@ -274,17 +274,6 @@ def run(args: argparse.Namespace) -> int:
         return 2
     from orchestr.benchmark.runner import run_level, warm_up
 
-    print(f"loading tokenizer {args.tokenizer} (every answer is re-tokenised with it)", flush=True)
-    count = load_counter(args.tokenizer)
-    workload = None
-    if args.workload != "fixed":
-        from orchestr.benchmark.workloads import prepare
-
-        try:
-            workload = prepare(args.workload, workload_options(args), count)
-        except BenchError as e:
-            print(f"orchestr bench serve: {e}", file=sys.stderr)
-            return 2
     results: dict[str, dict] = {}
     report = {
         "benchmark": "orchestr bench serve",
@@ -295,49 +284,84 @@ def run(args: argparse.Namespace) -> int:
                  "tokenizer": args.tokenizer},
         "results": results,
     }
-    if workload is not None:
-        report["workload"] = workload.name
-        report["load"] = {**workload.options, "temperature": 0.0, "stream": True, "tokenizer": args.tokenizer}
     metrics_urls = dict(args.metrics_url)
-    for server in servers:
-        try:
-            endpoints = server.start()
-            for ep in endpoints:
-                model = args.model or discover_model(ep, args.api_key)
-                results[ep.name] = {"target": server.describe(), "protocol": ep.protocol,
-                                    "base_url": ep.base_url, "model": model, "levels": []}
-                if ep.name in metrics_urls:
-                    from orchestr.secrets import bearer, service_secret
+    at = "loading the tokenizer"  # what runs now, for the message of an interrupted run
+    try:
+        print(f"loading tokenizer {args.tokenizer} (every answer is re-tokenised with it)", flush=True)
+        count = load_counter(args.tokenizer)
+        workload = None
+        if args.workload != "fixed":
+            from orchestr.benchmark.workloads import prepare
 
-                    ep.metrics_url, ep.metrics_headers = metrics_urls[ep.name], bearer(service_secret())
-                if ep.local is not None:
-                    ep.local.warm_up(args.warmup)
+            try:
+                workload = prepare(args.workload, workload_options(args), count)
+            except BenchError as e:
+                print(f"orchestr bench serve: {e}", file=sys.stderr)
+                return 2
+            report["workload"] = workload.name
+            report["load"] = {**workload.options, "temperature": 0.0, "stream": True, "tokenizer": args.tokenizer}
+        for server in servers:
+            try:
+                at = f"starting {server.name}"
+                endpoints = server.start()
+                for ep in endpoints:
+                    at = f"warming up {ep.name}"
+                    model = args.model or discover_model(ep, args.api_key)
+                    results[ep.name] = {"target": server.describe(), "protocol": ep.protocol,
+                                        "base_url": ep.base_url, "model": model, "levels": []}
+                    if ep.name in metrics_urls:
+                        from orchestr.secrets import bearer, service_secret
+
+                        ep.metrics_url, ep.metrics_headers = metrics_urls[ep.name], bearer(service_secret())
+                    if ep.local is not None:
+                        ep.local.warm_up(args.warmup)
+                        continue
+                    warm_up(protocol=ep.protocol, base_url=ep.base_url, model=model, count=args.warmup,
+                            api_key=args.api_key, timeout_s=args.timeout)
+                if workload is not None:
+                    for ep in endpoints:
+                        at = f"{ep.name} {workload.name}"
+                        run_workload_on(workload, ep, results[ep.name], args, count)
+                        _write(args.output, report)
                     continue
-                warm_up(protocol=ep.protocol, base_url=ep.base_url, model=model, count=args.warmup,
-                        api_key=args.api_key, timeout_s=args.timeout)
-            if workload is not None:
-                for ep in endpoints:
-                    run_workload_on(workload, ep, results[ep.name], args, count)
-                    _write(args.output, report)
-                continue
-            # Levels outer, endpoints inner: an API and its worker measured back to back per level.
-            for c in args.concurrency:
-                for ep in endpoints:
-                    res = results[ep.name]
-                    run = ep.local.run_level if ep.local is not None else run_level
-                    level = run(protocol=ep.protocol, base_url=ep.base_url, model=res["model"],
-                                concurrency=c, num_requests=max(args.num_requests, c),
-                                max_tokens=args.max_tokens, count_tokens=count, api_key=args.api_key,
-                                timeout_s=args.timeout, rss_pids=ep.pids, progress=not args.no_progress,
-                                label=ep.name).to_dict()
-                    res["levels"].append(level)
-                    print_level(ep.name, level)
-                    _write(args.output, report)
-        except (BenchError, RuntimeError) as e:
-            print(f"orchestr bench serve: {e}", file=sys.stderr)
-            return 1
-        finally:
-            server.stop()
+                # Levels outer, endpoints inner: an API and its worker measured back to back per level.
+                for c in args.concurrency:
+                    for ep in endpoints:
+                        at = f"{ep.name} c={c}"
+                        res = results[ep.name]
+                        run = ep.local.run_level if ep.local is not None else run_level
+                        n = max(args.num_requests, c)
+                        try:
+                            level = run(protocol=ep.protocol, base_url=ep.base_url, model=res["model"],
+                                        concurrency=c, num_requests=n,
+                                        max_tokens=args.max_tokens, count_tokens=count, api_key=args.api_key,
+                                        timeout_s=args.timeout, rss_pids=ep.pids, progress=not args.no_progress,
+                                        label=ep.name).to_dict()
+                        except KeyboardInterrupt as e:
+                            partial = getattr(e, "partial_level", None)
+                            if partial is not None:  # the requests of this level that finished
+                                res["levels"].append({**partial.to_dict(), "interrupted": True, "planned_requests": n})
+                                at += f" ({partial.requests} of {n} requests done)"
+                            raise
+                        res["levels"].append(level)
+                        print_level(ep.name, level)
+                        _write(args.output, report)
+            except (BenchError, RuntimeError) as e:
+                print(f"orchestr bench serve: {e}", file=sys.stderr)
+                return 1
+            finally:
+                server.stop()
+    except KeyboardInterrupt as e:
+        report["interrupted"] = {"signal": e.args[0] if e.args else "SIGINT", "at": at}
+        _write(args.output, report)
+        done = {name: [lv["concurrency"] for lv in r["levels"] if not lv.get("interrupted")]
+                for name, r in results.items()}  # fmt: skip
+        print(f"orchestr bench serve: interrupted{f' ({e.args[0]})' if e.args else ''} at {at}; levels finished: "
+              + (", ".join(f"{n} c={','.join(map(str, cs))}" for n, cs in done.items() if cs) or "none")
+              + (f"; figures so far in {args.output}" if args.output else "")
+              + "\n  to measure the rest, rerun with --concurrency set to the levels not finished", file=sys.stderr)
+        e.reported = True
+        raise
     baseline = args.baseline or next(iter(results), None)
     if baseline not in results:
         print(f"orchestr bench serve: --baseline {baseline!r} is not an endpoint ({', '.join(results)})",
@@ -420,20 +444,17 @@ def main(argv: list[str] | None = None) -> int:
     if complaint:
         print(f"orchestr bench serve: {complaint}", file=sys.stderr)
         return 2
-    import signal
-
-    def _interrupt(_sig, _frame):
-        raise KeyboardInterrupt
+    from orchestr import interrupts
 
     # SIGTERM (and SIGINT, even when started in the background where it is ignored) unwinds
     # like Ctrl-C, so the servers this run launched are stopped on the way out.
-    signal.signal(signal.SIGTERM, _interrupt)
-    signal.signal(signal.SIGINT, _interrupt)
     try:
-        return run(args)
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+        with interrupts.handled():
+            return run(args)
+    except KeyboardInterrupt as e:
+        if not getattr(e, "reported", False):
+            print("orchestr bench serve: interrupted before the first request; nothing measured", file=sys.stderr)
+        return e.exit_code if isinstance(e, interrupts.Interrupted) else 130
 
 
 if __name__ == "__main__":

@@ -1,4 +1,9 @@
-"""Run one concurrency level against one endpoint: N client tasks share a fixed list of requests."""
+"""Run one concurrency level against one endpoint: N client tasks share a fixed list of requests.
+
+SIGINT/SIGTERM during a level (orchestr.interrupts.deferred) cancel its requests within a tenth of
+a second, whatever they are waiting for; `Interrupted` then carries the level's finished requests
+as `partial_level` (a LevelResult), so the report keeps them.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +12,7 @@ import threading
 import time
 from collections.abc import Callable
 
+from orchestr import interrupts
 from orchestr.benchmark.client import RequestRecord, RequestSpec, stream_request
 from orchestr.benchmark.prompts import prompt_messages
 from orchestr.benchmark.stats import LevelResult, summarise
@@ -67,11 +73,12 @@ class RssSampler:
 
 async def _run_requests(make_spec: Callable[[int], RequestSpec], concurrency: int, num_requests: int,
                         timeout_s: float, on_done: Callable[[RequestRecord], None],
-                        arrivals: list[float] | None = None) -> tuple[list[RequestRecord], float]:
-    """``concurrency`` client tasks work through the requests in order; with ``arrivals`` (seconds
-    from the start, one per request) a request is not sent before its arrival time."""
+                        records: list[RequestRecord], arrivals: list[float] | None = None) -> float:
+    """``concurrency`` client tasks work through the requests in order, filling ``records`` as
+    requests finish; returns the seconds the level ran. With ``arrivals`` (seconds from the
+    start, one per request) a request is not sent before its arrival time. A pending signal
+    cancels the requests still running (their records are left out)."""
     indices = iter(range(num_requests))
-    records: list[RequestRecord] = []
     client = StreamClient(connect_timeout=30.0, read_timeout=timeout_s, max_idle_per_host=concurrency + 4)
     try:
 
@@ -86,11 +93,21 @@ async def _run_requests(make_spec: Callable[[int], RequestSpec], concurrency: in
                 on_done(rec)
 
         t0 = time.perf_counter()
-        await asyncio.gather(*(client_task() for _ in range(concurrency)))
+        work = asyncio.gather(*(client_task() for _ in range(concurrency)))
+        while not work.done():
+            await asyncio.wait({work}, timeout=0.1)
+            if interrupts.pending() is not None and not work.done():
+                work.cancel()
+                await asyncio.wait({work})
+                if not work.cancelled():
+                    work.exception()  # retrieved: the cancellation is ours
+                break
+        else:
+            work.result()  # a bug in a task: raise it
         duration = time.perf_counter() - t0
     finally:
         await client.aclose()
-    return records, duration
+    return duration
 
 
 def run_level(
@@ -121,7 +138,8 @@ def run_specs(specs: list[RequestSpec], *, concurrency: int, count_tokens: Calla
               timeout_s: float = 600.0, rss_pids: dict[str, int] | None = None, progress: bool = True,
               label: str = "", arrivals: list[float] | None = None) -> tuple[LevelResult, list[RequestRecord]]:
     """One level over a given list of requests (``arrivals``: an open-loop schedule, see
-    ``_run_requests``); the level's figures and its records, answers re-counted."""
+    ``_run_requests``); the level's figures and its records, answers re-counted. Interrupted
+    (SIGINT/SIGTERM), it raises with the finished requests' figures as ``partial_level``."""
     num_requests = len(specs)
     bar = None
     if progress:
@@ -134,20 +152,29 @@ def run_specs(specs: list[RequestSpec], *, concurrency: int, count_tokens: Calla
             bar.update(1)
 
     load_before = _loadavg()
+    records: list[RequestRecord] = []
+    duration = 0.0
+
+    def result() -> LevelResult:
+        for rec in records:
+            rec.output_tokens = count_tokens(rec.text) if rec.ok else 0
+        res = summarise(concurrency, records, duration)
+        res.peak_rss_mb = dict(rss.peak_mb)
+        # Other work on the machine skews figures: keep the 1-minute load average with them.
+        res.loadavg = [load_before, _loadavg()]
+        return res
+
     try:
-        with RssSampler(rss_pids or {}) as rss:
-            records, duration = asyncio.run(
-                _run_requests(specs.__getitem__, concurrency, num_requests, timeout_s, on_done, arrivals))
+        with RssSampler(rss_pids or {}) as rss, interrupts.deferred():
+            duration = asyncio.run(_run_requests(specs.__getitem__, concurrency, num_requests, timeout_s, on_done,
+                                                 records, arrivals))
+    except interrupts.Interrupted as e:
+        e.partial_level = result()  # the requests that finished before the signal
+        raise
     finally:
         if bar is not None:
             bar.close()
-    for rec in records:
-        rec.output_tokens = count_tokens(rec.text) if rec.ok else 0
-    result = summarise(concurrency, records, duration)
-    result.peak_rss_mb = dict(rss.peak_mb)
-    # Other work on the machine skews figures: keep the 1-minute load average with them.
-    result.loadavg = [load_before, _loadavg()]
-    return result, records
+    return result(), records
 
 
 def _loadavg() -> float | None:
@@ -169,7 +196,9 @@ def warm_up(*, protocol: str, base_url: str, model: str, count: int, api_key: st
         return RequestSpec(protocol=protocol, base_url=base_url, model=model, messages=prompt_messages(i),
                            max_tokens=16, api_key=api_key)
 
-    records, _ = asyncio.run(_run_requests(make_spec, 1, count, timeout_s, lambda _r: None))
+    records: list[RequestRecord] = []
+    with interrupts.deferred():
+        asyncio.run(_run_requests(make_spec, 1, count, timeout_s, lambda _r: None, records))
     bad = [r.error for r in records if not r.ok]
     if bad:
         raise RuntimeError(f"warm-up request to {base_url} failed: {bad[0]}")

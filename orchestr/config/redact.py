@@ -95,3 +95,11 @@ def scrubbed_prints(argv: list[str]) -> Iterator[None]:
         for held, stream in ((out, sys.stdout), (err, sys.stderr)):
             stream.write(scrub(held.getvalue(), values))
             stream.flush()
+
+
+def rerun_line(argv: list[str]) -> str:
+    """The command line `argv` as a shell line to run again, typed secrets as `***`. The program
+    comes first as it is (`orchestr eval`: orchestr.cli names the subcommand so)."""
+    import shlex
+
+    return scrub(" ".join([argv[0], *map(shlex.quote, argv[1:])]), sorted(_typed(argv[1:]), key=len, reverse=True))

@@ -20,6 +20,7 @@ import hydra
 from omegaconf import DictConfig
 from omegaconf.errors import MissingMandatoryValue
 
+from orchestr import interrupts
 from orchestr.config import CONF_DIR, check_composes, register_configs
 from orchestr.eval.errors import EvalError
 
@@ -82,7 +83,8 @@ def run_or_exit(cfg: Any) -> None:
     from orchestr.eval.records import CorruptLines
 
     try:
-        run(cfg)
+        with interrupts.handled():  # SIGTERM, and SIGINT even where the shell ignored it, stop the run
+            run(cfg)
     except EvalError as e:
         print(f"orchestr eval: {e}", file=sys.stderr)
         sys.exit(2)
@@ -96,14 +98,19 @@ def run_or_exit(cfg: Any) -> None:
     except MissingMandatoryValue as e:
         print(f"orchestr eval: {e.full_key} must be set (`{e.full_key}=...` on the command line)", file=sys.stderr)
         sys.exit(2)
-    except KeyboardInterrupt:
-        print("orchestr eval: interrupted; finished work is saved, rerun to resume", file=sys.stderr)
+    except KeyboardInterrupt as e:
+        from orchestr.config.redact import rerun_line
+
+        why = f" ({e.args[0]})" if isinstance(e, interrupts.Interrupted) else ""
+        print(f"orchestr eval: interrupted{why}; every finished answer and judgment is saved under "
+              f"{cfg.eval.data_dir}\n  to resume (only what is missing is run), rerun: {rerun_line(sys.argv)}",
+              file=sys.stderr)
         # Every finished record is fsynced already. Requests or an in-process generation may still run
         # on worker threads (native code): exit now rather than wait for them or tear them down mid-call.
         logging.shutdown()
         sys.stdout.flush()
         sys.stderr.flush()
-        os._exit(130)
+        os._exit(e.exit_code if isinstance(e, interrupts.Interrupted) else 130)
 
 
 register_configs()

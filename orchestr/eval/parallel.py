@@ -1,8 +1,11 @@
 """Run one function over many items on worker threads with a progress bar; Ctrl-C stops at once.
 
 The workers are daemon threads, so an interrupted run does not wait for requests (or an in-process
-generation) that are still going: the process exits within seconds. Results that finished before
-the interrupt are still handed to `on_result` (and so saved) before the interrupt propagates.
+generation) that are still going, whatever they are doing (connecting, reading a hung response,
+sleeping before a retry): the process exits within seconds. The calling thread never blocks for
+long and takes SIGINT/SIGTERM only between results (orchestr.interrupts.deferred), so a signal never
+lands in the middle of saving a result or of a progress-bar update; every result that finished
+before the interrupt is handed to `on_result` (and so saved) before `Interrupted` propagates.
 A `StopRun` raised by the function (e.g. the judge's budget is spent) stops starting new items,
 lets the running ones finish and keeps their results, then propagates.
 """
@@ -16,6 +19,8 @@ from collections.abc import Callable, Iterable
 from typing import TypeVar
 
 from tqdm import tqdm
+
+from orchestr import interrupts
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -57,10 +62,7 @@ def run_parallel(
 
     threads = [threading.Thread(target=worker, daemon=True, name=f"{desc}-{i}")
                for i in range(max(1, min(parallel, len(items))))]  # fmt: skip
-    for t in threads:
-        t.start()
     fatal: BaseException | None = None
-    bar = tqdm(total=len(items), desc=desc, file=sys.stderr)
 
     def handle(item: T, ok: bool, value) -> None:
         nonlocal fatal
@@ -73,23 +75,34 @@ def run_parallel(
             fatal = value
             stop.set()
 
-    try:
-        handled = 0
-        while handled < len(items):
-            try:
-                item, ok, value = done.get(timeout=0.2)
-            except queue.Empty:
-                if not any(t.is_alive() for t in threads) and done.empty():
-                    break  # stopped early: the rest were never started
-                continue
-            handled += 1
-            handle(item, ok, value)
-    except KeyboardInterrupt:
+    def keep_finished() -> None:
         stop.set()
-        while not done.empty():  # keep what finished before the interrupt
-            handle(*done.get_nowait())
-        raise
-    finally:
-        bar.close()
+        while True:
+            try:
+                handle(*done.get_nowait())
+            except queue.Empty:
+                return
+
+    with interrupts.deferred():
+        bar = tqdm(total=len(items), desc=desc, file=sys.stderr)
+        for t in threads:
+            t.start()
+        try:
+            handled = 0
+            while handled < len(items):
+                if interrupts.pending() is not None:
+                    keep_finished()
+                    interrupts.check()
+                try:
+                    item, ok, value = done.get(timeout=0.1)
+                except queue.Empty:
+                    if not any(t.is_alive() for t in threads) and done.empty():
+                        break  # stopped early: the rest were never started
+                    continue
+                handled += 1
+                handle(item, ok, value)
+        finally:
+            stop.set()  # an exception (a bug, a failing on_result): start nothing more
+            bar.close()
     if fatal is not None:
         raise fatal

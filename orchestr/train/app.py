@@ -18,6 +18,7 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
+from orchestr import interrupts
 from orchestr.config import CONF_DIR, check_composes, register_configs
 
 _exit_codes: list[int] = []
@@ -47,7 +48,7 @@ def run(cfg: DictConfig, overrides: list[str]) -> int:
             if len(commands) > 1 or not local:
                 _say("several nodes: run each node's line above on that node (or use launch.dry_run=true)")
                 return 2
-            return subprocess.call(local[0].line(), shell=True)
+            return _run_forwarding_signals(local[0].line())
         if cfg.launch.dry_run:
             import shlex
 
@@ -70,12 +71,45 @@ def run(cfg: DictConfig, overrides: list[str]) -> int:
     return 0
 
 
+def _run_forwarding_signals(line: str) -> int:
+    """The local launcher (torchrun, accelerate): a signal to this process goes on to it, and its
+    ranks checkpoint and stop as one process does; then this process exits with its status."""
+    proc = subprocess.Popen(line, shell=True)
+    while True:
+        try:
+            return proc.wait()
+        except interrupts.Interrupted as e:
+            proc.send_signal(e.signum)
+            interrupts.forget()
+
+
+def _interrupted(e: KeyboardInterrupt, output_dir: str) -> int:
+    from orchestr.config.redact import rerun_line
+
+    why = f" ({e.args[0]})" if isinstance(e, interrupts.Interrupted) else ""
+    checkpoint = getattr(e, "checkpoint", None)
+    if checkpoint is None:  # stopped before training (loading, evaluating the base): an earlier run's?
+        from orchestr.train.recipes import last_checkpoint
+
+        checkpoint = last_checkpoint(output_dir)
+    if checkpoint:
+        _say(f"interrupted{why}; the last checkpoint is {checkpoint}\n"
+             f"  to resume from it (train.resume=auto), rerun: {rerun_line(sys.argv)}")
+    else:
+        _say(f"interrupted{why} before the first checkpoint\n  to start again, rerun: {rerun_line(sys.argv)}")
+    return e.exit_code if isinstance(e, interrupts.Interrupted) else 130
+
+
 @hydra.main(config_path=CONF_DIR, config_name="config", version_base="1.3")
 def _hydra_main(cfg: DictConfig) -> None:
     from hydra.core.hydra_config import HydraConfig
 
     overrides = list(HydraConfig.get().overrides.task)
-    _exit_codes.append(run(cfg, overrides))
+    try:
+        with interrupts.handled():  # SIGTERM, and SIGINT even where the shell ignored it
+            _exit_codes.append(run(cfg, overrides))
+    except KeyboardInterrupt as e:
+        _exit_codes.append(_interrupted(e, cfg.train.output_dir))
 
 
 def main() -> int:

@@ -3,6 +3,10 @@
 `build(cfg)` prepares data, model and trainer (tests inspect it before training); `run(cfg)`
 evaluates the base model, trains (resuming from the last checkpoint when there is one), evaluates
 again and saves a servable model folder (LoRA merged) with `train_results.json` beside it.
+
+SIGINT or SIGTERM while training: the optimizer step under way finishes, a checkpoint of it is
+saved (every rank agrees on the step), and `Interrupted` propagates with `.checkpoint` set; the same
+command resumes from it (`train.resume=auto`).
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from orchestr import interrupts
 from orchestr.train.data import (
     DataError,
     DataReport,
@@ -66,6 +71,37 @@ def _csv_callback(path: Path) -> Any:
                                     round(state.epoch or 0.0, 4), name, value])  # fmt: skip
 
     return CsvLog()
+
+
+def _stop_on_signal() -> Any:
+    """A callback that, once SIGINT/SIGTERM is pending, has the trainer save a checkpoint of the step
+    just ended and stop (no evaluation first)."""
+    from transformers import TrainerCallback
+
+    class StopOnSignal(TrainerCallback):
+        step: int | None = None
+
+        def on_step_end(self, args, state, control, **kwargs):
+            if _signalled_anywhere(args):
+                self.step = state.global_step
+                control.should_save, control.should_training_stop, control.should_evaluate = True, True, False
+
+    return StopOnSignal()
+
+
+def _signalled_anywhere(args: Any) -> bool:
+    """Whether this rank, or any rank of a distributed run, has a signal pending (all ranks must stop
+    at the same step, or the next collective would wait forever)."""
+    mine = interrupts.pending() is not None
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return mine
+    import torch
+
+    flag = torch.tensor([1 if mine else 0], device=args.device)
+    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+    return bool(flag.item())
 
 
 def _precision(precision: str, device: str) -> dict[str, bool]:
@@ -314,7 +350,15 @@ def run(cfg: Any) -> dict[str, Any]:
         if main:
             print(f"orchestr train: resuming from {resume} (step {resumed_step})", flush=True)
     started = time.time()
-    result = trainer.train(resume_from_checkpoint=resume)
+    stop = _stop_on_signal()
+    trainer.add_callback(stop)
+    try:
+        with interrupts.deferred():  # a signal: checkpoint the step under way, then stop
+            result = trainer.train(resume_from_checkpoint=resume)
+    except interrupts.Interrupted as e:
+        saved = out / f"checkpoint-{stop.step}" if stop.step is not None else None
+        e.checkpoint = str(saved) if saved is not None and saved.is_dir() else last_checkpoint(str(out))
+        raise
     final_eval = trainer.evaluate() if prep.eval_size else {}
     results = {
         "method": train.method,
