@@ -13,6 +13,7 @@ import gradio as gr
 
 from orchestr.services.web.context import GenParams, WebContext
 from orchestr.services.web.conversation import Conversation
+from orchestr.services.web.recorder import VOTE_NOT_RECORDED
 from orchestr.services.web.sampling import NoBattlePair, battle_pair
 from orchestr.services.web.screening import screen, with_refusal
 from orchestr.services.web.widgets import NO_MODELS, model_dropdown_update, parameter_controls
@@ -139,7 +140,8 @@ def build_arena_tab(ctx: WebContext, anony: bool) -> ArenaTab:
         yield *convs, *(c.chatbot() for c in convs), "", "", *labels_for(convs, False), *busy()
         async for _ in ctx.stream_replies(convs, params, request):
             yield *convs, *(c.chatbot() for c in convs), gr.skip(), gr.skip(), gr.skip(), gr.skip(), *busy()
-        yield *convs, *(c.chatbot() for c in convs), gr.skip(), "", gr.skip(), gr.skip(), *after_turn(convs)
+        yield (*convs, *(c.chatbot() for c in convs), gr.skip(), ctx.turn_notice(convs), gr.skip(), gr.skip(),
+               *after_turn(convs))
 
     async def on_regenerate(conv_a, conv_b, temp, tp, max_new, request: gr.Request):
         convs = [conv_a, conv_b]
@@ -150,14 +152,16 @@ def build_arena_tab(ctx: WebContext, anony: bool) -> ArenaTab:
         yield *convs, *(c.chatbot() for c in convs), "", *busy()
         async for _ in ctx.stream_replies(convs, params, request):
             yield *convs, *(c.chatbot() for c in convs), gr.skip(), *busy()
-        yield *convs, *(c.chatbot() for c in convs), "", *after_turn(convs)
+        yield *convs, *(c.chatbot() for c in convs), ctx.turn_notice(convs), *after_turn(convs)
 
     def on_vote(vote_type: str, thanks: str):
         def handler(conv_a, conv_b, request: gr.Request):
             convs = [conv_a, conv_b]
             if convs[0] is None or convs[0].user_turns() == 0:
                 return "Chat first, then vote.", *labels_for(convs, False), *after_turn(convs), gr.skip(), gr.skip()
-            ctx.recorder.arena(vote_type, convs, anony=anony, request=request)
+            if not ctx.recorder.arena(vote_type, convs, anony=anony, request=request):
+                # the answers stay on screen, the round stays open: the vote may be tried again
+                return (VOTE_NOT_RECORDED, *labels_for(convs, False), *after_turn(convs), gr.skip(), gr.skip())
             tail = " Press **New round** to battle again." if anony else " Clear the history to compare again."
             # The round is closed: no second vote, no more turns; the leak flag stays available.
             return (f"✅ Thanks for voting! {thanks}{tail}", *labels_for(convs, True),
@@ -169,7 +173,8 @@ def build_arena_tab(ctx: WebContext, anony: bool) -> ArenaTab:
         convs = [conv_a, conv_b]
         if convs[0] is None or convs[0].user_turns() == 0:
             return "Nothing to flag yet.", gr.skip()
-        ctx.recorder.arena("flag", convs, anony=anony, request=request, flag_reason="identity_leak")
+        if not ctx.recorder.arena("flag", convs, anony=anony, request=request, flag_reason="identity_leak"):
+            return VOTE_NOT_RECORDED, gr.skip()
         return "🚩 Thanks: this battle is marked as leaking a model's identity and will not be rated.", \
             gr.Button(interactive=False)
 
