@@ -25,7 +25,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import terminate
 from tests.fault_plane import MODEL, Outcome, Plane, chat, load, request, start_plane
-from tests.test_web_browser import CHROMIUM, CHROMIUM_ARGS, REPLY_TIMEOUT_MS, log_lines
+from tests.test_web_browser import CHROMIUM, CHROMIUM_ARGS, REPLY_TIMEOUT_MS, PlaywrightTimeout, log_lines
 
 pytestmark = pytest.mark.slow
 
@@ -296,10 +296,22 @@ class ChatPages:
         prompts = []
         for i, pg in enumerate(self.pages):
             prompt = PROMPTS[(i + round_) % len(PROMPTS)]
-            pg.click("#chat_clear")
-            pg.wait_for_function("() => !document.querySelector('#chat_chatbot [data-testid=bot]')")
-            pg.fill("#chat_input textarea", prompt)
-            pg.press("#chat_input textarea", "Enter")
+            if round_:
+                pg.click("#chat_clear")
+                pg.wait_for_function("() => !document.querySelector('#chat_chatbot [data-testid=user]')")
+            # The clear's answer can still empty the textbox after it is filled (a loaded CPU):
+            # sent is when the message shows in the chat.
+            for _ in range(5):
+                pg.fill("#chat_input textarea", prompt)
+                pg.press("#chat_input textarea", "Enter")
+                try:
+                    pg.wait_for_function("() => document.querySelector('#chat_chatbot [data-testid=user]')",
+                                         timeout=15_000)
+                    break
+                except PlaywrightTimeout:
+                    pass
+            else:
+                raise AssertionError(f"could not send {prompt!r}")
             prompts.append(prompt)
         return prompts
 
@@ -312,8 +324,6 @@ class ChatPages:
 
     def replies(self, plane: Plane) -> list[str]:
         """Each page's reply once its turn ended (the vote buttons come back)."""
-        from playwright.sync_api import TimeoutError as PlaywrightTimeout
-
         for pg in self.pages:
             try:
                 pg.wait_for_function("() => !document.querySelector('#chat_upvote').disabled",
