@@ -123,6 +123,9 @@ async def web_kill(plane: Plane, n: int, concurrency: int, max_tokens: int) -> d
     from orchestr.protocol import ChatMessage
     from orchestr.services.web.client import BackendError, ServingClient
 
+    plane.wait("controller", plane.controller)  # back from the controller kill before
+    while plane.registered() != set(plane.workers):
+        await asyncio.sleep(0.2)
     client = ServingClient(plane.controller)
     sem = asyncio.Semaphore(concurrency)
     done = 0
@@ -209,6 +212,7 @@ async def continuation_cost(plane: Plane, trials: int, max_tokens: int, n: int, 
             if killed is not None:
                 plane.restart_worker(killed)
     bodies = [chat(load_tokens, stream=i % 2 == 0) for i in range(n)]
+    await load(plane, bodies[:concurrency], concurrency, timeout=300)  # the restarted worker warms up
     t0 = time.monotonic()
     clean = await load(plane, bodies, concurrency, timeout=300)
     clean_s = time.monotonic() - t0
