@@ -7,6 +7,7 @@ anonymous tab reveals the names and the round is closed until "New round".
 from __future__ import annotations
 
 import asyncio
+import logging
 from dataclasses import dataclass
 
 import gradio as gr
@@ -17,6 +18,8 @@ from orchestr.services.web.recorder import VOTE_NOT_RECORDED
 from orchestr.services.web.sampling import NoBattlePair, battle_pair
 from orchestr.services.web.screening import screen, with_refusal
 from orchestr.services.web.widgets import NO_MODELS, model_dropdown_update, parameter_controls
+
+log = logging.getLogger(__name__)
 
 VOTES = (  # (button label, log type, elem suffix, thanks)
     ("👈 A is better", "leftvote", "vote_a", "You preferred **Model A**."),
@@ -112,7 +115,9 @@ def build_arena_tab(ctx: WebContext, anony: bool) -> ArenaTab:
             try:
                 a, b = battle_pair(available, ctx.cfg.arena_sampling_weights, ctx.cfg.arena_excluded_pairs)
             except NoBattlePair as exc:
-                return f"⚠️ Cannot start a battle: {exc}."
+                log.info("no battle pair: %s", exc)
+                return ("⚠️ A battle needs two different models, and this server does not run two that may "
+                        "meet right now. Try the side-by-side arena or the direct chat.")
             return [Conversation(model_name=a), Conversation(model_name=b)]
         if not all(named):
             return NO_MODELS if not ctx.models else "Pick a model for each side first."
