@@ -258,7 +258,7 @@ def web(plane, tmp_path_factory) -> tuple[str, Path]:
     return plane.start_web("web", log_dir, "--mode", "single", "--max-new-tokens", str(WEB_TOKENS)), log_dir
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture  # per test: Playwright's sync API holds an event loop, which asyncio.run must not meet
 def browser():
     from playwright.sync_api import sync_playwright
 
