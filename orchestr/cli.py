@@ -21,6 +21,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "status": ("orchestr.launch.day2", "status_main", "show the processes of the running deployment"),
     "logs": ("orchestr.launch.day2", "logs_main", "print (or --follow) one service's log"),
     "stop": ("orchestr.launch.day2", "stop_main", "stop every process of the running deployment"),
+    "votes": ("orchestr.launch.day2", "votes_main", "gather every web UI's vote logs (all nodes) into one folder"),
     "chat": ("orchestr.chat", "main", "chat with a model in the terminal"),
     "test-message": ("orchestr.services.test_message", "main", "one round-trip through controller and worker"),
     "eval": ("orchestr.eval.app", "main", "MT-bench style answers, judgments and results"),
@@ -33,6 +34,8 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
 
 
 HYDRA_COMMANDS = frozenset({"launch", "eval", "clean", "train"})  # they take Hydra overrides and flags
+# commands that default to the running deployment's settings (orchestr.launch.context)
+DEPLOYMENT_COMMANDS = frozenset({"eval", "clean", "train", "chat", "test-message"})
 
 
 def _usage() -> str:
@@ -58,6 +61,18 @@ def main(argv: list[str] | None = None) -> int:
         print(f"orchestr: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
         return 2
     module_name, func_name, _ = COMMANDS[name]
+    if name in DEPLOYMENT_COMMANDS:  # they start from the recorded deployment's settings
+        from orchestr.launch import context
+
+        if name == "clean":  # `step=x` -> `clean.step=x` first, so keys compare as written in full
+            from orchestr.arena.app import expand_shorthand
+
+            rest = expand_shorthand(rest)
+        try:
+            rest = context.apply(name, rest)
+        except OrchestrError as e:
+            print(f"orchestr {name}: {e}", file=sys.stderr)
+            return e.exit_code
     module = importlib.import_module(module_name)
     # Hydra and argparse both read sys.argv: present the subcommand as the program.
     sys.argv = [f"orchestr {name}", *rest]

@@ -14,9 +14,9 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema
 
 # --------------------------------------------------------------------------- errors
 
@@ -122,10 +122,16 @@ class ToolCall(BaseModel):
     function: ToolCallFunction
 
 
+# OpenAI allows content parts of several types; only text parts are supported here (and the
+# schema says so: other parts are refused with a 400 naming their type)
+TextPart = Annotated[dict[str, Any], WithJsonSchema({
+    "type": "object", "properties": {"type": {"const": "text"}, "text": {"type": "string"}},
+    "required": ["type", "text"]})]
+
+
 class ChatMessage(BaseModel):
     role: Literal["system", "user", "assistant", "tool", "developer"]
-    # OpenAI allows a list of content parts; only text parts are supported here.
-    content: str | list[dict[str, Any]] | None = ""
+    content: str | list[TextPart] | None = ""
     name: str | None = None
     tool_calls: list[ToolCall] | None = None
     tool_call_id: str | None = None
@@ -159,7 +165,9 @@ class ChatMessage(BaseModel):
         for part in self.content:
             if part.get("type") != "text":
                 raise ValueError(f"unsupported content part type {part.get('type')!r}: only 'text' is supported")
-            parts.append(str(part.get("text", "")))
+            if not isinstance(part.get("text"), str):
+                raise ValueError("a text content part needs its 'text' (a string)")
+            parts.append(part["text"])
         return "".join(parts)
 
 
@@ -168,6 +176,11 @@ MAX_TOKENS_LIMIT = 1_000_000  # far above any context; the context check gives t
 MAX_STOP = 4  # as OpenAI
 MIN_TOP_P = 1e-8  # (0, 1] as OpenAI, without denormals that round to 0 on the next hop
 MAX_PROMPTS = 64  # prompts in one /v1/completions request
+
+# Bounds the OpenAPI schema states, so what it calls valid the server accepts.
+NonEmptyStr = Annotated[str, Field(min_length=1)]
+TokenIds = Annotated[list[int], Field(min_length=1)]
+StopList = Annotated[list[str], Field(max_length=MAX_STOP)]
 
 
 class SamplingFields(BaseModel):
@@ -184,7 +197,7 @@ class SamplingFields(BaseModel):
     top_k: int | None = Field(default=-1, ge=-1, le=MAX_TOKENS_LIMIT)
     n: int | None = Field(default=1, ge=1, le=16)
     max_tokens: int | None = Field(default=None, ge=1, le=MAX_TOKENS_LIMIT)
-    stop: str | list[str] | None = Field(default=None)
+    stop: str | StopList | None = Field(default=None)
     stream: bool | None = False
     presence_penalty: float | None = Field(default=0.0, ge=-2.0, le=2.0)
     frequency_penalty: float | None = Field(default=0.0, ge=-2.0, le=2.0)
@@ -192,13 +205,6 @@ class SamplingFields(BaseModel):
     seed: int | None = Field(default=None, ge=0, lt=SEED_LIMIT)
     user: str | None = None
     logit_bias: dict[str, float] | None = None
-
-    @field_validator("stop")
-    @classmethod
-    def _few_stops(cls, v: str | list[str] | None) -> str | list[str] | None:
-        if isinstance(v, list) and len(v) > MAX_STOP:
-            raise ValueError(f"at most {MAX_STOP} stop sequences are supported")
-        return v
 
     def stop_list(self) -> list[str]:
         if self.stop is None:
@@ -271,23 +277,15 @@ class ChatCompletionStreamResponse(_CompletionObject):
 
 class CompletionRequest(SamplingFields):
     model: str
-    # text, texts, token ids, or lists of token ids (as OpenAI accepts)
-    prompt: str | list[str] | list[int] | list[list[int]]
+    # text, texts, token ids (one prompt, any length up to the context), or lists of token ids
+    prompt: (str | Annotated[list[str], Field(min_length=1, max_length=MAX_PROMPTS)] | TokenIds
+             | Annotated[list[TokenIds], Field(min_length=1, max_length=MAX_PROMPTS)])
     echo: bool | None = False
-    suffix: str | None = None
+    suffix: Annotated[str, Field(max_length=0, description="not supported (empty or null only)")] | None = None
     logprobs: int | None = Field(default=None, ge=0, le=5)
     best_of: int | None = Field(default=None, ge=1, le=16)
     stream_options: StreamOptions | None = None
     response_format: dict[str, Any] | None = None
-
-    @field_validator("prompt")
-    @classmethod
-    def _non_empty(cls, v):
-        if isinstance(v, list) and (not v or any(isinstance(p, list) and not p for p in v)):
-            raise ValueError("prompt must not be an empty list")
-        if isinstance(v, list) and len(v) > MAX_PROMPTS:
-            raise ValueError(f"at most {MAX_PROMPTS} prompts per request")
-        return v
 
     def prompts(self) -> list[str | list[int]]:
         """One entry per prompt: text or token ids."""
@@ -320,10 +318,12 @@ class EmbeddingsRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     model: str
-    input: str | list[str] | list[int] | list[list[int]]
+    input: NonEmptyStr | Annotated[list[NonEmptyStr], Field(min_length=1)] | TokenIds \
+        | Annotated[list[TokenIds], Field(min_length=1)]
     user: str | None = None
     encoding_format: Literal["float", "base64"] | None = "float"
-    dimensions: int | None = None
+    # refused: this server's vectors have one fixed size (the schema says so: null only)
+    dimensions: None = Field(default=None, description="not supported: the model's vectors have one size")
 
 
 class EmbeddingData(BaseModel):

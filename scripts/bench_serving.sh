@@ -13,7 +13,12 @@
 #   scripts/setup_vllm.sh and scripts/setup_openvino.sh); threads (the engine's adaptive thread
 #   count against one thread and all cores); fastchat (needs .venv-fastchat from
 #   scripts/setup_fastchat.sh); regression (this tree against the one named by OLD_TREE, e.g. a
-#   `git worktree add --detach ../old <commit>`, each launched from its own code)
+#   `git worktree add --detach ../old <commit>`, each launched from its own code); longctx (issue
+#   30's shapes for vLLM's server, orchestr's transformers and OpenVINO workers: 8 conversations x
+#   4 turns over a ~950-token system prompt, the head-of-line probe behind a cold 1,660-token prompt,
+#   random prompt lengths, and ShareGPT prompts when SHAREGPT=path/to/conversations.json is set;
+#   needs scripts/setup_vllm.sh and scripts/setup_openvino.sh); shortprompt (the threeway c=1/16/64
+#   levels for vLLM and the transformers worker only: the non-regression check beside longctx)
 set -euo pipefail
 
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -73,6 +78,24 @@ for run in "${runs[@]}"; do
         --target "orchestr-hf=orchestr:model.dtype=bfloat16" \
         --target "orchestr-openvino=orchestr:model=smollm2-135m-openvino" \
         --target "openvino-inprocess=openvino:" --baseline vllm-cpu-bf16 ;;
+    longctx)  # issue 30: shared prefixes, many turns, long prompts; each workload one run of the
+              # three servers (launched afresh), ratios vs vLLM
+      longctx=(--target "vllm-cpu-bf16=vllm" --target "orchestr-hf=orchestr:model.dtype=bfloat16"
+               --target "orchestr-openvino=orchestr:model=smollm2-135m-openvino" --baseline vllm-cpu-bf16)
+      "${bench[@]}" --workload multiturn --conversations 8 --turns 4 --system-prompt-tokens 950 \
+        --answer-tokens 32 "${longctx[@]}" -o "$out/longctx-multiturn.json"
+      "${bench[@]}" --workload hol --long-prompt-tokens 1660 --probe-delay 0.3 --answer-tokens 32 \
+        "${longctx[@]}" -o "$out/longctx-hol.json"
+      "${bench[@]}" --workload random --concurrency 4,16 --num-requests 32 \
+        --input-len-dist lognormal:400:0.8:1800 --output-len-dist uniform:16:128 "${longctx[@]}" \
+        -o "$out/longctx-random.json"
+      if [ -n "${SHAREGPT:-}" ]; then
+        "${bench[@]}" --workload sharegpt --dataset "$SHAREGPT" --concurrency 16 --num-requests 64 \
+          "${longctx[@]}" -o "$out/longctx-sharegpt.json"
+      fi ;;
+    shortprompt)  # the short-prompt figures longctx must not cost: c=1/16/64, vLLM and the transformers worker
+      three_levels shortprompt --target "vllm-cpu-bf16=vllm" \
+        --target "orchestr-hf=orchestr:model.dtype=bfloat16" --baseline vllm-cpu-bf16 ;;
     threads)  # the engine's thread count: adaptive (default) against pinned counts, vLLM for scale
       three_levels threads --target "vllm-cpu-bf16=vllm" \
         --target "hf-adaptive=orchestr:model.dtype=bfloat16" \
@@ -94,7 +117,7 @@ for run in "${runs[@]}"; do
         --target "new-1-thread=orchestr:model.dtype=bfloat16 engine.num_threads=1" \
         --target "new=orchestr:model.dtype=bfloat16" --baseline old -o "$out/regression.json"
       (cd "$old" && PYTHONPATH="$old" "$python" -m orchestr stop --state-file "$old_state/state.json") ;;
-    *) echo "unknown run $run (bf16 fp32 batching int8 vllm-worker threeway threads regression fastchat)" >&2
+    *) echo "unknown run $run (bf16 fp32 batching int8 vllm-worker threeway threads regression fastchat longctx shortprompt)" >&2
        exit 2 ;;
   esac
 done

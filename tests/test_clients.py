@@ -30,6 +30,12 @@ MC_ITEMS = [
     {"question": "How many legs does a dog have?", "choices": ["two", "four", "eight"], "answer": 1},
     {"question": "What is the capital of France?", "choices": ["Berlin", "Madrid", "Paris"], "answer": 2},
     {"question": "Which animal says meow?", "choices": ["cat", "cow", "duck"], "answer": 0},
+    # a context far over 64 tokens: its token-id prompts once were counted as that many prompts
+    {"question": "The Seine flows through Paris, the capital and largest city of France, home to the Louvre, "
+                 "the Eiffel Tower and Notre-Dame; about two million people live in the city itself and more "
+                 "than twelve million in its metropolitan area, which is the centre of the country's economy, "
+                 "government and culture. Which city is described?",
+     "choices": ["Berlin", "Madrid", "Paris"], "answer": 2},
 ]
 LL_ITEMS = [{"text": "The capital of France is", "target": " Paris"},
             {"text": "The capital of France is", "target": " a city"}]
@@ -174,14 +180,15 @@ def test_lm_eval_harness_local_completions_with_remote_tokenizer(deployment, tmp
     # the requests went to orchestr's routes (the served tokenizer included) and none was refused
     after = _api_requests(api_root)
     delta = {k: v - before.get(k, 0.0) for k, v in after.items() if v != before.get(k, 0.0)}
-    assert delta.get(("/v1/completions", "200"), 0) >= 8  # 14 loglikelihoods in batches of 2, 2 generations
+    assert delta.get(("/v1/completions", "200"), 0) >= 8  # 17 loglikelihoods in batches of 2, 2 generations
     assert delta.get(("/tokenize", "200"), 0) > 0 and delta.get(("/tokenizer_info", "200"), 0) > 0
     assert not [k for k in delta if k[1] != "200"], delta
 
     # every loglikelihood orchestr returned agrees with the same model computed in-process (bf16 kernels
     # differ a little; an off-by-one token or a wrong prompt would be off by whole nats)
     ref = _Reference()
-    check_loglikelihoods(out, results, ref, tol=0.05)
+    # (rel: bf16 kernels other than transformers' drift ~1% over the 80-token context; a wrong token is off by nats)
+    check_loglikelihoods(out, results, ref, tol=0.05, rel=0.02)
 
     # generate_until: greedy text, cut at the task's stop strings
     for row in _samples(out, "orchestr_tiny_gen"):

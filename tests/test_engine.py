@@ -201,7 +201,7 @@ def test_a_reader_that_falls_behind_gets_the_queued_tokens_as_one_chunk(batched)
         chunks = []
         async for chunk in batched.generate_stream(req):
             chunks.append(chunk)
-            await asyncio.sleep(0.15)  # several engine steps
+            await asyncio.sleep(0.3)  # several engine steps (even on a loaded machine)
         return chunks
 
     chunks = asyncio.run(slow_reader())
@@ -335,11 +335,14 @@ def test_bf16_engine_with_packed_weights():
         engine.shutdown()
 
 
-def test_kv_cache_exhaustion_preempts_and_recomputes(fp32_model, unbatched):
+@pytest.mark.parametrize(("prefix_caching", "kv_tokens"), [(False, 224), (True, 160)])
+def test_kv_cache_exhaustion_preempts_and_recomputes(fp32_model, unbatched, prefix_caching, kv_tokens):
     """A pool too small for all running sequences: the youngest is preempted (its blocks
-    freed) and recomputed later; every request still gets the same greedy text."""
+    freed) and recomputed later; every request still gets the same greedy text. With prefix
+    caching the prompts share their template's system-prompt blocks, so the pool is smaller."""
     model, tok = fp32_model
-    engine = Engine(model, tok, EngineConfig(batching=True, max_batch_size=4, kv_cache_tokens=224)).start()
+    engine = Engine(model, tok, EngineConfig(batching=True, max_batch_size=4, kv_cache_tokens=kv_tokens,
+                                             prefix_caching=prefix_caching)).start()
     prompts = STORY_PROMPTS[:3]
     try:
         async def run():
@@ -350,5 +353,39 @@ def test_kv_cache_exhaustion_preempts_and_recomputes(fp32_model, unbatched):
         assert [r.text for r in squeezed] == [r.text for r in alone]
         assert engine.preemptions > 0
         assert engine.cache.free_tokens() == engine.cache.capacity_tokens
+    finally:
+        engine.shutdown()
+
+
+def test_a_short_request_does_not_wait_for_a_long_prompts_forward(fp32_model, unbatched):
+    """A short chat sent while a long prompt is being prefilled gets its answer first: the long
+    forward pauses between layers, a step serves the short request, and the long one resumes
+    where it stopped. Both answers are what each gets alone."""
+    model, tok = fp32_model
+    engine = Engine(model, tok, EngineConfig(max_num_batched_tokens=512, kv_cache_tokens=8192,
+                                             prefix_caching=False)).start()
+    long_req = chat("Summarise this text: " + " ".join(f"item {i} is {i * 37 % 101}." for i in range(300)),
+                    max_new_tokens=8)
+    short_req = chat("Say hi.", max_new_tokens=4)
+    try:
+        async def run():
+            log: list = []
+            first = asyncio.create_task(_collect(engine, long_req, log))
+            shorts = []
+            while not first.done() and engine.interrupts == 0 and len(shorts) < 20:
+                await asyncio.sleep(0.05)
+                if engine.queue_length == 1 and engine.sched.running and engine.sched.running[0].kv_len == 0:
+                    continue  # the long prompt's first chunk has not started yet
+                shorts.append(await _collect(engine, short_req))
+                shorts[-1] = (*shorts[-1], first.done())
+            return await first, shorts
+
+        (long_text, _), shorts = asyncio.run(run())
+        assert engine.interrupts > 0, "no short request arrived during a long forward"
+        alone_long = asyncio.run(unbatched.generate(long_req)).text
+        alone_short = asyncio.run(unbatched.generate(short_req)).text
+        assert long_text == alone_long
+        assert all(text == alone_short for text, _, _ in shorts)
+        assert not shorts[-1][2], "the short request should have finished before the long one"
     finally:
         engine.shutdown()

@@ -132,6 +132,13 @@ def test_lifecycle_restart_and_stop_leave_nothing_behind(tmp_path: Path) -> None
         assert httpx.post(f"http://127.0.0.1:{ctrl}/list_models", timeout=5).status_code == 401
         with pytest.raises(openai.AuthenticationError):
             openai.OpenAI(base_url=f"http://127.0.0.1:{api}/v1", api_key="wrong", max_retries=0).models.list()
+        # a day-2 command takes the API's address and key from the record (issue 28), none repeated
+        ev = subprocess.run([*ORCHESTR, "eval", "eval.answer.backend=api", "eval.step=answer",
+                             "eval.answer.question_end=1", "eval.answer.max_tokens=4",
+                             f"eval.data_dir={tmp_path / 'eval'}"], capture_output=True, text=True, timeout=300,
+                            env={k: v for k, v in env.items() if k != "ORCHESTR_API_KEY"}, cwd=tmp_path)
+        assert ev.returncode == 0 and "its API key" in ev.stderr and f":{api}/v1" in ev.stderr, ev.stdout + ev.stderr
+        assert API_KEY not in ev.stdout + ev.stderr
 
         recorded = json.loads(state.read_text())
         worker_rec = next(p for p in recorded["processes"] if p["spec"]["name"] == "worker-0")

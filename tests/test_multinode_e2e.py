@@ -1,7 +1,7 @@
 """Acceptance: `orchestr launch cluster=ssh_cpu` over a real sshd, two "nodes", the real model.
 
 Both nodes are 127.0.0.1 reached through one throwaway OpenSSH server (tests/ssh_server.py), each
-service on its own port: the controller and worker-a on node-a, worker-b and the OpenAI API on
+service on its own port: the controller, worker-a and a web UI on node-a, worker-b, the OpenAI API and a second web UI on
 node-b. The deployment is detached (its supervisor applies the restart policy) and driven with
 the real `orchestr status` / `orchestr stop` through its own state file.
 """
@@ -53,7 +53,7 @@ class Cluster:
         self.root = root
         self.server = server
         self.state_file = root / "state.json"
-        names = ["controller", "api", "worker-a", "worker-b"]
+        names = ["controller", "api", "worker-a", "worker-b", "web", "web-b"]
         self.ports = dict(zip(names, free_ports(len(names)), strict=True))
         self.env = {**os.environ, "ORCHESTR_STATE_FILE": str(self.state_file),
                     "ORCHESTR_RUNS_DIR": str(root / "runs")}
@@ -66,7 +66,11 @@ class Cluster:
                 f"launch.log_dir={self.root / 'logs'}", "launch.health_timeout_s=600",
                 *node_overrides(self.server, "node-a"), *node_overrides(self.server, "node-b"),
                 f"services.controller.port={p['controller']}", f"services.api.port={p['api']}",
-                "services.web.enabled=false",
+                # a web UI on each node, each logging votes in its own folder on its node
+                f"services.web.port={p['web']}", f"services.web.log_dir={self.root / 'votes-a'}",
+                "+web@services.web.replicas.web-b=replica", "services.web.replicas.web-b.node=node-b",
+                f"services.web.replicas.web-b.port={p['web-b']}",
+                f"services.web.replicas.web-b.log_dir={self.root / 'votes-b'}",
                 f"cluster.workers.worker-a.port={p['worker-a']}", f"cluster.workers.worker-b.port={p['worker-b']}",
                 "cluster.workers.worker-b.restart.backoff_s=1",
                 "services.worker.heart_beat_interval=5", "services.controller.heart_beat_expiration=20"]
@@ -150,7 +154,8 @@ def cluster(tmp_path_factory):
 def test_every_process_runs_on_its_node_over_ssh(cluster) -> None:
     st = cluster.state()
     where = {p["spec"]["name"]: p["spec"]["node"] for p in st["processes"]}
-    assert where == {"controller": "node-a", "worker-a": "node-a", "worker-b": "node-b", "api": "node-b"}
+    assert where == {"controller": "node-a", "worker-a": "node-a", "worker-b": "node-b", "api": "node-b",
+                     "web": "node-a", "web-b": "node-b"}
     assert {st["nodes"][n]["transport"] for n in where.values()} == {"ssh"}
     for p in st["processes"]:
         # started by sshd, detached: session leaders whose parent is not this test or the launcher
@@ -208,6 +213,36 @@ def test_logs_come_from_the_node(cluster) -> None:
     out = cluster.orchestr("logs", "worker-b", "-n", "200")
     assert out.returncode == 0
     assert "start:" in out.stdout and "orchestr.services.model_worker" in out.stdout
+
+
+def _named_votes(web_url: str, n: int) -> None:
+    """Side-by-side battles through the web UI's HTTP backend (both workers serve one model)."""
+    from gradio_client import Client
+
+    for i in range(n):
+        client = Client(web_url, verbose=False)
+        client.predict(MODEL, MODEL, f"Count to {i + 2}.", 0.7, 1.0, 8, api_name="/on_send_2")
+        assert "Thanks for voting" in client.predict(api_name="/handler_4")[0]
+        client.close()
+
+
+def test_clean_counts_the_votes_of_the_web_uis_on_both_nodes(cluster, tmp_path) -> None:
+    web, web_b = (cluster.record(n) for n in ("web", "web-b"))
+    assert (web["spec"]["node"], web_b["spec"]["node"]) == ("node-a", "node-b")
+    _named_votes(f"http://127.0.0.1:{cluster.ports['web']}", 2)
+    _named_votes(f"http://127.0.0.1:{cluster.ports['web-b']}", 1)
+    assert list((cluster.root / "votes-a").glob("*-conv.json")) and list((cluster.root / "votes-b").glob("*-conv.json"))
+    out = cluster.orchestr("clean", "step=battles", f"clean.output_dir={tmp_path}", timeout=300)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "using the running deployment" in out.stderr and "web UI logs" in out.stderr, out.stderr
+    battles = json.loads((tmp_path / "clean_battle.json").read_text())
+    assert len(battles) == 3, out.stdout  # 2 cast on node-a's UI + 1 on node-b's, read over SSH
+    assert "read 3," in out.stdout
+    # the same, gathered into one folder by hand
+    got = cluster.orchestr("votes", "--out", str(tmp_path / "all"))
+    assert got.returncode == 0 and "2 web UI(s)" in got.stdout, got.stdout + got.stderr
+    lines = [json.loads(x) for f in (tmp_path / "all").glob("*-conv.json") for x in f.read_text().splitlines()]
+    assert sum(x["type"] == "leftvote" for x in lines) == 3
 
 
 def test_a_killed_worker_is_restarted(cluster) -> None:

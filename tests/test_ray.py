@@ -131,6 +131,33 @@ def test_the_service_secret_reaches_the_actors_but_not_ray_views_or_argv(ray_dep
     assert r.status_code == 200 and "smollm2-135m" in r.text
 
 
+def test_a_plan_ray_cannot_place_fails_fast_naming_the_resource(ray_dep, tmp_path) -> None:
+    """The default cluster's node `local` is no resource of setup_ray.sh's nodes: exit 2 at once
+    (no actor pending forever), nothing left in the namespace; a launch on the names of a running
+    deployment's actors is refused the same way (no ActorAlreadyExistsError)."""
+    namespace = f"orchtest-{uuid.uuid4().hex[:6]}"
+    env = {**os.environ, "ORCHESTR_RUNS_DIR": str(tmp_path / "runs"), "ORCHESTR_STATE_FILE": str(tmp_path / "s.json")}
+    base = [*ORCHESTR, "launch", "launch.backend=ray", f"launch.ray.address={RAY_ADDRESS}",
+            "services.web.enabled=false", *(f"services.{s}.port={p}" for s, p in zip(("controller", "api"), free_ports(2), strict=True))]
+    t0 = time.time()
+    out = subprocess.run([*base, f"launch.ray.namespace={namespace}"], env=env, capture_output=True, text=True,
+                         timeout=120)
+    took = time.time() - t0
+    assert out.returncode == 2 and took < 30, (took, out.stdout + out.stderr)
+    msg = out.stderr.strip().splitlines()
+    assert len(msg) == 1 and "Traceback" not in out.stderr, out.stderr
+    assert "no Ray node offers resource 'local'" in msg[0] and "'ray-head'" in msg[0] and "cluster=ray_local" in msg[0]
+    assert "launch.ray.node_resource" in msg[0]
+    assert actors(namespace) == []
+    # the running deployment's names in its namespace: refused before anything is created
+    taken = subprocess.run([*base, "cluster=ray_local", f"launch.ray.namespace={ray_dep.namespace}",
+                            *(f"cluster.workers.worker-{i}.port={p}" for i, p in enumerate(free_ports(2)))],
+                           env=env, capture_output=True, text=True, timeout=120)
+    assert taken.returncode == 2, taken.stdout + taken.stderr
+    assert "already in Ray namespace" in taken.stderr and "ActorAlreadyExists" not in taken.stderr
+    assert {a.name for a in actors(ray_dep.namespace, "ALIVE")} == {"controller", "worker-0", "worker-1", "api"}
+
+
 def test_logs_come_through_ray(ray_dep) -> None:
     out = ray_dep.orchestr("logs", "worker-1", "-n", "300")
     assert out.returncode == 0

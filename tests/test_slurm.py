@@ -90,6 +90,23 @@ def slurm(tmp_path_factory) -> SlurmDeployment:
         subprocess.run(["scancel", job], check=False)
 
 
+def test_a_plan_slurm_cannot_place_fails_before_any_job(tmp_path) -> None:
+    """A partition or node Slurm does not have: exit 2 naming the key and what exists, no sbatch."""
+    why = slurm_up()
+    if why:
+        pytest.skip(why)
+    prefix = f"orchtest-{uuid.uuid4().hex[:6]}"
+    env = {**os.environ, "ORCHESTR_RUNS_DIR": str(tmp_path / "runs"), "ORCHESTR_STATE_FILE": str(tmp_path / "s.json")}
+    base = [*ORCHESTR, "launch", "launch.backend=slurm", f"launch.slurm.job_name_prefix={prefix}",
+            "services.web.enabled=false", f"launch.log_dir={tmp_path / 'logs'}"]
+    for extra, key in ((["launch.slurm.partition=no-such-partition"], "launch.slurm.partition"),
+                       (["+launch.slurm.nodelist.local=no-such-node"], "launch.slurm.nodelist.local")):
+        out = subprocess.run([*base, *extra], env=env, capture_output=True, text=True, timeout=120)
+        assert out.returncode == 2, out.stdout + out.stderr
+        assert len(out.stderr.strip().splitlines()) == 1 and key in out.stderr and "it has" in out.stderr
+    assert squeue(prefix) == []
+
+
 def test_services_run_as_slurm_jobs_and_answer_the_openai_sdk(slurm) -> None:
     jobs = {name.removeprefix(slurm.prefix + "-"): state for _, name, state in squeue(slurm.prefix)}
     assert jobs == {"controller": "RUNNING", "worker-0": "RUNNING", "api": "RUNNING"}

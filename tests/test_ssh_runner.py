@@ -140,6 +140,25 @@ def test_an_unauthorised_key_is_refused(sshd) -> None:
     assert "cluster.nodes.node-a.user" in msg and "cluster.nodes.node-a.key_file" in msg
 
 
+def test_launch_checks_every_node_before_starting_anything(sshd, tmp_path) -> None:
+    """node-b refuses the key: `orchestr launch` exits 2 with one line naming node-b's keys, and
+    node-a (reachable) got nothing started."""
+    ctl = free_port()
+    node = {"node-a": sshd.node(python=PY), "node-b": sshd.node(python=PY, key_file=str(sshd.other_key_file))}
+    over = [f"cluster.nodes.{n}.{k}={v}" for n, d in node.items() for k, v in d.items()
+            if k in ("ssh_port", "user", "key_file", "use_agent", "known_hosts_file", "python")]
+    env = {**os.environ, "ORCHESTR_RUNS_DIR": str(tmp_path / "runs"), "ORCHESTR_STATE_FILE": str(tmp_path / "s.json")}
+    out = subprocess.run([*ORCHESTR, "launch", "cluster=ssh_cpu", "services.web.enabled=false",
+                          f"services.controller.port={ctl}", *over], env=env, capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 2, out.stdout + out.stderr
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and "cluster.nodes.node-b" in lines[0] and "key_file" in lines[0], out.stderr
+    assert "starting" not in out.stdout and not (tmp_path / "s.json").exists()
+    with pytest.raises(httpx.HTTPError):  # no controller was started on node-a
+        httpx.get(f"http://127.0.0.1:{ctl}/health", timeout=2)
+
+
 def test_a_node_python_without_orchestr_says_to_set_the_nodes_python(sshd, tmp_path) -> None:
     # the node's default `python3` has no orchestr: launch says which key to set
     node = NodeConfig(**sshd.node(python="/usr/bin/python3"))

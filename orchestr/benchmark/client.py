@@ -35,6 +35,7 @@ class RequestRecord:
     ok: bool = False
     error: str | None = None
     output_tokens: int = 0  # filled in afterwards by re-tokenising `text`
+    prompt_tokens: int | None = None  # the server's own count (usage), when it sent one
 
     @property
     def ttft(self) -> float | None:
@@ -54,11 +55,15 @@ class RequestSpec:
     max_tokens: int
     temperature: float = 0.0
     api_key: str | None = None
+    include_usage: bool = False  # openai: ask for the usage chunk at the end (stream_options)
 
 
 def _openai_body(spec: RequestSpec) -> dict:
-    return {"model": spec.model, "messages": spec.messages, "max_tokens": spec.max_tokens,
+    body = {"model": spec.model, "messages": spec.messages, "max_tokens": spec.max_tokens,
             "temperature": spec.temperature, "stream": True}
+    if spec.include_usage:
+        body["stream_options"] = {"include_usage": True}
+    return body
 
 
 def _worker_body(spec: RequestSpec) -> dict:
@@ -73,9 +78,9 @@ async def stream_request(client: StreamClient, spec: RequestSpec, index: int) ->
     headers = {"Authorization": f"Bearer {spec.api_key}"} if spec.api_key else {}
     base = spec.base_url.rstrip("/")
     if spec.protocol == "openai":
-        url, body, parse = f"{base}/chat/completions", _openai_body(spec), _parse_sse
+        url, body, parse = f"{base}/chat/completions", _openai_body(spec), _sse_line
     else:  # a worker wants the deployment's service secret (env ORCHESTR_SECRET / _FILE)
-        url, body, parse = f"{base}/worker_generate_stream", _worker_body(spec), _parse_ndjson
+        url, body, parse = f"{base}/worker_generate_stream", _worker_body(spec), _ndjson_line
         headers = bearer(service_secret())
     parts: list[str] = []
     resp = None
@@ -94,7 +99,9 @@ async def stream_request(client: StreamClient, spec: RequestSpec, index: int) ->
             else:
                 *lines, pending = (pending + block).split(b"\n")
             for line in lines:
-                delta, err = parse(line.decode())
+                delta, err, prompt_tokens = parse(line.decode())
+                if prompt_tokens is not None:
+                    rec.prompt_tokens = prompt_tokens
                 if err:
                     rec.error = err
                     return rec
@@ -115,26 +122,39 @@ async def stream_request(client: StreamClient, spec: RequestSpec, index: int) ->
     return rec
 
 
-def _parse_sse(line: str) -> tuple[str | None, str | None]:
+def _sse_line(line: str) -> tuple[str | None, str | None, int | None]:
+    """One SSE line -> (new text, error, prompt tokens of a usage chunk)."""
     if not line.startswith("data:"):
-        return None, None
+        return None, None, None
     payload = line[5:].strip()
     if not payload or payload == "[DONE]":
-        return None, None
+        return None, None, None
     data = json.loads(payload)
     if "error" in data and "choices" not in data:
         err = data["error"]
-        return None, str(err.get("message", err) if isinstance(err, dict) else err)
+        return None, str(err.get("message", err) if isinstance(err, dict) else err), None
+    usage = data.get("usage")
+    prompt_tokens = usage.get("prompt_tokens") if isinstance(usage, dict) else None
     choices = data.get("choices") or []
     if not choices:
-        return None, None
-    return (choices[0].get("delta") or {}).get("content"), None
+        return None, None, prompt_tokens
+    return (choices[0].get("delta") or {}).get("content"), None, prompt_tokens
+
+
+def _ndjson_line(line: str) -> tuple[str | None, str | None, int | None]:
+    """One worker stream line -> (new text, error, prompt tokens of its usage)."""
+    chunk = decode_line(line)
+    if chunk is None:
+        return None, None, None
+    prompt_tokens = chunk.usage.prompt_tokens if chunk.usage is not None and chunk.usage.prompt_tokens else None
+    if chunk.error_code:
+        return None, chunk.error or f"error code {chunk.error_code}", prompt_tokens
+    return chunk.text, None, prompt_tokens
+
+
+def _parse_sse(line: str) -> tuple[str | None, str | None]:
+    return _sse_line(line)[:2]
 
 
 def _parse_ndjson(line: str) -> tuple[str | None, str | None]:
-    chunk = decode_line(line)
-    if chunk is None:
-        return None, None
-    if chunk.error_code:
-        return None, chunk.error or f"error code {chunk.error_code}"
-    return chunk.text, None
+    return _ndjson_line(line)[:2]

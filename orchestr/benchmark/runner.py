@@ -66,7 +66,10 @@ class RssSampler:
 
 
 async def _run_requests(make_spec: Callable[[int], RequestSpec], concurrency: int, num_requests: int,
-                        timeout_s: float, on_done: Callable[[RequestRecord], None]) -> tuple[list[RequestRecord], float]:
+                        timeout_s: float, on_done: Callable[[RequestRecord], None],
+                        arrivals: list[float] | None = None) -> tuple[list[RequestRecord], float]:
+    """``concurrency`` client tasks work through the requests in order; with ``arrivals`` (seconds
+    from the start, one per request) a request is not sent before its arrival time."""
     indices = iter(range(num_requests))
     records: list[RequestRecord] = []
     client = StreamClient(connect_timeout=30.0, read_timeout=timeout_s, max_idle_per_host=concurrency + 4)
@@ -74,6 +77,10 @@ async def _run_requests(make_spec: Callable[[int], RequestSpec], concurrency: in
 
         async def client_task() -> None:
             for i in indices:  # the shared iterator hands each index to exactly one task
+                if arrivals is not None:
+                    wait = t0 + arrivals[i] - time.perf_counter()
+                    if wait > 0:
+                        await asyncio.sleep(wait)
                 rec = await stream_request(client, make_spec(i), i)
                 records.append(rec)
                 on_done(rec)
@@ -103,11 +110,19 @@ def run_level(
 ) -> LevelResult:
     """Run ``num_requests`` streaming requests with ``concurrency`` clients; tokens are counted
     after the run by re-tokenising each answer, the same way for every server."""
+    specs = [RequestSpec(protocol=protocol, base_url=base_url, model=model, messages=prompt_messages(i),
+                         max_tokens=max_tokens, api_key=api_key) for i in range(num_requests)]
+    result, _ = run_specs(specs, concurrency=concurrency, count_tokens=count_tokens, timeout_s=timeout_s,
+                          rss_pids=rss_pids, progress=progress, label=label)
+    return result
 
-    def make_spec(i: int) -> RequestSpec:
-        return RequestSpec(protocol=protocol, base_url=base_url, model=model, messages=prompt_messages(i),
-                           max_tokens=max_tokens, api_key=api_key)
 
+def run_specs(specs: list[RequestSpec], *, concurrency: int, count_tokens: Callable[[str], int],
+              timeout_s: float = 600.0, rss_pids: dict[str, int] | None = None, progress: bool = True,
+              label: str = "", arrivals: list[float] | None = None) -> tuple[LevelResult, list[RequestRecord]]:
+    """One level over a given list of requests (``arrivals``: an open-loop schedule, see
+    ``_run_requests``); the level's figures and its records, answers re-counted."""
+    num_requests = len(specs)
     bar = None
     if progress:
         from tqdm import tqdm
@@ -122,7 +137,7 @@ def run_level(
     try:
         with RssSampler(rss_pids or {}) as rss:
             records, duration = asyncio.run(
-                _run_requests(make_spec, concurrency, num_requests, timeout_s, on_done))
+                _run_requests(specs.__getitem__, concurrency, num_requests, timeout_s, on_done, arrivals))
     finally:
         if bar is not None:
             bar.close()
@@ -132,7 +147,7 @@ def run_level(
     result.peak_rss_mb = dict(rss.peak_mb)
     # Other work on the machine skews figures: keep the 1-minute load average with them.
     result.loadavg = [load_before, _loadavg()]
-    return result
+    return result, records
 
 
 def _loadavg() -> float | None:

@@ -9,7 +9,8 @@ A target is written ``NAME=KIND:ARGS`` (``NAME=`` optional):
   overrides, e.g. ``orchestr:engine.batching=false model.dtype=float32``; with ``--direct-worker``
   its worker is measured directly too (endpoint ``NAME/worker``), for the API + controller cost;
 * ``vllm:ARGS``: ``python -m vllm.entrypoints.openai.api_server`` from the vLLM venv on the
-  embedded model's safetensors folder (bf16, ``--max-model-len 2048``), ARGS appended;
+  embedded model's safetensors folder (bf16, ``--max-model-len 2048``, ``--disable-log-stats``
+  except for the workloads beside fixed, which read its prefix-cache counters), ARGS appended;
 * ``openvino:KEY=VALUE ...``: OpenVINO GenAI's ContinuousBatchingPipeline in this process, no
   HTTP (the upper bound for the OpenVINO worker, which is ``orchestr:model=smollm2-135m-openvino``);
   keys: threads, dtype, max_batch_size, max_num_batched_tokens, kv_cache_tokens, weight_format.
@@ -50,6 +51,8 @@ class Endpoint:
     base_url: str
     pids: dict[str, int] = field(default_factory=dict)  # server processes whose RSS is sampled
     local: Any = None  # an in-process driver (run_level, warm_up) instead of a URL
+    metrics_url: str | None = None  # the Prometheus /metrics with the engine's counters, if known
+    metrics_headers: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -60,6 +63,7 @@ class BenchOptions:
     model_path: str = "embedded://SmolLM2-135M-Instruct"
     direct_worker: bool = False
     vllm_python: str | None = None
+    vllm_stats: bool = False  # launched vLLM keeps its stats (and Prometheus counters) on
     start_timeout_s: float = 900.0
     work_dir: Path | None = None
     log: Callable[[str], None] = print
@@ -91,7 +95,13 @@ class UrlServer(Server):
     def start(self) -> list[Endpoint]:
         if not self.args.startswith(("http://", "https://")):
             raise BenchError(f"{self.name}: {self.kind}: needs a URL (http://...), got {self.args!r}")
-        return [Endpoint(self.name, "openai" if self.kind == "url" else "worker", self.args.rstrip("/"))]
+        base = self.args.rstrip("/")
+        if self.kind == "url":  # an OpenAI server's /metrics sits beside /v1
+            return [Endpoint(self.name, "openai", base, metrics_url=f"{base.removesuffix('/v1')}/metrics")]
+        from orchestr.secrets import bearer, service_secret
+
+        return [Endpoint(self.name, "worker", base, metrics_url=f"{base}/metrics",
+                         metrics_headers=bearer(service_secret()))]
 
 
 class OrchestrServer(Server):
@@ -129,17 +139,26 @@ class OrchestrServer(Server):
             raise BenchError(f"{self.name}: the launch recorded no API server ({self.state_file})")
         pids = {p.name: p.pid for p in state.processes if p.pid}
         endpoints = [Endpoint(self.name, "openai", state.api.rstrip("/"), pids)]
+        workers = [p for p in state.processes if p.spec.service in WORKER_SERVICES]
+        if len(workers) == 1:  # the engine's counters (prefix cache) are on the worker's /metrics
+            w = workers[0]
+            worker_url = f"http://{state.nodes[w.node].address}:{w.spec.port}"
+            try:
+                secret = Path(state.secret_file).read_text().strip() if state.secret_file else None
+            except OSError:  # then no counters: /metrics answers 401, the hit rate is left out
+                secret = None
+            endpoints[0].metrics_url = f"{worker_url}/metrics"
+            endpoints[0].metrics_headers = {"Authorization": f"Bearer {secret}"} if secret else {}
         if self.opts.direct_worker:
-            workers = [p for p in state.processes if p.spec.service in WORKER_SERVICES]
             if len(workers) != 1:
                 raise BenchError(f"{self.name}: --direct-worker needs exactly one worker, found {len(workers)}")
             w = workers[0]
-            addr = state.nodes[w.node].address
             if state.secret_file:  # the worker asks for the deployment's service secret
                 os.environ["ORCHESTR_SECRET_FILE"] = state.secret_file
                 os.environ.pop("ORCHESTR_SECRET", None)
-            endpoints.append(Endpoint(f"{self.name}/worker", "worker", f"http://{addr}:{w.spec.port}",
-                                      {w.name: w.pid}))
+            endpoints.append(Endpoint(f"{self.name}/worker", "worker", worker_url, {w.name: w.pid},
+                                      metrics_url=endpoints[0].metrics_url,
+                                      metrics_headers=endpoints[0].metrics_headers))
         return endpoints
 
     def stop(self) -> None:
@@ -170,8 +189,8 @@ class VllmServer(Server):
         root = Path(tempfile.mkdtemp(prefix=f"bench-{_slug(self.name)}-", dir=self.opts.work_dir))
         cmd = [python, "-m", "vllm.entrypoints.openai.api_server", "--model", folder,
                "--served-model-name", self.opts.model_name, "--host", "127.0.0.1", "--port", str(port),
-               "--dtype", "bfloat16", "--max-model-len", "2048", "--disable-log-stats",
-               *shlex.split(self.args)]
+               "--dtype", "bfloat16", "--max-model-len", "2048",
+               *([] if self.opts.vllm_stats else ["--disable-log-stats"]), *shlex.split(self.args)]
         # On the CPU build the KV cache is a fixed share of RAM in GiB.
         env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "2")}
         self.log_path = root / "vllm.log"
@@ -187,7 +206,8 @@ class VllmServer(Server):
                 raise BenchError(f"{self.name}: vLLM server exited (rc={self.proc.returncode}):\n{tail}")
             try:
                 if httpx.get(f"{base}/health", timeout=2.0).status_code == 200:
-                    return [Endpoint(self.name, "openai", f"{base}/v1", {"vllm": self.proc.pid})]
+                    return [Endpoint(self.name, "openai", f"{base}/v1", {"vllm": self.proc.pid},
+                                     metrics_url=f"{base}/metrics")]
             except httpx.HTTPError:
                 pass
             time.sleep(2.0)

@@ -101,6 +101,9 @@ class EngineConfig:
     max_batch_size: int = _h(64, "sequences decoded together")
     max_num_batched_tokens: int = _h(512, "token budget of one forward (prefill chunks + decodes)")
     kv_cache_tokens: int = _h(32768, "KV-cache capacity shared by all running sequences, in tokens")
+    prefix_caching: bool = _h(True, "reuse the keys/values of full 16-token blocks that an earlier request with the "
+                                    "same prefix computed (shared system prompts, chat histories); evicted least "
+                                    "recently used when the cache is full")
     num_threads: int | None = _h(None, "CPU threads for the model (default: adaptive, all cores or all but one, "
                                              "whichever steps faster, measured per step size)")
 
@@ -195,6 +198,8 @@ class ClusterConfig:
 # (`--field-name`, orchestr/config/flags.py), with this default and help.
 _BIND = "bind address; None: the node's address (0.0.0.0: every interface)"
 _SSL = "serve HTTPS (SSL_KEYFILE / SSL_CERTFILE env)"
+_KEEP_ALIVE = "seconds an idle keep-alive connection stays open"
+_HEADER = "seconds a client has to send a request's head (from connecting or its first byte); slower: dropped"
 
 
 @dataclass
@@ -210,6 +215,15 @@ class ServiceSection:
     port: int = _h(0, "port to serve on")
     restart: RestartPolicy = field(default_factory=RestartPolicy)
     extra_args: list[str] = field(default_factory=list)
+    keep_alive_timeout_s: float = _h(5.0, _KEEP_ALIVE)
+    header_timeout_s: float = _h(10.0, _HEADER)
+
+    def check_timeouts(self) -> None:
+        check(self.keep_alive_timeout_s > 0, "keep_alive_timeout_s", f"must be positive, got {self.keep_alive_timeout_s}")
+        check(self.header_timeout_s > 0, "header_timeout_s", f"must be positive, got {self.header_timeout_s}")
+
+    def __post_init__(self) -> None:
+        self.check_timeouts()
 
 
 @dataclass
@@ -223,6 +237,7 @@ class ControllerServiceConfig(ServiceSection):
     ssl: bool = _h(False, _SSL)
 
     def __post_init__(self) -> None:
+        self.check_timeouts()
         check(self.heart_beat_expiration > 0, "heart_beat_expiration",
               f"must be positive, got {self.heart_beat_expiration}")
         check(self.worker_timeout_s > 0, "worker_timeout_s", f"must be positive, got {self.worker_timeout_s}")
@@ -238,9 +253,12 @@ class WorkerServiceConfig:
     controller_timeout_s: float = _h(5.0, "seconds a worker waits on the controller (registration, heartbeats)")
     max_body_bytes: int = _h(4 * 1024 * 1024, "largest request body a worker accepts (413 above)")
     ssl: bool = _h(False, _SSL)
+    keep_alive_timeout_s: float = _h(5.0, _KEEP_ALIVE)
+    header_timeout_s: float = _h(10.0, _HEADER)
 
     def __post_init__(self) -> None:
         check_at_least(self, 0, "heart_beat_interval")
+        ServiceSection.check_timeouts(self)  # type: ignore[arg-type]
 
 
 @dataclass
@@ -258,6 +276,18 @@ class ApiServiceConfig(ServiceSection):
     default_max_tokens: int = _h(1024, "max_tokens of a chat request that sets none (bounded by the context)")
     max_body_bytes: int = _h(4 * 1024 * 1024, "largest request body accepted (413 above)")
     max_embedding_inputs: int = _h(256, "most inputs one /v1/embeddings request may carry")
+    max_embedding_tokens: int = _h(65536, "most tokens of all inputs of one /v1/embeddings request")
+    max_sequences: int = _h(64, "most sequences one request may start (prompts x n)")
+    max_prompt_tokens: int = _h(65536, "most prompt tokens one request may send to the model (prompt tokens x n)")
+    rate_limit_requests: int = _h(0, "requests a client (API key, else address) may send per window (0: no limit)")
+    rate_limit_tokens: int = _h(0, "tokens (prompt + completion) a client may use per window (0: no limit)")
+    rate_limit_window_s: float = _h(60.0, "the rate limits' window in seconds")
+    auth_failures_free: int = _h(5, "failed authentications per address (in auth_failure_window_s) answered at "
+                                    "once; each further one waits longer (doubling, up to 5 s)")
+    auth_failures_lockout: int = _h(50, "failed authentications per address in the window after which the "
+                                        "address gets 429 until the window ends (0: never)")
+    auth_failure_window_s: float = _h(300.0, "window of the failed-authentication counts, in seconds")
+    metrics_auth: bool = _h(True, "with API keys set, /metrics wants one of them (or the service secret)")
     allowed_origins: list[str] = _h(lambda: ["*"], "CORS: origins allowed to call the API")
     allowed_methods: list[str] = _h(lambda: ["*"], "CORS: methods allowed")
     allowed_headers: list[str] = _h(lambda: ["*"], "CORS: request headers allowed")
@@ -267,7 +297,14 @@ class ApiServiceConfig(ServiceSection):
     def __post_init__(self) -> None:
         check_at_least(self, 0, "worker_connect_timeout_s", "worker_timeout_s", "controller_timeout_s",
                        "controller_cache_ttl_s", "worker_retries", "health_check_interval_s")
-        check_at_least(self, 1, "default_max_tokens", "max_body_bytes", "max_embedding_inputs")
+        check_at_least(self, 1, "default_max_tokens", "max_body_bytes", "max_embedding_inputs",
+                       "max_embedding_tokens", "max_sequences", "max_prompt_tokens")
+        check_at_least(self, 0, "rate_limit_requests", "rate_limit_tokens", "auth_failures_free",
+                       "auth_failures_lockout")
+        check(self.rate_limit_window_s > 0, "rate_limit_window_s", f"must be positive, got {self.rate_limit_window_s}")
+        check(self.auth_failure_window_s > 0, "auth_failure_window_s",
+              f"must be positive, got {self.auth_failure_window_s}")
+        self.check_timeouts()
 
 
 @dataclass
@@ -287,8 +324,17 @@ class WebModerationConfig:
 
 
 @dataclass
+class WebReplicaConfig:
+    """Another web UI of the deployment, on its own node: the web's settings, its own place."""
+
+    node: str = "local"
+    port: int | None = None  # None: services.web.port
+    log_dir: str | None = None  # its vote logs on its node; None: services.web.log_dir
+
+
+@dataclass
 class WebServiceConfig(ServiceSection):
-    LAUNCHER_ONLY: ClassVar[tuple[str, ...]] = (*ServiceSection.LAUNCHER_ONLY, "auth")
+    LAUNCHER_ONLY: ClassVar[tuple[str, ...]] = (*ServiceSection.LAUNCHER_ONLY, "auth", "replicas")
 
     port: int = _h(7860, "port to serve on")
     mode: WebMode = _h(WebMode.multi, "single: chat tab only; multi: arena battle + side-by-side + chat + "
@@ -315,8 +361,12 @@ class WebServiceConfig(ServiceSection):
     arena_excluded_pairs: list[list[str]] = _h(
         list, 'anonymous arena: model pairs never drawn together (JSON list, e.g. \'[["a", "b"]]\')')
     moderation: WebModerationConfig = field(default_factory=WebModerationConfig)
+    # more web UIs by process name, e.g. {web-b: {node: node-b}}; each logs votes on its own node
+    # (`orchestr clean` and `orchestr train` read them all)
+    replicas: dict[str, WebReplicaConfig] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        self.check_timeouts()
         check_at_least(self, 1, "max_turns", "max_input_chars", "max_new_tokens", "concurrency_count")
         check(all(len(p) == 2 for p in self.arena_excluded_pairs), "arena_excluded_pairs",
               "each pair must name exactly two models")

@@ -1,13 +1,16 @@
-"""The batching engine: a scheduler thread that runs a transformers model over a paged KV
-cache with continuous batching, and an asyncio-facing API for the workers.
+"""The batching engine: a thread that runs a transformers model over a paged KV cache with
+continuous batching and prefix caching, and an asyncio-facing API for the workers.
 
-Each step the scheduler packs, under a token budget (``max_num_batched_tokens``):
-1. one token for every decoding sequence (they never wait for a prefill for long),
-2. prefill chunks of sequences still reading their prompt,
-3. newly admitted requests (a new request joins at the next step).
-All of them go through ONE forward of the model; finished or cancelled sequences leave at
-once, freeing their KV blocks. With ``batching=False`` one request runs at a time (the
-baseline FastChat behaves like).
+Each step the scheduler (scheduler.py) picks the sequences and tokens of ONE forward: a token
+for every decoding sequence, prefill chunks (short prompts whole and first), new requests
+starting after their cached prefix. Finished or cancelled sequences leave at once, freeing
+their KV blocks. With ``batching=False`` one request runs at a time (the baseline FastChat
+behaves like).
+
+A short request that arrives while a long prompt's chunk is in the middle of its forward does
+not wait for the rest of it: the forward stops between two layers, a step serves the new
+request (its prompt and first token), and the paused forward resumes where it stopped
+(``_interrupt``). The two touch disjoint sequences and KV blocks, so nothing is recomputed.
 """
 
 from __future__ import annotations
@@ -17,8 +20,8 @@ import logging
 import queue
 import threading
 import time
-from collections import deque
 from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -33,6 +36,7 @@ from orchestr.engine.metrics import EngineMetrics
 from orchestr.engine.prompts import PromptEndpoints, RequestError, refusal_chunk
 from orchestr.engine.prompts import encode as encode_text
 from orchestr.engine.sampling import NON_FINITE, SamplingParams, SamplingRow, sample_with_logprobs
+from orchestr.engine.scheduler import Plan, Scheduler
 from orchestr.engine.sequence import PreparedRequest, Sequence, token_logprobs
 from orchestr.engine.templates import ChatFormatter
 from orchestr.engine.threads import ThreadPolicy, leave_cores_to_engine
@@ -75,8 +79,6 @@ class Engine(PromptEndpoints):
             pack_linears(model)
             self.flat_forward = flat_forward.build(model)  # None: call the model itself
         self.batching = self.config.batching
-        self.max_batch = max(1, self.config.max_batch_size) if self.batching else 1
-        self.token_budget = max(1, self.config.max_num_batched_tokens)
 
         cfg = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
         heads = cfg.num_attention_heads
@@ -93,7 +95,9 @@ class Engine(PromptEndpoints):
                 if param is not None:
                     layer_devices[idx] = param.device
         self.cache = pa.PagedKVCache(cfg.num_hidden_layers, kv_heads, head_dim, self.config.kv_cache_tokens,
-                                     kv_dtype, device=self.device, layer_devices=layer_devices)
+                                     kv_dtype, device=self.device, layer_devices=layer_devices,
+                                     prefix_caching=self.config.prefix_caching)
+        self.blocks = self.cache.pool
         self.max_seq_tokens = min(self.context_len, self.cache.capacity_tokens)
         pa.register()
         try:
@@ -107,16 +111,17 @@ class Engine(PromptEndpoints):
         self.vocab_size = int(getattr(cfg, "vocab_size", None) or len(tokenizer))
         self._grammars = None  # GrammarCompiler, made on the first constrained request
         self._inbox: queue.SimpleQueue = queue.SimpleQueue()
-        self._waiting: deque[Sequence] = deque()
-        self._running: list[Sequence] = []
-        self._active = 0  # submitted and not finished (waiting + running), read by other threads
-        self.preemptions = 0
-        self._active_lock = threading.Lock()
+        self._held: list[tuple[str, Any]] = []  # inbox items kept while a paused forward waits
+        self._short_arrivals = 0  # short requests handed in since the last drain (other threads add)
+        self.interrupts = 0  # forwards paused for a short request
         self._thread: threading.Thread | None = None
         self._stopping = False
         self.threads = ThreadPolicy(pinned=threads)
         self._step_tokens = 0  # tokens in the forward of the current step
         self.metrics = EngineMetrics(model_name, self)
+        self.sched = Scheduler(self.cache, self.config, self.metrics)
+        self.max_batch = self.sched.max_batch
+        self.token_budget = self.sched.token_budget
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -160,7 +165,11 @@ class Engine(PromptEndpoints):
     # ------------------------------------------------------------------ request preparation
     @property
     def queue_length(self) -> int:
-        return self._active
+        return self.sched.active
+
+    @property
+    def preemptions(self) -> int:
+        return self.sched.preemptions
 
     def grammar_compiler(self):
         from orchestr.engine.grammar import GrammarCompiler
@@ -235,8 +244,9 @@ class Engine(PromptEndpoints):
 
         seq = Sequence(prep, self.tokenizer, sink, self.max_seq_tokens, self.device)
         seq.metrics = self.metrics
-        with self._active_lock:
-            self._active += 1
+        self.sched.submitted()
+        if len(prep.prompt_ids) <= self.sched.short_prompt:
+            self._short_arrivals += 1  # may pause a long forward (GIL-atomic enough: a hint)
         self._inbox.put(("add", seq))
         done = False
         sent_ids = 0  # output tokens whose ids went out with a chunk
@@ -309,13 +319,13 @@ class Engine(PromptEndpoints):
         cycle: tuple[int, float] | None = None  # (tokens, start) of the step before
         with torch.inference_mode():
             while not self._stopping:
-                idle = not (self._waiting or self._running)
+                idle = not self.sched.has_work()
                 self._drain_inbox(block=idle)
                 if idle:
                     cycle = None  # it waited for work: that time is not the step's
                 if self._stopping:
                     break
-                if not (self._waiting or self._running):
+                if not self.sched.has_work():
                     continue
                 now = time.perf_counter()
                 if cycle is not None:
@@ -325,115 +335,79 @@ class Engine(PromptEndpoints):
                     self._step()
                 except Exception as exc:  # a failed forward must not kill the worker
                     log.exception("engine step failed")
-                    for seq in list(self._running) + list(self._waiting):
+                    pa.set_step(None, None)
+                    for seq in list(self.sched.running) + list(self.sched.waiting):
                         self._drop(seq, error=f"engine error: {exc}")
                 cycle = (self._step_tokens, now) if self._step_tokens else None
-        for seq in list(self._running) + list(self._waiting):
+        for seq in list(self.sched.running) + list(self.sched.waiting):
             self._drop(seq, error="engine stopped")
 
-    def _drain_inbox(self, block: bool) -> None:
+    def _drain_inbox(self, block: bool, adds_only: bool = False) -> None:
+        """Take what other threads handed in. ``adds_only`` (a forward is paused): new requests
+        only; aborts and calls are held until the paused forward is done (they could free
+        blocks it writes, or run a forward of their own)."""
+        self._short_arrivals = 0
+        if not adds_only and self._held:
+            held, self._held = self._held, []
+            for kind, item in held:
+                self._handle(kind, item)
         while True:
             try:
                 kind, item = self._inbox.get(block=block, timeout=None)
             except queue.Empty:
                 return
             block = False
-            if kind == "add":
-                self._waiting.append(item)
-            elif kind == "abort":
-                self._abort(item)
-            elif kind == "call":
-                fn, args, fut, loop = item
-                try:
-                    result, error = fn(*args), None
-                except Exception as exc:  # returned to the awaiting caller
-                    result, error = None, exc
-                loop.call_soon_threadsafe(_settle, fut, result, error)
-            elif kind == "stop":
+            if adds_only and kind != "add":
+                self._held.append((kind, item))
+            elif self._handle(kind, item):
                 return
+
+    def _handle(self, kind: str, item: Any) -> bool:
+        """One inbox item; True for "stop"."""
+        if kind == "add":
+            self.sched.waiting.append(item)
+        elif kind == "abort":
+            self._abort(item)
+        elif kind == "call":
+            fn, args, fut, loop = item
+            try:
+                result, error = fn(*args), None
+            except Exception as exc:  # returned to the awaiting caller
+                result, error = None, exc
+            loop.call_soon_threadsafe(_settle, fut, result, error)
+        elif kind == "stop":
+            return True
+        return False
 
     def _abort(self, request_id: str) -> None:
-        for seq in list(self._waiting) + self._running:
-            if seq.request_id == request_id:
-                seq.finished = True  # the client is gone: nothing more to send
-                self._drop(seq)
-                return
+        seq = self.sched.find(request_id)
+        if seq is not None:
+            seq.finished = True  # the client is gone: nothing more to send
+            self._drop(seq)
 
     def _drop(self, seq: Sequence, error: str | None = None) -> None:
-        if seq in self._running:
-            self._running.remove(seq)
-        elif seq in self._waiting:
-            self._waiting.remove(seq)
-        else:
-            return
-        seq.table.release(self.cache)
-        if error is not None:
+        if error is not None and (seq in self.sched.running or seq in self.sched.waiting):
             seq.finish("error", error=error, error_code=ErrorCode.INTERNAL_ERROR)
-        with self._active_lock:
-            self._active -= 1
+        self.sched.retire(seq)
 
-    def _preempt(self, seq: Sequence) -> None:
-        """Out of KV blocks: give ``seq``'s blocks back and recompute it later (its prompt and
-        output so far are prefilled again; the stream just pauses)."""
-        self._running.remove(seq)
-        seq.table.release(self.cache)
-        seq.kv_len = 0
-        self._waiting.appendleft(seq)
-        self.preemptions += 1
-        self.metrics.preempt.inc()
-        log.info("KV cache full: preempted request %s (%d tokens)", seq.request_id, seq.num_tokens)
-
-    def _schedule(self) -> list[tuple[Sequence, int]]:
-        budget = self.token_budget if self.batching else 1 << 30
-        decodes = [s for s in self._running if s.is_decoding]
-        plan: list[tuple[Sequence, int]] = [(s, 1) for s in decodes]
-        budget -= len(decodes)
-        for seq in self._running:
-            if budget <= 0:
-                break
-            if not seq.is_decoding:
-                n = min(seq.num_pending, budget)
-                plan.append((seq, n))
-                budget -= n
-        while self._waiting and len(self._running) < self.max_batch and budget > 0:
-            seq = self._waiting[0]
-            # admit only what the pool can hold now, keeping a block of room per running sequence
-            need = seq.num_tokens + pa.BLOCK_SIZE * (len(self._running) + 1)
-            if self._running and need > self.cache.free_tokens():
-                break
-            self._waiting.popleft()
-            self._running.append(seq)
-            n = min(seq.num_pending, budget)
-            plan.append((seq, n))
-            budget -= n
-        # KV blocks for this step; preempt the youngest sequences when the pool runs dry
-        for seq, n in plan:
-            while seq in self._running and not seq.table.ensure(self.cache, seq.kv_len + n):
-                victim = self._running[-1]
-                if victim is seq and len(self._running) == 1:
-                    self._running.remove(seq)
-                    seq.table.release(self.cache)
-                    seq.finish("length" if seq.output_ids else "error",
-                               error=None if seq.output_ids else "prompt does not fit in the KV cache",
-                               error_code=0 if seq.output_ids else ErrorCode.CONTEXT_OVERFLOW)
-                    with self._active_lock:
-                        self._active -= 1
-                    break
-                self._preempt(victim)
-        return [(s, n) for s, n in plan if s in self._running]
-
+    # ------------------------------------------------------------------ steps
     def _step(self) -> None:
-        plan = self._schedule()
+        plan = self.sched.schedule()
         if not plan:
             return
+        step = self._build(plan)
+        # a long forward may pause for a short request that arrives meanwhile (see _interrupt)
+        pausable = self.flat_forward is not None and self.batching and len(step.tokens) > self.sched.short_prompt
+        self._forward(step, pausable)
+        self._complete(step)
+
+    def _build(self, plan: Plan) -> _Step:
+        """The flattened tokens, positions and attention metadata of one forward."""
         # decodes first: the attention treats the first n_decode tokens as one batch
         plan.sort(key=lambda item: not (item[0].is_decoding and item[1] == 1))
-        tokens: list[int] = []
-        positions: list[int] = []
-        writes: list[torch.Tensor] = []
-        keep: list[int] = []
-        sampled: list[Sequence] = []
-        meta = pa.StepMeta(write_index=torch.empty(0, dtype=torch.long), native=self.native_attention)
+        step = _Step(plan=plan, meta=pa.StepMeta(write_index=torch.empty(0, dtype=torch.long),
+                                                 native=self.native_attention))
+        meta = step.meta
         dec = [s for s, n in plan if n == 1 and s.is_decoding]
         if dec:
             lengths = torch.tensor([s.kv_len + 1 for s in dec])
@@ -441,43 +415,71 @@ class Engine(PromptEndpoints):
             meta.n_decode = len(dec)
             meta.decode_index = torch.stack([s.table.slots[:width] for s in dec])
             meta.decode_lens = lengths.to(self.device)
+        writes: list[torch.Tensor] = []
         for seq, n in plan:
             start = seq.kv_len
-            offset = len(tokens)
-            tokens.extend(seq.pending_tokens(n))
-            positions.extend(range(start, start + n))
+            offset = len(step.tokens)
+            step.tokens.extend(seq.pending_tokens(n))
+            step.positions.extend(range(start, start + n))
             writes.append(seq.table.slots[start : start + n])
             if offset >= meta.n_decode:
-                mask = None
-                if start > 0:
-                    mask = (torch.arange(start + n)[None, :] <= (start + torch.arange(n))[:, None]).to(self.device)
                 meta.chunks.append(pa.ChunkMeta(offset=offset, n=n, start=start,
-                                                kv_index=seq.table.slots[: start + n], mask=mask))
+                                                kv_index=seq.table.slots[: start + n]))
             if start + n == seq.num_tokens:  # its last pending token: sample the next one
-                keep.append(offset + n - 1)
-                sampled.append(seq)
+                step.keep.append(offset + n - 1)
+                step.sampled.append(seq)
         meta.write_index = torch.cat(writes) if len(writes) > 1 else writes[0]
-        pa.set_step(self.cache, meta)
-        self._step_tokens = len(tokens)
+        return step
+
+    def _forward(self, step: _Step, pausable: bool) -> None:
+        self._step_tokens = len(step.tokens)
         self.threads.pick(self._step_tokens)
-        input_ids = torch.tensor([tokens], device=self.device)
-        position_ids = torch.tensor([positions], device=self.device)
-        keep_rows = torch.tensor(keep, device=self.device) if keep else None
+        pa.set_step(self.cache, step.meta)
+        input_ids = torch.tensor([step.tokens], device=self.device)
+        position_ids = torch.tensor([step.positions], device=self.device)
+        keep_rows = torch.tensor(step.keep, device=self.device) if step.keep else None
         if self.flat_forward is not None:
-            logits = self.flat_forward(input_ids, position_ids, keep_rows)
-        elif keep:
-            logits = self.model(input_ids=input_ids, position_ids=position_ids, use_cache=False,
-                                logits_to_keep=keep_rows).logits[0]
+            state = self.flat_forward.start(input_ids, position_ids)
+            pauses = 0
+
+            def pause() -> bool:
+                return pausable and pauses < MAX_PAUSES and self._short_arrivals > 0
+
+            while not self.flat_forward.run_layers(state, pause):
+                pauses += 1
+                self.interrupts += 1
+                self._interrupt(step)
+                pa.set_step(self.cache, step.meta)
+            step.logits = self.flat_forward.logits(state, keep_rows)
+        elif keep_rows is not None:
+            step.logits = self.model(input_ids=input_ids, position_ids=position_ids, use_cache=False,
+                                     logits_to_keep=keep_rows).logits[0]
         else:  # only mid-prompt chunks: no token to sample, skip the LM head
             self.base_model(input_ids=input_ids, position_ids=position_ids, use_cache=False)
         pa.set_step(None, None)
-        for seq, n in plan:
-            seq.kv_len += n
-        if not sampled:
+
+    def _interrupt(self, paused: _Step) -> None:
+        """A short request arrived while ``paused``'s forward was between two layers: run a
+        step of the sequences it does not hold (the newcomers: their prompt, their first token)
+        before resuming it."""
+        pa.set_step(None, None)
+        self._drain_inbox(block=False, adds_only=True)
+        plan = self.sched.schedule(exclude={s for s, _ in paused.plan})
+        if plan:
+            sub = self._build(plan)
+            self._forward(sub, pausable=False)
+            self._complete(sub)
+        self.threads.pick(len(paused.tokens))
+        self._step_tokens = 0  # this cycle is two steps: the thread policy does not learn from it
+
+    def _complete(self, step: _Step) -> None:
+        """After the forward: advance the sequences, sample the next tokens, finish any done."""
+        self.sched.after_forward(step.plan)
+        if not step.sampled:
             return
-        rows = [SamplingRow(s.params, s.prompt_ids, s.output_ids, s.generator, s.grammar) for s in sampled]
-        tokens, lps = sample_with_logprobs(logits, rows)
-        for seq, token, lp in zip(sampled, tokens, lps, strict=True):
+        rows = [SamplingRow(s.params, s.prompt_ids, s.output_ids, s.generator, s.grammar) for s in step.sampled]
+        tokens, lps = sample_with_logprobs(step.logits, rows)
+        for seq, token, lp in zip(step.sampled, tokens, lps, strict=True):
             if token == NON_FINITE:
                 seq.finish("error", error="the sampling parameters turned this request's logits non-finite",
                            error_code=ErrorCode.PARAM_OUT_OF_RANGE)
@@ -485,10 +487,23 @@ class Engine(PromptEndpoints):
                 self.metrics.on_token(seq)
                 seq.append_token(token, lp)
             if seq.finished:
-                self._running.remove(seq)
-                seq.table.release(self.cache)
-                with self._active_lock:
-                    self._active -= 1
+                self.sched.retire(seq)
+
+
+MAX_PAUSES = 4  # per forward: a stream of short arrivals cannot hold a long prompt back for long
+
+
+@dataclass
+class _Step:
+    """One forward's inputs and, after it, its logits."""
+
+    plan: Plan
+    meta: pa.StepMeta
+    tokens: list[int] = field(default_factory=list)
+    positions: list[int] = field(default_factory=list)
+    keep: list[int] = field(default_factory=list)  # rows whose logits are sampled
+    sampled: list[Sequence] = field(default_factory=list)
+    logits: torch.Tensor | None = None
 
 
 def _settle(fut: asyncio.Future, result: Any, error: BaseException | None) -> None:

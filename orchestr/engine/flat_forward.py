@@ -102,6 +102,18 @@ def _add_rms(h: torch.Tensor, delta: torch.Tensor, norm: NativeRMSNorm) -> torch
     return out
 
 
+@dataclass
+class ForwardState:
+    """A forward between two layers: the residual stream ``h``, the next layer's normed input
+    ``x``, the rotary tables, and which layer runs next."""
+
+    h: torch.Tensor
+    x: torch.Tensor
+    cos: torch.Tensor
+    sin: torch.Tensor
+    next_layer: int = 0
+
+
 class FlatForward:
     def __init__(self, base: nn.Module, layers: list[_Layer], lm_head: Linear) -> None:
         self.embed = base.embed_tokens
@@ -114,13 +126,26 @@ class FlatForward:
                  keep: torch.Tensor | None) -> torch.Tensor | None:
         """input_ids/position_ids [1, T] (the engine's flattened step) -> logits of the rows in
         ``keep`` ([K, vocab]), or None when ``keep`` is None (no LM head)."""
+        state = self.start(input_ids, position_ids)
+        self.run_layers(state)
+        return self.logits(state, keep)
+
+    def start(self, input_ids: torch.Tensor, position_ids: torch.Tensor) -> ForwardState:
         h = self.embed(input_ids)  # [1, T, hidden]
         cos, sin = self.rotary(h, position_ids)
-        cos, sin = cos[0], sin[0]
         h = h[0]  # [T, hidden], the residual stream, updated in place
+        return ForwardState(h=h, x=_rms(h, self.layers[0].norm_in), cos=cos[0], sin=sin[0])
+
+    def run_layers(self, st: ForwardState, pause: Callable[[], bool] | None = None) -> bool:
+        """Run the remaining layers; with ``pause``, ask it between layers whether to stop there
+        (the engine serves a newly arrived short request, then resumes). True when done."""
+        h, x, cos, sin = st.h, st.x, st.cos, st.sin
         tokens = h.shape[0]
-        x = _rms(h, self.layers[0].norm_in)
-        for i, layer in enumerate(self.layers):
+        for i in range(st.next_layer, len(self.layers)):
+            if pause is not None and i > st.next_layer and pause():
+                st.x, st.next_layer = x, i
+                return False
+            layer = self.layers[i]
             qkv = layer.qkv(x).view(tokens, layer.heads + 2 * layer.kv_heads, layer.head_dim)
             q_end, k_end = layer.heads, layer.heads + layer.kv_heads
             qk = qkv[:, :k_end]
@@ -134,10 +159,14 @@ class FlatForward:
                 x = _add_rms(h, delta, self.layers[i + 1].norm_in)
             else:
                 h += delta
+        st.x, st.next_layer = x, len(self.layers)
+        return True
+
+    def logits(self, st: ForwardState, keep: torch.Tensor | None) -> torch.Tensor | None:
         if keep is None:
             return None
         # the final norm is per row: only the rows whose next token is sampled
-        return self.lm_head(_rms(h.index_select(0, keep), self.final_norm))
+        return self.lm_head(_rms(st.h.index_select(0, keep), self.final_norm))
 
 
 def build(model: nn.Module) -> FlatForward | None:

@@ -41,6 +41,12 @@ def _shared() -> dict[str, Any]:
                              registry=REGISTRY),
             "kv_usage": Gauge("vllm:kv_cache_usage_perc", "KV-cache usage (1 = full).", lb, registry=REGISTRY),
             "kv_blocks": Gauge("orchestr:kv_cache_blocks_used", "KV-cache blocks in use.", lb, registry=REGISTRY),
+            "kv_cached": Gauge("orchestr:kv_cache_blocks_cached", "KV-cache blocks findable by prefix caching "
+                               "(held by a sequence or kept for reuse).", lb, registry=REGISTRY),
+            "pc_queries": Counter("vllm:prefix_cache_queries", "Prompt tokens looked up in the prefix cache.", lb,
+                                  registry=REGISTRY),
+            "pc_hits": Counter("vllm:prefix_cache_hits", "Prompt tokens found in the prefix cache.", lb,
+                               registry=REGISTRY),
         }
     return _metrics
 
@@ -53,14 +59,20 @@ class EngineMetrics:
         self.ttft, self.itl, self.e2e = (m[k].labels(model_name) for k in ("ttft", "itl", "e2e"))
         self.prompt, self.gen, self.preempt = (m[k].labels(model_name) for k in ("prompt", "gen", "preempt"))
         self._success = m["success"]
+        self.pc_queries, self.pc_hits = m["pc_queries"].labels(model_name), m["pc_hits"].labels(model_name)
         self.model_name = model_name
         cache = engine.cache
-        m["running"].labels(model_name).set_function(lambda: len(engine._running))
-        m["waiting"].labels(model_name).set_function(lambda: len(engine._waiting))
+        m["running"].labels(model_name).set_function(lambda: len(engine.sched.running))
+        m["waiting"].labels(model_name).set_function(lambda: len(engine.sched.waiting))
         m["kv_usage"].labels(model_name).set_function(
             lambda: 1.0 - cache.free_tokens() / max(1, cache.capacity_tokens))
         m["kv_blocks"].labels(model_name).set_function(
-            lambda: cache.num_blocks - len(cache.free_blocks))
+            lambda: cache.used_blocks())
+        m["kv_cached"].labels(model_name).set_function(lambda: cache.pool.cached_count())
+
+    def on_prefix_lookup(self, queried: int, hit: int) -> None:
+        self.pc_queries.inc(queried)
+        self.pc_hits.inc(hit)
 
     def on_token(self, seq: Any) -> None:
         now = time.monotonic()

@@ -115,6 +115,9 @@ def library() -> ctypes.CDLL | None:
         lib.orchestr_paged_decode.restype = ctypes.c_int
         lib.orchestr_paged_decode.argtypes = [ctypes.c_int, _ptr, _i64, _i64, _ptr, _ptr, _i64, _i64, _ptr, _i64,
                                               _ptr, _ptr, _i64, _i64, _i64, _i64, _i64, _i64, ctypes.c_float]
+        lib.orchestr_paged_prefill.restype = ctypes.c_int
+        lib.orchestr_paged_prefill.argtypes = [ctypes.c_int, _ptr, _i64, _i64, _ptr, _ptr, _i64, _i64, _ptr, _i64,
+                                               _i64, _ptr, _i64, _i64, _i64, _i64, _i64, ctypes.c_float]
         lib.orchestr_rms_norm.restype = None
         lib.orchestr_rms_norm.argtypes = [ctypes.c_int, _ptr, _i64, _ptr, _ptr, _i64, _i64, _i64, ctypes.c_float]
         lib.orchestr_rotary.restype = None
@@ -170,6 +173,32 @@ def paged_decode(q: torch.Tensor, k_pool: torch.Tensor, v_pool: torch.Tensor, sl
         return None
     if rc != 0:
         raise MemoryError("orchestr_paged_decode: out of memory")
+    return out
+
+
+def paged_prefill(q: torch.Tensor, k_pool: torch.Tensor, v_pool: torch.Tensor, slots: torch.Tensor, start: int,
+                  scale: float) -> torch.Tensor | None:
+    """Attention of a prefill chunk of one sequence: ``q`` [n, H, d] for positions ``start ..
+    start+n-1``, ``slots`` [start + n] the pool slot of each of its positions. Query row r
+    attends to positions 0 .. start+r. Returns [n, H, d] in q's dtype, row for row bitwise what
+    :func:`paged_decode` gives that token; None when the kernel cannot take it."""
+    lib = library()
+    if lib is None or q.device.type != "cpu" or q.dtype != k_pool.dtype or q.dtype not in (torch.bfloat16,
+                                                                                              torch.float32):
+        return None
+    if q.stride(-1) != 1 or not (k_pool.is_contiguous() and v_pool.is_contiguous()):
+        return None
+    slots = slots if slots.is_contiguous() else slots.contiguous()
+    n, heads, head_dim = q.shape
+    out = torch.empty((n, heads, head_dim), dtype=q.dtype)
+    rc = lib.orchestr_paged_prefill(
+        int(q.dtype == torch.bfloat16), q.data_ptr(), q.stride(0), q.stride(1), k_pool.data_ptr(), v_pool.data_ptr(),
+        k_pool.stride(0), k_pool.stride(1), slots.data_ptr(), start, n, out.data_ptr(), out.stride(0),
+        out.stride(1), heads, k_pool.shape[1], head_dim, float(scale))
+    if rc == -1:
+        return None
+    if rc != 0:
+        raise MemoryError("orchestr_paged_prefill: out of memory")
     return out
 
 

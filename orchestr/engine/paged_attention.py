@@ -21,9 +21,10 @@ import torch
 import torch.nn.functional as F
 
 from orchestr.engine import native
+from orchestr.engine.block_pool import BLOCK_SIZE, BlockPool
 
 ATTN_IMPLEMENTATION = "orchestr_paged"
-BLOCK_SIZE = 16
+__all__ = ["BLOCK_SIZE", "BlockTable", "PagedKVCache", "StepMeta", "ChunkMeta"]
 
 
 @dataclass
@@ -34,7 +35,13 @@ class ChunkMeta:
     n: int
     start: int
     kv_index: torch.Tensor  # pool slots of positions 0 .. start+n-1
-    mask: torch.Tensor | None  # [n, start+n] bool, None when start == 0 (plain causal)
+
+    def mask(self) -> torch.Tensor | None:
+        """[n, start+n] bool for the torch path; None when start == 0 (plain causal)."""
+        if self.start == 0:
+            return None
+        rows = self.start + torch.arange(self.n, device=self.kv_index.device)
+        return torch.arange(self.start + self.n, device=self.kv_index.device)[None, :] <= rows[:, None]
 
 
 @dataclass
@@ -68,7 +75,7 @@ class StepMeta:
             self._moved[device] = StepMeta(
                 write_index=mv(self.write_index), n_decode=self.n_decode, native=self.native, decode_index=mv(self.decode_index),
                 decode_lens=mv(self.decode_lens),
-                chunks=[ChunkMeta(c.offset, c.n, c.start, mv(c.kv_index), mv(c.mask)) for c in self.chunks])
+                chunks=[ChunkMeta(c.offset, c.n, c.start, mv(c.kv_index)) for c in self.chunks])
         return self._moved[device]
 
 
@@ -78,7 +85,7 @@ class PagedKVCache:
 
     def __init__(self, num_layers: int, num_kv_heads: int, head_dim: int, tokens: int,
                  dtype: torch.dtype, device: torch.device | str = "cpu",
-                 layer_devices: dict[int, torch.device] | None = None) -> None:
+                 layer_devices: dict[int, torch.device] | None = None, prefix_caching: bool = True) -> None:
         self.num_blocks = max(1, tokens // BLOCK_SIZE)
         slots = self.num_blocks * BLOCK_SIZE
         # each layer's pool lives where the layer runs (device maps split layers over GPUs);
@@ -88,7 +95,7 @@ class PagedKVCache:
         shape = (slots, num_kv_heads, head_dim)
         self.keys = [self._zeros(shape, dtype, d) for d in where]
         self.values = [self._zeros(shape, dtype, d) for d in where]
-        self.free_blocks: list[int] = list(range(self.num_blocks - 1, -1, -1))
+        self.pool = BlockPool(self.num_blocks, caching=prefix_caching)
         self.device = device
 
     def _zeros(self, shape: tuple[int, ...], dtype: torch.dtype, device) -> torch.Tensor:
@@ -109,16 +116,18 @@ class PagedKVCache:
         return self.num_blocks * BLOCK_SIZE
 
     def free_tokens(self) -> int:
-        return len(self.free_blocks) * BLOCK_SIZE
+        """Slots that can be handed out now (cached blocks no sequence holds count: they are
+        evicted on demand)."""
+        return self.pool.free_count() * BLOCK_SIZE
+
+    def used_blocks(self) -> int:
+        return self.pool.used_count()
 
     def allocate(self, n_blocks: int) -> list[int] | None:
-        if n_blocks > len(self.free_blocks):
-            return None
-        return [self.free_blocks.pop() for _ in range(n_blocks)]
+        return self.pool.allocate(n_blocks)
 
     def release(self, blocks: list[int]) -> None:
-        self.free_blocks.extend(reversed(blocks))
-        blocks.clear()
+        self.pool.release(blocks)
 
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in self.keys + self.values)
@@ -144,14 +153,20 @@ class BlockTable:
         new = cache.allocate(missing)
         if new is None:
             return False
+        self.append(new)
+        return True
+
+    def append(self, new: list[int]) -> None:
+        """Add blocks (already referenced for this table) after the ones it holds."""
+        if not new:
+            return
         first = len(self.blocks)
         self.blocks.extend(new)
         base = torch.tensor(new, dtype=torch.long).mul_(BLOCK_SIZE)
         offsets = torch.arange(BLOCK_SIZE, dtype=torch.long)
-        self.slots[first * BLOCK_SIZE : (first + missing) * BLOCK_SIZE] = (
+        self.slots[first * BLOCK_SIZE : (first + len(new)) * BLOCK_SIZE] = (
             (base[:, None] + offsets[None, :]).reshape(-1).to(self.slots.device)
         )
-        return True
 
     def release(self, cache: PagedKVCache) -> None:
         cache.release(self.blocks)
@@ -196,11 +211,19 @@ def attend(layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scalin
         qd = q[: meta.n_decode].to(k_pool.dtype)  # [D, H, d]
         outputs.append(_decode_attention(qd, k_pool, v_pool, meta, scaling).to(q.dtype))
     for chunk in meta.chunks:
+        if meta.native and q.device.type == "cpu":
+            scale = scaling if scaling is not None else q.shape[-1] ** -0.5
+            qn = q[chunk.offset : chunk.offset + chunk.n].to(k_pool.dtype)
+            out = native.paged_prefill(qn, k_pool, v_pool, chunk.kv_index, chunk.start, scale)
+            if out is not None:  # straight over the pool, no gather, no mask (kernels/cpu_kernels.c)
+                outputs.append(out.to(q.dtype))
+                continue
         qc = q[chunk.offset : chunk.offset + chunk.n].transpose(0, 1).unsqueeze(0)  # [1, H, n, d]
         kc = k_pool.index_select(0, chunk.kv_index).transpose(0, 1).unsqueeze(0)  # [1, kv, L, d]
         vc = v_pool.index_select(0, chunk.kv_index).transpose(0, 1).unsqueeze(0)
-        out = F.scaled_dot_product_attention(qc.to(kc.dtype), kc, vc, attn_mask=chunk.mask,
-                                             is_causal=chunk.mask is None and chunk.n > 1,
+        mask = chunk.mask()
+        out = F.scaled_dot_product_attention(qc.to(kc.dtype), kc, vc, attn_mask=mask,
+                                             is_causal=mask is None and chunk.n > 1,
                                              scale=scaling, enable_gqa=True)
         outputs.append(out[0].transpose(0, 1).to(q.dtype))  # [n, H, d]
     return outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=0)

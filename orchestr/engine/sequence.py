@@ -9,6 +9,7 @@ from typing import Any
 
 import torch
 
+from orchestr.engine.block_pool import BLOCK_SIZE, ROOT_HASH, chain_hashes
 from orchestr.engine.detokenizer import IncrementalDetokenizer, StopStringMatcher
 from orchestr.engine.paged_attention import BlockTable
 from orchestr.engine.sampling import Logprob, SamplingParams
@@ -64,6 +65,11 @@ class Sequence:
         self.sink = sink
         self.table = BlockTable(max_tokens, device=device)
         self.kv_len = 0  # tokens whose keys/values are in the cache
+        # prefix caching: hashes of the full blocks known so far; blocks [0, cache_synced) of the
+        # table are registered as computed (see Engine._sync_blocks)
+        self.block_hashes: list[bytes] = []
+        self.cache_synced = 0
+        self.cached_tokens = 0  # prompt tokens found in the prefix cache at admission
         self.detok = IncrementalDetokenizer(tokenizer)
         self.matcher = StopStringMatcher(prep.stop)
         self.text = ""
@@ -92,6 +98,22 @@ class Sequence:
     @property
     def is_decoding(self) -> bool:
         return self.kv_len >= len(self.prompt_ids) and self.num_pending == 1
+
+    def hashes_upto(self, n_blocks: int) -> list[bytes]:
+        """Content hashes of the first ``n_blocks`` full blocks of prompt + output."""
+        have = len(self.block_hashes)
+        if n_blocks > have:
+            tokens = self.token_ids(n_blocks * BLOCK_SIZE)
+            parent = self.block_hashes[-1] if have else ROOT_HASH
+            self.block_hashes.extend(chain_hashes(tokens, have, parent))
+        return self.block_hashes[:n_blocks]
+
+    def token_ids(self, n: int) -> list[int]:
+        """The first ``n`` tokens of prompt + output."""
+        p = len(self.prompt_ids)
+        if n <= p:
+            return self.prompt_ids[:n]
+        return self.prompt_ids + self.output_ids[: n - p]
 
     def pending_tokens(self, n: int) -> list[int]:
         start = self.kv_len

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import secrets as token_source
 import signal
 import subprocess
 import sys
@@ -19,7 +20,8 @@ from orchestr.config.serving import LaunchConfig
 from orchestr.errors import LaunchError, OrchestrError, UserError
 from orchestr.launch import secret_files
 from orchestr.launch import state as state_mod
-from orchestr.launch.backends import Runners
+from orchestr.launch.backends import Runners, preflight
+from orchestr.launch.context import recorded_overrides
 from orchestr.launch.deploy import Deployment, check_local_ports
 from orchestr.launch.plan import Planner, build_plan, render_plan
 from orchestr.launch.secret_files import DeploymentSecrets
@@ -87,16 +89,20 @@ def run(cfg: DictConfig) -> int:
         finally:
             runners.close()
         if alive:
-            raise UserError(f"a deployment is already running ({', '.join(alive)}; state {state_file}); "
-                            "stop it with `orchestr stop` or set launch.state_file to run another")
+            raise UserError(f"a deployment is already running ({', '.join(alive)}; state {state_file}): "
+                            "stop it with `orchestr stop`, or set launch.state_file to run another beside it")
         state_mod.remove(state_file)
     check_local_ports(specs, nodes)
+    preflight(nodes, specs)  # can the backend place the plan? (exit 2 naming the key, before anything starts)
     secrets.write(planner.secrets_dir)
     ep = planner.endpoints()
     dep = Deployment(specs, nodes, run_dir=run_dir, log_dir=launch.log_dir,
                      controller=ep.controller, api=ep.api, web=ep.web, state_file=state_file,
                      health_timeout_s=launch.health_timeout_s,
                      secret_file=secret_files.secret_path(planner.secrets_dir, secret_files.SERVICE_VAR))
+    dep.state.overrides = recorded_overrides(_task_overrides())
+    dep.state.owner = token_source.token_hex(8)
+    dep.state.owner_pid = None if launch.detach else os.getpid()
     stopping = False
 
     def _on_signal(signum, _frame):
@@ -124,17 +130,44 @@ def run(cfg: DictConfig) -> int:
         dep.close()
         _say(f"detached; `orchestr status`, `orchestr logs NAME`, `orchestr stop` (state: {state_file})")
         return 0
+    return _watch_attached(dep, launch)
+
+
+def _watch_attached(dep: Deployment, launch: LaunchConfig) -> int:
+    """Watch until Ctrl-C (then stop everything) or until the deployment is no longer ours
+    (`orchestr stop` from another terminal, or a takeover): then leave it to them."""
+    signalled = False
+
+    def _on_signal(signum, _frame):
+        nonlocal signalled
+        signalled = True  # acted on between watch rounds, never in the middle of a restart
+
+    signal.signal(signal.SIGTERM, _on_signal)
+    signal.signal(signal.SIGINT, _on_signal)
+    dep.owner = dep.state.owner
     _say("running; Ctrl-C stops everything")
-    try:
-        while True:
-            if launch.watch:
-                dep.watch_once(_say)
-            time.sleep(1.0)
-    except KeyboardInterrupt:
-        _say("stopping")
-    finally:
-        dep.stop_all(_say)
+    while not signalled:
+        if reason := dep.left():
+            _say(f"the deployment is no longer this launcher's: {reason}; exiting")
+            dep.close()
+            return 0
+        if launch.watch:
+            dep.watch_once(_say)
+        for _ in range(10):
+            if signalled:
+                break
+            time.sleep(0.1)
+    if reason := dep.left():  # `orchestr stop` sent the signal: it stops the processes itself
+        _say(f"the deployment is no longer this launcher's: {reason}; exiting")
+        dep.close()
+        return 0
+    _say("stopping")
+    dep.stop_all(_say)
     return 0
+
+
+def _task_overrides() -> list[str]:
+    return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
 
 
 register_configs()

@@ -27,6 +27,9 @@ class Runner(Protocol):
     def follow_log(self, record: ProcessRecord) -> Iterator[str]: ...
     # delete what `start` copied to the node of the deployment's secret files (folder: theirs here)
     def remove_files(self, folder: Path) -> None: ...
+    # copy the node's files `pattern` in `folder` (a node's path) into `into` here (how day-2
+    # commands read an SSH node's vote logs; shared-filesystem backends never need it)
+    def fetch_files(self, folder: str, pattern: str, into: Path) -> int: ...
     def close(self) -> None: ...
 
 
@@ -49,6 +52,20 @@ def check_transport(node_name: str, node: NodeConfig) -> None:
     if node.transport not in BACKENDS:
         raise ConfigError(f"cluster.nodes.{node_name}.transport",
                           f"unknown transport {node.transport!r} ({' | '.join(BACKENDS)})")
+
+
+def preflight(nodes: dict[str, NodeConfig], specs: list[ProcessSpec]) -> None:
+    """Before anything starts: can each backend place its share of the plan? A backend class
+    may define `preflight(nodes, specs)` (a classmethod) that raises a `ConfigError` naming the
+    key to change and what exists instead."""
+    by_backend: dict[str, dict[str, NodeConfig]] = {}
+    for name, node in nodes.items():
+        check_transport(name, node)
+        by_backend.setdefault(node.transport, {})[name] = node
+    for transport, group in by_backend.items():
+        check = getattr(get_class(BACKENDS[transport]), "preflight", None)
+        if check is not None:
+            check(group, [s for s in specs if s.node in group])
 
 
 def runner_for(node_name: str, node: NodeConfig) -> Runner:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 import httpx
@@ -126,17 +127,18 @@ def logs_main() -> int:
     return 0
 
 
-def _stop_supervisor(pid: int, timeout: float = 90.0) -> None:
-    """TERM the detached watcher and wait for it: it may be mid-restart (backoff, then start)
-    and must record that process before we read the state. Only ever a supervisor process:
-    a recorded pid may have been reused by now."""
+def _stop_watcher(pid: int, marker: str, timeout: float = 90.0) -> None:
+    """TERM the deployment's watcher (the detached supervisor, or an attached `orchestr launch`)
+    and wait for it: it may be mid-restart (backoff, then start) and must record that process
+    before we read the state. Only ever a process whose command line has `marker`: a recorded
+    pid may have been reused by now."""
     import time
 
     import psutil
 
     try:
         proc = psutil.Process(pid)
-        if "orchestr.launch.supervisor" not in " ".join(proc.cmdline()):
+        if pid == os.getpid() or marker not in " ".join(proc.cmdline()):
             return
         proc.terminate()
         deadline = time.time() + timeout
@@ -151,9 +153,17 @@ def stop_main() -> int:
     state, path = _load(args.state_file)
     if state is None:
         return _nothing_recorded(path, 0)
-    if state.supervisor_pid:  # first the watcher, or it would restart what we stop
-        _stop_supervisor(state.supervisor_pid)
+    # first the watchers, or they would restart what we stop: mark the record (a watcher leaves
+    # when it sees the mark), signal them, wait until they are gone, then read the record again
+    state.stopping = True
+    state_mod.save(state, state_mod.state_path(args.state_file))
+    if state.supervisor_pid:
+        _stop_watcher(state.supervisor_pid, "orchestr.launch.supervisor")
+    if state.owner_pid:
+        _stop_watcher(state.owner_pid, "orchestr")
+    if state.supervisor_pid or state.owner_pid:
         state = state_mod.load(state_mod.state_path(args.state_file)) or state
+    state.stopping = True
     runners = Runners(state.nodes)
     failures: list[str] = []
 
@@ -178,3 +188,25 @@ def stop_main() -> int:
     for line in left:
         print(f"{line} (delete it by hand)", file=sys.stderr)
     return 1 if left else 0
+
+
+def votes_main() -> int:
+    p = _parser("orchestr votes", "Gather the conversation and vote logs of every web UI of the running "
+                                  "deployment (an SSH node's over SSH) into one folder.")
+    p.add_argument("--out", default=None, help="folder to write (default: <state file>.votes/all)")
+    args = p.parse_args()
+    from pathlib import Path
+
+    from orchestr.launch.context import Context
+
+    state, path = _load(args.state_file)
+    if state is None:
+        return _nothing_recorded(path, 1)
+    ctx = Context(state, state_mod.state_path(args.state_file))
+    if not ctx.web_log_folders():
+        print("the deployment runs no web UI", file=sys.stderr)
+        return 1
+    out = ctx.merged_votes(Path(args.out).expanduser() if args.out else ctx.gather_dir() / "all")
+    days = sorted(out.glob("*-conv.json"))
+    print(f"{len(days)} day file(s) of {len(ctx.web_log_folders())} web UI(s) in {out}")
+    return 0

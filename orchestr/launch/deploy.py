@@ -50,6 +50,20 @@ class Deployment:
         self.probe_deadline_s = 5.0
         self._due: dict[str, float] = {}  # process -> when to restart it (inf: never)
         self._unreachable: set[str] = set()
+        self.owner: str | None = None  # the watcher's token in the state file (None: not watching)
+
+    def left(self) -> str | None:
+        """Why this watcher no longer owns the deployment (stopped or taken over elsewhere);
+        None while it does."""
+        return state_mod.still_owned(self.state_file, self.owner) if self.owner else None
+
+    def _save_watched(self) -> bool:
+        """Record a watcher's change, unless the deployment is no longer its own (a save then
+        would bring back a record `orchestr stop` removed, or undo its `stopping` mark)."""
+        if self.left():
+            return False
+        state_mod.save(self.state, self.state_file)
+        return True
 
     # ------------------------------------------------------------------ start
     def log_path(self, spec: ProcessSpec) -> str:
@@ -137,6 +151,8 @@ class Deployment:
         Nodes are asked at once with a deadline: one that does not answer is reported as
         unreachable and skipped, never mistaken for dead processes.
         """
+        if self.left():  # stopped or taken over: `orchestr stop` owns it now, never fight it
+            return
         if self.probe is None:
             self.probe = Probe(self.runners, self.probe_deadline_s)
         live = self.probe.check(self.state.processes)
@@ -154,7 +170,8 @@ class Deployment:
                 rec.last_exit = self._exit_reason(rec, now)
                 backoff = min(policy.backoff_s * 2 ** (len(rec.failures) - 1), policy.backoff_max_s)
                 self._due[rec.name] = now + backoff
-                state_mod.save(self.state, self.state_file)
+                if not self._save_watched():
+                    return
                 if policy.policy == "no" or (policy.policy != "always" and len(rec.failures) > policy.max_restarts):
                     on_event(f"{rec.name} is down: {rec.last_exit} (restart policy {policy.policy}, "
                              f"{len(rec.failures) - 1} restarts within {policy.window_s:.0f}s of "
@@ -165,6 +182,8 @@ class Deployment:
                          f"(failure {len(rec.failures)} within {policy.window_s:.0f}s)")
             if now < self._due[rec.name]:
                 continue
+            if self.left():
+                return
             runner = self.runners[rec.node]
             try:
                 runner.stop(rec, timeout=5.0)  # leftovers of its group (children of the dead leader)
@@ -176,7 +195,9 @@ class Deployment:
             del self._due[rec.name]
             new.restarts, new.failures, new.last_exit = rec.restarts + 1, rec.failures, rec.last_exit
             self.state.processes[i] = new
-            state_mod.save(self.state, self.state_file)
+            if not self._save_watched():  # stopped meanwhile: what we just started goes too
+                runner.stop(new, timeout=5.0)
+                return
             on_event(f"restarted {rec.name} on {rec.node} (pid {new.pid})")
 
     def _exit_reason(self, rec: ProcessRecord, now: float) -> str:

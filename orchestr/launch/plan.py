@@ -225,17 +225,22 @@ class Planner:
                            depends_on=["controller"], workdir=node.workdir, restart=a.restart,
                            key="services.api")
 
-    def web_spec(self, worker_names: list[str]) -> ProcessSpec:
+    def web_spec(self, worker_names: list[str], name: str = "web") -> ProcessSpec:
         s = self.services.web
-        node = self.node(s.node, "services.web.node")
+        key = "services.web"
+        if name != "web":  # a replica: the web's settings on its own node, port and log folder
+            r = s.replicas[name]
+            key = f"services.web.replicas.{name}"
+            s = replace(s, node=r.node, port=r.port or s.port, log_dir=r.log_dir or s.log_dir)
+        node = self.node(s.node, f"{key}.node")
         argv = [node_python(node), "-m", "orchestr.services.web",
                 "--controller-address", self.controller_address(),
                 *to_argv(replace(s, host=s.host or node.address)), *s.extra_args]
         auth = self.secret_env(secret_files.WEB_AUTH_VAR) if s.auth else self.secret_env()
-        return ProcessSpec(name="web", service="web", node=s.node, argv=argv, env_files=auth, port=s.port,
+        return ProcessSpec(name=name, service="web", node=s.node, argv=argv, env_files=auth, port=s.port,
                            health_url=f"http://{node.address}:{s.port}/",
                            depends_on=["controller", *worker_names], workdir=node.workdir,
-                           restart=s.restart, key="services.web")
+                           restart=s.restart, key=key)
 
     def prometheus_spec(self, specs: list[ProcessSpec]) -> ProcessSpec:
         """A local Prometheus scraping the /metrics of every service in ``specs``."""
@@ -268,6 +273,12 @@ class Planner:
             specs.append(self.api_spec())
         if self.services.web.enabled:
             specs.append(self.web_spec(names))
+            taken = {s.name for s in specs}
+            for rname in self.services.web.replicas:
+                if rname in taken:
+                    raise ConfigError(f"services.web.replicas.{rname}",
+                                      f"{rname!r} is already a process of the deployment: pick another name")
+                specs.append(self.web_spec(names, rname))
         if not self.services.controller.enabled:  # one already runs at the configured address
             for s in specs:
                 s.depends_on = [d for d in s.depends_on if d != "controller"]

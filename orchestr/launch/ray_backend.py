@@ -26,7 +26,7 @@ from pathlib import Path
 
 from orchestr.config.backends import RayBackendConfig
 from orchestr.config.serving import NodeConfig
-from orchestr.errors import LaunchError
+from orchestr.errors import ConfigError, LaunchError
 from orchestr.launch.spec import ProcessRecord, ProcessSpec
 
 SECRET_VARS = ("ORCHESTR_SECRET", "ORCHESTR_API_KEYS", "ORCHESTR_WEB_AUTH")
@@ -34,6 +34,8 @@ SECRET_VARS = ("ORCHESTR_SECRET", "ORCHESTR_API_KEYS", "ORCHESTR_WEB_AUTH")
 FORWARD_PREFIXES = ("ORCHESTR_", "HF_", "TRANSFORMERS_", "OMP_", "XDG_", "PYTHONPATH", "TORCH")
 _INIT_LOCK = threading.Lock()
 LIVE = {"ALIVE", "RESTARTING", "PENDING_CREATION", "DEPENDENCIES_UNREADY"}
+# resources every Ray node has: not the custom ones that pin a process to a node
+_BUILTIN = ("CPU", "GPU", "memory", "object_store_memory")
 
 
 class RayBackendError(LaunchError):
@@ -154,6 +156,44 @@ class RayRunner:
                                       "or `ray start --head`") from e
         return ray
 
+    @classmethod
+    def preflight(cls, nodes: dict[str, NodeConfig], specs: list[ProcessSpec]) -> None:
+        """Can Ray place every actor (its node's custom resource, the CPUs and GPUs it asks for),
+        and is no actor of the plan's names left in the namespace? Otherwise a ConfigError
+        naming the key, before anything starts (Ray would keep such an actor pending forever)."""
+        if not specs:
+            return
+        first = cls(specs[0].node, nodes[specs[0].node])
+        ray = first._ray()
+        alive = [n for n in ray.nodes() if n.get("Alive")]
+        offered = sorted({r for n in alive for r in n.get("Resources", {})
+                          if r not in _BUILTIN and not r.startswith(("node:", "accelerator_type:"))})
+        names = ", ".join(repr(r) for r in offered) or "none"
+        for spec in specs:
+            runner = cls(spec.node, nodes[spec.node])
+            opts = runner.opts
+            res = opts.node_resource.format(node=spec.node)
+            wanted = {res: 0.001, **opts.resources, "CPU": opts.num_cpus, "GPU": float(actor_gpus(spec))}
+            for name, amount in wanted.items():
+                if amount and not any(n.get("Resources", {}).get(name, 0) >= amount for n in alive):
+                    if name == res:
+                        raise ConfigError("launch.ray.node_resource",
+                                          f"no Ray node offers resource {res!r} (for {spec.name} on node "
+                                          f"{spec.node!r}); nodes offer {names}: use a cluster whose node "
+                                          "keys are these (cluster=ray_local for scripts/setup_ray.sh's) "
+                                          "or set launch.ray.node_resource")
+                    key = {"CPU": "launch.ray.num_cpus", "GPU": f"{spec.key}.gpus"}.get(name, "launch.ray.resources")
+                    most = max((n.get("Resources", {}).get(name, 0) for n in alive), default=0)
+                    raise ConfigError(key, f"{spec.name} asks Ray for {amount:g} {name}; no node has that "
+                                           f"many (the most a node offers: {most:g})")
+            try:
+                ray.get_actor(spec.name, namespace=opts.namespace)
+            except ValueError:
+                continue
+            raise ConfigError("launch.ray.namespace",
+                              f"an actor named {spec.name!r} is already in Ray namespace {opts.namespace!r} "
+                              "(another deployment?): `orchestr stop` it, or set launch.ray.namespace")
+
     def _actor_options(self, spec: ProcessSpec) -> dict:
         resources = {self.opts.node_resource.format(node=spec.node): 0.001, **self.opts.resources}
         opts = {"name": spec.name, "namespace": self.opts.namespace, "lifetime": "detached",
@@ -188,6 +228,9 @@ class RayRunner:
             raise RayBackendError(f"{spec.name}: Ray did not place it within 600 s; does a Ray node "
                                   f"advertise the resource {res!r} (launch.ray.node_resource) and have "
                                   f"{self.opts.num_cpus} CPU(s) / {gpu_count(spec)} GPU(s) free?") from e
+        except BaseException:  # interrupted or failed while placing: no named actor is left behind
+            ray.kill(actor, no_restart=True)
+            raise
         return ProcessRecord(spec=spec, pid=int(info["pid"]), pgid=0, log_path=f"ray actor {spec.name}")
 
     # ------------------------------------------------------------------ state API

@@ -29,7 +29,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from orchestr.config.backends import SlurmConfig
 from orchestr.config.serving import NodeConfig
-from orchestr.errors import LaunchError
+from orchestr.errors import ConfigError, LaunchError
 from orchestr.launch.local import LocalLogs
 from orchestr.launch.spec import ProcessRecord, ProcessSpec
 
@@ -198,8 +198,39 @@ class SlurmRunner(LocalLogs):  # logs are files on the shared filesystem
                       env=env).strip().split(";")[0]
         rec = ProcessRecord(spec=spec, pid=int(job_id), pgid=0, log_path=str(log))
         self._submitted.add(rec.pid)
-        self._await_placement(rec)
+        try:
+            self._await_placement(rec)
+        except BaseException:  # timed out, failed or interrupted: the job must not stay queued
+            try:
+                _run(["scancel", str(rec.pid)])
+            except SlurmError:
+                pass
+            raise
         return rec
+
+    @classmethod
+    def preflight(cls, nodes: dict[str, NodeConfig], specs: list[ProcessSpec]) -> None:
+        """The partition, the nodelist's nodes and the GPU gres exist (before any sbatch)."""
+        if not specs:
+            return
+        opts = _options(next(iter(nodes.values())))
+        rows = [line.split("|") for line in _run(["sinfo", "-h", "-N", "-o", "%N|%R|%G"]).split()]
+        partitions = sorted({r[1] for r in rows if len(r) == 3})
+        slurm_nodes = sorted({r[0] for r in rows if len(r) == 3})
+        if opts.partition and opts.partition not in partitions:
+            raise ConfigError("launch.slurm.partition", f"Slurm has no partition {opts.partition!r}; "
+                                                        f"it has {', '.join(partitions) or 'none'}")
+        for key, slurm_node in opts.nodelist.items():
+            for one in slurm_node.split(","):
+                if one and one not in slurm_nodes:
+                    raise ConfigError(f"launch.slurm.nodelist.{key}",
+                                      f"Slurm has no node {one!r}; it has {', '.join(slurm_nodes) or 'none'}")
+        gres = {r[2] for r in rows if len(r) == 3 and (not opts.partition or r[1] == opts.partition)}
+        for spec in specs:
+            if gpu_count(spec) and not any("gpu" in g for g in gres):
+                raise ConfigError(f"{spec.key}.gpus", f"{spec.name} asks for {opts.gres.format(n=gpu_count(spec))} "
+                                                      f"(launch.slurm.gres) but no Slurm node offers GPUs "
+                                                      f"(gres: {', '.join(sorted(gres)) or 'none'})")
 
     def _await_placement(self, rec) -> None:
         """Wait until Slurm runs the job, then point the health check at the node it got."""

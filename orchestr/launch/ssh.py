@@ -23,6 +23,7 @@ import paramiko
 
 from orchestr.config.serving import NodeConfig
 from orchestr.errors import NodeError as SSHError
+from orchestr.errors import UserError
 from orchestr.launch.spec import ProcessRecord, ProcessSpec
 
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
@@ -138,6 +139,23 @@ class SSHRunner:
         self.timeout = timeout
         self.client = connect(node_name, node, timeout)
 
+    @classmethod
+    def preflight(cls, nodes: dict[str, NodeConfig], specs: list[ProcessSpec]) -> None:
+        """Every node that runs a process answers and accepts its key (all at once)."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        used = sorted({s.node for s in specs})
+
+        def reach(name: str) -> None:
+            connect(name, nodes[name], timeout=15.0).close()
+
+        with ThreadPoolExecutor(max_workers=max(1, min(8, len(used)))) as pool:
+            for f in [pool.submit(reach, n) for n in used]:
+                try:
+                    f.result()
+                except SSHError as e:  # names cluster.nodes.<name> and what to change
+                    raise UserError(str(e)) from None
+
     # ------------------------------------------------------------------ remote exec
     def _exec(self, script: str, timeout: float) -> paramiko.ChannelFile:
         """Open a channel running the script; reconnects once when the link has dropped (a
@@ -185,6 +203,31 @@ class SSHRunner:
                 raise SSHError(f"cluster.nodes.{self.node_name}: cannot copy {var} to the node: {err.strip()}")
             placed[var] = f"{out.strip().splitlines()[-1]}/{Path(local).name}"
         return placed
+
+    def fetch_files(self, folder: str, pattern: str, into: Path) -> int:
+        """Copy the node's `folder/pattern` files into `into` (one tar stream over this
+        connection); how many came. A missing folder is no files."""
+        import io
+        import tarfile
+
+        script = (f"cd {_qpath(folder)} 2>/dev/null || exit 0; set -- {pattern}; "
+                  '[ -e "$1" ] || exit 0; tar -cf - -- "$@"')
+        try:
+            _, out, err = self._exec(script, max(self.timeout, 120.0))
+            data = out.read()
+            rc = out.channel.recv_exit_status()
+        except (TimeoutError, paramiko.SSHException, OSError) as e:
+            raise SSHError(f"cluster.nodes.{self.node_name}: cannot read {folder}: {e}") from None
+        if rc != 0:
+            raise SSHError(f"cluster.nodes.{self.node_name}: cannot read {folder}: "
+                           f"{err.read().decode(errors='replace').strip()}")
+        if not data:
+            return 0
+        into.mkdir(parents=True, exist_ok=True)
+        with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as tar:
+            members = [m for m in tar.getmembers() if m.isfile() and "/" not in m.name]
+            tar.extractall(into, members=members, filter="data")
+        return len(members)
 
     def remove_files(self, folder: Path) -> None:
         """Delete the node's copies of the deployment's secret files (``place_files``)."""

@@ -23,6 +23,13 @@ class DeploymentState:
     supervisor_pid: int | None = None
     created: float = field(default_factory=time.time)
     secret_file: str | None = None  # where the service secret is (the file, never the value)
+    # the launch's Hydra overrides, secrets left out: `orchestr eval|clean|train` compose them too
+    overrides: list[str] = field(default_factory=list)
+    # who watches it: an attached launcher's pid (the detached one's is `supervisor_pid`) and a
+    # token that tells it the record is still its own
+    owner_pid: int | None = None
+    owner: str | None = None
+    stopping: bool = False  # `orchestr stop` is ending it: watchers leave, nothing restarts
 
     def record(self, name: str) -> ProcessRecord | None:
         return next((p for p in self.processes if p.name == name), None)
@@ -33,6 +40,8 @@ class DeploymentState:
             "nodes": {k: asdict(v) for k, v in self.nodes.items()},
             "processes": [p.to_dict() for p in self.processes],
             "supervisor_pid": self.supervisor_pid, "created": self.created, "secret_file": self.secret_file,
+            "overrides": self.overrides, "owner_pid": self.owner_pid, "owner": self.owner,
+            "stopping": self.stopping,
         }
 
     @classmethod
@@ -41,7 +50,8 @@ class DeploymentState:
                    nodes={k: NodeConfig(**v) for k, v in d["nodes"].items()},
                    processes=[ProcessRecord.from_dict(p) for p in d["processes"]],
                    supervisor_pid=d.get("supervisor_pid"), created=d.get("created", 0.0),
-                   secret_file=d.get("secret_file"))
+                   secret_file=d.get("secret_file"), overrides=list(d.get("overrides", [])),
+                   owner_pid=d.get("owner_pid"), owner=d.get("owner"), stopping=bool(d.get("stopping", False)))
 
 
 def state_path(configured: str | None = None) -> Path:
@@ -64,6 +74,22 @@ def load(path: Path) -> DeploymentState | None:
         return DeploymentState.from_dict(json.loads(path.read_text()))
     except FileNotFoundError:
         return None
+
+
+def still_owned(path: Path, owner: str) -> str | None:
+    """Why a watcher holding token `owner` must leave the deployment at `path` (None: it is still
+    its own): the record is gone, `orchestr stop` is ending it, or another launch took it over."""
+    try:
+        d = json.loads(path.read_text())
+    except FileNotFoundError:
+        return "its record is gone (stopped elsewhere)"
+    except ValueError:
+        return None  # a half-written file is never seen (atomic replace), but be safe
+    if d.get("stopping"):
+        return "`orchestr stop` is stopping it"
+    if d.get("owner") not in (None, owner):
+        return "another launch took it over"
+    return None
 
 
 def remove(path: Path) -> None:

@@ -31,9 +31,13 @@ def main() -> int:
     if state is None:
         return 0
     dep = deployment_from_state(state, path)  # keeps one runner (SSH connection) per node
-    while running and path.exists():  # `orchestr stop` removes the state file
+    dep.owner = state.owner or "-"  # (a record written before owners were kept)
+    # `orchestr stop` marks the record (then removes it); another launch may take it over
+    while running and (reason := dep.left()) is None:
         dep.watch_once(on_event=logging.info)
         time.sleep(args.interval)
+    if running:
+        logging.info("leaving: %s", reason)
     dep.close()
     return 0
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from orchestr.config.serving import ApiServiceConfig
 from orchestr.services.generation import Generation
+from orchestr.services.request_caps import RequestCaps
 from orchestr.services.routing import Router
 from orchestr.services.serving_chat import ChatServing
 from orchestr.services.serving_completion import CompletionServing
@@ -31,9 +32,10 @@ class ApiBackend:
         )
         self.workers = WorkerClient(connect_timeout=s.worker_connect_timeout_s, read_timeout=s.worker_timeout_s)
         generation = Generation(self.router, self.workers)
-        self.chat = ChatServing(generation, s.default_max_tokens)
-        self.completions = CompletionServing(generation)
-        self.embeddings = EmbeddingServing(self.router, self.workers, s.max_embedding_inputs)
+        caps = RequestCaps(s)  # what one request may cost
+        self.chat = ChatServing(generation, s.default_max_tokens, caps)
+        self.completions = CompletionServing(generation, caps)
+        self.embeddings = EmbeddingServing(generation, caps)
         self.responses = ResponsesServing(self.chat)
         self.tokenizer = TokenizerServing(self.router, self.workers)
 

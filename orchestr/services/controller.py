@@ -330,7 +330,8 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(str(e))
     controller = Controller(args.dispatch_method, args.heart_beat_expiration, args.worker_timeout_s)
     logger.info("controller on %s:%d, dispatch %s", args.host, args.port, args.dispatch_method)
-    run_app(protect(create_app(controller), logger), args.host, args.port, ssl=args.ssl)
+    run_app(protect(create_app(controller), logger), args.host, args.port, ssl=args.ssl,
+            keep_alive_s=args.keep_alive_timeout_s, header_timeout_s=args.header_timeout_s)
 
 
 if __name__ == "__main__":

@@ -106,6 +106,14 @@ class Generation:
         result.finish_reason = result.finish_reason or "stop"
         return result
 
+    async def count_tokens(self, req: CountTokenRequest) -> int:
+        """The exact prompt tokens of ``req`` (a text, or messages through the chat template), by a worker."""
+
+        async def call(addr: str) -> int:
+            return (await self.workers.count_tokens(addr, req)).count
+
+        return await self.router.run(req.model, call)
+
     async def tool_parser(self, model: str) -> str | None:
         """The tool-call syntax of the model's chat template, from a worker's model details."""
 

@@ -52,11 +52,71 @@ def error_response(
     return JSONResponse(error_body(message, type_, param, code).model_dump(), status_code=status)
 
 
-def run_app(app, host: str, port: int, ssl: bool = False, log_level: str = "info") -> None:
-    """Serve an ASGI app. With ``ssl`` the key/cert come from SSL_KEYFILE / SSL_CERTFILE (as FastChat)."""
+DEFAULT_KEEP_ALIVE_S = 5.0
+DEFAULT_HEADER_TIMEOUT_S = 10.0
+
+
+def bounded_http_protocol(header_timeout_s: float):
+    """uvicorn's httptools protocol with a header-read deadline: a connection that has not sent a
+    whole request head within ``header_timeout_s`` of opening (or of its next request's first
+    byte) is closed, so idle and slow-header clients cannot hold the server's connections.
+    uvicorn itself times out only the idle gap after a response (``timeout_keep_alive``)."""
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+    class HeaderDeadlineProtocol(HttpToolsProtocol):
+        _header_timer: asyncio.TimerHandle | None = None
+
+        def _arm_header_timer(self) -> None:
+            if self._header_timer is None:
+                self._header_timer = self.loop.call_later(header_timeout_s, self._header_timeout)
+
+        def _disarm_header_timer(self) -> None:
+            if self._header_timer is not None:
+                self._header_timer.cancel()
+                self._header_timer = None
+
+        def _header_timeout(self) -> None:
+            self._header_timer = None
+            if not self.transport.is_closing():
+                self.transport.close()
+
+        def connection_made(self, transport) -> None:  # type: ignore[override]
+            super().connection_made(transport)
+            self._arm_header_timer()
+
+        def connection_lost(self, exc) -> None:
+            self._disarm_header_timer()
+            super().connection_lost(exc)
+
+        def on_message_begin(self) -> None:
+            super().on_message_begin()
+            self._arm_header_timer()
+
+        def on_headers_complete(self) -> None:
+            self._disarm_header_timer()
+            super().on_headers_complete()
+
+        def on_response_complete(self) -> None:
+            # between requests uvicorn's keep-alive timer runs; the next head starts a new deadline
+            self._disarm_header_timer()
+            super().on_response_complete()
+
+    return HeaderDeadlineProtocol
+
+
+def run_app(app, host: str, port: int, ssl: bool = False, log_level: str = "info",
+            keep_alive_s: float = DEFAULT_KEEP_ALIVE_S, header_timeout_s: float = DEFAULT_HEADER_TIMEOUT_S) -> None:
+    """Serve an ASGI app. With ``ssl`` the key/cert come from SSL_KEYFILE / SSL_CERTFILE (as FastChat).
+
+    An idle keep-alive connection is closed after ``keep_alive_s``, one that has not sent its
+    request head within ``header_timeout_s`` (slow or silent clients) too."""
     import uvicorn
 
-    kwargs: dict = {}
+    kwargs: dict = {"timeout_keep_alive": keep_alive_s}
+    try:
+        kwargs["http"] = bounded_http_protocol(header_timeout_s)
+    except ImportError:  # no httptools (uvicorn without [standard]): h11, keep-alive timeout only
+        logging.getLogger("orchestr").warning("httptools missing: no header-read timeout")
     if ssl:
         keyfile, certfile = os.environ.get("SSL_KEYFILE"), os.environ.get("SSL_CERTFILE")
         if not keyfile or not certfile:

@@ -23,7 +23,7 @@ _ERROR_TEXT = {
     401: "Missing or wrong API key",
     404: "Unknown model",
     413: "Request body too large",
-    429: "The worker is overloaded",
+    429: "A rate limit was reached (see Retry-After) or the worker is overloaded",
     502: "A worker failed",
     503: "No worker (or controller) can serve the model right now",
 }

@@ -153,6 +153,17 @@ class Router:
                 return card
         raise unknown_model(model)
 
+    def _known(self, model: str) -> bool:
+        return model in self._seen_models or any(model in ms for ms in self._table.values())
+
+    async def check_model(self, model: str) -> None:
+        """404 for a model no worker serves or served, before any other check of a request."""
+        await self._ensure_table()
+        if not self._known(model):
+            await self._ensure_table(force=True)  # maybe it registered since we last looked
+            if not self._known(model):
+                raise unknown_model(model)
+
     # ------------------------------------------------------------------ dispatch
 
     def _candidates(self, model: str, exclude: set[str]) -> list[str]:

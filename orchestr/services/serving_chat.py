@@ -10,31 +10,43 @@ import json
 from collections.abc import AsyncIterator
 from contextlib import aclosing
 
+from orchestr.config.serving import ApiServiceConfig
 from orchestr.protocol import (
     ChatCompletionRequest,
     ChatCompletionResponse,
     ChatCompletionStreamResponse,
+    CountTokenRequest,
     GenerateChunk,
 )
 from orchestr.services.api_errors import ApiError
 from orchestr.services.generation import Generation, generate_request, sum_usage
 from orchestr.services.param_errors import ParamError
+from orchestr.services.request_caps import RequestCaps
 from orchestr.services.serving_features import ChatPlan, ChatStreamShaper, chat_choice, plan_chat
 from orchestr.services.sse import FastSse, sse, sse_relay
 from orchestr.services.worker_stream import WorkerStream
 
 
 class ChatServing:
-    def __init__(self, generation: Generation, default_max_tokens: int = 1024):
+    def __init__(self, generation: Generation, default_max_tokens: int = 1024, caps: RequestCaps | None = None):
         self.generation = generation
         self.default_max_tokens = default_max_tokens  # when a request sets none
+        self.caps = caps or RequestCaps(ApiServiceConfig())
 
     async def create(self, req: ChatCompletionRequest) -> ChatCompletionResponse | AsyncIterator[str]:
+        await self.generation.router.check_model(req.model)
         for i, m in enumerate(req.messages):
             try:
                 m.text()
             except ValueError as e:
                 raise ApiError(400, str(e), param=f"messages.{i}.content") from e
+        n = req.n or 1
+        self.caps.check_sequences(1, n, "n")
+        n_bytes = sum(len(m.text().encode()) for m in req.messages) + len(json.dumps(req.tools or []))
+        if self.caps.check_chat(n_bytes, len(req.messages), n) is not None:
+            count = await self.generation.count_tokens(
+                CountTokenRequest(model=req.model, messages=req.messages, tools=req.tools))
+            self.caps.refuse_chat(count, n)
         try:
             plan = plan_chat(req)
         except ParamError as e:
@@ -43,7 +55,6 @@ class ChatServing:
             plan.parser = await self.generation.tool_parser(req.model)
         budget_set = bool(req.max_completion_tokens or req.max_tokens)
         max_new = req.max_completion_tokens or req.max_tokens or self.default_max_tokens
-        n = req.n or 1
         fields = plan.generate_fields()
         jobs = [(i, generate_request(req, i, messages=req.messages, max_new=max_new, **fields)) for i in range(n)]
         if req.stream:

@@ -6,17 +6,20 @@ import asyncio
 from collections.abc import AsyncIterator
 from contextlib import aclosing
 
+from orchestr.config.serving import ApiServiceConfig
 from orchestr.protocol import (
     CompletionRequest,
     CompletionResponse,
     CompletionResponseChoice,
     CompletionStreamResponse,
+    CountTokenRequest,
     GenerateChunk,
 )
 from orchestr.services.api_errors import ApiError, unsupported
 from orchestr.services.generation import Generation, generate_request, sum_usage
 from orchestr.services.logprob_shapes import completion_logprobs
 from orchestr.services.param_errors import ParamError
+from orchestr.services.request_caps import RequestCaps
 from orchestr.services.serving_features import ChatPlan, completion_choice_logprobs, plan_completion
 from orchestr.services.sse import FastSse, sse, sse_relay
 from orchestr.services.worker_stream import WorkerStream
@@ -25,10 +28,12 @@ COMPLETIONS_DEFAULT_MAX_TOKENS = 16  # OpenAI's (and FastChat's) default for /v1
 
 
 class CompletionServing:
-    def __init__(self, generation: Generation):
+    def __init__(self, generation: Generation, caps: RequestCaps | None = None):
         self.generation = generation
+        self.caps = caps or RequestCaps(ApiServiceConfig())
 
     async def create(self, req: CompletionRequest) -> CompletionResponse | AsyncIterator[str]:
+        await self.generation.router.check_model(req.model)
         if req.suffix:
             raise unsupported("suffix")
         try:
@@ -37,6 +42,12 @@ class CompletionServing:
             raise ApiError(400, str(e), param=e.param, code=e.code) from e
         prompts = req.prompts()
         n = req.n or 1
+        self.caps.check_sequences(len(prompts), n, "n" if n > 1 else "prompt")
+
+        async def count(text: str) -> int:
+            return await self.generation.count_tokens(CountTokenRequest(model=req.model, prompt=text))
+
+        await self.caps.check_prompts(prompts, n, count)
         max_new = req.max_tokens if req.max_tokens is not None else COMPLETIONS_DEFAULT_MAX_TOKENS
         # the worker echoes the prompt (text of token-id prompts too), with its logprobs when asked
         fields = {**plan.generate_fields(), "echo": bool(req.echo),

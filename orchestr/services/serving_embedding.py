@@ -6,6 +6,7 @@ import base64
 from array import array
 
 from orchestr.protocol import (
+    CountTokenRequest,
     EmbeddingData,
     EmbeddingRequest,
     EmbeddingResult,
@@ -14,18 +15,17 @@ from orchestr.protocol import (
     UsageInfo,
 )
 from orchestr.services.api_errors import ApiError, worker_error
-from orchestr.services.routing import Router
-from orchestr.services.worker_stream import WorkerClient
+from orchestr.services.generation import Generation
+from orchestr.services.request_caps import RequestCaps
 
 
 class EmbeddingServing:
-    def __init__(self, router: Router, workers: WorkerClient, max_inputs: int = 256):
-        self.router, self.workers, self.max_inputs = router, workers, max_inputs
+    def __init__(self, generation: Generation, caps: RequestCaps):
+        self.generation, self.caps = generation, caps
+        self.router, self.workers = generation.router, generation.workers
 
     async def create(self, req: EmbeddingsRequest) -> EmbeddingsResponse:
-        if req.dimensions is not None:
-            raise ApiError(400, "dimensions is not supported: this model's embeddings have one fixed size",
-                           param="dimensions", code="unsupported_parameter")
+        await self.router.check_model(req.model)
         inputs = [req.input] if isinstance(req.input, str) else list(req.input)
         if not inputs:
             raise ApiError(400, "input must not be empty", param="input")
@@ -35,11 +35,13 @@ class EmbeddingServing:
         if token_ids and len(token_ids) != len(inputs):
             raise ApiError(400, "input mixes texts and token ids", param="input")
 
-        if len(inputs) > self.max_inputs:
-            raise ApiError(400, f"input holds {len(inputs)} items; this server embeds at most "
-                                f"{self.max_inputs} per request", param="input", code="too_many_inputs")
         if any(not text for text in inputs):
             raise ApiError(400, "input must not contain empty strings or token lists", param="input")
+
+        async def count(text: str) -> int:
+            return await self.generation.count_tokens(CountTokenRequest(model=req.model, prompt=text))
+
+        await self.caps.check_embeddings(inputs, count)
         body = EmbeddingRequest(model=req.model, input_ids=inputs) if token_ids else \
             EmbeddingRequest(model=req.model, input=inputs)
 

@@ -142,9 +142,13 @@ class ResponsesServing:
                 "error": None, "usage": usage}
 
     async def create(self, req: ResponsesRequest) -> dict | AsyncIterator[str]:
+        await self.chat.generation.router.check_model(req.model)
         chat, messages = self._chat_request(req, bool(req.stream))
         if req.stream:
-            return self._stream(req, chat, messages)
+            # opened here, so a refusal (unknown model, context overflow) is an HTTP error, not a cut stream
+            lines = await self.chat.create(chat)
+            assert not isinstance(lines, ChatCompletionResponse)
+            return self._stream(req, lines, messages)
         answer = await self.chat.create(chat)
         assert isinstance(answer, ChatCompletionResponse)
         choice = answer.choices[0]
@@ -154,7 +158,7 @@ class ResponsesServing:
         status = "incomplete" if choice.finish_reason == "length" else "completed"
         return self._response(req, rid, status, output, _usage(answer.usage.model_dump()), choice.finish_reason)
 
-    async def _stream(self, req: ResponsesRequest, chat: ChatCompletionRequest, messages: list[dict]
+    async def _stream(self, req: ResponsesRequest, lines: AsyncIterator[str], messages: list[dict]
                       ) -> AsyncIterator[str]:
         rid, mid = _id("resp"), _id("msg")
         seq = 0
@@ -164,8 +168,6 @@ class ResponsesServing:
             seq += 1
             return f"event: {kind}\ndata: {json.dumps({'type': kind, 'sequence_number': seq, **fields})}\n\n"
 
-        lines = await self.chat.create(chat)  # may raise ApiError before anything was sent
-        assert not isinstance(lines, ChatCompletionResponse)
         yield event("response.created", response=self._response(req, rid, "in_progress", [], None))
         yield event("response.in_progress", response=self._response(req, rid, "in_progress", [], None))
         text, calls, usage, finish, opened = "", {}, None, None, False
@@ -175,7 +177,9 @@ class ResponsesServing:
                     continue
                 data = json.loads(line[6:])
                 if "error" in data:
-                    yield event("error", message=data["error"].get("message"), code=data["error"].get("code"))
+                    yield event("error", message=data["error"].get("message"), code=data["error"].get("code"),
+                                param=data["error"].get("param"))
+                    await lines.aclose()  # type: ignore[attr-defined]
                     return
                 if data.get("usage"):
                     usage = _usage(data["usage"])

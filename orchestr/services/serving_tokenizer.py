@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 
 from orchestr.protocol import DetokenizeRequest, DetokenizeResponse, TokenizeRequest, TokenizeResponse
-from orchestr.services.api_errors import ApiError
+from orchestr.services.api_errors import ApiError, client_message
 from orchestr.services.routing import Router
 from orchestr.services.worker_stream import WorkerClient, WorkerFailed
 
@@ -34,14 +34,17 @@ class TokenizerServing:
                         detail = json.loads(detail)["detail"]
                     except (ValueError, KeyError, TypeError):
                         pass
-                    raise ApiError(400, str(detail), code="invalid_value") from e
+                    raise ApiError(400, client_message(str(detail)), code="invalid_value") from e
                 raise
 
         return await self.router.run(model, call)
 
     async def tokenize(self, req: TokenizeRequest) -> TokenizeResponse:
         model = await self._model(req.model)
-        req = req.model_copy(update={"model": model})
+        update: dict = {"model": model}
+        if not req.messages and req.prompt is None:  # nothing to tokenize: the empty prompt (as {"prompt": ""})
+            update["prompt"] = ""
+        req = req.model_copy(update=update)
         return await self._run(model, lambda addr: self.workers.tokenize(addr, req))
 
     async def detokenize(self, req: DetokenizeRequest) -> DetokenizeResponse:

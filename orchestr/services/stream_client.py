@@ -137,6 +137,9 @@ class StreamClient:
             except TimeoutError as e:
                 conn[1].close()
                 raise StreamBroken(f"{url}: no response within {self.read_timeout:.0f} s") from e
+            except asyncio.CancelledError:
+                conn[1].close()  # the caller gave up (its client left): the worker sees the disconnect
+                raise
 
     async def _connect(self, host: str, port: int, tls: bool) -> Conn:
         ctx = None

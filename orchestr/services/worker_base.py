@@ -256,16 +256,25 @@ class WorkerBase:
                 return JSONResponse({}, status_code=499)
 
         @app.post("/worker_get_embeddings")
-        async def worker_get_embeddings(req: EmbeddingRequest) -> EmbeddingResult:
+        async def worker_get_embeddings(req: EmbeddingRequest, request: Request) -> EmbeddingResult:
             adapter = self.engine_for(req.model)
             if adapter is None:
                 return EmbeddingResult(error=unknown_model(req.model), error_code=ErrorCode.INVALID_MODEL)
-            self._in_flight += 1
+
+            async def run() -> EmbeddingResult:
+                self._in_flight += 1
+                try:
+                    async with self._semaphore:
+                        return await adapter.embed(req)
+                finally:
+                    self._in_flight -= 1
+
+            # A client that leaves (queued or running) cancels the work: the engine stops at its
+            # next cancellation point (the transformers engine: before its next input).
             try:
-                async with self._semaphore:
-                    return await adapter.embed(req)
-            finally:
-                self._in_flight -= 1
+                return await cancel_on_disconnect(request, run())
+            except ClientGone:
+                return JSONResponse({}, status_code=499)
 
         @app.post("/count_token")
         async def count_token(req: CountTokenRequest):
@@ -410,7 +419,9 @@ def serve(worker: WorkerBase, args: argparse.Namespace, on_exit: Callable[[], No
 
     app = protect(worker.create_app(), log, getattr(args, "max_body_bytes", _W.max_body_bytes))
     try:
-        run_app(app, host=args.host, port=args.port, ssl=getattr(args, "ssl", False))
+        run_app(app, host=args.host, port=args.port, ssl=getattr(args, "ssl", False),
+                keep_alive_s=getattr(args, "keep_alive_timeout_s", _W.keep_alive_timeout_s),
+                header_timeout_s=getattr(args, "header_timeout_s", _W.header_timeout_s))
     finally:
         worker.stop()
         if on_exit is not None:

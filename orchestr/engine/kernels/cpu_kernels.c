@@ -4,6 +4,8 @@
  *    values where they lie in the paged pool (slot per position). The torch path gathers
  *    every history out of the pool into a padded batch at every layer of every step, which
  *    cost as much as the attention itself; here each pool row is read once, in place.
+ *    orchestr_paged_prefill: the same for a prefill chunk's rows over their history (causal),
+ *    row for row the decode's arithmetic.
  * 2. orchestr_rms_norm: RMSNorm in one pass (HF's is eight tensor ops).
  * 3. orchestr_rotary: rotary embedding (rotate-half convention) in place on q and k.
  *
@@ -177,6 +179,89 @@ static int NAME(const ELEM *q, int64_t q_head, const ELEM *k_pool, const ELEM *v
 
 DEFINE_DECODE_AVX512(decode_one_bf16_avx512, bf16, load16_bf16)
 DEFINE_DECODE_AVX512(decode_one_f32_avx512, float, load16_f32)
+
+/* Prefill attention of R consecutive query rows of one sequence's chunk, row i attending to
+ * positions [0, len0 + i): each pool row is loaded once for the whole tile, and every query row
+ * goes through exactly the operations decode_one_*_avx512 performs for it (same products, same
+ * order of sums, same softmax), so a token's attention output is bitwise the same whether it
+ * was computed in a prefill chunk of any size or as a decode; that is what makes prefix-cached
+ * keys/values (computed in another request's steps) give the same greedy text as a recompute.
+ * q rows are q + i * q_tok, out rows out + i * o_tok. Scratch: scores [R, H, len0 + R - 1]. */
+#define PREFILL_MAX_ROWS 8
+#define DEFINE_PREFILL_AVX512(NAME, ELEM, LOAD16)                                                 \
+static int NAME(const ELEM *q, int64_t q_tok, int64_t q_head, const ELEM *k_pool, const ELEM *v_pool, \
+                int64_t p_slot, int64_t p_head, const int64_t *slots, int64_t len0, int64_t rows,   \
+                ELEM *out, int64_t o_tok, int64_t o_head, int64_t heads, int64_t kv_heads, int64_t d, \
+                float scale, int is_bf16) {                                                        \
+    const int64_t group = heads / kv_heads, nv = d / 16, n = len0 + rows - 1;                      \
+    const int64_t row_bytes = kv_heads * p_head * (int64_t)sizeof(ELEM), hn = heads * nv;          \
+    float *scores = (float *)malloc(sizeof(float) * (size_t)(rows * heads * n));                  \
+    __m512 *qv = (__m512 *)aligned_alloc(64, sizeof(__m512) * (size_t)(2 * rows * hn));            \
+    float *mx = (float *)malloc(sizeof(float) * (size_t)(2 * rows * heads));                      \
+    if (!scores || !qv || !mx) { free(scores); free(qv); free(mx); return -2; }                    \
+    __m512 *acc = qv + rows * hn;                                                                  \
+    float *sum = mx + rows * heads;                                                                \
+    const __m512 sc = _mm512_set1_ps(scale);                                                       \
+    for (int64_t i = 0; i < rows; i++)                                                             \
+        for (int64_t h = 0; h < heads; h++) {                                                      \
+            for (int64_t v = 0; v < nv; v++) {                                                     \
+                qv[i * hn + h * nv + v] = _mm512_mul_ps(LOAD16(q + i * q_tok + h * q_head + 16 * v), sc); \
+                acc[i * hn + h * nv + v] = _mm512_setzero_ps();                                    \
+            }                                                                                      \
+            mx[i * heads + h] = -INFINITY;                                                         \
+        }                                                                                          \
+    __m512 kv[MAX_HEAD_DIM / 16];                                                                  \
+    for (int64_t t = 0; t < n; t++) {                                                              \
+        const ELEM *row = k_pool + slots[t] * p_slot;                                              \
+        if (t + PREFETCH_AHEAD < n) prefetch_row(k_pool + slots[t + PREFETCH_AHEAD] * p_slot, row_bytes); \
+        const int64_t first = t < len0 ? 0 : t - len0 + 1; /* rows that see position t */         \
+        for (int64_t g = 0; g < kv_heads; g++) {                                                   \
+            for (int64_t v = 0; v < nv; v++) kv[v] = LOAD16(row + g * p_head + 16 * v);            \
+            for (int64_t i = first; i < rows; i++)                                                 \
+                for (int64_t h = g * group; h < (g + 1) * group; h++) {                            \
+                    const __m512 *qh = qv + i * hn + h * nv;                                       \
+                    __m512 a = _mm512_mul_ps(qh[0], kv[0]);                                        \
+                    for (int64_t v = 1; v < nv; v++) a = _mm512_fmadd_ps(qh[v], kv[v], a);         \
+                    const float s = _mm512_reduce_add_ps(a);                                       \
+                    scores[(i * heads + h) * n + t] = s;                                           \
+                    if (s > mx[i * heads + h]) mx[i * heads + h] = s;                              \
+                }                                                                                  \
+        }                                                                                          \
+    }                                                                                              \
+    for (int64_t i = 0; i < rows; i++)                                                             \
+        for (int64_t h = 0; h < heads; h++)                                                        \
+            sum[i * heads + h] = softmax_exp(scores + (i * heads + h) * n, len0 + i, mx[i * heads + h]); \
+    for (int64_t t = 0; t < n; t++) {                                                              \
+        const ELEM *row = v_pool + slots[t] * p_slot;                                              \
+        if (t + PREFETCH_AHEAD < n) prefetch_row(v_pool + slots[t + PREFETCH_AHEAD] * p_slot, row_bytes); \
+        const int64_t first = t < len0 ? 0 : t - len0 + 1;                                         \
+        for (int64_t g = 0; g < kv_heads; g++) {                                                   \
+            for (int64_t v = 0; v < nv; v++) kv[v] = LOAD16(row + g * p_head + 16 * v);            \
+            for (int64_t i = first; i < rows; i++)                                                 \
+                for (int64_t h = g * group; h < (g + 1) * group; h++) {                            \
+                    const __m512 p = _mm512_set1_ps(scores[(i * heads + h) * n + t]);              \
+                    __m512 *ah = acc + i * hn + h * nv;                                            \
+                    for (int64_t v = 0; v < nv; v++) ah[v] = _mm512_fmadd_ps(p, kv[v], ah[v]);     \
+                }                                                                                  \
+        }                                                                                          \
+    }                                                                                              \
+    for (int64_t i = 0; i < rows; i++)                                                             \
+        for (int64_t h = 0; h < heads; h++) {                                                      \
+            const float inv = sum[i * heads + h] > 0.0f ? 1.0f / sum[i * heads + h] : 0.0f;        \
+            float tmp[16];                                                                         \
+            for (int64_t v = 0; v < nv; v++) {                                                     \
+                _mm512_storeu_ps(tmp, _mm512_mul_ps(acc[i * hn + h * nv + v], _mm512_set1_ps(inv))); \
+                for (int c = 0; c < 16; c++) st(out + i * o_tok, h * o_head + 16 * v + c, tmp[c], is_bf16); \
+            }                                                                                      \
+        }                                                                                          \
+    free(scores);                                                                                  \
+    free(qv);                                                                                      \
+    free(mx);                                                                                      \
+    return 0;                                                                                      \
+}
+
+DEFINE_PREFILL_AVX512(prefill_tile_bf16_avx512, bf16, load16_bf16)
+DEFINE_PREFILL_AVX512(prefill_tile_f32_avx512, float, load16_f32)
 #endif
 
 /* The walk both passes of the portable decode make (keys, then values): BODY runs for every
@@ -256,6 +341,49 @@ int orchestr_paged_decode(int is_bf16, const void *q, int64_t q_seq, int64_t q_h
         rc = decode_one(is_bf16, (const char *)q + i * q_seq * esz, q_head, k_pool, v_pool, p_slot, p_head,
                             slots + i * slots_stride, lens[i], (char *)out + i * o_seq * esz, o_head, heads,
                             kv_heads, head_dim, scale);
+        failed |= rc != 0;
+    }
+    return failed ? -2 : 0;
+}
+
+/* q [n, H, d] (rows q_tok apart), pools [slots, KV, d], slots [start + n] int64 (one
+ * sequence's), out [n, H, d]: query row r attends to positions [0, start + r] (causal over the
+ * chunk, the whole history before it). Row for row the same arithmetic as orchestr_paged_decode.
+ * Returns 0, -1 for a shape this kernel does not take, -2 when out of memory. */
+int orchestr_paged_prefill(int is_bf16, const void *q, int64_t q_tok, int64_t q_head,
+                           const void *k_pool, const void *v_pool, int64_t p_slot, int64_t p_head,
+                           const int64_t *slots, int64_t start, int64_t n, void *out, int64_t o_tok,
+                           int64_t o_head, int64_t heads, int64_t kv_heads, int64_t head_dim, float scale) {
+    if (kv_heads <= 0 || heads % kv_heads != 0 || head_dim > MAX_HEAD_DIM) return -1;
+    const int64_t esz = is_bf16 ? 2 : 4;
+    int failed = 0;
+#if defined(__AVX512F__)
+    if (head_dim % 16 == 0 && heads <= 1024) {
+        const int64_t tiles = (n + PREFILL_MAX_ROWS - 1) / PREFILL_MAX_ROWS;
+        /* later tiles see longer histories: dynamic scheduling from the last one balances */
+#pragma omp parallel for schedule(dynamic, 1) reduction(| : failed)
+        for (int64_t k = tiles - 1; k >= 0; k--) {
+            const int64_t r0 = k * PREFILL_MAX_ROWS;
+            const int64_t rows = n - r0 < PREFILL_MAX_ROWS ? n - r0 : PREFILL_MAX_ROWS;
+            const int rc = is_bf16
+                ? prefill_tile_bf16_avx512((const bf16 *)q + r0 * q_tok, q_tok, q_head, (const bf16 *)k_pool,
+                                           (const bf16 *)v_pool, p_slot, p_head, slots, start + r0 + 1, rows,
+                                           (bf16 *)out + r0 * o_tok, o_tok, o_head, heads, kv_heads, head_dim,
+                                           scale, 1)
+                : prefill_tile_f32_avx512((const float *)q + r0 * q_tok, q_tok, q_head, (const float *)k_pool,
+                                          (const float *)v_pool, p_slot, p_head, slots, start + r0 + 1, rows,
+                                          (float *)out + r0 * o_tok, o_tok, o_head, heads, kv_heads, head_dim,
+                                          scale, 0);
+            failed |= rc != 0;
+        }
+        return failed ? -2 : 0;
+    }
+#endif
+#pragma omp parallel for schedule(dynamic, 1) reduction(| : failed)
+    for (int64_t r = n - 1; r >= 0; r--) {
+        const int rc = decode_one(is_bf16, (const char *)q + r * q_tok * esz, q_head, k_pool, v_pool, p_slot, p_head,
+                                  slots, start + r + 1, (char *)out + r * o_tok * esz, o_head, heads, kv_heads,
+                                  head_dim, scale);
         failed |= rc != 0;
     }
     return failed ? -2 : 0;

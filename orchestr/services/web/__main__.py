@@ -60,7 +60,8 @@ def main(argv: list[str] | None = None) -> None:
 
     if auth:
         log.info("the UI asks for a login (%d user(s))", len(auth))
-    run_app(create_app(ctx, auth), cfg.host, cfg.port)
+    run_app(create_app(ctx, auth), cfg.host, cfg.port, keep_alive_s=cfg.keep_alive_timeout_s,
+            header_timeout_s=cfg.header_timeout_s)
 
 
 if __name__ == "__main__":
