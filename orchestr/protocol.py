@@ -383,6 +383,21 @@ class GenerateRequest(BaseModel):
     logprobs: int | None = None
     # with ``echo``: logprobs of the prompt's tokens too
     prompt_logprobs: bool = False
+    # a continuation (its first worker died mid-answer): the tokens already generated, which the
+    # worker appends to the rendered prompt before generating on; the caller lowers
+    # ``max_new_tokens`` by as many and advances ``seed`` (``continuation_of``)
+    resume_token_ids: list[int] | None = None
+
+    def continuation_of(self, generated: list[int]) -> GenerateRequest:
+        """This request picked up after ``generated`` tokens (of every earlier attempt): the same
+        prompt and sampling parameters, the budget reduced, the seed advanced by the tokens
+        already drawn (deterministic: two continuations from one point sample alike), nothing
+        echoed again."""
+        max_new = None if self.max_new_tokens is None else max(self.max_new_tokens - len(generated), 1)
+        seed = None if self.seed is None else (self.seed + len(generated)) % SEED_LIMIT
+        return self.model_copy(update={"resume_token_ids": list(generated), "max_new_tokens": max_new, "seed": seed,
+                                       "echo": False, "prompt_logprobs": False,
+                                       "request_id": uuid.uuid4().hex})
 
 
 class TopLogprob(BaseModel):
@@ -410,6 +425,9 @@ class GenerateChunk(BaseModel):
     usage: UsageInfo | None = None
     # the tokens whose text this chunk (first: the echoed prompt's) carries, when logprobs were asked for
     logprobs: list[TokenLogprob] | None = None
+    # the ids of the tokens generated since the previous chunk (their text may lag behind: stop
+    # strings and incomplete characters are held back): what a continuation resumes from
+    token_ids: list[int] | None = None
 
 
 def coalesce_chunks(chunks: list[GenerateChunk]) -> list[GenerateChunk]:
@@ -426,10 +444,11 @@ def coalesce_chunks(chunks: list[GenerateChunk]) -> list[GenerateChunk]:
                 and prev.error is None and not chunk.error_code and chunk.error is None
                 and (prev.logprobs is None) == (chunk.logprobs is None)):
             logprobs = None if prev.logprobs is None else [*prev.logprobs, *chunk.logprobs]
+            ids = prev.token_ids if not chunk.token_ids else [*(prev.token_ids or []), *chunk.token_ids]
             out[-1] = GenerateChunk.model_construct(text=prev.text + chunk.text, error_code=0, error=None,
                                                     finish_reason=chunk.finish_reason,
                                                     usage=chunk.usage if chunk.usage is not None else prev.usage,
-                                                    logprobs=logprobs)
+                                                    logprobs=logprobs, token_ids=ids)
         else:
             out.append(chunk)
     return out

@@ -35,12 +35,13 @@ class Plane:
     procs: dict[str, subprocess.Popen] = field(default_factory=dict)
     argv: dict[str, list[str]] = field(default_factory=dict)
 
-    def start(self, name: str, argv: list[str] | None = None) -> subprocess.Popen:
-        """Start a process (again, with its last argv when none is given)."""
+    def start(self, name: str, argv: list[str] | None = None, prefix: list[str] | None = None) -> subprocess.Popen:
+        """Start a process (again, with its last argv when none is given); ``prefix`` runs it
+        under another program (e.g. ``setpriv`` to drop capabilities)."""
         argv = argv or self.argv[name]
         self.argv[name] = argv
         log = self.root / f"{name}.log"
-        proc = subprocess.Popen([sys.executable, "-m", *argv], cwd=REPO, env=self.env,
+        proc = subprocess.Popen([*(prefix or []), sys.executable, "-m", *argv], cwd=REPO, env=self.env,
                                 stdout=log.open("a"), stderr=subprocess.STDOUT, start_new_session=True)
         self.procs[name] = proc
         return proc
@@ -61,6 +62,36 @@ class Plane:
 
     def key_header(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+
+    def start_web(self, name: str, log_dir: Path, *flags: str, prefix: list[str] | None = None) -> str:
+        """A web UI on this plane (greedy by default: its replies can be compared), healthy; its URL."""
+        (port,) = free_ports(1)
+        url = f"http://127.0.0.1:{port}"
+        self.start(name, ["orchestr.services.web", "--port", str(port), "--host", "127.0.0.1",
+                          "--controller-address", self.controller, "--log-dir", str(log_dir),
+                          "--temperature", "0", *flags], prefix)
+        self.wait(name, url)
+        return url
+
+    def worker_with_load(self) -> int | None:
+        """The index of a worker with requests in flight (None: both idle)."""
+        for i, w in enumerate(self.workers):
+            try:
+                r = httpx.post(w + "/worker_get_status", headers=self.secret_header(), timeout=5)
+                if r.json()["queue_length"]:
+                    return i
+            except (httpx.HTTPError, ValueError):
+                pass
+        return None
+
+    def restart_worker(self, i: int) -> None:
+        """A killed worker started again, healthy and registered."""
+        self.start(f"worker-{i}")
+        self.wait(f"worker-{i}", self.workers[i])
+        deadline = time.monotonic() + 30
+        while self.registered() != set(self.workers):
+            assert time.monotonic() < deadline, "the restarted worker did not register"
+            time.sleep(0.2)
 
     def stop(self) -> None:
         terminate(self.procs.values())
@@ -110,17 +141,23 @@ class Outcome:
     ok: bool
     tokens: int  # content deltas received before the end (or the failure)
     error: str = ""
+    text: str = ""  # the answer (of a stream: its deltas joined)
+    usage: dict | None = None  # a stream's when it asked for it (stream_options.include_usage)
+    finish: str | None = None
 
 
 async def request(http: httpx.AsyncClient, url: str, body: dict) -> Outcome:
     """One chat completion; never raises. Counts the tokens a stream delivered before failing."""
-    tokens = 0
+    tokens, text, usage, finish = 0, "", None, None
     try:
         if not body.get("stream"):
             r = await http.post(url, json=body)
             if r.status_code != 200:
                 return Outcome(False, 0, f"HTTP {r.status_code}: {r.text[:200]}")
-            return Outcome(bool(r.json()["choices"][0]["message"]["content"]), 1)
+            answer = r.json()
+            text = answer["choices"][0]["message"]["content"]
+            return Outcome(bool(text), 1, text=text, usage=answer.get("usage"),
+                           finish=answer["choices"][0]["finish_reason"])
         async with http.stream("POST", url, json=body) as r:
             if r.status_code != 200:
                 return Outcome(False, 0, f"HTTP {r.status_code}: {(await r.aread())[:200]!r}")
@@ -129,12 +166,15 @@ async def request(http: httpx.AsyncClient, url: str, body: dict) -> Outcome:
                     continue
                 data = json.loads(line[6:])
                 if "error" in data:
-                    return Outcome(False, tokens, data["error"]["message"])
+                    return Outcome(False, tokens, data["error"]["message"], text)
+                usage = data.get("usage") or usage
                 for choice in data.get("choices", []):
                     tokens += bool(choice["delta"].get("content"))
-        return Outcome(tokens > 0, tokens)
+                    text += choice["delta"].get("content") or ""
+                    finish = choice.get("finish_reason") or finish
+        return Outcome(tokens > 0, tokens, text=text, usage=usage, finish=finish)
     except (httpx.HTTPError, ValueError) as e:
-        return Outcome(False, tokens, repr(e))
+        return Outcome(False, tokens, repr(e), text)
 
 
 async def load(plane: Plane, bodies: list[dict], concurrency: int,

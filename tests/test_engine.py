@@ -210,6 +210,35 @@ def test_a_reader_that_falls_behind_gets_the_queued_tokens_as_one_chunk(batched)
     assert len(chunks) < 20  # 40 tokens; one chunk per token without merging
 
 
+def test_a_continuation_resumes_where_the_stream_broke_off(batched):
+    """Chunks carry their tokens' ids; a request resumed from the prompt plus the first k of them
+    (``continuation_of``) generates the rest of the greedy answer, structured outputs included
+    (the grammar is advanced over the resumed tokens)."""
+
+    async def stream(req):
+        return [c async for c in batched.generate_stream(req)]
+
+    req = chat(STORY_PROMPTS[0], max_new_tokens=24)
+    chunks = asyncio.run(stream(req))
+    ids = [t for c in chunks for t in (c.token_ids or [])]
+    assert len(ids) == chunks[-1].usage.completion_tokens == 24
+    text = "".join(c.text for c in chunks)
+    assert batched.tokenizer.decode(ids) == text
+    k = 9
+    rest = asyncio.run(stream(req.continuation_of(ids[:k])))
+    assert [t for c in rest for t in (c.token_ids or [])] == ids[k:]
+    assert text.endswith("".join(c.text for c in rest))
+    assert rest[-1].usage.completion_tokens == 24 - k  # the resumed ids count as its prompt
+    assert rest[-1].usage.prompt_tokens == chunks[-1].usage.prompt_tokens + k
+
+    schema = {"type": "object", "properties": {"name": {"type": "string"}}, "required": ["name"]}
+    shaped = chat("Describe a person as JSON.", max_new_tokens=40, guided_json=schema)
+    whole = asyncio.run(stream(shaped))
+    ids = [t for c in whole for t in (c.token_ids or [])]
+    rest = asyncio.run(stream(shaped.continuation_of(ids[:5])))
+    assert batched.tokenizer.decode(ids[:5]) + "".join(c.text for c in rest) == "".join(c.text for c in whole)
+
+
 def test_coalesce_chunks_merges_only_what_loses_nothing():
     lp = [TokenLogprob(token="a", logprob=-0.1)], [TokenLogprob(token="b", logprob=-0.2)]
     chunks = [GenerateChunk(text="prompt", usage=UsageInfo(prompt_tokens=3)), GenerateChunk(text="He"),

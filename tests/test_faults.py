@@ -23,7 +23,9 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests.conftest import terminate
 from tests.fault_plane import MODEL, Outcome, Plane, chat, load, request, start_plane
+from tests.test_web_browser import CHROMIUM, CHROMIUM_ARGS, REPLY_TIMEOUT_MS, PlaywrightTimeout, log_lines
 
 pytestmark = pytest.mark.slow
 
@@ -46,7 +48,10 @@ def served(plane: Plane, worker: str) -> int:
 
 @pytest.fixture(scope="module")
 def plane(tmp_path_factory) -> Plane:
-    p = start_plane(tmp_path_factory.mktemp("plane"), SECRET, API_KEY, "--kv-cache-tokens", "8192")
+    # fp32: a continuation prefills the tokens the dead worker had decoded; in bf16 that rounding
+    # difference can flip a near tie of greedy decoding (docs/faults.md), in fp32 it does not
+    p = start_plane(tmp_path_factory.mktemp("plane"), SECRET, API_KEY, "--kv-cache-tokens", "8192",
+                    "--dtype", "float32")
     yield p
     p.stop()
 
@@ -241,35 +246,246 @@ def test_openapi_schema_is_fuzzed_without_5xx(plane):
     assert calls[2] >= 20 and calls[4] >= 20, calls  # both answers and refusals were exercised
 
 
+# --------------------------------------------------------------------------- the web UI on the same plane
+
+WEB_TOKENS = 48  # long enough for a kill to land in the middle of the replies
+
+
+@pytest.fixture(scope="module")
+def web(plane, tmp_path_factory) -> tuple[str, Path]:
+    """A web UI (chat tab, greedy) on the plane; its URL and log folder."""
+    log_dir = tmp_path_factory.mktemp("web-logs")
+    return plane.start_web("web", log_dir, "--mode", "single", "--max-new-tokens", str(WEB_TOKENS)), log_dir
+
+
+@pytest.fixture  # per test: Playwright's sync API holds an event loop, which asyncio.run must not meet
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    if not Path(CHROMIUM).exists():
+        pytest.skip(f"{CHROMIUM} is missing: run scripts/install_browser.sh")
+    with sync_playwright() as pw:
+        b = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield b
+        b.close()
+
+
+def web_reference(plane: Plane) -> dict[str, str]:
+    """Each prompt's greedy reply without a fault, through the API with the web UI's parameters."""
+    out = {}
+    for prompt in PROMPTS:
+        body = {**chat(WEB_TOKENS), "top_p": 1.0, "messages": [{"role": "user", "content": prompt}]}
+        r = httpx.post(plane.api + "/v1/chat/completions", json=body, headers=plane.key_header(), timeout=120)
+        out[prompt] = r.json()["choices"][0]["message"]["content"]
+    return out
+
+
+class ChatPages:
+    """Several browser pages on the chat tab, each chatting its own conversation."""
+
+    def __init__(self, browser, url: str, n: int):
+        self.ctx = browser.new_context(viewport={"width": 1100, "height": 900})
+        self.pages = [self.ctx.new_page() for _ in range(n)]
+        for pg in self.pages:
+            pg.set_default_timeout(30_000)
+            pg.goto(url)
+            pg.wait_for_selector("#chat_input textarea")
+
+    def send(self, round_: int) -> list[str]:
+        """Every page starts a new conversation with one message (sent without waiting)."""
+        prompts = []
+        for i, pg in enumerate(self.pages):
+            prompt = PROMPTS[(i + round_) % len(PROMPTS)]
+            if round_:
+                pg.click("#chat_clear")
+                pg.wait_for_function("() => !document.querySelector('#chat_chatbot [data-testid=user]')")
+            # The clear's answer can still empty the textbox after it is filled (a loaded CPU):
+            # sent is when the message shows in the chat.
+            for _ in range(5):
+                pg.fill("#chat_input textarea", prompt)
+                pg.press("#chat_input textarea", "Enter")
+                try:
+                    pg.wait_for_function("() => document.querySelector('#chat_chatbot [data-testid=user]')",
+                                         timeout=15_000)
+                    break
+                except PlaywrightTimeout:
+                    pass
+            else:
+                raise AssertionError(f"could not send {prompt!r}")
+            prompts.append(prompt)
+        return prompts
+
+    def streaming(self) -> int:
+        """Pages whose reply has started and not ended."""
+        return sum(pg.evaluate("() => { const b = document.querySelectorAll('#chat_chatbot [data-testid=bot]');"
+                               " return b.length > 0 && b[b.length - 1].innerText.trim().length > 0"
+                               " && document.querySelector('#chat_upvote').disabled; }")
+                   for pg in self.pages)
+
+    def replies(self, plane: Plane) -> list[str]:
+        """Each page's reply once its turn ended (the vote buttons come back)."""
+        for pg in self.pages:
+            try:
+                pg.wait_for_function("() => !document.querySelector('#chat_upvote').disabled",
+                                     timeout=REPLY_TIMEOUT_MS)
+            except PlaywrightTimeout:
+                pages = [pg.locator("body").inner_text()[-600:] for pg in self.pages]
+                log = (plane.root / "web.log").read_text(errors="replace")[-4000:]
+                raise AssertionError(f"a reply did not end; pages: {pages}\nweb.log: {log}") from None
+        return [pg.locator("#chat_chatbot [data-testid='bot']").last.inner_text().strip() for pg in self.pages]
+
+    def close(self) -> None:
+        self.ctx.close()
+
+
+def check_round(log_dir: Path, prompts: list[str], shown: list[str], expected: dict[str, str], seen: set[str]):
+    """Every reply of the round on screen without a warning, and logged exactly as without a fault."""
+    assert not [t for t in shown if "⚠️" in t or not t], shown
+    lines = [x for x in log_lines(log_dir) if x["type"] == "chat" and x["state"]["conv_id"] not in seen]
+    assert len(lines) == len(prompts), lines
+    for x in lines:
+        (_, prompt), (_, reply) = x["state"]["messages"]
+        assert "error" not in x and reply == expected[prompt], (prompt, reply, expected[prompt])
+        seen.add(x["state"]["conv_id"])
+    assert sorted(x["state"]["messages"][0][1] for x in lines) == sorted(prompts)
+
+
+def wait_until(condition, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.05)
+
+
+def test_unwritable_log_keeps_answers_and_says_so(plane, browser, tmp_path):
+    """Run without CAP_DAC_OVERRIDE (setpriv drops every capability), so root cannot write either."""
+    from orchestr.launch.day2 import web_problems
+
+    log_dir = tmp_path / "read-only-logs"
+    log_dir.mkdir(mode=0o555)
+    url = plane.start_web("web-ro", log_dir, "--max-new-tokens", "16",
+                          prefix=["setpriv", "--inh-caps=-all", "--bounding-set=-all", "--"])
+    try:
+        health = httpx.get(url + "/health", timeout=10).json()
+        assert health["status"] == "degraded" and "cannot write its log" in " ".join(health["problems"]), health
+        assert str(log_dir) not in json.dumps(health)
+        assert web_problems(url) == health["problems"]  # what `orchestr status` prints
+        ctx = browser.new_context(viewport={"width": 1280, "height": 1000})
+        pg = ctx.new_page()
+        pg.set_default_timeout(30_000)
+        pg.goto(url)
+        # the direct chat: the answer stays, the turn and the vote are said not to be recorded
+        pg.get_by_role("tab", name="Direct chat").click()
+        pg.fill("#chat_input textarea", "Name three colors.")
+        pg.press("#chat_input textarea", "Enter")
+        pg.wait_for_function("() => !document.querySelector('#chat_upvote').disabled", timeout=REPLY_TIMEOUT_MS)
+        assert "not recorded" in pg.locator("#chat_notice").inner_text()
+        pg.click("#chat_upvote")
+        pg.wait_for_function("() => document.querySelector('#chat_notice').innerText.includes("
+                             "'Your vote was not recorded: the server cannot write its log')")
+        reply = pg.locator("#chat_chatbot [data-testid='bot']").last.inner_text()
+        assert reply.strip() and "⚠️" not in reply
+        # the side-by-side arena: both answers stay, the vote is said not to be recorded
+        pg.get_by_role("tab", name="Arena (side-by-side)").click()
+        pg.fill("#named_input textarea", "What is a cat?")
+        pg.click("#named_send")
+        pg.wait_for_function("() => !document.querySelector('#named_vote_a').disabled", timeout=REPLY_TIMEOUT_MS)
+        pg.click("#named_vote_a")
+        pg.wait_for_function("() => document.querySelector('#named_notice').innerText.includes("
+                             "'Your vote was not recorded: the server cannot write its log')")
+        for side in "ab":
+            answer = pg.locator(f"#named_chatbot_{side} [data-testid='bot']").last.inner_text()
+            assert answer.strip() and "⚠️" not in answer, answer
+        page_text = pg.locator("body").inner_text()
+        assert str(log_dir) not in page_text and "Errno" not in page_text and "Permission" not in page_text
+        ctx.close()
+        assert list(log_dir.iterdir()) == []
+    finally:
+        terminate([plane.procs.pop("web-ro")])
+
+
 # --------------------------------------------------------------------------- faults (last: they kill processes)
 
 
-def test_worker_kill_fails_only_streams_already_answering(plane):
+PROMPTS = ["What is a cat?", "Say something kind.", "Name three colors.", "Tell me about the sea."]
+
+
+def greedy(i: int, max_tokens: int = 24) -> dict:
+    """Request i of a mixed load: one of four prompts, each streamed half the time (with usage)."""
+    body = {**chat(max_tokens), "messages": [{"role": "user", "content": PROMPTS[i % len(PROMPTS)]}]}
+    if i // len(PROMPTS) % 2 == 0:
+        body.update(stream=True, stream_options={"include_usage": True})
+    return body
+
+
+def counts(usage: dict | None) -> tuple[int, int, int]:
+    assert usage is not None
+    return usage["prompt_tokens"], usage["completion_tokens"], usage["total_tokens"]
+
+
+def continuations(plane: Plane) -> int:
+    """Answers the API server continued on another worker after theirs died (its log says so)."""
+    return (plane.root / "api.log").read_text(errors="replace").count("continuing elsewhere")
+
+
+def test_worker_kill_fails_nothing_and_greedy_answers_match(plane):
+    # The answers without a fault, at the same load (16 in flight): one per prompt.
+    reference = asyncio.run(load(plane, [greedy(i) for i in range(16)], 16))
+    expected: dict[str, tuple[str, dict]] = {}
+    for i, o in enumerate(reference):
+        assert o.ok, o
+        expected.setdefault(PROMPTS[i % len(PROMPTS)], (o.text, counts(o.usage)))
+        assert o.text == expected[PROMPTS[i % len(PROMPTS)]][0], "greedy answers differ even without a fault"
     victim = plane.procs["worker-1"]
-    bodies = [chat(24, stream=i % 2 == 0) for i in range(100)]
+    before = continuations(plane)
+    bodies = [greedy(i) for i in range(200)]  # the issue asks 300; 200 keeps CI time (the fault is the same)
 
     async def during(done: int, _http):
-        if done == 20 and victim.poll() is None:
+        if done == 40 and victim.poll() is None:  # 16 in flight: both twins are mid-answer
             victim.send_signal(signal.SIGKILL)
 
     outs = asyncio.run(load(plane, bodies, 16, during))
     assert victim.poll() is not None
     failed = [o for o in outs if not o.ok]
-    # The only failures allowed: streams the dead worker had already sent tokens of.
-    assert all(o.tokens > 0 for o in failed), failed
-    assert len(failed) <= 16 and len(outs) - len(failed) >= 84
+    assert not failed, failed
+    # Answers the dead twin had started were continued on the other one, and read as one answer.
+    assert continuations(plane) > before, "the kill hit no answer in the middle of its stream"
+    for i, o in enumerate(outs):
+        text, usage = expected[PROMPTS[i % len(PROMPTS)]]
+        assert o.text == text, (i, o.text, text)
+        assert counts(o.usage) == usage, (i, o.usage, usage)
     # The controller was told: the dead worker leaves its table at once, not at heartbeat expiry.
     deadline = time.monotonic() + 5
     while plane.workers[1] in plane.registered():
         assert time.monotonic() < deadline
         time.sleep(0.2)
     # Restarted, it is back in rotation (registration and the API's health check).
-    plane.start("worker-1")
-    plane.wait("worker-1", plane.workers[1])
-    deadline = time.monotonic() + 15
-    while plane.registered() != set(plane.workers):
-        assert time.monotonic() < deadline
-        time.sleep(0.2)
+    plane.restart_worker(1)
+
+
+def test_web_ui_rides_out_a_worker_kill(plane, web, browser):
+    """Four browser pages chat through the web UI while one twin gets kill -9: no failed chat,
+    every reply whole and as without the fault."""
+    url, log_dir = web
+    expected = web_reference(plane)
+    pages = ChatPages(browser, url, 4)
+    seen: set[str] = set()
+    try:
+        before = (plane.root / "web.log").read_text(errors="replace").count("continuing elsewhere")
+        killed = None
+        for round_ in range(3):
+            prompts = pages.send(round_)
+            if round_ == 0:  # the kill lands while the replies stream
+                wait_until(lambda: pages.streaming() >= 2, 120, "the replies did not start")
+                killed = plane.worker_with_load()
+                assert killed is not None
+                plane.procs[f"worker-{killed}"].send_signal(signal.SIGKILL)
+            check_round(log_dir, prompts, pages.replies(plane), expected, seen)
+        after = (plane.root / "web.log").read_text(errors="replace").count("continuing elsewhere")
+        assert after > before, "the kill hit no reply in the middle of its stream"
+    finally:
+        pages.close()
+    plane.restart_worker(killed)
 
 
 def test_controller_kill_under_a_steady_prober(plane):
@@ -312,3 +528,24 @@ def test_controller_kill_under_a_steady_prober(plane):
     assert relearned_at and relearned_at - answered_at <= 10, "a worker did not re-register within 10 s"
     failed = [o for o in outs if not o.ok]
     assert len(outs) >= 35 and len(failed) <= 3, failed
+
+
+
+def test_web_ui_rides_out_a_controller_kill(plane, web, browser):
+    """The controller gets kill -9 while browser pages chat: the web UI routes from its last-known
+    worker table, no chat fails; the restarted controller learns the workers again."""
+    url, log_dir = web
+    expected = web_reference(plane)
+    pages = ChatPages(browser, url, 3)
+    seen: set[str] = {x["state"]["conv_id"] for x in log_lines(log_dir) if x["type"] == "chat"}
+    try:
+        check_round(log_dir, pages.send(0), pages.replies(plane), expected, seen)  # the UI has a worker table
+        prompts = pages.send(1)
+        plane.procs["controller"].send_signal(signal.SIGKILL)
+        check_round(log_dir, prompts, pages.replies(plane), expected, seen)
+        check_round(log_dir, pages.send(2), pages.replies(plane), expected, seen)  # asked while it is down
+    finally:
+        pages.close()
+    plane.start("controller")
+    plane.wait("controller", plane.controller)
+    wait_until(lambda: plane.registered() == set(plane.workers), 30, "workers did not re-register")

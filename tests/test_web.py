@@ -121,8 +121,8 @@ def test_recorder_writes_fastchat_fields_with_hashed_ip(tmp_path: Path):
     t0 = time.time()
     rec.chat(convs[0], {"temperature": 0.7, "top_p": 1.0, "max_new_tokens": 8}, t0, t0 + 1, FakeClient("1.2.3.4"))
     rec.chat_vote("upvote", convs[0], FakeClient("1.2.3.4"))
-    path = rec.arena("leftvote", convs, anony=True, request=FakeClient("10.0.0.1", {"X-Forwarded-For": "5.6.7.8"}))
-    assert path == conv_log_path(tmp_path)  # <log_dir>/YYYY-MM-DD-conv.json, today
+    assert rec.arena("leftvote", convs, anony=True, request=FakeClient("10.0.0.1", {"X-Forwarded-For": "5.6.7.8"}))
+    path = conv_log_path(tmp_path)  # <log_dir>/YYYY-MM-DD-conv.json, today
     lines = [json.loads(x) for x in path.read_text().splitlines()]
     chat, vote, battle = lines
     assert {"tstamp", "type", "model", "gen_params", "start", "finish", "state", "ip"} <= set(chat)
@@ -134,7 +134,8 @@ def test_recorder_writes_fastchat_fields_with_hashed_ip(tmp_path: Path):
     assert battle["type"] == "leftvote" and battle["models"] == ["", ""] and "anony" not in battle
     assert [s["model_name"] for s in battle["states"]] == ["model-x", "model-y"]
     assert set(battle) == {"tstamp", "type", "models", "states", "ip"}
-    named = json.loads(rec.arena("tievote", convs, anony=False, request=None).read_text().splitlines()[-1])
+    assert rec.arena("tievote", convs, anony=False, request=None)
+    named = json.loads(path.read_text().splitlines()[-1])
     assert named["models"] == ["model-x", "model-y"] and "anony" not in named
     assert battle["ip"] == hash_ip("5.6.7.8", "s")  # proxy header wins, like FastChat
 
@@ -142,8 +143,20 @@ def test_recorder_writes_fastchat_fields_with_hashed_ip(tmp_path: Path):
 @pytest.mark.parametrize("mode,expected", [("drop", None), ("raw", "1.2.3.4")])
 def test_recorder_ip_modes(tmp_path: Path, mode: str, expected: str | None):
     rec = Recorder(str(tmp_path), ip_logging=mode)
-    path = rec.chat_vote("downvote", _battle("a", "b")[0], FakeClient("1.2.3.4"))
-    assert json.loads(path.read_text())["ip"] == expected
+    assert rec.chat_vote("downvote", _battle("a", "b")[0], FakeClient("1.2.3.4"))
+    assert json.loads(conv_log_path(tmp_path).read_text())["ip"] == expected
+
+
+def test_recorder_says_when_it_cannot_write(tmp_path: Path):
+    """A folder that cannot be written (here: a file in its way) is reported at start-up in words
+    without the path, and a record it cannot take is a False, never an exception."""
+    blocked = tmp_path / "logs"
+    blocked.write_text("not a folder")
+    rec = Recorder(str(blocked))
+    problem = rec.check_writable()
+    assert problem and "cannot write its log" in problem and str(blocked) not in problem
+    assert rec.chat_vote("upvote", _battle("a", "b")[0], None) is False
+    assert Recorder(str(tmp_path / "fine")).check_writable() is None
 
 
 def test_recorder_rejects_unknown_ip_mode(tmp_path: Path):
@@ -255,7 +268,7 @@ def test_app_builds_and_answers_health_without_a_controller(tmp_path: Path, mode
                      moderator=Moderator(cfg.moderation), models=client.list_models())
     assert ctx.models == []
     with TestClient(create_app(ctx)) as http:
-        assert http.get("/health").json() == {"status": "ok", "mode": mode}
+        assert http.get("/health").json() == {"status": "ok", "mode": mode, "problems": []}
         page = http.get("/")
         assert page.status_code == 200
         ids = ["chat_input", "chat_send", "chat_model"] + (["anony_vote_a", "named_model_b", "leaderboard_table"]

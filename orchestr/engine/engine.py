@@ -208,6 +208,8 @@ class Engine(PromptEndpoints):
         grammar = None
         if req.guided_json is not None:
             grammar = self.grammar_compiler().constraint(req.guided_json)
+            for token in req.resume_token_ids or ():  # a continuation: the grammar where the answer broke off
+                grammar.accept(token)
         return PreparedRequest(request_id=req.request_id, prompt_text=prompt.text, prompt_ids=prompt.ids,
                                max_new_tokens=max_new, params=params, stop=[*req.stop, *prompt.stop],
                                stop_token_ids={*req.stop_token_ids, *prompt.stop_token_ids, *self.eos_ids},
@@ -250,6 +252,7 @@ class Engine(PromptEndpoints):
             self._short_arrivals += 1  # may pause a long forward (GIL-atomic enough: a hint)
         self._inbox.put(("add", seq))
         done = False
+        sent_ids = 0  # output tokens whose ids went out with a chunk
         try:
             if prep.echo:
                 yield GenerateChunk(text=prep.prompt_text, usage=seq.usage(), logprobs=prompt_lps)
@@ -259,6 +262,9 @@ class Engine(PromptEndpoints):
                     ready.append(chunks.get_nowait())
                 for chunk in coalesce_chunks(ready) if len(ready) > 1 else ready:
                     done = chunk.finish_reason is not None
+                    if chunk.usage is not None:  # the ids up to the count this chunk was made at
+                        upto = chunk.usage.completion_tokens
+                        chunk.token_ids, sent_ids = seq.output_ids[sent_ids:upto], upto
                     yield chunk
                     if done:
                         return

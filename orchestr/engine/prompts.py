@@ -48,6 +48,14 @@ def refuse_unsupported(req: GenerateRequest, backend: str, supported: frozenset[
             raise RequestError(f"{what} is not supported by the {backend} backend", ErrorCode.VALIDATION_TYPE_ERROR)
 
 
+def refuse_resumed_grammar(req: GenerateRequest, backend: str) -> None:
+    """A structured-output continuation needs its grammar advanced over the tokens already
+    generated; only the transformers engine can (vLLM's and OpenVINO's grammars start afresh)."""
+    if req.resume_token_ids and req.guided_json is not None:
+        raise RequestError(f"a structured-output answer cannot be continued on the {backend} backend",
+                           ErrorCode.VALIDATION_TYPE_ERROR)
+
+
 @dataclass(frozen=True)
 class RenderedPrompt:
     text: str
@@ -66,7 +74,20 @@ def encode(tokenizer: Any, text: str, add_special_tokens: bool) -> list[int]:
 
 def render_prompt(formatter: ChatFormatter, tokenizer: Any, req: GenerateRequest | CountTokenRequest) -> RenderedPrompt:
     """Chat messages through the model's chat template (or ``conv_template``), a raw prompt as
-    is, token ids as given."""
+    is, token ids as given; a continuation's already generated tokens after it."""
+    prompt = _render(formatter, tokenizer, req)
+    resumed = getattr(req, "resume_token_ids", None)
+    if not resumed:
+        return prompt
+    vocab = len(tokenizer)
+    bad = [t for t in resumed if not 0 <= t < vocab]
+    if bad:
+        raise RequestError(f"resume token ids must be ids in [0, {vocab}); got {bad[:3]}",
+                           ErrorCode.VALIDATION_TYPE_ERROR)
+    return RenderedPrompt(prompt.text, [*prompt.ids, *resumed], prompt.stop, prompt.stop_token_ids)
+
+
+def _render(formatter: ChatFormatter, tokenizer: Any, req: GenerateRequest | CountTokenRequest) -> RenderedPrompt:
     if req.messages:
         try:
             messages = [m.template_dict() for m in req.messages]

@@ -85,7 +85,19 @@ def status_main() -> int:
         print(f"OpenAI API: {state.api}")
     if state.web:
         print(f"Web UI:     {state.web}")
+        for problem in web_problems(state.web):
+            print(f"Web UI problem: {problem}")
     return 0 if all_alive else 3
+
+
+def web_problems(web: str) -> list[str]:
+    """What the web UI's health check reports (e.g. a log folder it cannot write); none if it is silent."""
+    import httpx
+
+    try:
+        return list(httpx.get(web.rstrip("/") + "/health", timeout=3.0).json().get("problems", []))
+    except (httpx.HTTPError, ValueError, AttributeError):
+        return []
 
 
 def logs_main() -> int:

@@ -24,7 +24,8 @@ from orchestr.protocol import (
     PromptTokensDetails,
     UsageInfo,
 )
-from orchestr.services.api_errors import ApiError, worker_error
+from orchestr.services.api_errors import ApiError, worker_error, worker_failed
+from orchestr.services.continuation import open_continuing
 from orchestr.services.routing import Router
 from orchestr.services.worker_stream import WorkerClient, WorkerFailed, WorkerStream
 
@@ -88,26 +89,23 @@ class Generation:
             )
 
     async def generate(self, g: GenerateRequest, param: str, budget_set: bool = True) -> GenerateResult:
-        """The whole answer. Read from the worker's stream, so a client that leaves cancels it
-        there, and nothing has reached the client yet: any worker failure is retried elsewhere."""
-
-        async def call(addr: str) -> GenerateResult:
-            await self._check_length(addr, g, param, budget_set)
-            stream = await self.workers.open_stream(addr, g)
-            chunks: list[GenerateChunk] = []
-            try:
-                async for batch in stream.batches():
-                    for c in batch:
-                        if c.error_code or c.finish_reason == "error":
-                            raise worker_error(c.error_code or ErrorCode.INTERNAL_ERROR, c.error)
-                        chunks.append(c)
-            finally:
-                await stream.aclose()
-            result = GenerateResult.from_chunks(chunks)
-            result.finish_reason = result.finish_reason or "stop"
-            return result
-
-        return await self.router.run(g.model, call)
+        """The whole answer, read from the worker's stream (a client that leaves cancels it
+        there); a worker that dies on the way is replaced as for a stream (``continuation``)."""
+        stream = await self.open_stream(0, g, param, budget_set)
+        chunks: list[GenerateChunk] = []
+        try:
+            async for batch in stream.batches():
+                for c in batch:
+                    if c.error_code or c.finish_reason == "error":
+                        raise worker_error(c.error_code or ErrorCode.INTERNAL_ERROR, c.error)
+                    chunks.append(c)
+        except WorkerFailed as e:
+            raise worker_failed(e) from e
+        finally:
+            await stream.aclose()
+        result = GenerateResult.from_chunks(chunks)
+        result.finish_reason = result.finish_reason or "stop"
+        return result
 
     async def count_tokens(self, req: CountTokenRequest) -> int:
         """The exact prompt tokens of ``req`` (a text, or messages through the chat template), by a worker."""
@@ -127,20 +125,19 @@ class Generation:
         return details.tool_parser if details is not None else None
 
     async def open_stream(self, index: int, g: GenerateRequest, param: str, budget_set: bool = True) -> WorkerStream:
-        """A stream whose first batch arrived; failures before it are retried on another worker."""
+        """A stream whose first batch arrived; failures before it are retried on another worker,
+        after it continued on another worker."""
 
-        async def call(addr: str) -> WorkerStream:
+        async def before(addr: str) -> None:
             await self._check_length(addr, g, param, budget_set)
-            stream = await self.workers.open_stream(addr, g, index)
+
+        async def check(addr: str, stream: WorkerStream) -> None:
             # Early errors (bad params, context overflow, overload) get a proper HTTP status
             # instead of a 200 + error event.
             if stream.first and stream.first[0].error_code:
-                await stream.aclose()
                 raise worker_error(stream.first[0].error_code, stream.first[0].error)
-            stream.on_close = lambda: self.router.release(addr)  # its load lasts while it runs
-            return stream
 
-        return await self.router.run(g.model, call, hold=True)
+        return await open_continuing(self.router, self.workers, g, index, check, before)
 
     async def open_streams(
         self, jobs: list[tuple[int, GenerateRequest]], param: str, budget_set: bool = True

@@ -25,7 +25,7 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
-from orchestr.engine.prompts import PromptEndpoints, refusal_chunk, refuse_unsupported
+from orchestr.engine.prompts import PromptEndpoints, refusal_chunk, refuse_resumed_grammar, refuse_unsupported
 from orchestr.protocol import (
     ErrorCode,
     GenerateChunk,
@@ -318,6 +318,7 @@ class OpenVinoEngine(PromptEndpoints):
 
         try:
             refuse_unsupported(req, self.backend, SUPPORTED_FEATURES)
+            refuse_resumed_grammar(req, self.backend)
             prompt = self.prompt_of(req)
             text, ids, stops, stop_ids = prompt.text, prompt.ids, list(prompt.stop), list(prompt.stop_token_ids)
             stop = [*req.stop, *(s for s in stops if s not in req.stop)]
@@ -343,7 +344,7 @@ class OpenVinoEngine(PromptEndpoints):
         matcher = StopStringMatcher(stop)
         stop_set = set(stop_token_ids)
         output: list[int] = []
-        produced, emitted, ended = "", 0, False
+        produced, emitted, ended, sent = "", 0, False, 0
         try:
             while True:
                 new_ids, reason, error = await inbox.get()
@@ -370,11 +371,12 @@ class OpenVinoEngine(PromptEndpoints):
                 upto = len(produced) if finish else len(produced) - matcher.holdback(produced)
                 delta = produced[emitted:upto] if upto > emitted else ""
                 emitted = max(emitted, upto)
+                new_ids, sent = output[sent:], len(output)  # every chunk carries its tokens' ids
                 if finish:
-                    yield GenerateChunk(text=delta, finish_reason=finish, usage=_usage(ids, output))
+                    yield GenerateChunk(text=delta, finish_reason=finish, usage=_usage(ids, output), token_ids=new_ids)
                     return
-                if delta:
-                    yield GenerateChunk(text=delta)
+                if delta or new_ids:
+                    yield GenerateChunk(text=delta, token_ids=new_ids)
         finally:
             if not ended:  # client gone, stop string, or error: free the sequence's slot
                 self.pipeline.cancel(rid)

@@ -1,5 +1,9 @@
 """Which worker serves a request: the controller's worker table, live-load dispatch, failover.
 
+One router for both front ends: the OpenAI API server and the web UI route every request here
+(streams that break off after their first token continue through ``continuation``); the
+controller's ``/get_worker_address`` remains for FastChat's clients only.
+
 * The table comes from the controller and is reused for a short TTL; when it is stale the
   request goes on with it while one background call refreshes it, and while the controller is
   unreachable the last-known table keeps serving (a controller restart costs nothing). A worker
@@ -80,9 +84,10 @@ class Router:
             r.raise_for_status()
             return r.json()
         except (httpx.HTTPError, ValueError) as e:
+            logger.info("controller %s: %s", self.controller, e)
             raise ApiError(
-                503, f"controller {self.controller} is unreachable: {e}", "service_unavailable",
-                code="no_controller",
+                503, "The controller is unreachable and no worker table is known yet; please try again.",
+                "service_unavailable", code="no_controller",
             ) from e  # fmt: skip
 
     async def _fetch_table(self) -> None:
@@ -137,6 +142,10 @@ class Router:
         await self._ensure_table(force=True)
         models = sorted({m for name, ms in self._table.items() if name not in self._missing_since for m in ms})
         return ModelList(data=[ModelCard(id=m, root=m) for m in models])
+
+    def known_models(self) -> list[str]:
+        """The models of the last-known table (no controller call): while the controller is away."""
+        return sorted({m for name, ms in self._table.items() if name not in self._missing_since for m in ms})
 
     async def retrieve_model(self, model: str) -> ModelCard:
         for card in (await self.list_models()).data:
@@ -212,10 +221,14 @@ class Router:
             logger.warning("worker %s failed before answering (%s); trying another", addr, failure)
             tried.add(addr)
             self.take_out(addr)
+        # what failed (addresses, exceptions) is in the log above; the client gets a sentence
         if isinstance(failure, WorkerFailed):
-            raise worker_failed(failure)
+            raise ApiError(
+                502, f"The workers serving `{model}` failed to answer; please try again.", "server_error",
+                code="worker_error",
+            )  # fmt: skip
         raise ApiError(
-            503, f"The worker serving `{model}` is unreachable.", "service_unavailable",
+            503, f"The worker serving `{model}` is unreachable; please try again.", "service_unavailable",
             code="worker_unreachable",
         )  # fmt: skip
 

@@ -13,7 +13,7 @@ import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
-from orchestr.engine.prompts import PromptEndpoints, refusal_chunk
+from orchestr.engine.prompts import PromptEndpoints, refusal_chunk, refuse_resumed_grammar
 from orchestr.protocol import (
     ErrorCode,
     GenerateChunk,
@@ -189,6 +189,7 @@ class VllmEngine(PromptEndpoints):
         from vllm.sampling_params import RequestOutputKind, SamplingParams
 
         try:
+            refuse_resumed_grammar(req, self.backend)
             prompt = self.prompt_of(req)
             text, ids, stops, stop_ids = prompt.text, prompt.ids, prompt.stop, prompt.stop_token_ids
             kw = sampling_kwargs(req, len(ids), self.context_len)
@@ -227,8 +228,9 @@ class VllmEngine(PromptEndpoints):
                     yield GenerateChunk(text=text, logprobs=prompt_lps)
                 lps = token_logprobs(list(o.token_ids), o.logprobs, self.tokenizer, req.logprobs or 0) \
                     if req.logprobs is not None else None
-                if o.text or reason is not None or lps:
-                    yield GenerateChunk(text=o.text, finish_reason=reason, usage=usage, logprobs=lps)
+                if o.text or reason is not None or lps or o.token_ids:
+                    yield GenerateChunk(text=o.text, finish_reason=reason, usage=usage, logprobs=lps,
+                                        token_ids=list(o.token_ids))
         finally:
             if not finished:  # the client went away (or an error): free the sequence's slot
                 await self.engine.abort(request_id)

@@ -50,9 +50,9 @@ def main(argv: list[str] | None = None) -> None:
     except FileNotFoundError as exc:
         sys.exit(str(exc))
     client = ServingClient(args.controller_address)
-    ctx = WebContext(cfg=cfg, client=client, moderator=moderator,
-                     recorder=Recorder(cfg.log_dir, cfg.ip_logging, cfg.ip_hash_salt),
-                     models=client.list_models())
+    recorder = Recorder(cfg.log_dir, cfg.ip_logging, cfg.ip_hash_salt)
+    ctx = WebContext(cfg=cfg, client=client, moderator=moderator, recorder=recorder,
+                     models=client.list_models(), log_problem=recorder.check_writable())
     log.info("web UI (%s mode) on %s:%d, controller %s, models %s, logs in %s", cfg.mode, cfg.host, cfg.port,
              args.controller_address, ctx.models or "none yet", cfg.log_dir)
 

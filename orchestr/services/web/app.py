@@ -78,7 +78,7 @@ def create_app(ctx: WebContext, auth: list[tuple[str, str]] | None = None) -> Fa
 
     @app.get("/health")
     def health() -> dict:
-        return {"status": "ok", "mode": ctx.cfg.mode}
+        return ctx.health()
 
     demo = build_demo(ctx)
     return gr.mount_gradio_app(app, demo, path="", theme=gr.themes.Soft(primary_hue="indigo"), css=CSS,

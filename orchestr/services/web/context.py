@@ -12,7 +12,7 @@ from orchestr.config.serving import WebServiceConfig
 from orchestr.services.web.client import BackendError, ServingClient
 from orchestr.services.web.conversation import Conversation
 from orchestr.services.web.moderation import Moderator
-from orchestr.services.web.recorder import Recorder
+from orchestr.services.web.recorder import TURN_NOT_RECORDED, Recorder
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +43,18 @@ class WebContext:
     moderator: Moderator
     models: list[str] = field(default_factory=list)  # the list read at start-up
 
+    log_problem: str | None = None  # why the log folder cannot be written (start-up check), if so
+
+    def health(self) -> dict:
+        """The web UI's /health: "degraded" with the problems a user would meet (no paths)."""
+        problems = [self.log_problem] if self.log_problem else []
+        return {"status": "degraded" if problems else "ok", "mode": self.cfg.mode, "problems": problems}
+
+    @staticmethod
+    def turn_notice(convs: list[Conversation]) -> str:
+        """What the page says after a turn: nothing, or that the log could not record it."""
+        return "" if all(c.recorded for c in convs) else TURN_NOT_RECORDED
+
     def current_models(self, refresh: bool = False) -> list[str]:
         """Models to offer now: re-read from the controller unless the list is read once."""
         if refresh or self.cfg.model_list_mode == "reload":
@@ -70,8 +82,9 @@ class WebContext:
             yield
         if not text and error is None:
             conv.set_reply("")  # an empty answer is still an answer; keep the turn structure
-        self.recorder.chat(conv, params.to_log(), start, time.time(), request,
-                           **({"error": error} if error else {}))
+        # an unwritable log loses the record, never the answer on screen (the page says so)
+        conv.recorded = self.recorder.chat(conv, params.to_log(), start, time.time(), request,
+                                           **({"error": error} if error else {}))
 
     async def stream_replies(self, convs: list[Conversation], params: GenParams, request) -> AsyncIterator[None]:
         """Several replies generated at once (arena sides), yielding whenever any of them grows."""
@@ -81,9 +94,9 @@ class WebContext:
             try:
                 async for _ in self.stream_reply(conv, params, request):
                     await queue.put(True)
-            except Exception:  # a bug on one side must not hang the other
+            except Exception:  # a bug on one side must not hang the other (details in the log)
                 log.exception("stream for %s failed", conv.model_name)
-                conv.set_reply("⚠️ Internal error while generating this answer.")
+                conv.set_reply("⚠️ Something went wrong while this answer was generated. Please try again.")
             finally:
                 await queue.put(None)
 

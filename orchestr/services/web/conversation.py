@@ -19,6 +19,8 @@ class Conversation:
     # being generated is None until the first token arrives.
     messages: list[list] = field(default_factory=list)
     offset: int = 0
+    # False once a turn of it could not be written to the log (the page says so; not logged)
+    recorded: bool = field(default=True, compare=False)
 
     def user_turns(self) -> int:
         return sum(1 for role, _ in self.messages if role == USER)

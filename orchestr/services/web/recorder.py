@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import logging
+import os
 import time
-from pathlib import Path
+import uuid
 
 from orchestr.arena.logs import (
     ArenaLine,
@@ -16,6 +18,12 @@ from orchestr.arena.logs import (
 from orchestr.services.web.conversation import Conversation
 
 IP_MODES = ("hash", "drop", "raw")
+log = logging.getLogger(__name__)
+
+# What the page and the health check say (never the folder or the errno: those are logged).
+LOG_UNWRITABLE = "the server cannot write its log"
+VOTE_NOT_RECORDED = f"Your vote was not recorded: {LOG_UNWRITABLE}."
+TURN_NOT_RECORDED = f"This conversation was not recorded: {LOG_UNWRITABLE}."
 
 
 def client_ip(request) -> str | None:
@@ -39,6 +47,30 @@ class Recorder:
         self.ip_logging = ip_logging
         self.salt = salt
 
+    def check_writable(self) -> str | None:
+        """None when the log folder takes a record, else the problem in words (details logged):
+        run at start-up so the health check reports it before the first user."""
+        probe = self.writer.log_dir / f".write-check-{uuid.uuid4().hex}"
+        try:
+            self.writer.log_dir.mkdir(parents=True, exist_ok=True)
+            fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            os.close(fd)
+            probe.unlink()
+        except OSError as exc:
+            log.error("the conversation log folder %s cannot be written (%s): chats and votes will not be "
+                      "recorded until it can", self.writer.log_dir, exc)
+            return f"{LOG_UNWRITABLE} (conversation log folder): chats and votes are not recorded"
+        return None
+
+    def _write(self, line) -> bool:
+        """One durable record; False (logged) when the folder cannot take it."""
+        try:
+            self.writer.write(line)
+        except OSError as exc:
+            log.error("cannot record a %s line in %s: %s", getattr(line, "type", "log"), self.writer.log_dir, exc)
+            return False
+        return True
+
     def _ip(self, request) -> str | None:
         if self.ip_logging == "drop":
             return None
@@ -50,19 +82,19 @@ class Recorder:
         return ConvState.model_validate(conv.to_log())
 
     def chat(self, conv: Conversation, gen_params: dict, start: float, finish: float, request,
-             **extra) -> Path:
+             **extra) -> bool:
         line = ChatLine(tstamp=round(finish, 4), model=conv.model_name, gen_params=gen_params,
                         start=round(start, 4), finish=round(finish, 4), state=self._state(conv),
                         ip=self._ip(request), **extra)
-        return self.writer.write(line)
+        return self._write(line)
 
-    def chat_vote(self, vote_type: str, conv: Conversation, request) -> Path:
+    def chat_vote(self, vote_type: str, conv: Conversation, request) -> bool:
         line = ChatVoteLine(type=vote_type, model=conv.model_name, state=self._state(conv),
                             ip=self._ip(request))
-        return self.writer.write(line)
+        return self._write(line)
 
     def arena(self, vote_type: str, convs: list[Conversation], anony: bool, request,
-              flag_reason: str | None = None) -> Path:
+              flag_reason: str | None = None) -> bool:
         line = ArenaLine.vote(vote_type, [self._state(c) for c in convs], anony, tstamp=round(time.time(), 4),
                               ip=self._ip(request), flag_reason=flag_reason)
-        return self.writer.write(line)
+        return self._write(line)

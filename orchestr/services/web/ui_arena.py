@@ -7,15 +7,19 @@ anonymous tab reveals the names and the round is closed until "New round".
 from __future__ import annotations
 
 import asyncio
+import logging
 from dataclasses import dataclass
 
 import gradio as gr
 
 from orchestr.services.web.context import GenParams, WebContext
 from orchestr.services.web.conversation import Conversation
+from orchestr.services.web.recorder import VOTE_NOT_RECORDED
 from orchestr.services.web.sampling import NoBattlePair, battle_pair
 from orchestr.services.web.screening import screen, with_refusal
 from orchestr.services.web.widgets import NO_MODELS, model_dropdown_update, parameter_controls
+
+log = logging.getLogger(__name__)
 
 VOTES = (  # (button label, log type, elem suffix, thanks)
     ("👈 A is better", "leftvote", "vote_a", "You preferred **Model A**."),
@@ -111,7 +115,9 @@ def build_arena_tab(ctx: WebContext, anony: bool) -> ArenaTab:
             try:
                 a, b = battle_pair(available, ctx.cfg.arena_sampling_weights, ctx.cfg.arena_excluded_pairs)
             except NoBattlePair as exc:
-                return f"⚠️ Cannot start a battle: {exc}."
+                log.info("no battle pair: %s", exc)
+                return ("⚠️ A battle needs two different models, and this server does not run two that may "
+                        "meet right now. Try the side-by-side arena or the direct chat.")
             return [Conversation(model_name=a), Conversation(model_name=b)]
         if not all(named):
             return NO_MODELS if not ctx.models else "Pick a model for each side first."
@@ -139,7 +145,8 @@ def build_arena_tab(ctx: WebContext, anony: bool) -> ArenaTab:
         yield *convs, *(c.chatbot() for c in convs), "", "", *labels_for(convs, False), *busy()
         async for _ in ctx.stream_replies(convs, params, request):
             yield *convs, *(c.chatbot() for c in convs), gr.skip(), gr.skip(), gr.skip(), gr.skip(), *busy()
-        yield *convs, *(c.chatbot() for c in convs), gr.skip(), "", gr.skip(), gr.skip(), *after_turn(convs)
+        yield (*convs, *(c.chatbot() for c in convs), gr.skip(), ctx.turn_notice(convs), gr.skip(), gr.skip(),
+               *after_turn(convs))
 
     async def on_regenerate(conv_a, conv_b, temp, tp, max_new, request: gr.Request):
         convs = [conv_a, conv_b]
@@ -150,14 +157,16 @@ def build_arena_tab(ctx: WebContext, anony: bool) -> ArenaTab:
         yield *convs, *(c.chatbot() for c in convs), "", *busy()
         async for _ in ctx.stream_replies(convs, params, request):
             yield *convs, *(c.chatbot() for c in convs), gr.skip(), *busy()
-        yield *convs, *(c.chatbot() for c in convs), "", *after_turn(convs)
+        yield *convs, *(c.chatbot() for c in convs), ctx.turn_notice(convs), *after_turn(convs)
 
     def on_vote(vote_type: str, thanks: str):
         def handler(conv_a, conv_b, request: gr.Request):
             convs = [conv_a, conv_b]
             if convs[0] is None or convs[0].user_turns() == 0:
                 return "Chat first, then vote.", *labels_for(convs, False), *after_turn(convs), gr.skip(), gr.skip()
-            ctx.recorder.arena(vote_type, convs, anony=anony, request=request)
+            if not ctx.recorder.arena(vote_type, convs, anony=anony, request=request):
+                # the answers stay on screen, the round stays open: the vote may be tried again
+                return (VOTE_NOT_RECORDED, *labels_for(convs, False), *after_turn(convs), gr.skip(), gr.skip())
             tail = " Press **New round** to battle again." if anony else " Clear the history to compare again."
             # The round is closed: no second vote, no more turns; the leak flag stays available.
             return (f"✅ Thanks for voting! {thanks}{tail}", *labels_for(convs, True),
@@ -169,7 +178,8 @@ def build_arena_tab(ctx: WebContext, anony: bool) -> ArenaTab:
         convs = [conv_a, conv_b]
         if convs[0] is None or convs[0].user_turns() == 0:
             return "Nothing to flag yet.", gr.skip()
-        ctx.recorder.arena("flag", convs, anony=anony, request=request, flag_reason="identity_leak")
+        if not ctx.recorder.arena("flag", convs, anony=anony, request=request, flag_reason="identity_leak"):
+            return VOTE_NOT_RECORDED, gr.skip()
         return "🚩 Thanks: this battle is marked as leaking a model's identity and will not be rated.", \
             gr.Button(interactive=False)
 

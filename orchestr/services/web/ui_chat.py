@@ -8,6 +8,7 @@ import gradio as gr
 
 from orchestr.services.web.context import GenParams, WebContext
 from orchestr.services.web.conversation import Conversation
+from orchestr.services.web.recorder import VOTE_NOT_RECORDED
 from orchestr.services.web.screening import screen, with_refusal
 from orchestr.services.web.widgets import NO_MODELS, model_dropdown_update, parameter_controls
 
@@ -61,7 +62,7 @@ def build_chat_tab(ctx: WebContext) -> ChatTab:
         yield conv, conv.chatbot(), "", "", *controls(False)
         async for _ in ctx.stream_reply(conv, params, request):
             yield conv, conv.chatbot(), gr.skip(), gr.skip(), *controls(False)
-        yield conv, conv.chatbot(), gr.skip(), "", *controls(True)
+        yield conv, conv.chatbot(), gr.skip(), ctx.turn_notice([conv]), *controls(True)
 
     async def on_regenerate(conv, temp, tp, max_new, request: gr.Request):
         if conv is None or not conv.drop_reply():
@@ -71,13 +72,14 @@ def build_chat_tab(ctx: WebContext) -> ChatTab:
         yield conv, conv.chatbot(), "", *controls(False)
         async for _ in ctx.stream_reply(conv, params, request):
             yield conv, conv.chatbot(), gr.skip(), *controls(False)
-        yield conv, conv.chatbot(), "", *controls(True)
+        yield conv, conv.chatbot(), ctx.turn_notice([conv]), *controls(True)
 
     def on_vote(vote_type: str):
         def handler(conv, request: gr.Request):
             if conv is None or conv.user_turns() == 0:
                 return "Nothing to vote on yet.", *controls(False)
-            ctx.recorder.chat_vote(vote_type, conv, request)
+            if not ctx.recorder.chat_vote(vote_type, conv, request):
+                return VOTE_NOT_RECORDED, *controls(True)  # the answer stays; the vote may be tried again
             thanks = {"upvote": "👍 Thanks for the upvote!", "downvote": "👎 Thanks, noted.",
                       "flag": "⚠️ Thanks, the answer was flagged for review."}[vote_type]
             # One vote per answer; regenerate stays available.
