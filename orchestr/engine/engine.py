@@ -541,6 +541,9 @@ def _attention_span(model: Any) -> float | None:
     projections and MLP: parameters per layer (2 FLOPs each) over the attention's 4 * heads *
     head_dim FLOPs per earlier token, divided by how much slower the attention kernels run per
     FLOP than the large products (about 2.5x, measured on AVX-512 CPUs; see docs/benchmarks.md)."""
+    known = getattr(model, "_orchestr_attention_span", None)
+    if known is not None:  # a second engine over the same (already packed) model
+        return known
     cfg = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
     try:
         layers = cfg.num_hidden_layers
@@ -548,9 +551,13 @@ def _attention_span(model: Any) -> float | None:
         per_layer = (sum(p.numel() for p in model.parameters()) - embeddings) / max(1, layers)
         heads = cfg.num_attention_heads
         head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // heads
-        return 2.0 * per_layer / (4.0 * heads * head_dim) / ATTENTION_SLOWDOWN
+        span = 2.0 * per_layer / (4.0 * heads * head_dim) / ATTENTION_SLOWDOWN
     except (AttributeError, TypeError, ZeroDivisionError):
         return None
+    if span <= 0:  # parameters not countable (packed elsewhere): tokens only
+        return None
+    model._orchestr_attention_span = span
+    return span
 
 
 ATTENTION_SLOWDOWN = 2.5

@@ -124,16 +124,17 @@ class Scheduler:
                 break
             plan.append((seq, n))
             left -= self._cost(seq.kv_len, n)
-        n = self._fit(oldest, left + reserved)
+        # the oldest always moves (at least a token): whatever the cost model says, no livelock
+        n = max(1, self._fit(oldest, left + reserved)) if left + reserved >= 1 else 0
         if n > 0:
-            plan.insert(0, (oldest, n))
+            plan.insert(0, (oldest, min(n, oldest.num_pending)))
         return plan
 
     def _cost(self, start: int, n: int) -> float:
         """What ``n`` prefill tokens after ``start`` cached ones cost, in tokens of a short
         history: each also attends to everything before it, which past a few thousand tokens
         costs more than its own projections (so a step's time stays bounded, not its tokens)."""
-        if self.attention_span is None:
+        if not self.attention_span or self.attention_span <= 0:
             return n
         return n * (1.0 + (start + n / 2) / self.attention_span)
 
@@ -141,7 +142,7 @@ class Scheduler:
         """The most of ``seq``'s pending tokens whose cost fits ``budget``."""
         if budget < 1:
             return 0
-        if self.attention_span is None:
+        if not self.attention_span or self.attention_span <= 0:
             return min(seq.num_pending, int(budget))
         span, start = self.attention_span, seq.kv_len
         # n^2 / (2 span) + n (1 + start/span) = budget
