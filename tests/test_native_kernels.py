@@ -45,6 +45,27 @@ def test_paged_decode_matches_gather_and_sdpa(dtype, heads, kv_heads, dim):
     assert torch.allclose(out.float(), ref, atol=TOL[dtype], rtol=TOL[dtype])
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize(("heads", "kv_heads", "dim", "start", "n"),
+                         [(9, 3, 64, 0, 1), (9, 3, 64, 40, 21), (9, 3, 64, 0, 37), (4, 4, 32, 5, 9), (8, 1, 24, 3, 4)])
+def test_paged_prefill_is_causal_attention_and_bitwise_the_decode(dtype, heads, kv_heads, dim, start, n):
+    """Each row of a prefill chunk attends to the history and the chunk up to itself, and gets
+    exactly what the decode kernel gives the same token (prefix-cached and recomputed blocks
+    then agree bit for bit); tiles of 8 rows and a remainder, the portable path for dim 24."""
+    q, k_pool, v_pool, slots, _ = _pooled(dtype, 1, heads, kv_heads, dim, [start + n])
+    q = torch.randn(heads, n + 2, dim).to(dtype).transpose(0, 1)[:n]  # strided like the engine's
+    out = native.paged_prefill(q, k_pool, v_pool, slots[0], start, dim**-0.5)
+    assert out is not None and out.shape == q.shape and out.dtype == dtype
+    lens = torch.arange(start + 1, start + n + 1)
+    decode = native.paged_decode(q, k_pool, v_pool, slots.expand(n, -1).contiguous(), lens, dim**-0.5)
+    assert torch.equal(out, decode)
+    k = k_pool[slots[0]].transpose(0, 1).float()[None]  # [1, KV, L, d]
+    v = v_pool[slots[0]].transpose(0, 1).float()[None]
+    mask = torch.arange(start + n)[None, :] <= (start + torch.arange(n))[:, None]
+    ref = F.scaled_dot_product_attention(q.float().transpose(0, 1)[None], k, v, attn_mask=mask, enable_gqa=True)
+    assert torch.allclose(out.float(), ref[0].transpose(0, 1), atol=TOL[dtype], rtol=TOL[dtype])
+
+
 def test_paged_decode_declines_what_it_cannot_take():
     q, k_pool, v_pool, slots, lens = _pooled(torch.float32, 2, 6, 4, 16, [3, 5])  # 6 heads over 4 KV heads
     assert native.paged_decode(q, k_pool, v_pool, slots, lens, 0.25) is None

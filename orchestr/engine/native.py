@@ -146,6 +146,18 @@ def release_thread_pool() -> bool:
     return pause(1) == 0  # omp_pause_soft
 
 
+def _attention_library(q: torch.Tensor, k_pool: torch.Tensor, v_pool: torch.Tensor) -> ctypes.CDLL | None:
+    """The kernels, if they take these attention inputs: CPU, q in the pools' dtype (bf16 or
+    fp32) with its last dim contiguous, contiguous pools."""
+    lib = library()
+    if lib is None or q.device.type != "cpu" or q.dtype != k_pool.dtype or q.dtype not in (torch.bfloat16,
+                                                                                              torch.float32):
+        return None
+    if q.stride(-1) != 1 or not (k_pool.is_contiguous() and v_pool.is_contiguous()):
+        return None
+    return lib
+
+
 def paged_decode(q: torch.Tensor, k_pool: torch.Tensor, v_pool: torch.Tensor, slots: torch.Tensor,
                  lens: torch.Tensor, scale: float) -> torch.Tensor | None:
     """Attention of one query token per sequence over its pooled history.
@@ -154,11 +166,8 @@ def paged_decode(q: torch.Tensor, k_pool: torch.Tensor, v_pool: torch.Tensor, sl
     ``slots`` [D, width] int64, ``lens`` [D] int64. Returns [D, H, d] in q's dtype, or None
     when the kernel is not available or does not take this shape/dtype (the caller falls back).
     """
-    lib = library()
-    if lib is None or q.device.type != "cpu" or q.dtype != k_pool.dtype or q.dtype not in (torch.bfloat16,
-                                                                                              torch.float32):
-        return None
-    if q.stride(-1) != 1 or not (k_pool.is_contiguous() and v_pool.is_contiguous()):
+    lib = _attention_library(q, k_pool, v_pool)
+    if lib is None:
         return None
     slots = slots if slots.is_contiguous() else slots.contiguous()
     lens = lens if lens.is_contiguous() else lens.contiguous()
@@ -182,11 +191,8 @@ def paged_prefill(q: torch.Tensor, k_pool: torch.Tensor, v_pool: torch.Tensor, s
     start+n-1``, ``slots`` [start + n] the pool slot of each of its positions. Query row r
     attends to positions 0 .. start+r. Returns [n, H, d] in q's dtype, row for row bitwise what
     :func:`paged_decode` gives that token; None when the kernel cannot take it."""
-    lib = library()
-    if lib is None or q.device.type != "cpu" or q.dtype != k_pool.dtype or q.dtype not in (torch.bfloat16,
-                                                                                              torch.float32):
-        return None
-    if q.stride(-1) != 1 or not (k_pool.is_contiguous() and v_pool.is_contiguous()):
+    lib = _attention_library(q, k_pool, v_pool)
+    if lib is None:
         return None
     slots = slots if slots.is_contiguous() else slots.contiguous()
     n, heads, head_dim = q.shape
