@@ -320,7 +320,10 @@ class Engine(PromptEndpoints):
 
         def sink(chunk: GenerateChunk) -> None:  # only a failure finishes it through the sink
             error = RequestError(chunk.error or "embedding failed", chunk.error_code or ErrorCode.INTERNAL_ERROR)
-            loop.call_soon_threadsafe(_settle, result, None, error)
+            try:
+                loop.call_soon_threadsafe(_settle, result, None, error)
+            except RuntimeError:  # the caller's loop is gone
+                pass
 
         seq = Sequence(prep, self.tokenizer, sink, self.max_seq_tokens, self.device)
         seq.embedding = Pooling(loop, result)

@@ -73,7 +73,10 @@ class Pooling:
             if not self.result.done():
                 self.result.set_result(vector)
 
-        self.loop.call_soon_threadsafe(settle)
+        try:
+            self.loop.call_soon_threadsafe(settle)
+        except RuntimeError:  # the caller's loop is gone (it gave up)
+            pass
 
 
 class Sequence:
