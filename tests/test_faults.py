@@ -25,7 +25,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import terminate
 from tests.fault_plane import MODEL, Outcome, Plane, chat, load, request, start_plane
-from tests.test_web_browser import CHROMIUM, CHROMIUM_ARGS, REPLY_TIMEOUT_MS, PlaywrightTimeout, log_lines
+from tests.test_web_browser import REPLY_TIMEOUT_MS, PlaywrightTimeout, launch_chromium, log_lines
 
 pytestmark = pytest.mark.slow
 
@@ -260,14 +260,8 @@ def web(plane, tmp_path_factory) -> tuple[str, Path]:
 
 @pytest.fixture  # per test: Playwright's sync API holds an event loop, which asyncio.run must not meet
 def browser():
-    from playwright.sync_api import sync_playwright
-
-    if not Path(CHROMIUM).exists():
-        pytest.skip(f"{CHROMIUM} is missing: run scripts/install_browser.sh")
-    with sync_playwright() as pw:
-        b = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+    with launch_chromium() as b:
         yield b
-        b.close()
 
 
 def web_reference(plane: Plane) -> dict[str, str]:

@@ -12,6 +12,8 @@ import re
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -47,14 +49,21 @@ WATCH_JS = """(sel) => {
 }"""
 
 
-@pytest.fixture(scope="module")
-def browser():
+@contextmanager
+def launch_chromium() -> Iterator:
+    """The real Chromium under Playwright (the test skips when it is not installed)."""
     if not Path(CHROMIUM).exists():
         pytest.skip(f"{CHROMIUM} is missing: run scripts/install_browser.sh")
     with sync_playwright() as pw:
         b = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         yield b
         b.close()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with launch_chromium() as b:
+        yield b
 
 
 @pytest.fixture

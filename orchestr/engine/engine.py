@@ -320,10 +320,7 @@ class Engine(PromptEndpoints):
 
         def sink(chunk: GenerateChunk) -> None:  # only a failure finishes it through the sink
             error = RequestError(chunk.error or "embedding failed", chunk.error_code or ErrorCode.INTERNAL_ERROR)
-            try:
-                loop.call_soon_threadsafe(_settle, result, None, error)
-            except RuntimeError:  # the caller's loop is gone
-                pass
+            settle_soon(loop, result, None, error)
 
         seq = Sequence(prep, self.tokenizer, sink, self.max_seq_tokens, self.device)
         seq.embedding = Pooling(loop, result)
@@ -414,7 +411,7 @@ class Engine(PromptEndpoints):
                 result, error = fn(*args), None
             except Exception as exc:  # returned to the awaiting caller
                 result, error = None, exc
-            loop.call_soon_threadsafe(_settle, fut, result, error)
+            settle_soon(loop, fut, result, error)
         elif kind == "stop":
             return True
         return False
@@ -522,7 +519,7 @@ class Engine(PromptEndpoints):
         for seq, _, _ in step.pooled:
             if seq.num_pending == 0:
                 seq.finished = True
-                seq.embedding.deliver(seq.num_tokens)
+                settle_soon(seq.embedding.loop, seq.embedding.result, seq.embedding.vector(seq.num_tokens), None)
                 self.sched.retire(seq)
         if not step.sampled:
             return
@@ -579,6 +576,16 @@ class _Step:
     sampled: list[Sequence] = field(default_factory=list)
     pooled: list[tuple[Sequence, int, int]] = field(default_factory=list)  # embedding rows (offset, n)
     logits: torch.Tensor | None = None
+
+
+def settle_soon(loop: asyncio.AbstractEventLoop, fut: asyncio.Future, result: Any,
+                error: BaseException | None) -> None:
+    """From the engine thread: settle ``fut`` on its loop; nothing if that loop is gone (the
+    caller gave up: raising here would fail the whole step)."""
+    try:
+        loop.call_soon_threadsafe(_settle, fut, result, error)
+    except RuntimeError:
+        pass
 
 
 def _settle(fut: asyncio.Future, result: Any, error: BaseException | None) -> None:

@@ -66,17 +66,9 @@ class Pooling:
         rows = hidden.float().sum(dim=0)
         self.total = rows if self.total is None else self.total + rows
 
-    def deliver(self, n_tokens: int) -> None:
-        vector = torch.nn.functional.normalize(self.total / n_tokens, dim=0).tolist()
-
-        def settle() -> None:
-            if not self.result.done():
-                self.result.set_result(vector)
-
-        try:
-            self.loop.call_soon_threadsafe(settle)
-        except RuntimeError:  # the caller's loop is gone (it gave up)
-            pass
+    def vector(self, n_tokens: int) -> list[float]:
+        """The embedding: the mean hidden state, L2-normalised."""
+        return torch.nn.functional.normalize(self.total / n_tokens, dim=0).tolist()
 
 
 class Sequence:
