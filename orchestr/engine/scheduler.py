@@ -45,7 +45,7 @@ class Scheduler:
         self.token_budget = max(1, config.max_num_batched_tokens)
         # history length at which a prefill token's attention costs as much as the rest of it
         # (None: count tokens only)
-        self.attention_span = attention_span
+        self.attention_span = attention_span if attention_span and attention_span > 0 else None
         # a prompt with at most this many tokens left is "short": it is prefilled whole, first
         self.short_prompt = max(1, self.token_budget // 4)
         self.waiting: deque[Sequence] = deque()
@@ -134,7 +134,7 @@ class Scheduler:
         """What ``n`` prefill tokens after ``start`` cached ones cost, in tokens of a short
         history: each also attends to everything before it, which past a few thousand tokens
         costs more than its own projections (so a step's time stays bounded, not its tokens)."""
-        if not self.attention_span or self.attention_span <= 0:
+        if self.attention_span is None:
             return n
         return n * (1.0 + (start + n / 2) / self.attention_span)
 
@@ -142,7 +142,7 @@ class Scheduler:
         """The most of ``seq``'s pending tokens whose cost fits ``budget``."""
         if budget < 1:
             return 0
-        if not self.attention_span or self.attention_span <= 0:
+        if self.attention_span is None:
             return min(seq.num_pending, int(budget))
         span, start = self.attention_span, seq.kv_len
         # n^2 / (2 span) + n (1 + start/span) = budget
